@@ -1,0 +1,34 @@
+# synthd — `make demo` and `make test` set everything up on a fresh machine.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+SYNTHD := $(VENV)/bin/synthd
+STAMP  := $(VENV)/.synthd-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup model demo test bench bench-vllm clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU build; a looser pin would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+model: setup
+	$(SYNTHD) models pull
+
+demo: model
+	$(SYNTHD) demo
+
+test: model
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: model
+	bash benchmarks/compare_vllm.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info

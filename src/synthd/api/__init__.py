@@ -1,0 +1,1 @@
+"""The HTTP surface: OpenAI-compatible routers, wire models and error mapping."""

@@ -1,0 +1,84 @@
+"""The FastAPI application: wiring of manager, serving, metrics, auth and error handling."""
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from synthd import __version__
+from synthd.api.errors import install_error_handlers
+from synthd.api.metrics import ServingMetrics
+from synthd.api.routes import ops, v1
+from synthd.api.serving import OpenAIServing
+from synthd.engine.manager import ModelManager
+
+log = logging.getLogger(__name__)
+
+
+class RequestMetricsMiddleware:
+    """Counts ``/v1`` requests by model and HTTP status (pure ASGI: streaming is untouched)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_and_count(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                model = scope.get("state", {}).get("model_name", "unknown")
+                self.metrics.requests.labels(model, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, send_and_count)
+
+
+def create_app(manager: ModelManager, metrics: ServingMetrics, models: list[str], api_key: str | None = None) -> FastAPI:
+    """Build the app. ``models`` are loaded in the background at start-up (``/ready`` says when).
+
+    The manager's engine observer should already feed ``metrics.observe_sequence``.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async def load_all() -> None:
+            for model in models:
+                await asyncio.to_thread(manager.load, model)
+            metrics.watch(manager)
+            app.state.ready = True
+
+        app.state.loading = asyncio.create_task(load_all())
+        try:
+            yield
+        finally:
+            app.state.loading.cancel()
+            await asyncio.to_thread(manager.close)
+
+    app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
+    app.state.serving = OpenAIServing(manager)
+    app.state.metrics = metrics
+    app.state.api_key = api_key
+    app.state.ready = False
+    install_error_handlers(app)
+    app.include_router(v1)
+    app.include_router(ops)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app
+
+
+def build_app(models: list[str], api_key: str | None = None, **manager_options) -> FastAPI:
+    """``create_app`` with a fresh ``ModelManager`` and ``ServingMetrics`` from settings."""
+    from synthd.config import get_settings
+
+    settings = get_settings()
+    metrics = ServingMetrics()
+    manager = ModelManager(settings.models_dir, on_finish=metrics.observe_sequence, **{
+        "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs,
+        "max_model_len": settings.max_model_len, **manager_options,
+    })
+    return create_app(manager, metrics, models, api_key)

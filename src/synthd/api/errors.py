@@ -1,0 +1,110 @@
+"""One error envelope for every route: OpenAI's ``{"error": {message, type, param, code}}``.
+
+Every user-facing failure is raised as ``APIError`` (or mapped to one here) so the status and body
+come from one place; validation errors become 400s, never FastAPI's bare 422.
+"""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error answered with OpenAI's error object.
+
+    ``type`` follows OpenAI: ``invalid_request_error`` (4xx from bad input),
+    ``authentication_error`` (401), ``not_found_error`` (404), ``server_error`` (5xx).
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    def body(self) -> dict:
+        """The JSON body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    """A 400 ``invalid_request_error``."""
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str, message: str | None = None) -> APIError:
+    """A 404 for a model this server does not know."""
+    return APIError(
+        404, message or f"The model '{model}' does not exist.",
+        type="not_found_error", param="model", code="model_not_found",
+    )
+
+
+PYDANTIC_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _param_path(loc: tuple) -> str | None:
+    """``("body", "messages", 0, "role")`` → ``messages.0.role``; union branch tags are dropped."""
+    parts = []
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path") else loc:
+        text = str(part)
+        if text in PYDANTIC_TYPE_TAGS or "[" in text or "-" in text:
+            break
+        parts.append(text)
+    return ".".join(parts) or None
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    # With a union (``stop: str | list[str]``) pydantic reports one error per branch; the branch
+    # that matched the input's type explains the problem, not "Input should be a valid string".
+    errors = sorted(exc.errors(), key=lambda e: str(e.get("type", "")).endswith("_type"))
+    first = errors[0]
+    param = _param_path(tuple(first.get("loc", ())))
+    if first.get("type") == "extra_forbidden":
+        return bad_request(f"Unsupported parameter: '{param}' is not supported by synthd.", param, "unsupported_parameter")
+    if first.get("type") == "json_invalid":
+        return bad_request("We could not parse the JSON body of your request.", None, "invalid_json")
+    message = first.get("msg", "invalid value")
+    return bad_request(f"Invalid value for '{param}': {message}." if param else f"Invalid request: {message}.", param, "invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception through the one envelope."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        error = _validation_error(exc)
+        return JSONResponse(error.body(), status_code=error.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        error = APIError(exc.status_code, str(exc.detail), type=kind)
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        error = APIError(500, f"Internal server error: {type(exc).__name__}", type="server_error")
+        return JSONResponse(error.body(), status_code=500)

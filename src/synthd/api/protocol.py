@@ -1,0 +1,204 @@
+"""OpenAI wire models for models, chat completions and completions.
+
+Field names and order follow OpenAI's API reference (platform.openai.com/docs/api-reference/chat).
+Requests forbid unknown fields so a parameter synthd does not implement is a 400 naming it, never
+silently ignored. Engine-specific extras sit at the end of each request, marked as such.
+"""
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+StopField = str | Annotated[list[str], Field(max_length=4)] | None
+
+
+class StrictModel(BaseModel):
+    """Base for request bodies: unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(StrictModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with ``usage`` and no choices."""
+
+    include_usage: bool = False
+
+
+class TextPart(StrictModel):
+    """A text content part of a message."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(StrictModel):
+    """One turn. ``developer`` is OpenAI's newer name for ``system`` and is treated as such."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        """The message's text, its parts joined."""
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class SamplingFields(StrictModel):
+    """Sampling fields shared by chat completions and completions."""
+
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    n: Annotated[int, Field(ge=1, le=16)] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: StopField = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    seed: int | None = None
+    user: str | None = None
+    # --- synthd / vLLM extensions ---
+    ignore_eos: bool = Field(default=False, description="vLLM extension: keep generating past EOS.")
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "SamplingFields":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    def stop_list(self) -> tuple[str, ...]:
+        """``stop`` as a tuple of non-empty strings."""
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return tuple(s for s in stops if s)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """``POST /v1/chat/completions`` body."""
+
+    model: str
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+
+    def token_limit(self) -> int | None:
+        """``max_completion_tokens`` (OpenAI's current name) or else ``max_tokens``."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class CompletionRequest(SamplingFields):
+    """``POST /v1/completions`` body. ``prompt`` is a string or a list of strings."""
+
+    model: str
+    prompt: str | Annotated[list[str], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+
+    def prompts(self) -> list[str]:
+        """The prompts as a list."""
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class Usage(BaseModel):
+    """Token counts of one request: exact, from the model's tokenizer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    """The generated message."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    """One choice of a chat completion."""
+
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    """``chat.completion`` response object."""
+
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class DeltaMessage(BaseModel):
+    """Incremental message content in a stream chunk."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    """One choice's delta in a ``chat.completion.chunk``."""
+
+    index: int
+    delta: DeltaMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """``chat.completion.chunk`` stream object; ``usage`` only on the last one when asked."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class CompletionChoice(BaseModel):
+    """One choice of a text completion."""
+
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class Completion(BaseModel):
+    """``text_completion`` response or stream object."""
+
+    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    """An entry of ``/v1/models``: OpenAI's fields plus vLLM's ``root``, ``parent``, ``max_model_len``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "synthd"
+    root: str
+    parent: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    """``/v1/models`` response."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

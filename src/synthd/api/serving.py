@@ -1,0 +1,270 @@
+"""Chat completions and completions: request → prompt ids and sampling params → engine → response.
+
+Routes call ``OpenAIServing``; it alone knows both the wire models and the engine's types.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from synthd import __version__
+from synthd.api.errors import APIError, bad_request, model_not_found
+from synthd.api.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    DeltaMessage,
+    SamplingFields,
+    Usage,
+)
+from synthd.engine.loaded import LoadedModel
+from synthd.engine.manager import ModelManager, generate
+from synthd.engine.resolve import ModelNotFound
+from synthd.engine.sampling import SamplingParams
+from synthd.engine.sequence import FINISH_ABORT, FINISH_ERROR
+
+DONE = "data: [DONE]\n\n"
+
+
+@dataclass
+class ChoiceResult:
+    """The finished text of one choice."""
+
+    text: str = ""
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass
+class PreparedRequest:
+    """A validated request in engine terms: one entry per choice, in choice-index order."""
+
+    loaded: LoadedModel
+    prompt_ids: list[list[int]]
+    params: list[SamplingParams]
+    prompt_tokens: int
+    request_id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def sse(payload: dict) -> str:
+    """One server-sent event carrying ``payload`` as JSON."""
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+class OpenAIServing:
+    """Serves ``/v1/chat/completions`` and ``/v1/completions`` from a ``ModelManager``."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+
+    def fingerprint(self, loaded: LoadedModel) -> str:
+        """``system_fingerprint``: synthd version, dtype and the device the model runs on."""
+        return f"synthd-{__version__}-{str(loaded.dtype).removeprefix('torch.')}-{loaded.device.type}"
+
+    def model(self, name: str) -> LoadedModel:
+        """A served model, or a 404 ``model_not_found``."""
+        try:
+            return self.manager.get(name)
+        except ModelNotFound as exc:
+            raise model_not_found(name, str(exc)) from None
+
+    # --- chat completions -------------------------------------------------------------------
+    def prepare_chat(self, request: ChatCompletionRequest) -> PreparedRequest:
+        """Validate and tokenise a chat request.
+
+        Raises:
+            APIError: 404 unknown model; 400 no chat template, or ``context_length_exceeded``.
+        """
+        loaded = self.model(request.model)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
+        try:
+            prompt = loaded.encode_chat(messages)
+        except ValueError as exc:
+            raise bad_request(str(exc), "messages") from None
+        param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+        return self._prepare(loaded, [prompt], request, request.token_limit(), "messages", param, "chatcmpl")
+
+    async def chat(self, prepared: PreparedRequest) -> ChatCompletion:
+        """Run every choice to the end and build the ``chat.completion``."""
+        results = await self._collect(prepared)
+        return ChatCompletion(
+            id=prepared.request_id,
+            created=prepared.created,
+            model=prepared.loaded.model_id,
+            choices=[
+                ChatChoice(index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
+                for i, r in enumerate(results)
+            ],
+            usage=self._usage(prepared, results),
+            system_fingerprint=self.fingerprint(prepared.loaded),
+        )
+
+    async def chat_stream(self, prepared: PreparedRequest, include_usage: bool) -> AsyncIterator[str]:
+        """SSE ``chat.completion.chunk`` events, then a usage chunk if asked, then ``[DONE]``."""
+        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
+            body = ChatCompletionChunk(
+                id=prepared.request_id, created=prepared.created, model=prepared.loaded.model_id,
+                choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared.loaded),
+            )
+            return sse(body.model_dump(exclude_none=True))
+
+        for index in range(len(prepared.params)):
+            yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
+        async for index, text, finish, results in self._stream_events(prepared):
+            if isinstance(finish, APIError):
+                yield sse(finish.body())
+                break
+            if text:
+                yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=text))])
+            if finish is not None:
+                yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(), finish_reason=finish)])
+            if results is not None and include_usage:
+                yield chunk([], self._usage(prepared, results))
+        yield DONE
+
+    # --- completions ------------------------------------------------------------------------
+    def prepare_completion(self, request: CompletionRequest) -> PreparedRequest:
+        """Validate and tokenise a completions request (one or several prompts).
+
+        Raises:
+            APIError: 404 unknown model; 400 empty prompt or ``context_length_exceeded``.
+        """
+        loaded = self.model(request.model)
+        prompts = [loaded.encode_text(text) for text in request.prompts()]
+        if any(not ids for ids in prompts):
+            raise bad_request("The prompt must not be empty.", "prompt")
+        return self._prepare(loaded, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl")
+
+    async def completion(self, prepared: PreparedRequest) -> Completion:
+        """Run every choice to the end and build the ``text_completion``."""
+        results = await self._collect(prepared)
+        return Completion(
+            id=prepared.request_id,
+            created=prepared.created,
+            model=prepared.loaded.model_id,
+            choices=[CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason) for i, r in enumerate(results)],
+            usage=self._usage(prepared, results),
+            system_fingerprint=self.fingerprint(prepared.loaded),
+        )
+
+    async def completion_stream(self, prepared: PreparedRequest, include_usage: bool) -> AsyncIterator[str]:
+        """SSE ``text_completion`` events, then a usage event if asked, then ``[DONE]``."""
+        def event(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+            body = Completion(
+                id=prepared.request_id, created=prepared.created, model=prepared.loaded.model_id,
+                choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared.loaded),
+            )
+            return sse(body.model_dump(exclude_none=True))
+
+        async for index, text, finish, results in self._stream_events(prepared):
+            if isinstance(finish, APIError):
+                yield sse(finish.body())
+                break
+            if text or finish is not None:
+                yield event([CompletionChoice(index=index, text=text, finish_reason=finish)])
+            if results is not None and include_usage:
+                yield event([], self._usage(prepared, results))
+        yield DONE
+
+    # --- shared -------------------------------------------------------------------------------
+    def _prepare(
+        self,
+        loaded: LoadedModel,
+        prompts: list[list[int]],
+        request: SamplingFields,
+        token_limit: int | None,
+        prompt_param: str,
+        limit_param: str,
+        id_prefix: str,
+    ) -> PreparedRequest:
+        context = loaded.max_model_len
+        longest = max(len(ids) for ids in prompts)
+        if longest >= context or (token_limit is not None and longest + token_limit > context):
+            asked = f" + {token_limit} requested completion tokens" if token_limit is not None else ""
+            raise bad_request(
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{longest} prompt tokens{asked}. Please reduce the length of the {prompt_param} or {limit_param}.",
+                prompt_param if token_limit is None else limit_param,
+                "context_length_exceeded",
+            )
+        ids, params = [], []
+        for prompt in prompts:
+            for choice in range(request.n):
+                ids.append(prompt)
+                params.append(SamplingParams(
+                    max_tokens=token_limit if token_limit is not None else context - len(prompt),
+                    temperature=request.temperature,
+                    top_p=request.top_p,
+                    stop=request.stop_list(),
+                    seed=None if request.seed is None else request.seed + choice,
+                    presence_penalty=request.presence_penalty,
+                    frequency_penalty=request.frequency_penalty,
+                    ignore_eos=request.ignore_eos,
+                ))
+        return PreparedRequest(
+            loaded=loaded,
+            prompt_ids=ids,
+            params=params,
+            prompt_tokens=sum(len(p) for p in prompts),
+            request_id=f"{id_prefix}-{uuid.uuid4().hex}",
+        )
+
+    @staticmethod
+    def _usage(prepared: PreparedRequest, results: list[ChoiceResult]) -> Usage:
+        completion = sum(r.completion_tokens for r in results)
+        return Usage(prompt_tokens=prepared.prompt_tokens, completion_tokens=completion,
+                     total_tokens=prepared.prompt_tokens + completion)
+
+    async def _collect(self, prepared: PreparedRequest) -> list[ChoiceResult]:
+        results = [ChoiceResult() for _ in prepared.params]
+        async for _index, _text, finish, _ in self._stream_events(prepared, results):
+            if isinstance(finish, APIError):
+                raise finish
+        return results
+
+    async def _stream_events(
+        self, prepared: PreparedRequest, results: list[ChoiceResult] | None = None
+    ) -> AsyncIterator[tuple[int, str, str | APIError | None, list[ChoiceResult] | None]]:
+        """Fan in all choices' events as ``(index, text, finish, results)``.
+
+        ``finish`` is a finish reason, None while running, or an ``APIError`` when the engine
+        failed. ``results`` is given once, with the last event, when every choice has finished.
+        """
+        results = results if results is not None else [ChoiceResult() for _ in prepared.params]
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(index: int) -> None:
+            async for event in generate(prepared.loaded, prepared.prompt_ids[index], prepared.params[index]):
+                await queue.put((index, event))
+
+        tasks = [asyncio.create_task(pump(i)) for i in range(len(prepared.params))]
+        pending = len(tasks)
+        try:
+            while pending:
+                index, event = await queue.get()
+                result = results[index]
+                result.text += event.text
+                result.completion_tokens = event.completion_tokens
+                if event.finish_reason == FINISH_ERROR:
+                    yield index, "", APIError(500, f"Generation failed: {event.error}", type="server_error"), None
+                    return
+                if event.finish_reason == FINISH_ABORT:
+                    yield index, "", APIError(503, "The server is shutting down.", type="server_error"), None
+                    return
+                if event.finish_reason is not None:
+                    result.finish_reason = event.finish_reason
+                    pending -= 1
+                yield index, event.text, event.finish_reason, results if pending == 0 else None
+        finally:
+            for task in tasks:
+                task.cancel()

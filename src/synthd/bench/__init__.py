@@ -1,0 +1,1 @@
+"""``synthd bench``: a serving benchmark for any OpenAI-compatible server."""

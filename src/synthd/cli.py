@@ -1,0 +1,212 @@
+"""The ``synthd`` command line (Typer). User errors print one line and exit 1."""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="synthd: a self-hostable LLM backend speaking the OpenAI API.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Pull and list models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr and exit 1."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def default_base_url() -> str:
+    """``SYNTH_API_URL`` (with ``/v1`` appended when missing) or the local default."""
+    url = os.environ.get("SYNTH_API_URL", DEFAULT_BASE_URL).rstrip("/")
+    return url if url.endswith("/v1") else f"{url}/v1"
+
+
+@models_app.command("pull")
+def models_pull(force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False) -> None:
+    """Fetch the embedded model (SmolLM2-135M-Instruct) and cache it as a Hugging Face folder.
+
+    Example: synthd models pull
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from synthd.config import get_settings
+    from synthd.engine.embedded import PullError, is_pulled, pull_embedded_model
+
+    models_dir = get_settings().models_dir
+    if is_pulled(models_dir) and not force:
+        console.print(f"SmolLM2-135M-Instruct is already cached in {models_dir}")
+        return
+    stages = 5
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("[{task.completed}/{task.total}]"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("starting", total=stages)
+        stage = iter(range(stages))
+
+        def step(message: str) -> None:
+            progress.update(task, description=message, completed=next(stage, stages))
+
+        try:
+            folder = pull_embedded_model(models_dir, step, force=force)
+        except PullError as exc:
+            fail(str(exc))
+        progress.update(task, description="done", completed=stages)
+    console.print(f"SmolLM2-135M-Instruct ready in {folder}")
+
+
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show the embedded model and the models cached locally (synthd home and Hugging Face cache)."""
+    from synthd.config import get_settings
+    from synthd.engine.catalog import available_models
+
+    rows = available_models(get_settings().models_dir)
+    if as_json:
+        print(json.dumps([row.__dict__ | {"path": str(row.path) if row.path else None} for row in rows], indent=2))
+        return
+    table = Table("model", "source", "cached", "path")
+    for row in rows:
+        table.add_row(row.model_id, row.source, "yes" if row.cached else "no", str(row.path or ""))
+    console.print(table)
+
+
+@app.command()
+def serve(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model to serve; repeat for several.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="Require this bearer token (else SYNTH_API_KEY).")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="Most sequences per batch.", min=1)] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Context cap in tokens.", min=16)] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float32")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve models over the OpenAI API.
+
+    Example: synthd serve --port 8000 --model SmolLM2-135M-Instruct
+    """
+    import uvicorn
+
+    from synthd.api.app import build_app
+    from synthd.config import get_settings
+    from synthd.engine.embedded import EMBEDDED_MODEL_ID
+    from synthd.engine.resolve import ModelNotFound, resolve_model
+
+    settings = get_settings()
+    models = model or [EMBEDDED_MODEL_ID]
+    if dtype not in (None, "auto", "bfloat16", "float32"):
+        fail(f"--dtype must be auto, bfloat16 or float32, not '{dtype}'")
+    for name in models:
+        try:
+            resolve_model(name, settings.models_dir)
+        except ModelNotFound as exc:
+            fail(str(exc))
+    overrides = {k: v for k, v in {"max_num_seqs": max_num_seqs, "max_model_len": max_model_len, "dtype": dtype}.items() if v is not None}
+    application = build_app(models, api_key or settings.api_key, **overrides)
+    uvicorn.run(application, host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def chat(
+    model: Annotated[str, typer.Argument(help="Model id, e.g. SmolLM2-135M-Instruct.")],
+    prompt: Annotated[str | None, typer.Argument(help="One-shot prompt; omit for an interactive session.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Server URL (default SYNTH_API_URL or http://127.0.0.1:8000/v1).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer token (default SYNTH_API_KEY).")] = None,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.", min=1)] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.", min=0.0, max=2.0)] = 0.7,
+) -> None:
+    """Chat with a model on a running server, streamed to the terminal.
+
+    Examples: synthd chat SmolLM2-135M-Instruct "What is the capital of France?"
+              synthd chat SmolLM2-135M-Instruct      (interactive; empty line or Ctrl-D quits)
+    """
+    from synthd.chat import ChatSession, ChatError
+
+    session = ChatSession(model, base_url or default_base_url(), api_key or os.environ.get("SYNTH_API_KEY"),
+                          system=system, max_tokens=max_tokens, temperature=temperature)
+    try:
+        if prompt is not None:
+            session.ask(prompt, sys.stdout.write)
+            print()
+            return
+        console.print(f"chatting with {model} at {session.base_url} — empty line or Ctrl-D to quit")
+        while True:
+            try:
+                line = console.input("[bold]you>[/bold] ")
+            except EOFError:
+                break
+            if not line.strip():
+                break
+            console.print("[bold]model>[/bold] ", end="")
+            session.ask(line, sys.stdout.write)
+            print()
+    except ChatError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Option(help="Model id on the server.")] = "SmolLM2-135M-Instruct",
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (…/v1).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer token (default SYNTH_API_KEY).")] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,8,32",
+    requests: Annotated[int, typer.Option(help="Requests per level (at least the concurrency).", min=1)] = 64,
+    max_tokens: Annotated[int, typer.Option(help="Output tokens per request.", min=1)] = 64,
+    ignore_eos: Annotated[bool, typer.Option(help="Ask for exactly max_tokens (vLLM's ignore_eos).")] = True,
+    gpu_preference: Annotated[str | None, typer.Option(help="Comma-separated GPU preferences, one run each.")] = None,
+    label: Annotated[str | None, typer.Option(help="Name of this server in the report.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write results as JSON to this file.")] = None,
+) -> None:
+    """Benchmark an OpenAI-compatible server: output tokens/s, requests/s, TTFT, TPOT, latency.
+
+    Example: synthd bench --base-url http://127.0.0.1:8000/v1 --concurrency 1,8,32 --requests 64
+    """
+    from synthd.bench.report import print_report, write_json
+    from synthd.bench.runner import BenchConfig, BenchError, run_bench
+
+    try:
+        levels = [int(x) for x in concurrency.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--concurrency must be comma-separated integers, not '{concurrency}'")
+    if not levels or min(levels) < 1:
+        fail("--concurrency needs at least one level >= 1")
+    preferences = [p.strip() for p in gpu_preference.split(",")] if gpu_preference else [None]
+    config = BenchConfig(base_url=base_url or default_base_url(), model=model,
+                         api_key=api_key or os.environ.get("SYNTH_API_KEY"), requests=requests,
+                         max_tokens=max_tokens, ignore_eos=ignore_eos)
+    try:
+        results = run_bench(config, levels, preferences, label=label or config.base_url, progress=err)
+    except BenchError as exc:
+        fail(str(exc))
+    print_report(results, console)
+    if json_out:
+        write_json(results, json_out)
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port for the demo server (0 picks a free one).")] = 0,
+) -> None:
+    """Pull the embedded model, start a server, run a short real session through it, stop it."""
+    from synthd.demo import DemoError, run_demo
+
+    try:
+        run_demo(console, port)
+    except DemoError as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,42 @@
+"""Process-wide settings, read from the environment (prefix ``SYNTHD_``)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Typed settings; every field can be set as ``SYNTHD_<NAME>`` in the environment.
+
+    ``api_key`` is also read from ``SYNTH_API_KEY`` (the name the hosted Synth platform uses).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SYNTHD_", extra="ignore")
+
+    home: Path = Field(default=Path.home() / ".synthd", description="Root of all synthd data.")
+    api_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SYNTHD_API_KEY", "SYNTH_API_KEY"),
+        description="When set, /v1 routes require 'Authorization: Bearer <api_key>'.",
+    )
+    dtype: str = Field(default="auto", description="auto | bfloat16 | float32")
+    max_num_seqs: int = Field(default=64, ge=1, description="Most sequences decoded in one batch.")
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="Context cap in tokens; default is the model's own."
+    )
+
+    models_dir: Path | None = Field(default=None, description="Converted models; default $SYNTHD_HOME/models.")
+
+    @model_validator(mode="after")
+    def _default_models_dir(self) -> "Settings":
+        if self.models_dir is None:
+            self.models_dir = self.home / "models"
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return Settings()

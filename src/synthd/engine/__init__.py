@@ -1,0 +1,1 @@
+"""Model loading, batched generation and the per-model engines."""

@@ -1,0 +1,49 @@
+"""Shared fixtures: one real synthd server on 127.0.0.1 per test session, the official SDK as client."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from synthd.config import get_settings
+from synthd.engine.embedded import EMBEDDED_MODEL_ID, embedded_model_dir, is_pulled
+from synthd.server_process import ServerProcess
+
+MODEL = EMBEDDED_MODEL_ID
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The pulled embedded model's parent folder (``make test`` pulls it first)."""
+    directory = get_settings().models_dir
+    if not is_pulled(directory):
+        pytest.fail("the embedded model is not pulled: run 'make test' (or 'synthd models pull') first")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tokenizer(models_dir: Path):
+    """The embedded model's tokenizer, for exact usage checks."""
+    return AutoTokenizer.from_pretrained(embedded_model_dir(models_dir))
+
+
+@pytest.fixture(scope="session")
+def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``synthd serve`` with the embedded model, without an API key."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {"SYNTHD_API_KEY": "", "SYNTH_API_KEY": ""}
+    with ServerProcess(log_path=log, env=env) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> openai.OpenAI:
+    """Official OpenAI SDK client pointed at the session server."""
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

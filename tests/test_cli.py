@@ -1,0 +1,74 @@
+"""The synthd command line, run as a user would (subprocesses)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import MODEL
+from synthd.server_process import ServerProcess, free_port
+
+
+def synthd(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synthd.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, input=input, timeout=300)
+
+
+def test_chat_one_shot_streams_answer(server: ServerProcess) -> None:
+    result = synthd("chat", MODEL, "What is the capital of France?", "--temperature", "0",
+                    env={"SYNTH_API_URL": server.root_url})
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_chat_interactive_keeps_history(server: ServerProcess) -> None:
+    result = synthd("chat", MODEL, "--base-url", server.base_url, "--temperature", "0", "--max-tokens", "20",
+                    input="What is the capital of France?\nAnd of Germany?\n\n")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout and "Berlin" in result.stdout
+
+
+def test_chat_errors_are_one_line(server: ServerProcess) -> None:
+    unreachable = synthd("chat", MODEL, "hi", "--base-url", f"http://127.0.0.1:{free_port()}/v1")
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.strip().startswith("error: cannot reach")
+    assert len(unreachable.stderr.strip().splitlines()) == 1
+    unknown = synthd("chat", "no-such-model", "hi", "--base-url", server.base_url)
+    assert unknown.returncode == 1
+    assert "404" in unknown.stderr and "no-such-model" in unknown.stderr
+
+
+def test_models_list_shows_embedded_cached() -> None:
+    result = synthd("models", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows[0]["model_id"] == MODEL and rows[0]["cached"] is True
+
+
+def test_serve_unknown_model_fails_fast() -> None:
+    result = synthd("serve", "--model", "org/not-cached-anywhere", "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_reports_throughput_and_latency(server: ServerProcess, tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    result = synthd("bench", "--base-url", server.base_url, "--model", MODEL, "--concurrency", "1,4",
+                    "--requests", "4", "--max-tokens", "8", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    assert [r["concurrency"] for r in rows] == [1, 4]
+    for row in rows:
+        assert row["completed"] == 4 and row["failed"] == 0
+        assert row["output_tokens"] == 4 * 8
+        assert row["output_tokens_per_s"] > 0
+        assert 0 < row["ttft_s"]["p50"] <= row["e2e_s"]["p50"]
+        assert row["tpot_s"]["mean"] > 0
+    assert "out tok/s" in result.stdout
+
+
+def test_bench_bad_input_is_one_line() -> None:
+    result = synthd("bench", "--concurrency", "a,b")
+    assert result.returncode == 1 and result.stderr.startswith("error:")
+    down = synthd("bench", "--base-url", f"http://127.0.0.1:{free_port()}/v1", "--concurrency", "1", "--requests", "1")
+    assert down.returncode == 1 and "cannot reach" in down.stderr

@@ -1,0 +1,106 @@
+"""Every bad input gets OpenAI's error object with the right status, and the server keeps serving."""
+
+import httpx
+import openai
+import pytest
+
+from conftest import MODEL
+from synthd.server_process import ServerProcess
+
+GOOD = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+
+
+def with_(**changes):
+    body = {**GOOD, **changes}
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+CASES = [
+    # (id, path, body, status, code, param)
+    ("unsupported param", "/chat/completions", with_(logprobs=True), 400, "unsupported_parameter", "logprobs"),
+    ("unsupported tools", "/chat/completions", with_(tools=[]), 400, "unsupported_parameter", "tools"),
+    ("temperature too high", "/chat/completions", with_(temperature=5), 400, "invalid_value", "temperature"),
+    ("top_p zero", "/chat/completions", with_(top_p=0), 400, "invalid_value", "top_p"),
+    ("n zero", "/chat/completions", with_(n=0), 400, "invalid_value", "n"),
+    ("max_tokens zero", "/chat/completions", with_(max_tokens=0), 400, "invalid_value", "max_tokens"),
+    ("max_tokens string", "/chat/completions", with_(max_tokens="many"), 400, "invalid_value", "max_tokens"),
+    ("penalty out of range", "/chat/completions", with_(presence_penalty=3), 400, "invalid_value", "presence_penalty"),
+    ("five stops", "/chat/completions", with_(stop=["a", "b", "c", "d", "e"]), 400, "invalid_value", "stop"),
+    ("no messages", "/chat/completions", with_(messages=...), 400, "invalid_value", "messages"),
+    ("empty messages", "/chat/completions", with_(messages=[]), 400, "invalid_value", "messages"),
+    ("bad role", "/chat/completions", with_(messages=[{"role": "robot", "content": "x"}]), 400, "invalid_value", "messages.0.role"),
+    ("image part", "/chat/completions",
+     with_(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), 400, None, None),
+    ("no model", "/chat/completions", with_(model=...), 400, "invalid_value", "model"),
+    ("stream_options without stream", "/chat/completions", with_(stream_options={"include_usage": True}), 400, "invalid_value", None),
+    ("unknown model", "/chat/completions", with_(model="gpt-9"), 404, "model_not_found", "model"),
+    ("context exceeded", "/chat/completions", with_(max_tokens=9000), 400, "context_length_exceeded", "max_tokens"),
+    ("context exceeded by prompt", "/chat/completions",
+     with_(messages=[{"role": "user", "content": "word " * 9000}], max_tokens=...), 400, "context_length_exceeded", "messages"),
+    ("completions unknown model", "/completions", {"model": "nope", "prompt": "x"}, 404, "model_not_found", "model"),
+    ("completions empty prompt", "/completions", {"model": MODEL, "prompt": ""}, 400, None, "prompt"),
+    ("completions echo", "/completions", {"model": MODEL, "prompt": "x", "echo": True}, 400, "unsupported_parameter", "echo"),
+]
+
+
+@pytest.mark.parametrize("name,path,body,status,code,param", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_openai_error(server: ServerProcess, name, path, body, status, code, param) -> None:
+    response = httpx.post(server.base_url + path, json=body, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+    if code is not None:
+        assert error["code"] == code
+    if param is not None:
+        assert error["param"] == param
+    follow_up = httpx.post(server.base_url + "/chat/completions", json=GOOD, timeout=60)
+    assert follow_up.status_code == 200
+
+
+def test_invalid_json_is_400(server: ServerProcess) -> None:
+    response = httpx.post(server.base_url + "/chat/completions", content=b"{not json",
+                          headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_route_and_model_are_404_envelopes(server: ServerProcess) -> None:
+    assert httpx.get(server.base_url + "/nothing-here").json()["error"]["type"] == "not_found_error"
+    response = httpx.get(server.base_url + "/models/org/unknown-model")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+
+
+def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=100000)
+    assert info.value.code == "context_length_exceeded"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(models_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("keyed") / "server.log"
+    with ServerProcess(["--api-key", "s3cret"], log_path=log) as process:
+        yield process
+
+
+def test_api_key_required_when_configured(keyed_server: ServerProcess) -> None:
+    wrong = openai.OpenAI(base_url=keyed_server.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    response = httpx.get(keyed_server.base_url + "/models")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    right = openai.OpenAI(base_url=keyed_server.base_url, api_key="s3cret", max_retries=0)
+    assert right.models.list().data[0].id == MODEL
+    assert httpx.get(keyed_server.root_url + "/health").status_code == 200
+
+
+def test_api_key_from_environment(models_dir, tmp_path) -> None:
+    with ServerProcess(log_path=tmp_path / "server.log", env={"SYNTH_API_KEY": "from-env"}) as process:
+        assert httpx.get(process.base_url + "/models").status_code == 401
+        ok = httpx.get(process.base_url + "/models", headers={"Authorization": "Bearer from-env"})
+        assert ok.status_code == 200
