@@ -72,3 +72,42 @@ def test_bench_bad_input_is_one_line() -> None:
     assert result.returncode == 1 and result.stderr.startswith("error:")
     down = synthd("bench", "--base-url", f"http://127.0.0.1:{free_port()}/v1", "--concurrency", "1", "--requests", "1")
     assert down.returncode == 1 and "cannot reach" in down.stderr
+
+
+def test_gpus_table_and_json() -> None:
+    table = synthd("gpus")
+    assert table.returncode == 0, table.stderr
+    assert "H100" in table.stdout and "3.95" in table.stdout and "cpu" in table.stdout
+    data = json.loads(synthd("gpus", "--json").stdout)
+    assert data["inventory"][0]["type"] == "cpu" and len(data["catalog"]) == 9
+
+
+def test_gpus_validate_outcomes(tmp_path) -> None:
+    ok = synthd("gpus", "validate", "cpu", "--model", MODEL)
+    assert ok.returncode == 0 and "would run on cpu" in ok.stdout
+    big = tmp_path / "llama-70b"
+    big.mkdir()
+    (big / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 128256, "hidden_size": 8192, "intermediate_size": 28672,
+        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+        "max_position_embeddings": 8192}))
+    too_small = synthd("gpus", "validate", "A10G", "--model", str(big), "--purpose", "sft")
+    assert too_small.returncode == 1 and "GPU type not supported for this model" in too_small.stderr
+    malformed = synthd("gpus", "validate", "H100:3")
+    assert malformed.returncode == 1 and "valid counts: 1, 2, 4, 8" in malformed.stderr
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps({"devices": [{"type": "H100", "count": 8}]}))
+    on_pool = synthd("gpus", "validate", "H100:2", "--model", str(big), env={"SYNTHD_GPU_POOL_FILE": str(pool)})
+    assert on_pool.returncode == 0 and "would run on H100:2" in on_pool.stdout
+    purpose = synthd("gpus", "validate", "cpu", "--purpose", "pretrain")
+    assert purpose.returncode == 1 and "--purpose" in purpose.stderr
+
+
+def test_warmup_command(server: ServerProcess) -> None:
+    warmed = synthd("warmup", MODEL, "--gpu", "cpu", "--wait", "--base-url", server.base_url)
+    assert warmed.returncode == 0, warmed.stderr
+    assert "warmed on cpu" in warmed.stdout or "already_warmed on cpu" in warmed.stdout
+    refused = synthd("warmup", MODEL, "--gpu", "H100", "--base-url", server.base_url)
+    assert refused.returncode == 1 and "409" in refused.stderr and "it has: cpu" in refused.stderr
+    unknown = synthd("warmup", "no-such-model", "--base-url", server.base_url)
+    assert unknown.returncode == 1 and "404" in unknown.stderr

@@ -14,6 +14,8 @@ app = typer.Typer(help="synthd: a self-hostable LLM backend speaking the OpenAI 
                   pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Pull and list models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+gpus_app = typer.Typer(help="GPU catalog, this machine's inventory, and preference checks.", invoke_without_command=True)
+app.add_typer(gpus_app, name="gpus")
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
@@ -193,6 +195,99 @@ def bench(
     if json_out:
         write_json(results, json_out)
         console.print(f"wrote {json_out}")
+
+
+@gpus_app.callback()
+def gpus_table(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the GPU catalog (memory, list price) and what this deployment has.
+
+    Example: synthd gpus
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from synthd.config import get_settings
+    from synthd.gpus.catalog import CATALOG
+    from synthd.gpus.inventory import InventoryError, build_inventory
+
+    try:
+        inventory = build_inventory(get_settings().gpu_pool_file)
+    except InventoryError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps({
+            "catalog": [{"name": g.name, "memory_gib": g.memory_gib, "price_per_hour": g.price_per_hour,
+                         "aliases": list(g.aliases)} for g in CATALOG],
+            "inventory": [{"key": d.key, "type": d.gpu.name, "memory_gib": d.gpu.memory_gib, "remote": d.remote}
+                          for d in inventory],
+        }, indent=2))
+        return
+    catalog = Table("type", "memory GiB", "$/GPU-hour", "aliases", title="GPU catalog")
+    for gpu in CATALOG:
+        catalog.add_row(gpu.name, f"{gpu.memory_gib:g}", f"{gpu.price_per_hour:.2f}", ", ".join(gpu.aliases))
+    console.print(catalog)
+    have = Table("device", "type", "memory GiB", "where", title="This deployment")
+    for device in inventory:
+        have.add_row(device.key, device.gpu.name, f"{device.gpu.memory_gib:g}", "declared pool" if device.remote else "local")
+    console.print(have)
+
+
+@gpus_app.command("validate")
+def gpus_validate(
+    spec: Annotated[str, typer.Argument(help="GPU preference, e.g. H100:2 or 'H100:2,A100-80GB:2' or auto.")],
+    model: Annotated[str, typer.Option(help="Model id or local folder.")] = "SmolLM2-135M-Instruct",
+    purpose: Annotated[str, typer.Option(help="inference | sft | dpo")] = "inference",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check a GPU preference for a model and purpose without loading anything (exit 1 if unmet).
+
+    Example: synthd gpus validate H100:2 --model ./llama-70b-config --purpose sft
+    """
+    from synthd.api.gpu_serving import validate_preference
+    from synthd.api.protocol import GPUValidateRequest
+    from synthd.config import get_settings
+    from synthd.engine.manager import ModelManager
+    from synthd.engine.resolve import ModelNotFound
+    from synthd.gpus.inventory import InventoryError, build_inventory
+
+    if purpose not in ("inference", "sft", "dpo"):
+        fail(f"--purpose must be inference, sft or dpo, not '{purpose}'")
+    settings = get_settings()
+    try:
+        manager = ModelManager(settings.models_dir, build_inventory(settings.gpu_pool_file), dtype=settings.dtype)
+        result = validate_preference(manager, GPUValidateRequest(model=model, gpu_preference=spec, purpose=purpose))
+    except (ModelNotFound, InventoryError) as exc:
+        fail(str(exc))
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    elif result.available:
+        console.print(f"ok: {model} ({purpose}) would run on {result.selected}: needs {result.required_gib:.1f} GiB, "
+                      f"offered {result.offered_gib:.1f} GiB")
+    if not result.available:
+        fail(result.reason or "unavailable")
+
+
+@app.command()
+def warmup(
+    model: Annotated[str, typer.Argument(help="Model id to load ahead of traffic.")],
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU preference, e.g. H100 or L40S:2.")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the load until it is warmed or failed.")] = False,
+    base_url: Annotated[str | None, typer.Option(help="Server URL (default SYNTH_API_URL or http://127.0.0.1:8000/v1).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer token (default SYNTH_API_KEY).")] = None,
+) -> None:
+    """Warm a model up on a running server, optionally on a chosen GPU.
+
+    Example: synthd warmup SmolLM2-135M-Instruct --gpu cpu --wait
+    """
+    from synthd.warmup_client import WarmupError, follow_warmup
+
+    try:
+        follow_warmup(console, base_url or default_base_url(), model, gpu,
+                      api_key or os.environ.get("SYNTH_API_KEY"), wait=wait)
+    except WarmupError as exc:
+        fail(str(exc))
 
 
 @app.command()

@@ -27,6 +27,13 @@ class Settings(BaseSettings):
         default=None, ge=16, description="Context cap in tokens; default is the model's own."
     )
 
+    model_idle_timeout_s: float | None = Field(
+        default=None, gt=0, description="Unload a model unused for this many seconds (unset: never)."
+    )
+    max_loaded_models: int = Field(default=4, ge=1, description="Most resident models; LRU idle one evicted.")
+    gpu_pool_file: Path | None = Field(
+        default=None, description="JSON declaring a cluster's GPU pool (see synthd.gpus.inventory)."
+    )
     models_dir: Path | None = Field(default=None, description="Converted models; default $SYNTHD_HOME/models.")
 
     @model_validator(mode="after")

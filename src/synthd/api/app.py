@@ -10,9 +10,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synthd import __version__
 from synthd.api.errors import install_error_handlers
 from synthd.api.metrics import ServingMetrics
-from synthd.api.routes import ops, v1
+from synthd.api.routes import ops, v1, warmup
 from synthd.api.serving import OpenAIServing
 from synthd.engine.manager import ModelManager
+from synthd.gpus.inventory import build_inventory
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +39,36 @@ class RequestMetricsMiddleware:
         await self.app(scope, receive, send_and_count)
 
 
+IDLE_CHECK_INTERVAL_S = 1.0
+
+
 def create_app(manager: ModelManager, metrics: ServingMetrics, models: list[str], api_key: str | None = None) -> FastAPI:
-    """Build the app. ``models`` are loaded in the background at start-up (``/ready`` says when).
+    """Build the app. ``models`` are warmed up at start-up in the background (``/ready`` says when);
+    any other resolvable model loads on its first request or warmup.
 
     The manager's engine observer should already feed ``metrics.observe_sequence``.
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        async def load_all() -> None:
+        async def warm_all() -> None:
             for model in models:
-                await asyncio.to_thread(manager.load, model)
-            metrics.watch(manager)
+                await manager.acquire(model)
             app.state.ready = True
 
-        app.state.loading = asyncio.create_task(load_all())
+        async def evict_idle_forever() -> None:
+            while True:
+                await asyncio.sleep(IDLE_CHECK_INTERVAL_S)
+                for model in await manager.evict_idle():
+                    log.info("unloaded idle model %s", model)
+
+        tasks = [asyncio.create_task(warm_all()), asyncio.create_task(evict_idle_forever())]
         try:
             yield
         finally:
-            app.state.loading.cancel()
-            await asyncio.to_thread(manager.close)
+            for task in tasks:
+                task.cancel()
+            await manager.close()
 
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
     app.state.serving = OpenAIServing(manager)
@@ -66,19 +77,27 @@ def create_app(manager: ModelManager, metrics: ServingMetrics, models: list[str]
     app.state.ready = False
     install_error_handlers(app)
     app.include_router(v1)
+    app.include_router(warmup)
     app.include_router(ops)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 
 
 def build_app(models: list[str], api_key: str | None = None, **manager_options) -> FastAPI:
-    """``create_app`` with a fresh ``ModelManager`` and ``ServingMetrics`` from settings."""
+    """``create_app`` with a fresh ``ModelManager`` (inventory detected, plus ``SYNTHD_GPU_POOL_FILE``)
+    and ``ServingMetrics``, configured from settings.
+
+    Raises:
+        InventoryError: the declared GPU pool file is unreadable.
+    """
     from synthd.config import get_settings
 
     settings = get_settings()
     metrics = ServingMetrics()
-    manager = ModelManager(settings.models_dir, on_finish=metrics.observe_sequence, **{
-        "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs,
-        "max_model_len": settings.max_model_len, **manager_options,
+    inventory = build_inventory(settings.gpu_pool_file)
+    manager = ModelManager(settings.models_dir, inventory, on_finish=metrics.observe_sequence, **{
+        "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs, "max_model_len": settings.max_model_len,
+        "idle_timeout_s": settings.model_idle_timeout_s, "max_loaded_models": settings.max_loaded_models,
+        **manager_options,
     })
     return create_app(manager, metrics, models, api_key)

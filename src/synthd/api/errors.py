@@ -11,6 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from synthd.engine.manager import ModelLoadError
+from synthd.engine.resolve import ModelNotFound
+from synthd.gpus.selection import SelectionError
+from synthd.gpus.spec import GPUSpecError
+
+DOMAIN_ERRORS = (GPUSpecError, SelectionError, ModelNotFound, ModelLoadError)
+
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +78,21 @@ def _param_path(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
+def domain_error(exc: Exception) -> APIError | None:
+    """The API error for a domain exception from the engine or GPU layers; None if not one of them."""
+    if isinstance(exc, GPUSpecError):
+        return bad_request(str(exc), "gpu_preference", "invalid_gpu_preference")
+    if isinstance(exc, SelectionError):
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        return APIError(exc.status, exc.message, type=kind, param="gpu_preference", code=exc.code, headers=headers)
+    if isinstance(exc, ModelNotFound):
+        return model_not_found("", str(exc))
+    if isinstance(exc, ModelLoadError):
+        return APIError(503, str(exc), type="server_error", code="model_load_failed")
+    return None
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
     # With a union (``stop: str | list[str]``) pydantic reports one error per branch; the branch
     # that matched the input's type explains the problem, not "Input should be a valid string".
@@ -102,6 +124,14 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         error = APIError(exc.status_code, str(exc.detail), type=kind)
         return JSONResponse(error.body(), status_code=exc.status_code)
+
+    async def _domain(_: Request, exc: Exception) -> JSONResponse:
+        mapped = domain_error(exc)
+        assert mapped is not None
+        return JSONResponse(mapped.body(), status_code=mapped.status_code, headers=mapped.headers)
+
+    for error_class in DOMAIN_ERRORS:
+        app.add_exception_handler(error_class, _domain)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -43,12 +43,11 @@ class ServingMetrics:
         self.waiting = Gauge("synthd:num_requests_waiting", "Sequences waiting for a batch slot.", labels,
                              registry=self.registry)
 
-    def watch(self, manager: ModelManager) -> None:
-        """Expose running/waiting gauges for every model ``manager`` has loaded."""
-        for loaded in manager.loaded():
-            engine = loaded.engine
-            self.running.labels(loaded.model_id).set_function(lambda e=engine: e.num_running)
-            self.waiting.labels(loaded.model_id).set_function(lambda e=engine: e.num_waiting)
+    def refresh(self, manager: ModelManager) -> None:
+        """Set the running/waiting gauges from the resident models (called at scrape time)."""
+        for loaded in manager.resident():
+            self.running.labels(loaded.model_id).set(loaded.engine.num_running)
+            self.waiting.labels(loaded.model_id).set(loaded.engine.num_waiting)
 
     def observe_sequence(self, model: str, sequence: Sequence) -> None:
         """Record one finished sequence (engine thread)."""

@@ -63,6 +63,9 @@ class SamplingFields(StrictModel):
     user: str | None = None
     # --- synthd / vLLM extensions ---
     ignore_eos: bool = Field(default=False, description="vLLM extension: keep generating past EOS.")
+    gpu_preference: str | None = Field(
+        default=None, description="synthd: 'auto', 'H100', 'L40S:2', 'H100:2,A100-80GB:2' (wins over X-GPU-Preference)."
+    )
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> "SamplingFields":
@@ -202,3 +205,78 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class WarmupRequest(StrictModel):
+    """Optional body of ``POST /warmup/{model}``."""
+
+    gpu_preference: str | None = None
+
+
+class WarmupResponse(BaseModel):
+    """Answer to ``POST /warmup/{model}``."""
+
+    status: Literal["warming", "already_warming", "already_warmed"]
+    model: str
+    gpu: str | None
+
+
+class WarmupStatus(BaseModel):
+    """``GET /warmup/status/{model}``: ``cold | warming | warmed | failed``."""
+
+    model: str
+    status: Literal["cold", "warming", "warmed", "failed"]
+    gpu: str | None = None
+    load_seconds: float | None = None
+    error: str | None = None
+
+
+class GPUValidateRequest(StrictModel):
+    """``POST /v1/gpus/validate`` body."""
+
+    model: str
+    gpu_preference: str | None = None
+    purpose: Literal["inference", "sft", "dpo"] = "inference"
+
+
+class GPUValidateResponse(BaseModel):
+    """What selection would do, computed without loading anything."""
+
+    valid: bool
+    fits: bool
+    available: bool
+    selected: str | None
+    required_gib: float | None
+    offered_gib: float | None
+    reason: str | None
+    model: str
+    purpose: str
+    gpu_preference: str
+
+
+class CatalogEntry(BaseModel):
+    """One GPU type of the catalog."""
+
+    name: str
+    memory_gib: float
+    price_per_hour: float
+    aliases: list[str]
+
+
+class DeviceEntry(BaseModel):
+    """One device of the inventory and the model holding it, if any."""
+
+    key: str
+    type: str
+    memory_gib: float
+    node: str
+    remote: bool
+    in_use_by: list[str]
+
+
+class GPUReport(BaseModel):
+    """``GET /v1/gpus``."""
+
+    catalog: list[CatalogEntry]
+    inventory: list[DeviceEntry]
+    in_use: dict[str, str]

@@ -4,32 +4,37 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from synthd.api.auth import require_api_key
-from synthd.api.errors import APIError, model_not_found
+from synthd.api.gpu_serving import gpu_report, start_warmup, validate_preference, warmup_status
 from synthd.api.metrics import ServingMetrics
-from synthd.api.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from synthd.api.serving import OpenAIServing
+from synthd.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GPUReport,
+    GPUValidateRequest,
+    GPUValidateResponse,
+    ModelCard,
+    ModelList,
+    WarmupRequest,
+    WarmupResponse,
+    WarmupStatus,
+)
+from synthd.api.serving import OpenAIServing, PreparedRequest
 from synthd.engine.loaded import LoadedModel
-from synthd.engine.resolve import ModelNotFound
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
 
 
+GPU_HEADER = "X-GPU-Preference"
+SELECTED_HEADER = "X-GPU-Selected"
 
-async def wait_until_loaded(request: Request) -> None:
-    """Hold ``/v1`` requests until start-up loading is over; 503 if it failed."""
-    try:
-        await asyncio.shield(request.app.state.loading)
-    except Exception as exc:
-        raise APIError(503, f"Model loading failed: {exc}", type="server_error") from None
-
-
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(wait_until_loaded)])
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+warmup = APIRouter(dependencies=[Depends(require_api_key)])
 ops = APIRouter()
 
 
@@ -45,6 +50,7 @@ def get_metrics(request: Request) -> ServingMetrics:
 
 Serving = Annotated[OpenAIServing, Depends(get_serving)]
 Metrics = Annotated[ServingMetrics, Depends(get_metrics)]
+GPUHeader = Annotated[str | None, Header(alias=GPU_HEADER)]
 
 
 def model_card(loaded: LoadedModel) -> ModelCard:
@@ -65,49 +71,84 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
             raise asyncio.CancelledError("client disconnected")
 
 
-def sse_response(events) -> StreamingResponse:
-    """A ``text/event-stream`` response that proxies won't buffer."""
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+def sse_response(events, prepared: PreparedRequest) -> StreamingResponse:
+    """A ``text/event-stream`` response that proxies won't buffer, naming the device used."""
+    return StreamingResponse(events, media_type="text/event-stream", headers={
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", SELECTED_HEADER: prepared.placement.label})
+
+
+def json_response(body: dict, prepared: PreparedRequest) -> JSONResponse:
+    """A JSON response naming the device used."""
+    return JSONResponse(body, headers={SELECTED_HEADER: prepared.placement.label})
 
 
 @v1.get("/models", response_model=ModelList)
 async def list_models(serving: Serving) -> ModelList:
-    """List the models this server serves."""
-    return ModelList(data=[model_card(m) for m in serving.manager.loaded()])
+    """List the models this server has loaded."""
+    return ModelList(data=[model_card(m) for m in serving.manager.resident()])
 
 
 @v1.get("/models/{model_id:path}", response_model=ModelCard)
 async def retrieve_model(model_id: str, serving: Serving) -> ModelCard:
-    """Retrieve one model; ids may contain '/'."""
-    try:
-        return model_card(serving.manager.get(model_id))
-    except ModelNotFound:
-        raise model_not_found(model_id) from None
+    """Retrieve one model; ids may contain '/'. A known but unloaded model is listed too."""
+    slot = serving.manager.slot(model_id)
+    if slot.loaded is not None:
+        return model_card(slot.loaded)
+    source = serving.manager.resolve(model_id)
+    return ModelCard(id=source.model_id, created=int(source.path.stat().st_mtime), root=str(source.path))
 
 
 @v1.post("/chat/completions", response_model=None)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request, serving: Serving) -> Response:
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, serving: Serving,
+                                 gpu: GPUHeader = None) -> Response:
     """Create a chat completion (streamed as SSE when ``stream`` is true)."""
     request.state.model_name = body.model
-    prepared = serving.prepare_chat(body)
+    prepared = await until_disconnected(request, serving.prepare_chat(body, gpu))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(serving.chat_stream(prepared, include_usage))
+        return sse_response(serving.chat_stream(prepared, include_usage), prepared)
     result = await until_disconnected(request, serving.chat(prepared))
-    return JSONResponse(result.model_dump())
+    return json_response(result.model_dump(), prepared)
 
 
 @v1.post("/completions", response_model=None)
-async def create_completion(body: CompletionRequest, request: Request, serving: Serving) -> Response:
+async def create_completion(body: CompletionRequest, request: Request, serving: Serving,
+                            gpu: GPUHeader = None) -> Response:
     """Create a text completion (streamed as SSE when ``stream`` is true)."""
     request.state.model_name = body.model
-    prepared = serving.prepare_completion(body)
+    prepared = await until_disconnected(request, serving.prepare_completion(body, gpu))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(serving.completion_stream(prepared, include_usage))
+        return sse_response(serving.completion_stream(prepared, include_usage), prepared)
     result = await until_disconnected(request, serving.completion(prepared))
-    return JSONResponse(result.model_dump())
+    return json_response(result.model_dump(), prepared)
+
+
+@v1.get("/gpus", response_model=GPUReport)
+async def list_gpus(serving: Serving) -> GPUReport:
+    """GPU catalog, this deployment's inventory, and what is in use."""
+    return gpu_report(serving.manager)
+
+
+@v1.post("/gpus/validate", response_model=GPUValidateResponse)
+async def validate_gpus(body: GPUValidateRequest, serving: Serving) -> GPUValidateResponse:
+    """Check a GPU preference for a model and purpose without loading anything."""
+    return validate_preference(serving.manager, body)
+
+
+@warmup.post("/warmup/{model:path}", response_model=WarmupResponse)
+@warmup.post("/v1/warmup/{model:path}", response_model=WarmupResponse, include_in_schema=False)
+async def warm_model(model: str, serving: Serving, body: WarmupRequest | None = None,
+                     gpu: GPUHeader = None) -> WarmupResponse:
+    """Start loading a model in the background, on the preferred GPU."""
+    return await start_warmup(serving.manager, model, body.gpu_preference if body else None, gpu)
+
+
+@warmup.get("/warmup/status/{model:path}", response_model=WarmupStatus)
+@warmup.get("/v1/warmup/status/{model:path}", response_model=WarmupStatus, include_in_schema=False)
+async def warm_status(model: str, serving: Serving) -> WarmupStatus:
+    """Warmup state of a model: cold, warming, warmed or failed."""
+    return warmup_status(serving.manager, model)
 
 
 @ops.get("/health")
@@ -119,13 +160,14 @@ async def health() -> dict[str, str]:
 @ops.get("/ready")
 async def ready(request: Request, serving: Serving) -> JSONResponse:
     """Readiness: 200 once the served models are loaded, else 503."""
-    models = [m.model_id for m in serving.manager.loaded()]
+    models = [m.model_id for m in serving.manager.resident()]
     is_ready = bool(getattr(request.app.state, "ready", False))
     return JSONResponse({"status": "ready" if is_ready else "loading", "models": models},
                         status_code=200 if is_ready else 503)
 
 
 @ops.get("/metrics")
-async def metrics(metrics: Metrics) -> Response:
+async def metrics(metrics: Metrics, serving: Serving) -> Response:
     """Prometheus metrics."""
+    metrics.refresh(serving.manager)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from synthd import __version__
-from synthd.api.errors import APIError, bad_request, model_not_found
+from synthd.api.errors import APIError, bad_request
 from synthd.api.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -28,9 +28,10 @@ from synthd.api.protocol import (
 )
 from synthd.engine.loaded import LoadedModel
 from synthd.engine.manager import ModelManager, generate
-from synthd.engine.resolve import ModelNotFound
 from synthd.engine.sampling import SamplingParams
 from synthd.engine.sequence import FINISH_ABORT, FINISH_ERROR
+from synthd.gpus.selection import Placement
+from synthd.gpus.spec import parse_gpu_preference
 
 DONE = "data: [DONE]\n\n"
 
@@ -49,6 +50,7 @@ class PreparedRequest:
     """A validated request in engine terms: one entry per choice, in choice-index order."""
 
     loaded: LoadedModel
+    placement: Placement
     prompt_ids: list[list[int]]
     params: list[SamplingParams]
     prompt_tokens: int
@@ -67,32 +69,36 @@ class OpenAIServing:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
 
-    def fingerprint(self, loaded: LoadedModel) -> str:
-        """``system_fingerprint``: synthd version, dtype and the device the model runs on."""
-        return f"synthd-{__version__}-{str(loaded.dtype).removeprefix('torch.')}-{loaded.device.type}"
+    @staticmethod
+    def fingerprint(prepared: "PreparedRequest") -> str:
+        """``system_fingerprint``: synthd version, the device used (placement) and the dtype."""
+        dtype = str(prepared.loaded.dtype).removeprefix("torch.")
+        return f"synthd-{__version__}-{prepared.placement.label}-{dtype}"
 
-    def model(self, name: str) -> LoadedModel:
-        """A served model, or a 404 ``model_not_found``."""
-        try:
-            return self.manager.get(name)
-        except ModelNotFound as exc:
-            raise model_not_found(name, str(exc)) from None
-
-    # --- chat completions -------------------------------------------------------------------
-    def prepare_chat(self, request: ChatCompletionRequest) -> PreparedRequest:
-        """Validate and tokenise a chat request.
+    async def acquire(self, model: str, body_preference: str | None, header_preference: str | None) -> tuple[LoadedModel, Placement]:
+        """The model placed per the GPU preference (body wins over header), loaded if cold.
 
         Raises:
-            APIError: 404 unknown model; 400 no chat template, or ``context_length_exceeded``.
+            GPUSpecError, SelectionError, ModelNotFound, ModelLoadError: mapped to API errors.
         """
-        loaded = self.model(request.model)
+        preference = parse_gpu_preference(body_preference if body_preference is not None else header_preference)
+        return await self.manager.acquire(model, preference)
+
+    # --- chat completions -------------------------------------------------------------------
+    async def prepare_chat(self, request: ChatCompletionRequest, header_preference: str | None = None) -> PreparedRequest:
+        """Place, load if needed, validate and tokenise a chat request.
+
+        Raises:
+            APIError: 400 no chat template, or ``context_length_exceeded``; the errors of ``acquire``.
+        """
+        loaded, placement = await self.acquire(request.model, request.gpu_preference, header_preference)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
         try:
             prompt = loaded.encode_chat(messages)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from None
         param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
-        return self._prepare(loaded, [prompt], request, request.token_limit(), "messages", param, "chatcmpl")
+        return self._prepare(loaded, placement, [prompt], request, request.token_limit(), "messages", param, "chatcmpl")
 
     async def chat(self, prepared: PreparedRequest) -> ChatCompletion:
         """Run every choice to the end and build the ``chat.completion``."""
@@ -106,7 +112,7 @@ class OpenAIServing:
                 for i, r in enumerate(results)
             ],
             usage=self._usage(prepared, results),
-            system_fingerprint=self.fingerprint(prepared.loaded),
+            system_fingerprint=self.fingerprint(prepared),
         )
 
     async def chat_stream(self, prepared: PreparedRequest, include_usage: bool) -> AsyncIterator[str]:
@@ -114,7 +120,7 @@ class OpenAIServing:
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
             body = ChatCompletionChunk(
                 id=prepared.request_id, created=prepared.created, model=prepared.loaded.model_id,
-                choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared.loaded),
+                choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared),
             )
             return sse(body.model_dump(exclude_none=True))
 
@@ -133,17 +139,17 @@ class OpenAIServing:
         yield DONE
 
     # --- completions ------------------------------------------------------------------------
-    def prepare_completion(self, request: CompletionRequest) -> PreparedRequest:
-        """Validate and tokenise a completions request (one or several prompts).
+    async def prepare_completion(self, request: CompletionRequest, header_preference: str | None = None) -> PreparedRequest:
+        """Place, load if needed, validate and tokenise a completions request (one or more prompts).
 
         Raises:
-            APIError: 404 unknown model; 400 empty prompt or ``context_length_exceeded``.
+            APIError: 400 empty prompt or ``context_length_exceeded``; the errors of ``acquire``.
         """
-        loaded = self.model(request.model)
+        loaded, placement = await self.acquire(request.model, request.gpu_preference, header_preference)
         prompts = [loaded.encode_text(text) for text in request.prompts()]
         if any(not ids for ids in prompts):
             raise bad_request("The prompt must not be empty.", "prompt")
-        return self._prepare(loaded, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl")
+        return self._prepare(loaded, placement, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl")
 
     async def completion(self, prepared: PreparedRequest) -> Completion:
         """Run every choice to the end and build the ``text_completion``."""
@@ -154,7 +160,7 @@ class OpenAIServing:
             model=prepared.loaded.model_id,
             choices=[CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason) for i, r in enumerate(results)],
             usage=self._usage(prepared, results),
-            system_fingerprint=self.fingerprint(prepared.loaded),
+            system_fingerprint=self.fingerprint(prepared),
         )
 
     async def completion_stream(self, prepared: PreparedRequest, include_usage: bool) -> AsyncIterator[str]:
@@ -162,7 +168,7 @@ class OpenAIServing:
         def event(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
             body = Completion(
                 id=prepared.request_id, created=prepared.created, model=prepared.loaded.model_id,
-                choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared.loaded),
+                choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared),
             )
             return sse(body.model_dump(exclude_none=True))
 
@@ -180,6 +186,7 @@ class OpenAIServing:
     def _prepare(
         self,
         loaded: LoadedModel,
+        placement: Placement,
         prompts: list[list[int]],
         request: SamplingFields,
         token_limit: int | None,
@@ -213,6 +220,7 @@ class OpenAIServing:
                 ))
         return PreparedRequest(
             loaded=loaded,
+            placement=placement,
             prompt_ids=ids,
             params=params,
             prompt_tokens=sum(len(p) for p in prompts),

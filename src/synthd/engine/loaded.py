@@ -73,16 +73,26 @@ def load_model(
     max_num_seqs: int = 64,
     max_model_len: int | None = None,
     on_finish: FinishObserver | None = None,
+    gpu_indices: list[int] | None = None,
 ) -> LoadedModel:
     """Load weights and tokenizer from ``source.path`` and start its batching engine.
+
+    ``gpu_indices`` are the CUDA ordinals the placement chose: none → CPU, one → that GPU, several →
+    layers spread over exactly those GPUs (accelerate's ``device_map="auto"`` limited by ``max_memory``).
 
     Raises:
         OSError / ValueError: the folder is not a loadable causal LM.
     """
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    indices = gpu_indices or []
+    device = torch.device(f"cuda:{indices[0]}") if indices else torch.device("cpu")
     torch_dtype = pick_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype).to(device).eval()
+    if len(indices) > 1:
+        max_memory = {i: torch.cuda.get_device_properties(i).total_memory for i in indices}
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype, device_map="auto",
+                                                     max_memory=max_memory).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype).to(device).eval()
     eos = _eos_token_ids(model.generation_config, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length

@@ -1,73 +1,236 @@
-"""The set of models this process serves, and the async bridge to their engines."""
+"""The models this process serves: placement, warmup, lazy loading, idle unload and LRU eviction.
+
+Every model has a slot with a warmup status: ``cold → warming → warmed`` (or ``failed`` with the
+reason). Loads run in a worker thread; concurrent warmups or requests for one model share a single
+load. Inference on a cold model loads it first (the request waits). A model idle for longer than
+``idle_timeout_s`` is unloaded, and loading beyond ``max_loaded_models`` evicts the least recently
+used idle model.
+"""
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from synthd.engine.detokenize import TextAssembler
 from synthd.engine.loaded import LoadedModel, load_model
-from synthd.engine.resolve import ModelNotFound, canonical_id, resolve_model
+from synthd.engine.resolve import ModelNotFound, ModelSource, canonical_id, resolve_model
 from synthd.engine.sampling import SamplerState, SamplingParams
 from synthd.engine.sequence import Sequence, SequenceEvent
+from synthd.gpus.inventory import Device
+from synthd.gpus.memory import MemoryEstimate, ModelShape, estimate_memory
+from synthd.gpus.selection import Placement, SelectionError, select_placement
+from synthd.gpus.spec import AUTO, GPUPreference
+
+COLD, WARMING, WARMED, FAILED = "cold", "warming", "warmed", "failed"
+
+
+class ModelLoadError(RuntimeError):
+    """Loading a model failed; the message says why."""
+
+
+@dataclass
+class ModelSlot:
+    """One model's warmup state. Times are ``time.monotonic()`` seconds; ``load_seconds`` wall time."""
+
+    model_id: str
+    status: str = COLD
+    placement: Placement | None = None
+    loaded: LoadedModel | None = None
+    load_seconds: float | None = None
+    error: str | None = None
+    last_used: float = 0.0
+    task: asyncio.Task | None = None
+
+    @property
+    def gpu(self) -> str | None:
+        """The placement label (``cpu``, ``H100:2``) once chosen."""
+        return self.placement.label if self.placement else None
+
+    @property
+    def in_flight(self) -> int:
+        """Sequences running or waiting in its engine."""
+        return self.loaded.engine.num_running + self.loaded.engine.num_waiting if self.loaded else 0
 
 
 class ModelManager:
-    """Loads the served models and looks them up by id (or the embedded model's hub id).
+    """Resolves, places, loads and unloads models.
 
     Args:
         models_dir: where converted models live (``$SYNTHD_HOME/models``).
+        inventory: the deployment's devices (see ``synthd.gpus.inventory``).
         dtype, max_num_seqs, max_model_len: passed to ``load_model``.
+        idle_timeout_s: unload a model unused for this long (None: never).
+        max_loaded_models: most resident models; the least recently used idle one is evicted.
         on_finish: called with (model id, sequence) once per finished sequence (metrics).
     """
 
     def __init__(
         self,
         models_dir: Path,
+        inventory: list[Device],
         *,
         dtype: str = "auto",
         max_num_seqs: int = 64,
         max_model_len: int | None = None,
+        idle_timeout_s: float | None = None,
+        max_loaded_models: int = 4,
         on_finish: Callable[[str, Sequence], None] | None = None,
     ) -> None:
         self.models_dir = models_dir
-        self._load_options = {"dtype": dtype, "max_num_seqs": max_num_seqs, "max_model_len": max_model_len}
+        self.inventory = inventory
+        self.dtype = dtype
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.idle_timeout_s = idle_timeout_s
+        self.max_loaded_models = max_loaded_models
         self._on_finish = on_finish
-        self._models: dict[str, LoadedModel] = {}
+        self._slots: dict[str, ModelSlot] = {}
 
-    def load(self, model: str) -> LoadedModel:
-        """Load ``model`` (blocking) unless it is already resident; return it.
+    # --- lookups ---------------------------------------------------------------------------
+    def resolve(self, model: str) -> ModelSource:
+        """Local weights for ``model``. Raises ModelNotFound."""
+        return resolve_model(model, self.models_dir)
+
+    def slot(self, model: str) -> ModelSlot:
+        """The model's slot (a fresh ``cold`` one if never seen)."""
+        model_id = canonical_id(model)
+        return self._slots.get(model_id) or ModelSlot(model_id)
+
+    def resident(self) -> list[LoadedModel]:
+        """Loaded models, in load order."""
+        return [s.loaded for s in self._slots.values() if s.loaded is not None]
+
+    def busy_devices(self, except_model: str | None = None) -> set[str]:
+        """Keys of devices held by resident or loading models other than ``except_model``."""
+        return {d.key for s in self._slots.values() if s.placement and s.model_id != except_model
+                and s.status in (WARMING, WARMED) for d in s.placement.devices}
+
+    def estimate(self, model: str, purpose: str = "inference") -> MemoryEstimate:
+        """Memory ``model`` needs for ``purpose``, from its ``config.json``. Raises ModelNotFound."""
+        source = self.resolve(model)
+        config = json.loads((source.path / "config.json").read_text())
+        shape = ModelShape.from_config(config)
+        dtype_bytes = 4 if self.dtype == "float32" else 2
+        context = min(shape.max_position_embeddings, self.max_model_len or shape.max_position_embeddings)
+        return estimate_memory(shape, purpose, dtype_bytes=dtype_bytes, context=context if purpose == "inference" else None)
+
+    def plan(self, model: str, preference: GPUPreference, purpose: str = "inference") -> tuple[Placement, MemoryEstimate]:
+        """Where ``model`` would run for ``preference``, without loading anything.
 
         Raises:
-            ModelNotFound: no local weights for ``model``.
+            ModelNotFound: unknown model.
+            SelectionError: the preference cannot be met (see ``synthd.gpus.selection``).
+        """
+        needed = self.estimate(model, purpose)
+        busy = self.busy_devices(except_model=canonical_id(model))
+        return select_placement(preference, needed.total_gib, self.inventory, busy), needed
+
+    # --- warmup and use --------------------------------------------------------------------
+    async def warmup(self, model: str, preference: GPUPreference = AUTO) -> tuple[str, ModelSlot]:
+        """Start loading ``model`` in the background; returns (``warming`` | ``already_warming`` |
+        ``already_warmed``, slot).
+
+        Raises:
+            ModelNotFound, SelectionError: recorded in the slot as ``failed`` and re-raised.
         """
         model_id = canonical_id(model)
-        if model_id not in self._models:
-            source = resolve_model(model, self.models_dir)
-            observer = partial(self._on_finish, model_id) if self._on_finish else None
-            self._models[model_id] = load_model(source, on_finish=observer, **self._load_options)
-        return self._models[model_id]
+        slot = self._slots.setdefault(model_id, ModelSlot(model_id))
+        if slot.status == WARMING and self._satisfies(slot, preference):
+            return "already_warming", slot
+        if slot.status == WARMED and self._satisfies(slot, preference):
+            return "already_warmed", slot
+        try:
+            placement, _ = self.plan(model, preference)
+            if placement.remote:
+                raise SelectionError(409, "gpu_remote",
+                                     f"{placement.label} is a declared cluster device ({placement.devices[0].node}); "
+                                     "this process runs models only on its local devices.")
+        except (ModelNotFound, SelectionError) as exc:
+            if slot.loaded is None:
+                slot.status, slot.error = FAILED, str(exc)
+            raise
+        if slot.task is not None and not slot.task.done():
+            await asyncio.shield(slot.task)
+        previous, slot.status, slot.placement, slot.error, slot.load_seconds = slot.loaded, WARMING, placement, None, None
+        slot.task = asyncio.create_task(self._load(slot, model, placement, previous))
+        return "warming", slot
 
-    def get(self, model: str) -> LoadedModel:
-        """A resident model by id.
+    async def acquire(self, model: str, preference: GPUPreference = AUTO) -> tuple[LoadedModel, Placement]:
+        """The model ready for inference on a placement meeting ``preference``, loading it if cold.
 
         Raises:
-            ModelNotFound: the model is not served by this process.
+            ModelNotFound, SelectionError: as for ``warmup``.
+            ModelLoadError: the load failed.
         """
-        loaded = self._models.get(canonical_id(model))
-        if loaded is None:
-            raise ModelNotFound(f"The model '{model}' does not exist or is not served here.")
-        return loaded
+        slot = self.slot(model)
+        if not (slot.status in (WARMING, WARMED) and self._satisfies(slot, preference)):
+            _, slot = await self.warmup(model, preference)
+        if slot.status == WARMING and slot.task is not None:
+            await asyncio.shield(slot.task)
+        if slot.status != WARMED or slot.loaded is None or slot.placement is None:
+            raise ModelLoadError(f"model '{slot.model_id}' failed to load: {slot.error}")
+        slot.last_used = time.monotonic()
+        return slot.loaded, slot.placement
 
-    def loaded(self) -> list[LoadedModel]:
-        """Resident models, in load order."""
-        return list(self._models.values())
+    async def evict_idle(self) -> list[str]:
+        """Unload models idle longer than ``idle_timeout_s``; return their ids."""
+        if self.idle_timeout_s is None:
+            return []
+        now = time.monotonic()
+        idle = [s for s in self._slots.values()
+                if s.status == WARMED and s.in_flight == 0 and now - s.last_used > self.idle_timeout_s]
+        for slot in idle:
+            await self._unload(slot)
+        return [s.model_id for s in idle]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Stop every engine."""
-        for loaded in self._models.values():
-            loaded.close()
-        self._models.clear()
+        for slot in list(self._slots.values()):
+            if slot.task is not None and not slot.task.done():
+                slot.task.cancel()
+            await self._unload(slot)
+
+    def _satisfies(self, slot: ModelSlot, preference: GPUPreference) -> bool:
+        return preference.is_auto or slot.gpu in {str(o) for o in preference.options}
+
+    async def _load(self, slot: ModelSlot, model: str, placement: Placement, previous: LoadedModel | None) -> None:
+        if previous is not None:
+            slot.loaded = None
+            await asyncio.to_thread(previous.close)
+        started = time.perf_counter()
+        try:
+            await self._make_room(slot.model_id)
+            observer = partial(self._on_finish, slot.model_id) if self._on_finish else None
+            devices = [d.index for d in placement.devices if d.gpu.name != "cpu"]
+            slot.loaded = await asyncio.to_thread(
+                load_model, self.resolve(model), dtype=self.dtype, max_num_seqs=self.max_num_seqs,
+                max_model_len=self.max_model_len, on_finish=observer, gpu_indices=devices,
+            )
+        except Exception as exc:  # any load failure becomes the slot's reason
+            slot.status, slot.error = FAILED, f"{type(exc).__name__}: {exc}"
+            return
+        slot.status, slot.load_seconds, slot.last_used = WARMED, time.perf_counter() - started, time.monotonic()
+
+    async def _make_room(self, model_id: str) -> None:
+        resident = [s for s in self._slots.values() if s.loaded is not None and s.model_id != model_id]
+        while len(resident) >= self.max_loaded_models:
+            idle = [s for s in resident if s.in_flight == 0]
+            if not idle:
+                raise ModelLoadError(f"{len(resident)} models are resident (max {self.max_loaded_models}) and all are busy")
+            victim = min(idle, key=lambda s: s.last_used)
+            await self._unload(victim)
+            resident.remove(victim)
+
+    async def _unload(self, slot: ModelSlot) -> None:
+        loaded, slot.loaded = slot.loaded, None
+        if loaded is not None:
+            await asyncio.to_thread(loaded.close)
+        if slot.status == WARMED:
+            slot.status, slot.placement = COLD, None
 
 
 async def generate(loaded: LoadedModel, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[SequenceEvent]:

@@ -1,0 +1,1 @@
+"""GPU catalog, preference grammar, memory estimates, inventory and selection."""

@@ -1,0 +1,252 @@
+"""GPU catalog, preference grammar, memory fit, selection, validation and warmup."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import MODEL
+from synthd.gpus.catalog import CATALOG, from_device_name, lookup
+from synthd.gpus.inventory import Device, load_pool
+from synthd.gpus.memory import ModelShape, estimate_memory
+from synthd.gpus.selection import SelectionError, select_placement
+from synthd.gpus.spec import GPUOption, GPUSpecError, parse_gpu_preference
+from synthd.gpus.catalog import cpu_type
+from synthd.server_process import ServerProcess
+
+LLAMA_70B = {  # meta-llama/Llama-3.1-70B config.json numbers
+    "model_type": "llama", "vocab_size": 128256, "hidden_size": 8192, "intermediate_size": 28672,
+    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+    "max_position_embeddings": 8192, "tie_word_embeddings": False,
+}
+SMOL = {"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+        "max_position_embeddings": 8192, "tie_word_embeddings": True}
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("H100", ("H100:1",)), ("h100", ("H100:1",)), ("H100:8", ("H100:8",)), ("L40S:2", ("L40S:2",)),
+    ("A100", ("A100-40GB:1",)), ("a100-80g:4", ("A100-80GB:4",)), ("A10G", ("A10G:1",)),
+    ("H100:2,A100-80GB:2", ("H100:2", "A100-80GB:2")), (" h200 , b200:2 ", ("H200:1", "B200:2")),
+    ("cpu", ("cpu:1",)), ("CPU", ("cpu:1",)),
+])
+def test_grammar_accepts(text: str, expected: tuple[str, ...]) -> None:
+    options = parse_gpu_preference(text).options
+    assert tuple(f"{o.gpu_name}:{o.count}" for o in options) == expected
+
+
+@pytest.mark.parametrize("text", ["H100:3", "H100:0", "TPU", "H100:8:2", "", "  ", "H100:", ":2", "H100,,A10G",
+                                  "H100:-1", "H100:two", "cpu:2", "A100-81GB"])
+def test_grammar_rejects_with_valid_list(text: str) -> None:
+    with pytest.raises(GPUSpecError) as info:
+        parse_gpu_preference(text)
+    assert "valid types: T4, L4, A10G" in str(info.value) and "valid counts: 1, 2, 4, 8" in str(info.value)
+
+
+def test_auto_and_none_mean_synthd_picks() -> None:
+    assert parse_gpu_preference(None).is_auto and parse_gpu_preference("AUTO").is_auto
+
+
+def test_catalog_prices_memory_and_driver_names() -> None:
+    assert {g.name for g in CATALOG} == {"T4", "L4", "A10G", "L40S", "A100-40GB", "A100-80GB", "H100", "H200", "B200"}
+    assert all(g.memory_gib > 0 and g.price_per_hour > 0 for g in CATALOG)
+    assert from_device_name("NVIDIA H100 80GB HBM3").name == "H100"
+    assert from_device_name("NVIDIA A100-SXM4-80GB").name == "A100-80GB"
+    assert from_device_name("NVIDIA A100-SXM4-40GB").name == "A100-40GB"
+    assert from_device_name("NVIDIA L40S").name == "L40S"
+    assert from_device_name("Some Other GPU") is None
+
+
+def test_parameter_count_matches_published_sizes() -> None:
+    assert ModelShape.from_config(SMOL).parameters == 134_515_008  # SmolLM2-135M safetensors total
+    assert 70.0e9 < ModelShape.from_config(LLAMA_70B).parameters < 71.0e9
+
+
+def fits(config: dict, spec: str, purpose: str = "inference") -> bool:
+    needed = estimate_memory(ModelShape.from_config(config), purpose).total_gib
+    option = parse_gpu_preference(spec).options[0]
+    return lookup(option.gpu_name).memory_gib * option.count >= needed
+
+
+@pytest.mark.parametrize("spec", ["T4", "L4", "A10G", "L40S", "A100", "A100-80GB", "H100", "H200", "B200"])
+def test_embedded_model_fits_everything(spec: str) -> None:
+    for purpose in ("inference", "sft", "dpo"):
+        assert fits(SMOL, spec, purpose)
+
+
+def test_70b_fit_table() -> None:
+    assert fits(LLAMA_70B, "H100:2")
+    assert not fits(LLAMA_70B, "A10G")
+    assert not fits(LLAMA_70B, "H100")
+    assert not fits(LLAMA_70B, "L40S:2")
+    assert fits(LLAMA_70B, "H100:4", "sft")
+    assert not fits(LLAMA_70B, "H100", "sft")
+
+
+def test_training_needs_more_than_inference() -> None:
+    shape = ModelShape.from_config(LLAMA_70B)
+    inference = estimate_memory(shape, "inference", context=2048).total_gib
+    sft = estimate_memory(shape, "sft", context=2048).total_gib
+    dpo = estimate_memory(shape, "dpo", context=2048).total_gib
+    full = estimate_memory(shape, "sft", context=2048, full_fine_tune=True).total_gib
+    assert inference < sft < dpo < full
+    assert full > 16 * shape.parameters / 1024**3  # Adam mixed precision: 16 bytes/param
+
+
+@pytest.fixture()
+def pool_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pool.json"
+    path.write_text(json.dumps({"devices": [{"type": "L40S", "count": 2, "node": "a"},
+                                            {"type": "h100", "count": 8, "node": "b"}]}))
+    return path
+
+
+def test_selection_on_declared_pool(pool_file: Path) -> None:
+    pool = load_pool(pool_file)
+    assert [d.key for d in pool][:3] == ["a/L40S#0", "a/L40S#1", "b/H100#0"]
+    pick = lambda spec, gib, busy=frozenset(): select_placement(parse_gpu_preference(spec), gib, pool, busy)  # noqa: E731
+    assert pick(None, 10).label == "L40S"          # cheapest that fits
+    assert pick(None, 60).label == "L40S:2"        # 2 x 48 GiB at $3.90 beats one H100 at $3.95
+    assert pick(None, 100).label == "H100:2"
+    assert pick("H100:2,L40S:2", 60).label == "H100:2"  # ordered fallback: first that works
+    assert pick("A100:2,L40S:2", 60).label == "L40S:2"  # A100 not in pool → next option
+    with pytest.raises(SelectionError) as not_fit:
+        pick("L40S", 148)
+    assert not_fit.value.status == 400 and "GPU type not supported for this model" in not_fit.value.message
+    assert "148.0 GiB" in not_fit.value.message and "48 GiB" in not_fit.value.message
+    with pytest.raises(SelectionError) as missing:
+        pick("A100-80GB:2", 100)
+    assert missing.value.status == 409 and "2x L40S, 8x H100" in missing.value.message
+    busy = {d.key for d in pool if d.gpu.name == "L40S"}
+    with pytest.raises(SelectionError) as taken:
+        pick("L40S", 10, busy)
+    assert taken.value.status == 503 and taken.value.retry_after_s
+    assert pick("L40S,H100", 10, busy).label == "H100"
+
+
+def test_selection_on_cpu_only_machine() -> None:
+    inventory = [Device(cpu_type(23.0), 0)]
+    assert select_placement(parse_gpu_preference(None), 1.5, inventory).label == "cpu"
+    assert select_placement(parse_gpu_preference("H100,cpu"), 1.5, inventory).option == GPUOption("cpu")
+    with pytest.raises(SelectionError) as info:
+        select_placement(parse_gpu_preference("H100"), 1.5, inventory)
+    assert info.value.status == 409 and "it has: cpu" in info.value.message
+
+
+def test_bad_pool_file_is_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "pool.json"
+    bad.write_text('{"devices": [{"type": "TPU", "count": 2}]}')
+    with pytest.raises(ValueError, match="bad entry"):
+        load_pool(bad)
+
+
+# --- over HTTP -----------------------------------------------------------------------------------
+def chat(server: ServerProcess, headers: dict | None = None, **body) -> httpx.Response:
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, **body}
+    return httpx.post(server.base_url + "/chat/completions", json=payload, headers=headers or {}, timeout=60)
+
+
+def test_preference_on_requests_header_and_body(server: ServerProcess) -> None:
+    ok = chat(server, {"X-GPU-Preference": "cpu"})
+    assert ok.status_code == 200 and ok.headers["X-GPU-Selected"] == "cpu"
+    assert "-cpu-" in ok.json()["system_fingerprint"]
+    refused = chat(server, {"X-GPU-Preference": "H100"})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "gpu_unavailable"
+    assert "it has: cpu" in refused.json()["error"]["message"]
+    assert chat(server, {"X-GPU-Preference": "H100"}, gpu_preference="cpu").status_code == 200  # body wins
+    assert chat(server, {"X-GPU-Preference": "cpu"}, gpu_preference="H100").status_code == 409
+    bad = chat(server, gpu_preference="H100:3")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "gpu_preference"
+    assert "valid counts" in bad.json()["error"]["message"]
+    completion = httpx.post(server.base_url + "/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2,
+                                                                     "gpu_preference": "auto"}, timeout=60)
+    assert completion.status_code == 200 and completion.headers["X-GPU-Selected"] == "cpu"
+
+
+def test_gpus_endpoint_and_validate(server: ServerProcess, tmp_path: Path) -> None:
+    report = httpx.get(server.base_url + "/gpus").json()
+    assert len(report["catalog"]) == 9
+    assert report["inventory"][0]["type"] == "cpu"
+    assert MODEL in report["inventory"][0]["in_use_by"] and report["in_use"][MODEL] == "cpu"
+    big = tmp_path / "llama-70b"
+    big.mkdir()
+    (big / "config.json").write_text(json.dumps(LLAMA_70B))
+    validate = lambda **b: httpx.post(server.base_url + "/gpus/validate", json=b).json()  # noqa: E731
+    ok = validate(model=MODEL, gpu_preference="cpu")
+    assert (ok["valid"], ok["fits"], ok["available"], ok["selected"]) == (True, True, True, "cpu")
+    assert ok["required_gib"] < ok["offered_gib"]
+    too_big = validate(model=str(big), gpu_preference="A10G")
+    assert (too_big["valid"], too_big["fits"], too_big["available"]) == (True, False, False)
+    assert too_big["required_gib"] > 140 and too_big["offered_gib"] == 24
+    elsewhere = validate(model=str(big), gpu_preference="H100:2")
+    assert (elsewhere["fits"], elsewhere["available"]) == (True, False)
+    assert validate(model=str(big), gpu_preference="A100-80GB", purpose="sft")["fits"] is False
+    assert validate(model=MODEL, gpu_preference="TPU")["valid"] is False
+    unknown = httpx.post(server.base_url + "/gpus/validate", json={"model": "nope", "gpu_preference": "cpu"})
+    assert unknown.status_code == 404
+    bad_purpose = httpx.post(server.base_url + "/gpus/validate", json={"model": MODEL, "purpose": "pretrain"})
+    assert bad_purpose.status_code == 400
+
+
+@pytest.fixture()
+def copy_models_dir(models_dir: Path, tmp_path: Path) -> Path:
+    """A models dir with the embedded model and ``org/smol-copy``, a second id for the same weights
+    (a folder of symlinks), so that one starts cold."""
+    directory = tmp_path / "models"
+    directory.mkdir()
+    (directory / MODEL).symlink_to(models_dir / MODEL)
+    copy = directory / "smol-copy"
+    copy.mkdir()
+    for item in (models_dir / MODEL).iterdir():
+        (copy / item.name).symlink_to(item)
+    return directory
+
+
+def test_warmup_state_machine(copy_models_dir: Path, tmp_path: Path) -> None:
+    env = {"SYNTHD_MODEL_IDLE_TIMEOUT_S": "3", "SYNTHD_MODELS_DIR": str(copy_models_dir)}
+    model_copy = "/smol-copy"
+    with ServerProcess(log_path=tmp_path / "server.log", env=env) as server:
+        root = server.root_url
+        status = lambda: httpx.get(f"{root}/warmup/status{model_copy}").json()  # noqa: E731
+        assert status()["status"] == "cold"
+        answers: list[dict] = []
+
+        def post() -> None:
+            answers.append(httpx.post(f"{root}/warmup{model_copy}", json={"gpu_preference": "cpu"}, timeout=60).json())
+
+        threads = [threading.Thread(target=post) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(a["status"] for a in answers)[-1] == "warming"
+        assert [a["status"] for a in answers].count("warming") == 1  # concurrent warmups coalesce
+        assert all(a["gpu"] == "cpu" for a in answers)
+        seen = {status()["status"]}
+        deadline = time.monotonic() + 60
+        while status()["status"] != "warmed" and time.monotonic() < deadline:
+            seen.add(status()["status"])
+            time.sleep(0.05)
+        final = status()
+        assert final["status"] == "warmed" and final["gpu"] == "cpu" and final["load_seconds"] > 0
+        assert seen <= {"warming", "warmed"}
+        again = httpx.post(f"{root}/v1/warmup{model_copy}").json()
+        assert again["status"] == "already_warmed"
+        assert httpx.post(f"{root}/warmup{model_copy}", json={"gpu_preference": "H100"}).status_code == 409
+        assert status()["status"] == "warmed"  # a refused preference does not break a warmed model
+        failed = httpx.post(f"{root}/warmup/no/such-model")
+        assert failed.status_code == 404
+        missing = httpx.get(f"{root}/warmup/status/no/such-model").json()
+        assert missing["status"] == "failed" and "not found" in missing["error"]
+        deadline = time.monotonic() + 20
+        while status()["status"] == "warmed" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert status()["status"] == "cold"  # idle for > 3 s: unloaded
+        reply = httpx.post(server.base_url + "/chat/completions", timeout=120, json={
+            "model": model_copy.lstrip("/"), "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 20, "temperature": 0})
+        assert reply.status_code == 200 and "Paris" in reply.json()["choices"][0]["message"]["content"]
+        assert status()["status"] == "warmed"  # a request on a cold model loads it first
