@@ -30,12 +30,18 @@ def tokenizer(models_dir: Path):
     return AutoTokenizer.from_pretrained(embedded_model_dir(models_dir))
 
 
+def server_env(home: Path, models_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a test server: its own ``SYNTHD_HOME`` (database, files, adapters), the
+    shared pulled models, no API key."""
+    return {"SYNTHD_HOME": str(home), "SYNTHD_MODELS_DIR": str(models_dir), "SYNTHD_API_KEY": "",
+            "SYNTH_API_KEY": "", "SYNTHD_DATABASE_URL": "", **extra}
+
+
 @pytest.fixture(scope="session")
 def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """``synthd serve`` with the embedded model, without an API key."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {"SYNTHD_API_KEY": "", "SYNTH_API_KEY": ""}
-    with ServerProcess(log_path=log, env=env) as process:
+    """``synthd serve`` with the embedded model, without an API key, on a fresh home."""
+    home = tmp_path_factory.mktemp("home")
+    with ServerProcess(log_path=home / "server.log", env=server_env(home, models_dir)) as process:
         yield process
 
 

@@ -4,7 +4,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import MODEL
+from conftest import MODEL, server_env
 from synthd.server_process import ServerProcess
 
 GOOD = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
@@ -82,8 +82,8 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
 
 @pytest.fixture(scope="module")
 def keyed_server(models_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("keyed") / "server.log"
-    with ServerProcess(["--api-key", "s3cret"], log_path=log) as process:
+    home = tmp_path_factory.mktemp("keyed")
+    with ServerProcess(["--api-key", "s3cret"], log_path=home / "server.log", env=server_env(home, models_dir)) as process:
         yield process
 
 
@@ -100,7 +100,8 @@ def test_api_key_required_when_configured(keyed_server: ServerProcess) -> None:
 
 
 def test_api_key_from_environment(models_dir, tmp_path) -> None:
-    with ServerProcess(log_path=tmp_path / "server.log", env={"SYNTH_API_KEY": "from-env"}) as process:
+    env = server_env(tmp_path, models_dir, SYNTH_API_KEY="from-env")
+    with ServerProcess(log_path=tmp_path / "server.log", env=env) as process:
         assert httpx.get(process.base_url + "/models").status_code == 401
         ok = httpx.get(process.base_url + "/models", headers={"Authorization": "Bearer from-env"})
         assert ok.status_code == 200

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import MODEL
+from conftest import MODEL, server_env
 from synthd.gpus.catalog import CATALOG, from_device_name, lookup
 from synthd.gpus.inventory import Device, load_pool
 from synthd.gpus.memory import ModelShape, estimate_memory
@@ -206,7 +206,7 @@ def copy_models_dir(models_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_warmup_state_machine(copy_models_dir: Path, tmp_path: Path) -> None:
-    env = {"SYNTHD_MODEL_IDLE_TIMEOUT_S": "3", "SYNTHD_MODELS_DIR": str(copy_models_dir)}
+    env = server_env(tmp_path, copy_models_dir, SYNTHD_MODEL_IDLE_TIMEOUT_S="3")
     model_copy = "/smol-copy"
     with ServerProcess(log_path=tmp_path / "server.log", env=env) as server:
         root = server.root_url

@@ -14,6 +14,10 @@ app = typer.Typer(help="synthd: a self-hostable LLM backend speaking the OpenAI 
                   pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Pull and list models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+from synthd.ft_cli import CLIError, files_app, ft_app  # noqa: E402
+
+app.add_typer(files_app, name="files")
+app.add_typer(ft_app, name="ft")
 gpus_app = typer.Typer(help="GPU catalog, this machine's inventory, and preference checks.", invoke_without_command=True)
 app.add_typer(gpus_app, name="gpus")
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -303,5 +307,14 @@ def demo(
         fail(str(exc))
 
 
+def main() -> None:
+    """Entry point: run the Typer app; ``CLIError`` from subcommands becomes a one-line error."""
+    try:
+        app()
+    except CLIError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     gpu_pool_file: Path | None = Field(
         default=None, description="JSON declaring a cluster's GPU pool (see synthd.gpus.inventory)."
     )
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in $SYNTHD_HOME.")
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest upload accepted (413 beyond).")
+    max_concurrent_jobs: int = Field(default=1, ge=1, description="Fine-tuning jobs trained at once.")
     models_dir: Path | None = Field(default=None, description="Converted models; default $SYNTHD_HOME/models.")
 
     @model_validator(mode="after")

@@ -10,10 +10,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synthd import __version__
 from synthd.api.errors import install_error_handlers
 from synthd.api.metrics import ServingMetrics
+from synthd.api.ft_routes import router as ft_router
+from synthd.api.ft_serving import FineTuningService
 from synthd.api.routes import ops, v1, warmup
 from synthd.api.serving import OpenAIServing
 from synthd.engine.manager import ModelManager
 from synthd.gpus.inventory import build_inventory
+from synthd.store.db import open_database
+from synthd.store.repository import Repository
+from synthd.training.scheduler import JobScheduler
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +47,19 @@ class RequestMetricsMiddleware:
 IDLE_CHECK_INTERVAL_S = 1.0
 
 
-def create_app(manager: ModelManager, metrics: ServingMetrics, models: list[str], api_key: str | None = None) -> FastAPI:
+def create_app(
+    manager: ModelManager,
+    metrics: ServingMetrics,
+    models: list[str],
+    repo: Repository,
+    scheduler: JobScheduler,
+    *,
+    api_key: str | None = None,
+    max_file_bytes: int = 512 * 1024 * 1024,
+) -> FastAPI:
     """Build the app. ``models`` are warmed up at start-up in the background (``/ready`` says when);
-    any other resolvable model loads on its first request or warmup.
+    any other resolvable model loads on its first request or warmup. The fine-tuning scheduler
+    recovers interrupted jobs and then runs the queue.
 
     The manager's engine observer should already feed ``metrics.observe_sequence``.
     """
@@ -62,22 +77,28 @@ def create_app(manager: ModelManager, metrics: ServingMetrics, models: list[str]
                 for model in await manager.evict_idle():
                     log.info("unloaded idle model %s", model)
 
-        tasks = [asyncio.create_task(warm_all()), asyncio.create_task(evict_idle_forever())]
+        scheduler.recover()
+        tasks = [asyncio.create_task(warm_all()), asyncio.create_task(evict_idle_forever()),
+                 asyncio.create_task(scheduler.run_forever())]
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            await scheduler.shutdown()
             await manager.close()
 
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
     app.state.serving = OpenAIServing(manager)
+    app.state.fine_tuning = FineTuningService(repo, manager)
+    app.state.max_file_bytes = max_file_bytes
     app.state.metrics = metrics
     app.state.api_key = api_key
     app.state.ready = False
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(warmup)
+    app.include_router(ft_router)
     app.include_router(ops)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
@@ -100,4 +121,6 @@ def build_app(models: list[str], api_key: str | None = None, **manager_options) 
         "idle_timeout_s": settings.model_idle_timeout_s, "max_loaded_models": settings.max_loaded_models,
         **manager_options,
     })
-    return create_app(manager, metrics, models, api_key)
+    repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
+    scheduler = JobScheduler(repo, settings.home / "training", max_concurrent=settings.max_concurrent_jobs)
+    return create_app(manager, metrics, models, repo, scheduler, api_key=api_key, max_file_bytes=settings.max_file_bytes)

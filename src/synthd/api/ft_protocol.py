@@ -1,0 +1,176 @@
+"""OpenAI wire models for files and fine-tuning jobs (platform.openai.com/docs/api-reference/fine-tuning)."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from synthd.api.protocol import StrictModel
+
+Auto = Literal["auto"]
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class FileObject(BaseModel):
+    """An uploaded file."""
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["processed"] = "processed"
+
+
+class FileList(BaseModel):
+    """``GET /v1/files``."""
+
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool = False
+
+
+class FileDeleted(BaseModel):
+    """``DELETE /v1/files/{id}``."""
+
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class HyperparametersIn(StrictModel):
+    """Hyperparameters as sent: numbers or ``"auto"``; ``beta`` is for DPO."""
+
+    n_epochs: PositiveInt | Auto | None = None
+    batch_size: PositiveInt | Auto | None = None
+    learning_rate_multiplier: PositiveFloat | Auto | None = None
+    beta: PositiveFloat | Auto | None = None
+
+
+class MethodConfig(StrictModel):
+    """``method.supervised`` or ``method.dpo``."""
+
+    hyperparameters: HyperparametersIn = Field(default_factory=HyperparametersIn)
+
+
+class Method(StrictModel):
+    """``method``: which training and its hyperparameters."""
+
+    type: Literal["supervised", "dpo"]
+    supervised: MethodConfig | None = None
+    dpo: MethodConfig | None = None
+
+
+class LoRAIn(StrictModel):
+    """synthd extension: PEFT LoRA settings (LoRA is always on; full fine-tuning is not offered)."""
+
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: list[str] | None = None
+
+
+class FineTuningJobCreate(StrictModel):
+    """``POST /v1/fine_tuning/jobs`` body: OpenAI's fields, the older top-level ``hyperparameters``,
+    and the Synth form ``training_type``."""
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: Annotated[str, Field(max_length=64)] | None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    method: Method | None = None
+    hyperparameters: HyperparametersIn | None = None
+    integrations: list | None = None
+    # --- synthd extensions ---
+    training_type: Literal["sft", "dpo"] | None = None
+    lora: LoRAIn | None = None
+    gpu_preference: str | None = None
+
+
+class JobError(BaseModel):
+    """Why a job failed."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    """``fine_tuning.job``."""
+
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    hyperparameters: dict
+    model: str
+    organization_id: str = "synthd"
+    result_files: list[str] = Field(default_factory=list)
+    seed: int
+    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    estimated_finish: int | None = None
+    integrations: list | None = None
+    metadata: dict | None = None
+    method: dict
+    user_provided_suffix: str | None = None
+    lora: dict | None = None
+    gpu: str | None = None
+    gpu_preference: str | None = None
+
+
+class FineTuningJobList(BaseModel):
+    """A page of jobs."""
+
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool
+
+
+class JobEventObject(BaseModel):
+    """``fine_tuning.job.event``."""
+
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    data: dict | None = None
+    type: str
+
+
+class JobEventList(BaseModel):
+    """A page of events, newest first."""
+
+    object: Literal["list"] = "list"
+    data: list[JobEventObject]
+    has_more: bool
+
+
+class CheckpointObject(BaseModel):
+    """``fine_tuning.job.checkpoint``."""
+
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict
+    step_number: int
+
+
+class CheckpointList(BaseModel):
+    """A page of checkpoints, newest first."""
+
+    object: Literal["list"] = "list"
+    data: list[CheckpointObject]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None

@@ -1,0 +1,141 @@
+"""``synthd files`` and ``synthd ft``: the files and fine-tuning API from the terminal (openai SDK)."""
+
+import json
+import sys
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import openai
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+files_app = typer.Typer(help="Upload and manage files.", no_args_is_help=True)
+ft_app = typer.Typer(help="Create and follow fine-tuning jobs (SFT, DPO with LoRA).", no_args_is_help=True)
+console = Console(width=None if sys.stdout.isatty() else 200)
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+BaseUrl = Annotated[str | None, typer.Option(help="Server URL (default SYNTH_API_URL or http://127.0.0.1:8000/v1).")]
+ApiKey = Annotated[str | None, typer.Option(help="Bearer token (default SYNTH_API_KEY).")]
+
+
+class CLIError(RuntimeError):
+    """A one-line failure for the CLI to print."""
+
+
+def client(base_url: str | None, api_key: str | None) -> openai.OpenAI:
+    """An SDK client for the server."""
+    from synthd.cli import default_base_url
+
+    return openai.OpenAI(base_url=base_url or default_base_url(), api_key=api_key or os.environ.get("SYNTH_API_KEY") or "none",
+                         max_retries=0)
+
+
+def guarded(call):
+    """Run ``call``; turn SDK errors into ``CLIError`` with the server's message."""
+    try:
+        return call()
+    except openai.APIConnectionError:
+        raise CLIError("cannot reach the server: is 'synthd serve' running?") from None
+    except openai.APIStatusError as exc:
+        body = exc.body if isinstance(exc.body, dict) else {}
+        raise CLIError(f"{exc.status_code}: {body.get('message', str(exc))}") from None
+
+
+@files_app.command("upload")
+def upload(path: Annotated[Path, typer.Argument(help="JSONL file.", exists=True, dir_okay=False)],
+           purpose: Annotated[str, typer.Option(help="OpenAI purpose.")] = "fine-tune",
+           base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Upload a file. Example: synthd files upload examples/sft_facts.jsonl"""
+    record = guarded(lambda: client(base_url, api_key).files.create(file=(path.name, path.read_bytes()), purpose=purpose))
+    console.print(f"{record.id}  {record.filename}  {record.bytes} bytes  purpose={record.purpose}")
+
+
+@ft_app.command("create")
+def create(
+    training_file: Annotated[str, typer.Option(help="File id (file-…) or a local JSONL path to upload first.")],
+    model: Annotated[str, typer.Option(help="Base model.")] = "SmolLM2-135M-Instruct",
+    method: Annotated[str, typer.Option(help="supervised | dpo")] = "supervised",
+    n_epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    learning_rate_multiplier: Annotated[float | None, typer.Option(min=0.0)] = None,
+    beta: Annotated[float | None, typer.Option(min=0.0, help="DPO only.")] = None,
+    suffix: Annotated[str | None, typer.Option()] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU preference, e.g. A100 or L40S:2.")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the job with a progress bar and the loss.")] = False,
+    base_url: BaseUrl = None, api_key: ApiKey = None,
+) -> None:
+    """Create a fine-tuning job. Example: synthd ft create --training-file examples/sft_facts.jsonl --wait"""
+    if method not in ("supervised", "dpo"):
+        raise CLIError(f"--method must be supervised or dpo, not '{method}'")
+    api = client(base_url, api_key)
+    file_id = training_file
+    if Path(training_file).is_file():
+        file_id = guarded(lambda: api.files.create(file=(Path(training_file).name, Path(training_file).read_bytes()),
+                                                   purpose="fine-tune")).id
+    hyper = {k: v for k, v in {"n_epochs": n_epochs, "batch_size": batch_size,
+                               "learning_rate_multiplier": learning_rate_multiplier, "beta": beta}.items() if v is not None}
+    job = guarded(lambda: api.fine_tuning.jobs.create(
+        model=model, training_file=file_id, suffix=suffix, method={"type": method, method: {"hyperparameters": hyper}},
+        extra_body={"gpu_preference": gpu} if gpu else None))
+    console.print(f"{job.id}  status={job.status}  gpu={job.model_extra.get('gpu')}")
+    if wait:
+        follow(api, job.id)
+
+
+def follow(api: openai.OpenAI, job_id: str) -> None:
+    """Poll a job until it ends, showing steps and the latest loss."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("waiting", total=None)
+        while True:
+            job = guarded(lambda: api.fine_tuning.jobs.retrieve(job_id))
+            events = guarded(lambda: api.fine_tuning.jobs.list_events(job_id, limit=10)).data
+            latest = next((e.data for e in events if e.data and "total_steps" in e.data), None)
+            if latest:
+                progress.update(task, total=latest["total_steps"], completed=latest["step"],
+                                description=f"{job.status} loss={latest['train_loss']:.4f}")
+            else:
+                progress.update(task, description=job.status)
+            if job.status in TERMINAL:
+                break
+            time.sleep(1)
+    if job.status != "succeeded":
+        raise CLIError(f"job {job_id} {job.status}: {job.error.message if job.error else ''}")
+    console.print(f"succeeded: {job.fine_tuned_model} ({job.trained_tokens} trained tokens)")
+
+
+@ft_app.command("list")
+def list_jobs(limit: Annotated[int, typer.Option(min=1, max=100)] = 20, base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """List jobs, newest first."""
+    jobs = guarded(lambda: client(base_url, api_key).fine_tuning.jobs.list(limit=limit)).data
+    table = Table("id", "model", "method", "status", "fine_tuned_model")
+    for job in jobs:
+        table.add_row(job.id, job.model, job.method.type if job.method else "", job.status, job.fine_tuned_model or "")
+    console.print(table)
+
+
+@ft_app.command("get")
+def get(job_id: str, base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Print one job as JSON."""
+    job = guarded(lambda: client(base_url, api_key).fine_tuning.jobs.retrieve(job_id))
+    print(json.dumps(job.model_dump(), indent=2))
+
+
+@ft_app.command("events")
+def events(job_id: str, limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+           base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """A job's events, oldest first."""
+    page = guarded(lambda: client(base_url, api_key).fine_tuning.jobs.list_events(job_id, limit=limit)).data
+    for event in reversed(page):
+        console.print(f"{time.strftime('%H:%M:%S', time.localtime(event.created_at))}  {event.message}", highlight=False)
+
+
+@ft_app.command("cancel")
+def cancel(job_id: str, base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Cancel a job."""
+    job = guarded(lambda: client(base_url, api_key).fine_tuning.jobs.cancel(job_id))
+    console.print(f"{job.id}  status={job.status}")

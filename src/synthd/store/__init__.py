@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, database sessions, and files on disk."""

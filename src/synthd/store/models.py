@@ -1,0 +1,93 @@
+"""SQLAlchemy 2 ORM models for files, fine-tuning jobs, their events and checkpoints, and models.
+
+Times are Unix seconds (int), as in OpenAI's objects. JSON columns hold OpenAI-shaped sub-objects
+(hyperparameters, method, metadata, error, metrics).
+"""
+
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every synthd table."""
+
+
+class FileRecord(Base):
+    """An uploaded file (``file-…``); the bytes live at ``path`` under ``$SYNTHD_HOME/files``."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Integer, index=True)
+    path: Mapped[str] = mapped_column(Text)
+
+
+class JobRecord(Base):
+    """A fine-tuning job (``ftjob-…``) in OpenAI's shape plus synthd's LoRA and GPU fields."""
+
+    __tablename__ = "fine_tuning_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    method: Mapped[dict] = mapped_column(JSON)
+    lora: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    job_metadata: Mapped[dict | None] = mapped_column("metadata", JSON, nullable=True)
+    gpu_preference: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    gpu: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, index=True)
+    started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class JobEvent(Base):
+    """One event of a job (``ftevent-…``): a message and optional metrics data."""
+
+    __tablename__ = "fine_tuning_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class Checkpoint(Base):
+    """A saved training checkpoint (``ftckpt-…``) with OpenAI's metrics names."""
+
+    __tablename__ = "fine_tuning_checkpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    step_number: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    path: Mapped[str] = mapped_column(Text)
+
+
+class FineTunedModel(Base):
+    """A servable fine-tune: an adapter folder on a base model."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    base_model: Mapped[str] = mapped_column(String(512))
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    adapter_path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(Integer)
