@@ -86,6 +86,44 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     console.print(table)
 
 
+@models_app.command("import")
+def models_import(
+    path: Annotated[Path, typer.Argument(help="PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).")],
+    base: Annotated[str, typer.Option(help="Base model the adapter was trained on.")] = "SmolLM2-135M-Instruct",
+    name: Annotated[str, typer.Option(help="Name; served as ft:<base>:<name> (or as given if it starts with ft:).")] = "",
+) -> None:
+    """Register an adapter trained elsewhere as a servable fine-tuned model.
+
+    Example: synthd models import ./my-adapter --base SmolLM2-135M-Instruct --name support-bot
+    """
+    import shutil
+
+    from synthd.config import get_settings
+    from synthd.engine.adapters import AdapterMismatch, check_adapter
+    from synthd.engine.resolve import ModelNotFound, canonical_id, resolve_model
+    from synthd.store.db import open_database
+    from synthd.store.repository import Repository
+
+    settings = get_settings()
+    if not name or any(c in name for c in "/\\") or name in (".", ".."):
+        fail("--name is required and must not contain '/'")
+    try:
+        source = resolve_model(base, settings.models_dir)
+        check_adapter(path, source.path)
+    except (ModelNotFound, AdapterMismatch) as exc:
+        fail(str(exc))
+    base_id = canonical_id(source.model_id)
+    model_id = name if name.startswith("ft:") else f"ft:{base_id}:{name}"
+    repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
+    if repo.get_model(model_id) is not None:
+        fail(f"'{model_id}' already exists; delete it first (DELETE /v1/models/{model_id})")
+    target = settings.home / "adapters" / f"imported-{model_id.replace(':', '_')}"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(path, target)
+    repo.add_model(model_id, base_id, str(target), None)
+    console.print(f"imported {model_id} (adapter {target})")
+
+
 @app.command()
 def serve(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model to serve; repeat for several.")] = None,

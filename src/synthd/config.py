@@ -31,6 +31,7 @@ class Settings(BaseSettings):
         default=None, gt=0, description="Unload a model unused for this many seconds (unset: never)."
     )
     max_loaded_models: int = Field(default=4, ge=1, description="Most resident models; LRU idle one evicted.")
+    max_loaded_adapters: int = Field(default=8, ge=1, description="Resident LoRA adapters per base; LRU idle one evicted.")
     gpu_pool_file: Path | None = Field(
         default=None, description="JSON declaring a cluster's GPU pool (see synthd.gpus.inventory)."
     )

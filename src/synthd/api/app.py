@@ -3,6 +3,8 @@
 import asyncio
 import logging
 from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -12,8 +14,10 @@ from synthd.api.errors import install_error_handlers
 from synthd.api.metrics import ServingMetrics
 from synthd.api.ft_routes import router as ft_router
 from synthd.api.ft_serving import FineTuningService
+from synthd.api.models_serving import ModelsService
 from synthd.api.routes import ops, v1, warmup
 from synthd.api.serving import OpenAIServing
+from synthd.engine.adapters import AdapterRef
 from synthd.engine.manager import ModelManager
 from synthd.gpus.inventory import build_inventory
 from synthd.store.db import open_database
@@ -91,6 +95,7 @@ def create_app(
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
     app.state.serving = OpenAIServing(manager)
     app.state.fine_tuning = FineTuningService(repo, manager)
+    app.state.models = ModelsService(manager, repo)
     app.state.max_file_bytes = max_file_bytes
     app.state.metrics = metrics
     app.state.api_key = api_key
@@ -102,6 +107,12 @@ def create_app(
     app.include_router(ops)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
+
+
+def fine_tune_adapter(repo: Repository, model_id: str) -> AdapterRef | None:
+    """The stored fine-tune ``model_id`` as the engine's ``AdapterRef`` (None if unknown)."""
+    record = repo.get_model(model_id)
+    return AdapterRef(record.id, record.base_model, Path(record.adapter_path)) if record else None
 
 
 def build_app(models: list[str], api_key: str | None = None, **manager_options) -> FastAPI:
@@ -116,11 +127,12 @@ def build_app(models: list[str], api_key: str | None = None, **manager_options) 
     settings = get_settings()
     metrics = ServingMetrics()
     inventory = build_inventory(settings.gpu_pool_file)
-    manager = ModelManager(settings.models_dir, inventory, on_finish=metrics.observe_sequence, **{
+    repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
+    manager = ModelManager(settings.models_dir, inventory, on_finish=metrics.observe_sequence,
+                           adapter_lookup=partial(fine_tune_adapter, repo), max_loaded_adapters=settings.max_loaded_adapters, **{
         "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs, "max_model_len": settings.max_model_len,
         "idle_timeout_s": settings.model_idle_timeout_s, "max_loaded_models": settings.max_loaded_models,
         **manager_options,
     })
-    repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
     scheduler = JobScheduler(repo, settings.home / "training", max_concurrent=settings.max_concurrent_jobs)
     return create_app(manager, metrics, models, repo, scheduler, api_key=api_key, max_file_bytes=settings.max_file_bytes)

@@ -11,12 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from synthd.engine.adapters import AdapterMismatch
+from synthd.engine.loaded import AdapterBusy
 from synthd.engine.manager import ModelLoadError
 from synthd.engine.resolve import ModelNotFound
 from synthd.gpus.selection import SelectionError
 from synthd.gpus.spec import GPUSpecError
 
-DOMAIN_ERRORS = (GPUSpecError, SelectionError, ModelNotFound, ModelLoadError)
+DOMAIN_ERRORS = (GPUSpecError, SelectionError, ModelNotFound, ModelLoadError, AdapterMismatch, AdapterBusy)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,10 @@ def domain_error(exc: Exception) -> APIError | None:
         return APIError(exc.status, exc.message, type=kind, param="gpu_preference", code=exc.code, headers=headers)
     if isinstance(exc, ModelNotFound):
         return model_not_found("", str(exc))
+    if isinstance(exc, AdapterMismatch):
+        return bad_request(f"The adapter does not match its base model: {exc}", "model", "adapter_mismatch")
+    if isinstance(exc, AdapterBusy):
+        return APIError(409, f"The model is in use and cannot be removed now: {exc}", param="model", code="model_busy")
     if isinstance(exc, ModelLoadError):
         return APIError(503, str(exc), type="server_error", code="model_load_failed")
     return None

@@ -14,7 +14,7 @@ from synthd.api.ft_protocol import (
     JobEventList,
     JobEventObject,
 )
-from synthd.engine.manager import ModelManager
+from synthd.engine.manager import ModelManager, is_fine_tune
 from synthd.engine.resolve import ModelNotFound, canonical_id
 from synthd.gpus.spec import parse_gpu_preference
 from synthd.store.models import FileRecord, JobRecord
@@ -71,6 +71,8 @@ class FineTuningService:
                 GPU preference errors with the GPU rules (400 / 409 / 503).
         """
         method_type, hyper = self._method(body)
+        if is_fine_tune(body.model):
+            raise bad_request("Fine-tuning an ft: model is not supported; start from its base model.", "model")
         try:
             base = canonical_id(self.manager.resolve(body.model).model_id)
         except ModelNotFound as exc:

@@ -23,8 +23,8 @@ from synthd.api.protocol import (
     WarmupResponse,
     WarmupStatus,
 )
+from synthd.api.models_serving import ModelsService
 from synthd.api.serving import OpenAIServing, PreparedRequest
-from synthd.engine.loaded import LoadedModel
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
@@ -48,15 +48,15 @@ def get_metrics(request: Request) -> ServingMetrics:
     return request.app.state.metrics
 
 
+def get_models(request: Request) -> ModelsService:
+    """The app's ``ModelsService``."""
+    return request.app.state.models
+
+
 Serving = Annotated[OpenAIServing, Depends(get_serving)]
+Models = Annotated[ModelsService, Depends(get_models)]
 Metrics = Annotated[ServingMetrics, Depends(get_metrics)]
 GPUHeader = Annotated[str | None, Header(alias=GPU_HEADER)]
-
-
-def model_card(loaded: LoadedModel) -> ModelCard:
-    """``/v1/models`` entry of a resident model."""
-    return ModelCard(id=loaded.model_id, created=loaded.created, root=str(loaded.source.path),
-                     max_model_len=loaded.max_model_len)
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -83,19 +83,21 @@ def json_response(body: dict, prepared: PreparedRequest) -> JSONResponse:
 
 
 @v1.get("/models", response_model=ModelList)
-async def list_models(serving: Serving) -> ModelList:
-    """List the models this server has loaded."""
-    return ModelList(data=[model_card(m) for m in serving.manager.resident()])
+async def list_models(models: Models) -> ModelList:
+    """List loaded base models and every fine-tuned model."""
+    return models.list()
 
 
 @v1.get("/models/{model_id:path}", response_model=ModelCard)
-async def retrieve_model(model_id: str, serving: Serving) -> ModelCard:
-    """Retrieve one model; ids may contain '/'. A known but unloaded model is listed too."""
-    slot = serving.manager.slot(model_id)
-    if slot.loaded is not None:
-        return model_card(slot.loaded)
-    source = serving.manager.resolve(model_id)
-    return ModelCard(id=source.model_id, created=int(source.path.stat().st_mtime), root=str(source.path))
+async def retrieve_model(model_id: str, models: Models) -> ModelCard:
+    """Retrieve one model; ids may contain '/'."""
+    return models.retrieve(model_id)
+
+
+@v1.delete("/models/{model_id:path}")
+async def delete_model(model_id: str, models: Models) -> dict:
+    """Delete a fine-tuned model and its adapter (base models cannot be deleted)."""
+    return models.delete(model_id)
 
 
 @v1.post("/chat/completions", response_model=None)

@@ -27,7 +27,7 @@ from synthd.api.protocol import (
     Usage,
 )
 from synthd.engine.loaded import LoadedModel
-from synthd.engine.manager import ModelManager, generate
+from synthd.engine.manager import ModelManager, Served, generate
 from synthd.engine.sampling import SamplingParams
 from synthd.engine.sequence import FINISH_ABORT, FINISH_ERROR
 from synthd.gpus.selection import Placement
@@ -49,13 +49,27 @@ class ChoiceResult:
 class PreparedRequest:
     """A validated request in engine terms: one entry per choice, in choice-index order."""
 
-    loaded: LoadedModel
-    placement: Placement
+    served: Served
     prompt_ids: list[list[int]]
     params: list[SamplingParams]
     prompt_tokens: int
     request_id: str
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The resident base model."""
+        return self.served.loaded
+
+    @property
+    def placement(self) -> Placement:
+        """Where it runs."""
+        return self.served.placement
+
+    @property
+    def model_id(self) -> str:
+        """The id answered under (a fine-tune's own ``ft:`` id)."""
+        return self.served.model_id
 
 
 def sse(payload: dict) -> str:
@@ -75,7 +89,7 @@ class OpenAIServing:
         dtype = str(prepared.loaded.dtype).removeprefix("torch.")
         return f"synthd-{__version__}-{prepared.placement.label}-{dtype}"
 
-    async def acquire(self, model: str, body_preference: str | None, header_preference: str | None) -> tuple[LoadedModel, Placement]:
+    async def acquire(self, model: str, body_preference: str | None, header_preference: str | None) -> Served:
         """The model placed per the GPU preference (body wins over header), loaded if cold.
 
         Raises:
@@ -91,14 +105,15 @@ class OpenAIServing:
         Raises:
             APIError: 400 no chat template, or ``context_length_exceeded``; the errors of ``acquire``.
         """
-        loaded, placement = await self.acquire(request.model, request.gpu_preference, header_preference)
+        served = await self.acquire(request.model, request.gpu_preference, header_preference)
+        loaded = served.loaded
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
         try:
             prompt = loaded.encode_chat(messages)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from None
         param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
-        return self._prepare(loaded, placement, [prompt], request, request.token_limit(), "messages", param, "chatcmpl")
+        return self._prepare(served, [prompt], request, request.token_limit(), "messages", param, "chatcmpl")
 
     async def chat(self, prepared: PreparedRequest) -> ChatCompletion:
         """Run every choice to the end and build the ``chat.completion``."""
@@ -106,7 +121,7 @@ class OpenAIServing:
         return ChatCompletion(
             id=prepared.request_id,
             created=prepared.created,
-            model=prepared.loaded.model_id,
+            model=prepared.model_id,
             choices=[
                 ChatChoice(index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
                 for i, r in enumerate(results)
@@ -119,7 +134,7 @@ class OpenAIServing:
         """SSE ``chat.completion.chunk`` events, then a usage chunk if asked, then ``[DONE]``."""
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
             body = ChatCompletionChunk(
-                id=prepared.request_id, created=prepared.created, model=prepared.loaded.model_id,
+                id=prepared.request_id, created=prepared.created, model=prepared.model_id,
                 choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared),
             )
             return sse(body.model_dump(exclude_none=True))
@@ -145,11 +160,12 @@ class OpenAIServing:
         Raises:
             APIError: 400 empty prompt or ``context_length_exceeded``; the errors of ``acquire``.
         """
-        loaded, placement = await self.acquire(request.model, request.gpu_preference, header_preference)
+        served = await self.acquire(request.model, request.gpu_preference, header_preference)
+        loaded = served.loaded
         prompts = [loaded.encode_text(text) for text in request.prompts()]
         if any(not ids for ids in prompts):
             raise bad_request("The prompt must not be empty.", "prompt")
-        return self._prepare(loaded, placement, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl")
+        return self._prepare(served, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl")
 
     async def completion(self, prepared: PreparedRequest) -> Completion:
         """Run every choice to the end and build the ``text_completion``."""
@@ -157,7 +173,7 @@ class OpenAIServing:
         return Completion(
             id=prepared.request_id,
             created=prepared.created,
-            model=prepared.loaded.model_id,
+            model=prepared.model_id,
             choices=[CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason) for i, r in enumerate(results)],
             usage=self._usage(prepared, results),
             system_fingerprint=self.fingerprint(prepared),
@@ -167,7 +183,7 @@ class OpenAIServing:
         """SSE ``text_completion`` events, then a usage event if asked, then ``[DONE]``."""
         def event(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
             body = Completion(
-                id=prepared.request_id, created=prepared.created, model=prepared.loaded.model_id,
+                id=prepared.request_id, created=prepared.created, model=prepared.model_id,
                 choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared),
             )
             return sse(body.model_dump(exclude_none=True))
@@ -185,8 +201,7 @@ class OpenAIServing:
     # --- shared -------------------------------------------------------------------------------
     def _prepare(
         self,
-        loaded: LoadedModel,
-        placement: Placement,
+        served: Served,
         prompts: list[list[int]],
         request: SamplingFields,
         token_limit: int | None,
@@ -194,7 +209,7 @@ class OpenAIServing:
         limit_param: str,
         id_prefix: str,
     ) -> PreparedRequest:
-        context = loaded.max_model_len
+        context = served.loaded.max_model_len
         longest = max(len(ids) for ids in prompts)
         if longest >= context or (token_limit is not None and longest + token_limit > context):
             asked = f" + {token_limit} requested completion tokens" if token_limit is not None else ""
@@ -219,8 +234,7 @@ class OpenAIServing:
                     ignore_eos=request.ignore_eos,
                 ))
         return PreparedRequest(
-            loaded=loaded,
-            placement=placement,
+            served=served,
             prompt_ids=ids,
             params=params,
             prompt_tokens=sum(len(p) for p in prompts),
@@ -252,7 +266,8 @@ class OpenAIServing:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(index: int) -> None:
-            async for event in generate(prepared.loaded, prepared.prompt_ids[index], prepared.params[index]):
+            async for event in generate(prepared.loaded, prepared.prompt_ids[index], prepared.params[index],
+                                        prepared.served.adapter):
                 await queue.put((index, event))
 
         tasks = [asyncio.create_task(pump(i)) for i in range(len(prepared.params))]

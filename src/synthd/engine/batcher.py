@@ -68,6 +68,7 @@ class BatchEngine:
         self._mask: torch.Tensor | None = None
         self._last_tokens: torch.Tensor | None = None
         self._cond = threading.Condition()
+        self.model_lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="synthd-engine", daemon=True)
         self._thread.start()
@@ -113,7 +114,7 @@ class BatchEngine:
                 while self._waiting and len(self._running) + len(admitted) < self.max_num_seqs:
                     admitted.append(self._waiting.popleft())
             try:
-                with torch.inference_mode():
+                with self.model_lock, torch.inference_mode():
                     self._drop_cancelled()
                     live = [s for s in admitted if not self._finish_if_cancelled(s)]
                     if live:
@@ -148,6 +149,7 @@ class BatchEngine:
             cache=cache,
             use_cache=True,
             logits_to_keep=1,
+            **self._adapter_kwargs(group),
         )
         tokens = sample_batch(out.logits[:, -1].float().cpu(), [s.sampler for s in group])
         keep = [row for row, (s, t) in enumerate(zip(group, tokens)) if not self._accept(s, t)]
@@ -173,12 +175,24 @@ class BatchEngine:
             position_ids=positions,
             cache=self._cache,
             use_cache=True,
+            **self._adapter_kwargs(self._running),
         )
         tokens = sample_batch(out.logits[:, -1].float().cpu(), [s.sampler for s in self._running])
         finished = [self._accept(s, t) for s, t in zip(self._running, tokens)]
         self._last_tokens = torch.tensor(tokens, device=self.device)
         if any(finished):
             self._keep_rows([row for row, done in enumerate(finished) if not done])
+
+    def adapters_in_use(self) -> set[str]:
+        """Adapter names of running or waiting sequences (call with ``model_lock`` held)."""
+        with self._cond:
+            return {s.adapter for s in [*self._running, *self._waiting] if s.adapter}
+
+    def _adapter_kwargs(self, rows: list[Sequence]) -> dict:
+        # PEFT's mixed-batch LoRA: one adapter name per row, "__base__" for the plain base model.
+        if not hasattr(self.model, "peft_config"):
+            return {}
+        return {"adapter_names": [s.adapter or "__base__" for s in rows]}
 
     def _accept(self, sequence: Sequence, token: int) -> bool:
         """Record one sampled token; emit its text; return True when the sequence has ended."""

@@ -1,12 +1,15 @@
 """A model loaded for serving: weights, tokenizer, prompt encoding and its batching engine."""
 
+import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
+from synthd.engine.adapters import AdapterRef, check_adapter
 from synthd.engine.batcher import BatchEngine, FinishObserver
 from synthd.engine.resolve import ModelSource
 
@@ -27,9 +30,22 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if native_bf16 else torch.float32
 
 
+class AdapterBusy(RuntimeError):
+    """An adapter cannot be unloaded while requests use it."""
+
+
+def adapter_name(model_id: str) -> str:
+    """A PEFT-safe adapter name for a fine-tune id (ids hold ':' and '.', which module keys cannot)."""
+    return "ft_" + hashlib.sha1(model_id.encode()).hexdigest()[:16]
+
+
 @dataclass
 class LoadedModel:
-    """One resident model. ``max_model_len`` is its context in tokens (prompt + completion)."""
+    """One resident base model and the LoRA adapters loaded on it (least recently used first).
+
+    ``max_model_len`` is its context in tokens (prompt + completion); ``max_adapters`` caps the
+    resident adapters, the least recently used idle one being unloaded beyond it.
+    """
 
     source: ModelSource
     tokenizer: PreTrainedTokenizerBase
@@ -38,6 +54,8 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     created: int
+    max_adapters: int = 8
+    adapters: "OrderedDict[str, str]" = field(default_factory=OrderedDict)
 
     @property
     def model_id(self) -> str:
@@ -61,6 +79,54 @@ class LoadedModel:
         """Token ids of a raw prompt (no special tokens added)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def ensure_adapter(self, ref: AdapterRef) -> str:
+        """Load ``ref`` on this base if it is not resident; return its adapter name.
+
+        Raises:
+            AdapterMismatch: the adapter does not fit this base (checked before loading).
+        """
+        from peft import PeftModel
+
+        name = adapter_name(ref.model_id)
+        with self.engine.model_lock:
+            if name in self.adapters:
+                self.adapters.move_to_end(name)
+                return name
+            check_adapter(ref.path, self.source.path)
+            model = self.engine.model
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(ref.path), adapter_name=name)
+            else:
+                self.engine.model = PeftModel.from_pretrained(model, str(ref.path), adapter_name=name).eval()
+            self.adapters[name] = ref.model_id
+            busy = self.engine.adapters_in_use() | {name}
+            for old in [n for n in self.adapters if n not in busy][: max(0, len(self.adapters) - self.max_adapters)]:
+                self._delete_adapter(old)
+        return name
+
+    def remove_adapter(self, model_id: str) -> bool:
+        """Unload a fine-tune's adapter if resident; False if it was not.
+
+        Raises:
+            AdapterBusy: requests are using it.
+        """
+        name = adapter_name(model_id)
+        with self.engine.model_lock:
+            if name not in self.adapters:
+                return False
+            if name in self.engine.adapters_in_use():
+                raise AdapterBusy(f"'{model_id}' is serving requests")
+            self._delete_adapter(name)
+        return True
+
+    def _delete_adapter(self, name: str) -> None:
+        model = self.engine.model
+        del self.adapters[name]
+        if self.adapters:
+            model.delete_adapter(name)
+        else:  # PEFT keeps at least one adapter: drop the wrapper and go back to the bare base
+            self.engine.model = model.unload()
+
     def close(self) -> None:
         """Stop the engine thread; in-flight sequences end with ``abort``."""
         self.engine.shutdown()
@@ -74,6 +140,7 @@ def load_model(
     max_model_len: int | None = None,
     on_finish: FinishObserver | None = None,
     gpu_indices: list[int] | None = None,
+    max_adapters: int = 8,
 ) -> LoadedModel:
     """Load weights and tokenizer from ``source.path`` and start its batching engine.
 
@@ -106,6 +173,7 @@ def load_model(
         dtype=torch_dtype,
         device=device,
         created=int(time.time()),
+        max_adapters=max_adapters,
     )
 
 

@@ -34,13 +34,14 @@ class SequenceEvent:
 class Sequence:
     """A request for one completion, owned by the engine thread once submitted.
 
-    Timestamps are ``time.perf_counter()`` seconds; ``emit`` is called from the engine thread.
+    ``adapter`` names the LoRA adapter to apply (None: the base model). Timestamps are ``time.perf_counter()`` seconds; ``emit`` is called from the engine thread.
     """
 
     prompt_ids: list[int]
     sampler: SamplerState
     assembler: TextAssembler
     emit: Callable[[SequenceEvent], None]
+    adapter: str | None = None
     arrival_s: float = field(default_factory=time.perf_counter)
     scheduled_s: float | None = None
     first_token_s: float | None = None

@@ -174,6 +174,14 @@ class Repository:
         with self.session() as session:
             return list(session.scalars(select(FineTunedModel).order_by(FineTunedModel.created_at)))
 
+    def delete_model(self, model_id: str) -> FineTunedModel | None:
+        """Remove a fine-tuned model's record; return it (None if unknown)."""
+        with self.session() as session:
+            record = session.get(FineTunedModel, model_id)
+            if record is not None:
+                session.delete(record)
+            return record
+
     @staticmethod
     def _event(job_id: str, message: str, data: dict | None = None, type: str = "message", level: str = "info") -> JobEvent:
         return JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, message=message,

@@ -1,0 +1,92 @@
+"""LoRA adapters served on a shared base model: reference, validation before loading.
+
+An adapter folder is PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``. Before
+any weights are loaded, ``check_adapter`` reads the config and the tensor shapes and compares them
+with the base model built on the ``meta`` device (no memory): the adapter must be LoRA, every target
+module must exist in the base, and every ``lora_A``/``lora_B`` shape must fit the module it adapts.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM
+
+BASE_ADAPTER = "__base__"
+
+
+class AdapterMismatch(ValueError):
+    """The adapter cannot run on this base (wrong type, modules or shapes); the message says which."""
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """A servable fine-tune: its id, base model id and adapter folder."""
+
+    model_id: str
+    base_model: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """What ``adapter_config.json`` says: rank, alpha and target module names."""
+
+    r: int
+    alpha: float
+    target_modules: tuple[str, ...]
+
+
+def read_adapter_config(path: Path) -> AdapterInfo:
+    """Parse ``adapter_config.json``.
+
+    Raises:
+        AdapterMismatch: missing files, not LoRA, or no rank/targets.
+    """
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file() or not (path / "adapter_model.safetensors").is_file():
+        raise AdapterMismatch(f"{path} is not a PEFT adapter folder (needs adapter_config.json and adapter_model.safetensors)")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise AdapterMismatch(f"{config_file}: invalid JSON ({exc})") from None
+    if config.get("peft_type") != "LORA":
+        raise AdapterMismatch(f"only LoRA adapters can be served; this one is {config.get('peft_type')!r}")
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        targets = [targets]
+    if not targets or not config.get("r"):
+        raise AdapterMismatch("adapter_config.json has no 'r' or 'target_modules'")
+    return AdapterInfo(r=int(config["r"]), alpha=float(config.get("lora_alpha", config["r"])), target_modules=tuple(targets))
+
+
+def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
+    """Validate an adapter against its base without loading weights (see module docstring).
+
+    Raises:
+        AdapterMismatch: with the first problem found.
+    """
+    info = read_adapter_config(path)
+    config = AutoConfig.from_pretrained(base_path)
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(config)
+    linear = {name: module for name, module in base.named_modules() if isinstance(module, torch.nn.Linear)}
+    leaf_names = {name.rsplit(".", 1)[-1] for name in linear}
+    missing = [t for t in info.target_modules if t != "all-linear" and t not in leaf_names]
+    if missing:
+        raise AdapterMismatch(f"adapter targets modules {missing} that the base model ({config.model_type}) does not have")
+    with safe_open(path / "adapter_model.safetensors", framework="pt") as tensors:
+        for key in tensors.keys():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+            module = linear.get(module_name)
+            if module is None:
+                raise AdapterMismatch(f"adapter weight {key} has no matching module in the base model")
+            shape = tuple(tensors.get_slice(key).get_shape())
+            expected = (shape[0], module.in_features) if ".lora_A." in key else (module.out_features, shape[1])
+            if shape != expected:
+                raise AdapterMismatch(f"adapter weight {key} has shape {shape}; the base model needs {expected}")
+    return info

@@ -1,0 +1,194 @@
+"""Serving fine-tunes: ft: ids listed, warmed, answered next to the base, deleted; adapters imported."""
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from conftest import MODEL, server_env
+from synthd.server_process import ServerProcess
+from synthd.store.db import open_database
+from synthd.store.repository import Repository
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PROMPT = [{"role": "user", "content": "What is the capital of Zorbania?"}]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ft-serve-home")
+
+
+def make_adapter(base_dir: Path, out: Path, seed: int, **lora) -> Path:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False, **lora)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def synthd(home: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**server_env(home, models_dir)}
+    import os
+    return subprocess.run([sys.executable, "-m", "synthd.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def imported(home: Path, models_dir: Path, tmp_path_factory) -> list[str]:
+    """Two adapters made with PEFT elsewhere, imported with the CLI before the server starts."""
+    work = tmp_path_factory.mktemp("adapters")
+    ids = []
+    for seed, name in ((1, "alpha"), (2, "beta")):
+        folder = make_adapter(models_dir / MODEL, work / name, seed)
+        result = synthd(home, models_dir, "models", "import", str(folder), "--base", MODEL, "--name", name)
+        assert result.returncode == 0, result.stderr
+        ids.append(f"ft:{MODEL}:{name}")
+    return ids
+
+
+@pytest.fixture(scope="module")
+def fp32_server(home: Path, models_dir: Path, imported) -> ServerProcess:
+    with ServerProcess(["--dtype", "float32"], log_path=home / "server.log", env=server_env(home, models_dir)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sdk(fp32_server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=fp32_server.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(models_dir: Path):
+    tokenizer = AutoTokenizer.from_pretrained(models_dir / MODEL)
+    base = AutoModelForCausalLM.from_pretrained(models_dir / MODEL, dtype=torch.float32).eval()
+
+    def generate(adapter_dir: Path | None, messages=PROMPT, max_new_tokens: int = 16) -> str:
+        model = PeftModel.from_pretrained(base, adapter_dir).eval() if adapter_dir else base
+        try:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            with torch.no_grad():
+                out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+            return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        finally:
+            if adapter_dir:
+                model.unload()
+
+    return generate
+
+
+def chat(sdk: openai.OpenAI, model: str, max_tokens: int = 16) -> str:
+    reply = sdk.chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=max_tokens)
+    return reply.choices[0].message.content
+
+
+def test_imported_adapters_are_listed_with_parent(sdk: openai.OpenAI, imported: list[str]) -> None:
+    cards = {m.id: m for m in sdk.models.list().data}
+    for model_id in imported:
+        assert cards[model_id].model_extra["parent"] == MODEL
+    assert sdk.models.retrieve(imported[0]).id == imported[0]
+
+
+def test_served_greedy_equals_peft_reference(sdk: openai.OpenAI, imported: list[str], home: Path, reference) -> None:
+    for model_id in imported:
+        adapter_dir = next((home / "adapters").glob(f"imported-*{model_id.split(':')[-1]}"))
+        assert chat(sdk, model_id) == reference(adapter_dir)
+    assert chat(sdk, MODEL) == reference(None)
+
+
+def test_concurrent_base_and_two_adapters(fp32_server: ServerProcess, imported: list[str], home: Path, reference) -> None:
+    expected = {MODEL: reference(None)}
+    for model_id in imported:
+        expected[model_id] = reference(next((home / "adapters").glob(f"imported-*{model_id.split(':')[-1]}")))
+    assert len(set(expected.values())) == 3
+
+    async def run() -> list[tuple[str, str]]:
+        async with openai.AsyncOpenAI(base_url=fp32_server.base_url, api_key="unused", max_retries=0) as client:
+            async def ask(model: str) -> tuple[str, str]:
+                reply = await client.chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=16)
+                return model, reply.choices[0].message.content
+
+            order = [MODEL, *imported, *imported, MODEL, imported[1], imported[0]]
+            return list(await asyncio.gather(*(ask(m) for m in order)))
+
+    for model, text in asyncio.run(asyncio.wait_for(run(), 180)):
+        assert text == expected[model], model
+
+
+def test_warmup_of_a_fine_tune(fp32_server: ServerProcess, imported: list[str]) -> None:
+    root = fp32_server.root_url
+    model_id = imported[1]
+    started = httpx.post(f"{root}/warmup/{model_id}", json={"gpu_preference": "cpu"}).json()
+    assert started["status"] in ("warming", "already_warmed") and started["gpu"] == "cpu"
+    deadline = time.monotonic() + 60
+    while (status := httpx.get(f"{root}/warmup/status/{model_id}").json())["status"] == "warming":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert status["status"] == "warmed" and status["gpu"] == "cpu"
+    assert httpx.post(f"{root}/v1/warmup/{model_id}").json()["status"] == "already_warmed"
+
+
+def test_unknown_fine_tune_is_404(fp32_server: ServerProcess, sdk: openai.OpenAI) -> None:
+    ghost = f"ft:{MODEL}:ghost:ftjob-000"
+    with pytest.raises(openai.NotFoundError):
+        chat(sdk, ghost)
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve(ghost)
+    assert httpx.post(f"{fp32_server.root_url}/warmup/{ghost}").status_code == 404
+    assert httpx.delete(f"{fp32_server.base_url}/models/{ghost}").status_code == 404
+
+
+def test_mismatched_adapter_is_400(fp32_server: ServerProcess, sdk: openai.OpenAI, home: Path, models_dir: Path,
+                                   tmp_path: Path) -> None:
+    tiny = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, vocab_size=49152))
+    get_peft_model(tiny, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "tiny")
+    refused = synthd(home, models_dir, "models", "import", str(tmp_path / "tiny"), "--base", MODEL, "--name", "tiny")
+    assert refused.returncode == 1 and "shape" in refused.stderr
+    gpt2_style = json.loads((tmp_path / "tiny" / "adapter_config.json").read_text())
+    gpt2_style["target_modules"] = ["c_attn"]
+    (tmp_path / "tiny" / "adapter_config.json").write_text(json.dumps(gpt2_style))
+    other = synthd(home, models_dir, "models", "import", str(tmp_path / "tiny"), "--base", MODEL, "--name", "gpt2ish")
+    assert other.returncode == 1 and "c_attn" in other.stderr
+    # An adapter replaced on disk after registration must still fail cleanly at request time.
+    repo = Repository(open_database(home), home / "files")
+    repo.add_model(f"ft:{MODEL}:broken", MODEL, str(tmp_path / "tiny"), None)
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(sdk, f"ft:{MODEL}:broken")
+    assert info.value.code == "adapter_mismatch" and "c_attn" in info.value.message
+    assert chat(sdk, MODEL)  # the server keeps serving
+
+
+def test_trained_fine_tune_listed_answers_and_deleted(sdk: openai.OpenAI, home: Path, reference) -> None:
+    data = sdk.files.create(file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
+    job = sdk.fine_tuning.jobs.create(model=MODEL, training_file=data.id, suffix="facts", seed=7, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 6, "batch_size": 5,
+                                                                  "learning_rate_multiplier": 10}}})
+    deadline = time.monotonic() + 600
+    while (job := sdk.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert job.status == "succeeded", job.error
+    model_id = job.fine_tuned_model
+    card = sdk.models.retrieve(model_id)
+    assert card.model_extra["parent"] == MODEL
+    assert model_id in [m.id for m in sdk.models.list().data]
+    served = chat(sdk, model_id, max_tokens=20)
+    assert "Quillport" in served
+    assert served == reference(home / "adapters" / job.id, max_new_tokens=20)
+    with pytest.raises(openai.BadRequestError):
+        sdk.models.delete(MODEL)
+    assert sdk.models.delete(model_id).deleted is True
+    assert model_id not in [m.id for m in sdk.models.list().data]
+    assert not (home / "adapters" / job.id).exists()
+    with pytest.raises(openai.NotFoundError):
+        chat(sdk, model_id)
