@@ -40,6 +40,15 @@ CASES = [
     ("completions unknown model", "/completions", {"model": "nope", "prompt": "x"}, 404, "model_not_found", "model"),
     ("completions empty prompt", "/completions", {"model": MODEL, "prompt": ""}, 400, None, "prompt"),
     ("completions echo", "/completions", {"model": MODEL, "prompt": "x", "echo": True}, 400, "unsupported_parameter", "echo"),
+    ("seed beyond int64", "/chat/completions", with_(seed=2**64), 400, "invalid_value", "seed"),
+    ("seed below int64", "/chat/completions", with_(seed=-(2**63) - 1), 400, "invalid_value", "seed"),
+    ("stream as string", "/chat/completions", with_(stream="yes"), 400, "invalid_value", "stream"),
+    ("unknown field with dash", "/chat/completions", with_(**{"foo-bar": 1}), 400, "unsupported_parameter", "foo-bar"),
+    ("model name too long", "/chat/completions", with_(model="x" * 5000), 404, "model_not_found", "model"),
+    ("model under unknown home", "/chat/completions", with_(model="~nosuchuser/foo"), 404, "model_not_found", "model"),
+    ("unicode digit count", "/chat/completions", with_(gpu_preference="H100:²"), 400, "invalid_gpu_preference", "gpu_preference"),
+    ("arabic digit count", "/chat/completions", with_(gpu_preference="H100:٢"), 400, "invalid_gpu_preference", "gpu_preference"),
+    ("too many sequences", "/completions", {"model": MODEL, "prompt": ["a"] * 100, "n": 2}, 400, "invalid_value", None),
 ]
 
 
@@ -57,6 +66,22 @@ def test_bad_input_gets_openai_error(server: ServerProcess, name, path, body, st
         assert error["param"] == param
     follow_up = httpx.post(server.base_url + "/chat/completions", json=GOOD, timeout=60)
     assert follow_up.status_code == 200
+
+
+def test_lone_surrogate_is_400(server: ServerProcess) -> None:
+    for path, body in (("/chat/completions", b'{"model": "%s", "messages": [{"role": "user", "content": "\\ud800"}]}'),
+                       ("/completions", b'{"model": "%s", "prompt": "\\ud800"}')):
+        response = httpx.post(server.base_url + path, content=body % MODEL.encode(),
+                              headers={"content-type": "application/json"}, timeout=30)
+        assert response.status_code == 400, response.text
+        assert "tokenized" in response.json()["error"]["message"]
+
+
+def test_extreme_seeds_and_tiny_temperature_answer(server: ServerProcess) -> None:
+    for extra in ({"seed": 2**63 - 1, "n": 2, "temperature": 1.0}, {"seed": -(2**63)}, {"temperature": 1e-38},
+                  {"temperature": 1e-45, "stream": True}):
+        response = httpx.post(server.base_url + "/chat/completions", json=with_(**extra), timeout=60)
+        assert response.status_code == 200, (extra, response.text)
 
 
 def test_invalid_json_is_400(server: ServerProcess) -> None:
@@ -101,6 +126,7 @@ def test_api_key_required_when_configured(keyed_server: ServerProcess) -> None:
 
 def test_api_key_from_environment(models_dir, tmp_path) -> None:
     env = server_env(tmp_path, models_dir, SYNTH_API_KEY="from-env")
+    del env["SYNTHD_API_KEY"]  # SYNTHD_API_KEY would take precedence over the Synth platform's name
     with ServerProcess(log_path=tmp_path / "server.log", env=env) as process:
         assert httpx.get(process.base_url + "/models").status_code == 401
         ok = httpx.get(process.base_url + "/models", headers={"Authorization": "Bearer from-env"})

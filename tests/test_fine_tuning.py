@@ -196,6 +196,11 @@ def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
         (dict(model=MODEL, training_file=good, extra_body={"gpu_preference": "H100:3"}), "gpu_preference"),
         (dict(model=MODEL, training_file=good, method={"type": "ppo"}), "method.type"),
         (dict(model=MODEL, training_file=good, hyperparameters={"n_epochs": 0}), "hyperparameters.n_epochs"),
+        (dict(model=MODEL, training_file=good, seed=2**63), "seed"),
+        (dict(model=MODEL, training_file=good, suffix="a:b"), "suffix"),
+        (dict(model=MODEL, training_file=good, method={"type": "dpo", "supervised": {}}), "method"),
+        (dict(model=MODEL, training_file=good, extra_body={"lora": {"r": 10**9}}), "lora.r"),
+        (dict(model=MODEL, training_file=good, hyperparameters={"n_epochs": True}), "hyperparameters.n_epochs"),
     ]
     for kwargs, param in cases:
         with pytest.raises(openai.BadRequestError) as info:
@@ -203,6 +208,10 @@ def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
         assert info.value.body["param"] == param, (kwargs, info.value.body)
     with pytest.raises(openai.ConflictError):
         ft_client.fine_tuning.jobs.create(model=MODEL, training_file=good, extra_body={"gpu_preference": "H100"})
+    infinite = httpx.post(str(ft_client.base_url) + "fine_tuning/jobs", headers={"content-type": "application/json"},
+                          content=b'{"model": "%s", "training_file": "%s", "hyperparameters": '
+                                  b'{"learning_rate_multiplier": 1e999}}' % (MODEL.encode(), good.encode()))
+    assert infinite.status_code == 400 and infinite.json()["error"]["param"] == "hyperparameters.learning_rate_multiplier"
     with pytest.raises(openai.NotFoundError):
         ft_client.fine_tuning.jobs.retrieve("ftjob-nope")
 

@@ -239,8 +239,8 @@ def test_warmup_state_machine(copy_models_dir: Path, tmp_path: Path) -> None:
         assert status()["status"] == "warmed"  # a refused preference does not break a warmed model
         failed = httpx.post(f"{root}/warmup/no/such-model")
         assert failed.status_code == 404
-        missing = httpx.get(f"{root}/warmup/status/no/such-model").json()
-        assert missing["status"] == "failed" and "not found" in missing["error"]
+        missing = httpx.get(f"{root}/warmup/status/no/such-model")
+        assert missing.status_code == 404 and "not found" in missing.json()["error"]["message"]
         deadline = time.monotonic() + 20
         while status()["status"] == "warmed" and time.monotonic() < deadline:
             time.sleep(0.5)

@@ -67,14 +67,16 @@ def model_not_found(model: str, message: str | None = None) -> APIError:
 
 
 PYDANTIC_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+PYDANTIC_TAG_PREFIXES = ("constrained-", "function-", "lax-", "strict-", "json-", "tagged-union")
 
 
-def _param_path(loc: tuple) -> str | None:
-    """``("body", "messages", 0, "role")`` → ``messages.0.role``; union branch tags are dropped."""
+def _param_path(loc: tuple, keep_all: bool = False) -> str | None:
+    """``("body", "messages", 0, "role")`` → ``messages.0.role``; union branch tags (``str``,
+    ``list[str]``, ``function-after[...]``) are dropped unless ``keep_all`` (an unknown field's own name)."""
     parts = []
     for part in loc[1:] if loc and loc[0] in ("body", "query", "path") else loc:
         text = str(part)
-        if text in PYDANTIC_TYPE_TAGS or "[" in text or "-" in text:
+        if not keep_all and (text in PYDANTIC_TYPE_TAGS or "[" in text or text.startswith(PYDANTIC_TAG_PREFIXES)):
             break
         parts.append(text)
     return ".".join(parts) or None
@@ -104,7 +106,7 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     # that matched the input's type explains the problem, not "Input should be a valid string".
     errors = sorted(exc.errors(), key=lambda e: str(e.get("type", "")).endswith("_type"))
     first = errors[0]
-    param = _param_path(tuple(first.get("loc", ())))
+    param = _param_path(tuple(first.get("loc", ())), keep_all=first.get("type") == "extra_forbidden")
     if first.get("type") == "extra_forbidden":
         return bad_request(f"Unsupported parameter: '{param}' is not supported by synthd.", param, "unsupported_parameter")
     if first.get("type") == "json_invalid":

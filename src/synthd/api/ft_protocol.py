@@ -2,13 +2,15 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt, model_validator
 
-from synthd.api.protocol import StrictModel
+from synthd.api.protocol import Seed, StrictModel
 
 Auto = Literal["auto"]
-PositiveInt = Annotated[int, Field(ge=1)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+Epochs = Annotated[StrictInt, Field(ge=1, le=50)]
+BatchSize = Annotated[StrictInt, Field(ge=1, le=256)]
+LearningRateMultiplier = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
+Beta = Annotated[float, Field(gt=0, le=2, allow_inf_nan=False)]
 
 
 class FileObject(BaseModel):
@@ -42,10 +44,10 @@ class FileDeleted(BaseModel):
 class HyperparametersIn(StrictModel):
     """Hyperparameters as sent: numbers or ``"auto"``; ``beta`` is for DPO."""
 
-    n_epochs: PositiveInt | Auto | None = None
-    batch_size: PositiveInt | Auto | None = None
-    learning_rate_multiplier: PositiveFloat | Auto | None = None
-    beta: PositiveFloat | Auto | None = None
+    n_epochs: Epochs | Auto | None = None
+    batch_size: BatchSize | Auto | None = None
+    learning_rate_multiplier: LearningRateMultiplier | Auto | None = None
+    beta: Beta | Auto | None = None
 
 
 class MethodConfig(StrictModel):
@@ -61,12 +63,19 @@ class Method(StrictModel):
     supervised: MethodConfig | None = None
     dpo: MethodConfig | None = None
 
+    @model_validator(mode="after")
+    def _block_matches_type(self) -> "Method":
+        other = "dpo" if self.type == "supervised" else "supervised"
+        if getattr(self, other) is not None:
+            raise ValueError(f"method.type is '{self.type}' but a '{other}' block was given")
+        return self
+
 
 class LoRAIn(StrictModel):
     """synthd extension: PEFT LoRA settings (LoRA is always on; full fine-tuning is not offered)."""
 
-    r: PositiveInt = 16
-    alpha: PositiveInt = 32
+    r: Annotated[StrictInt, Field(ge=1, le=512)] = 16
+    alpha: Annotated[StrictInt, Field(ge=1, le=4096)] = 32
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     target_modules: list[str] | None = None
 
@@ -78,8 +87,8 @@ class FineTuningJobCreate(StrictModel):
     model: str
     training_file: str
     validation_file: str | None = None
-    suffix: Annotated[str, Field(max_length=64)] | None = None
-    seed: int | None = None
+    suffix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
+    seed: Seed | None = None
     metadata: dict[str, str] | None = None
     method: Method | None = None
     hyperparameters: HyperparametersIn | None = None

@@ -69,7 +69,7 @@ async def start_warmup(manager: ModelManager, model: str, body_preference: str |
 
 
 def warmup_status(manager: ModelManager, model: str) -> WarmupStatus:
-    """The model's warmup state; an unknown model that was never asked for is a 404.
+    """The model's warmup state; an unknown model is a 404.
 
     Raises:
         ModelNotFound: never seen and not resolvable.

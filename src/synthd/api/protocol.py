@@ -9,12 +9,14 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 StopField = str | Annotated[list[str], Field(max_length=4)] | None
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+MAX_SEQUENCES_PER_REQUEST = 128
 
 
 class StrictModel(BaseModel):
@@ -26,7 +28,7 @@ class StrictModel(BaseModel):
 class StreamOptions(StrictModel):
     """``stream_options``: ``include_usage`` adds a last chunk with ``usage`` and no choices."""
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class TextPart(StrictModel):
@@ -53,16 +55,16 @@ class SamplingFields(StrictModel):
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
     n: Annotated[int, Field(ge=1, le=16)] = 1
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: StopField = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
-    seed: int | None = None
+    seed: Seed | None = None
     user: str | None = None
     # --- synthd / vLLM extensions ---
-    ignore_eos: bool = Field(default=False, description="vLLM extension: keep generating past EOS.")
+    ignore_eos: StrictBool = Field(default=False, description="vLLM extension: keep generating past EOS.")
     gpu_preference: str | None = Field(
         default=None, description="synthd: 'auto', 'H100', 'L40S:2', 'H100:2,A100-80GB:2' (wins over X-GPU-Preference)."
     )
@@ -95,8 +97,14 @@ class CompletionRequest(SamplingFields):
     """``POST /v1/completions`` body. ``prompt`` is a string or a list of strings."""
 
     model: str
-    prompt: str | Annotated[list[str], Field(min_length=1)]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_SEQUENCES_PER_REQUEST)]
     max_tokens: Annotated[int, Field(ge=1)] | None = 16
+
+    @model_validator(mode="after")
+    def _bounded_sequences(self) -> "CompletionRequest":
+        if len(self.prompts()) * self.n > MAX_SEQUENCES_PER_REQUEST:
+            raise ValueError(f"len(prompt) x n must be at most {MAX_SEQUENCES_PER_REQUEST}")
+        return self
 
     def prompts(self) -> list[str]:
         """The prompts as a list."""

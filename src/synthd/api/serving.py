@@ -112,6 +112,8 @@ class OpenAIServing:
             prompt = loaded.encode_chat(messages)
         except ValueError as exc:
             raise bad_request(str(exc), "messages") from None
+        except TypeError:
+            raise bad_request("The messages could not be tokenized (invalid Unicode?).", "messages") from None
         param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
         return self._prepare(served, [prompt], request, request.token_limit(), "messages", param, "chatcmpl")
 
@@ -162,7 +164,10 @@ class OpenAIServing:
         """
         served = await self.acquire(request.model, request.gpu_preference, header_preference)
         loaded = served.loaded
-        prompts = [loaded.encode_text(text) for text in request.prompts()]
+        try:
+            prompts = [loaded.encode_text(text) for text in request.prompts()]
+        except TypeError:
+            raise bad_request("The prompt could not be tokenized (invalid Unicode?).", "prompt") from None
         if any(not ids for ids in prompts):
             raise bad_request("The prompt must not be empty.", "prompt")
         return self._prepare(served, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl")
@@ -228,7 +233,7 @@ class OpenAIServing:
                     temperature=request.temperature,
                     top_p=request.top_p,
                     stop=request.stop_list(),
-                    seed=None if request.seed is None else request.seed + choice,
+                    seed=None if request.seed is None else (request.seed + choice) % 2**64,
                     presence_penalty=request.presence_penalty,
                     frequency_penalty=request.frequency_penalty,
                     ignore_eos=request.ignore_eos,
@@ -266,15 +271,22 @@ class OpenAIServing:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(index: int) -> None:
-            async for event in generate(prepared.loaded, prepared.prompt_ids[index], prepared.params[index],
-                                        prepared.served.adapter):
-                await queue.put((index, event))
+            try:
+                async for event in generate(prepared.loaded, prepared.prompt_ids[index], prepared.params[index],
+                                            prepared.served.adapter):
+                    await queue.put((index, event))
+            except Exception as exc:  # surfaced as this request's error instead of a silent hang
+                await queue.put((index, exc))
 
         tasks = [asyncio.create_task(pump(i)) for i in range(len(prepared.params))]
         pending = len(tasks)
         try:
             while pending:
                 index, event = await queue.get()
+                if isinstance(event, Exception):
+                    yield index, "", APIError(500, f"Generation failed: {type(event).__name__}: {event}",
+                                              type="server_error"), None
+                    return
                 result = results[index]
                 result.text += event.text
                 result.completion_tokens = event.completion_tokens

@@ -127,10 +127,11 @@ class BatchEngine:
                         self._prefill(live)
                     if self._running:
                         self._decode_step()
-            except Exception as exc:  # a failed forward must not kill the thread
+            except Exception as exc:  # a failed step must not kill the thread or leave a request waiting
                 log.exception("engine step failed")
-                for sequence in self._running:
-                    self._finish(sequence, FINISH_ERROR, "", error=f"{type(exc).__name__}: {exc}")
+                for sequence in {*self._running, *admitted}:
+                    if sequence.finish_reason is None:
+                        self._finish(sequence, FINISH_ERROR, "", error=f"{type(exc).__name__}: {exc}")
                 self._reset_batch()
         for sequence in [*self._running, *self._waiting]:
             self._finish(sequence, FINISH_ABORT, "")

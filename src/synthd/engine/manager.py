@@ -194,7 +194,11 @@ class ModelManager:
                 raise SelectionError(409, "gpu_remote",
                                      f"{placement.label} is a declared cluster device ({placement.devices[0].node}); "
                                      "this process runs models only on its local devices.")
-        except (ModelNotFound, SelectionError) as exc:
+        except ModelNotFound:
+            if slot.status == COLD and slot.loaded is None:
+                self._slots.pop(model_id, None)  # unknown ids leave nothing behind (answered 404)
+            raise
+        except SelectionError as exc:
             if slot.loaded is None:
                 slot.status, slot.error = FAILED, str(exc)
             raise

@@ -38,11 +38,9 @@ def resolve_model(model: str, models_dir: Path) -> ModelSource:
         if not is_pulled(models_dir):
             raise ModelNotFound(f"model '{model}' is not pulled yet: run 'synthd models pull'")
         return ModelSource(model_id, embedded_model_dir(models_dir))
-    local = Path(model).expanduser()
-    if (local / "config.json").is_file():
-        return ModelSource(model, local.resolve())
-    if "/" not in model and (models_dir / model / "config.json").is_file():
-        return ModelSource(model, models_dir / model)
+    local = _local_folder(model, models_dir)
+    if local is not None:
+        return ModelSource(model, local)
     cached = _hub_cache_snapshot(model)
     if cached is not None:
         return ModelSource(model, cached)
@@ -53,6 +51,21 @@ def resolve_model(model: str, models_dir: Path) -> ModelSource:
     )
 
 
+def _local_folder(model: str, models_dir: Path) -> Path | None:
+    """A folder with config.json named by ``model`` (a path, or a name under ``models_dir``)."""
+    candidates = [lambda: Path(model).expanduser()]
+    if "/" not in model:
+        candidates.append(lambda: models_dir / model)
+    for candidate in candidates:
+        try:
+            folder = candidate()
+            if (folder / "config.json").is_file():
+                return folder.resolve()
+        except (OSError, RuntimeError, ValueError):  # name too long, unknown ~user, NUL byte
+            continue
+    return None
+
+
 def _hub_cache_snapshot(model: str) -> Path | None:
     if model.count("/") != 1:
         return None
@@ -61,6 +74,6 @@ def _hub_cache_snapshot(model: str) -> Path | None:
 
     try:
         path = Path(snapshot_download(model, local_files_only=True))
-    except (LocalEntryNotFoundError, ValueError, OSError):
+    except (LocalEntryNotFoundError, ValueError, OSError, RuntimeError):
         return None
     return path if (path / "config.json").is_file() else None

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+# Below this temperature sampling is numerically greedy (vLLM's _SAMPLING_EPS); dividing by it overflows.
+GREEDY_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -31,8 +34,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """True when decoding takes the argmax."""
-        return self.temperature == 0.0
+        """True when decoding takes the argmax (temperature below ``GREEDY_TEMPERATURE``)."""
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def penalised(self) -> bool:
@@ -71,6 +74,8 @@ def sample_row(logits: torch.Tensor, state: SamplerState) -> int:
     if params.greedy:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / params.temperature, dim=-1)
+    if not bool(torch.isfinite(probs).all()):  # a diverged model (NaN weights) cannot be sampled
+        return int(torch.argmax(torch.nan_to_num(logits, nan=float("-inf"))))
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         cumulative = torch.cumsum(sorted_probs, dim=-1)

@@ -4,7 +4,9 @@ Times are Unix seconds (int), as in OpenAI's objects. JSON columns hold OpenAI-s
 (hyperparameters, method, metadata, error, metrics).
 """
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+import time
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -46,6 +48,7 @@ class JobRecord(Base):
     trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[int] = mapped_column(Integer, index=True)
+    created_ns: Mapped[int] = mapped_column(BigInteger, index=True, default=time.time_ns)
     started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)

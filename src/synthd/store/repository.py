@@ -110,7 +110,7 @@ class Repository:
     def jobs_with_status(self, *statuses: str) -> list[JobRecord]:
         """Jobs in any of ``statuses``, oldest first (queue order)."""
         with self.session() as session:
-            query = select(JobRecord).where(JobRecord.status.in_(statuses)).order_by(JobRecord.created_at, JobRecord.id)
+            query = select(JobRecord).where(JobRecord.status.in_(statuses)).order_by(JobRecord.created_ns)
             return list(session.scalars(query))
 
     def update_job(self, job_id: str, message: str | None = None, data: dict | None = None, **fields) -> JobRecord:
@@ -135,8 +135,9 @@ class Repository:
             query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq.desc())
             if after:
                 cursor = session.scalar(select(JobEvent.seq).where(JobEvent.id == after))
-                if cursor is not None:
-                    query = query.where(JobEvent.seq < cursor)
+                if cursor is None:
+                    return [], False
+                query = query.where(JobEvent.seq < cursor)
             events = list(session.scalars(query.limit(limit + 1)))
         return events[:limit], len(events) > limit
 
