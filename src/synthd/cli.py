@@ -309,6 +309,9 @@ def gpus_validate(
     elif result.available:
         console.print(f"ok: {model} ({purpose}) would run on {result.selected}: needs {result.required_gib:.1f} GiB, "
                       f"offered {result.offered_gib:.1f} GiB")
+    else:
+        console.print(f"valid={result.valid} fits={result.fits} available={result.available} "
+                      f"required_gib={result.required_gib} offered_gib={result.offered_gib}")
     if not result.available:
         fail(result.reason or "unavailable")
 

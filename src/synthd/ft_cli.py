@@ -38,8 +38,9 @@ def guarded(call):
     """Run ``call``; turn SDK errors into ``CLIError`` with the server's message."""
     try:
         return call()
-    except openai.APIConnectionError:
-        raise CLIError("cannot reach the server: is 'synthd serve' running?") from None
+    except openai.APIConnectionError as exc:
+        raise CLIError(f"cannot reach {exc.request.url.scheme}://{exc.request.url.netloc.decode()}: "
+                       "is 'synthd serve' running? (--base-url / SYNTH_API_URL)") from None
     except openai.APIStatusError as exc:
         body = exc.body if isinstance(exc.body, dict) else {}
         raise CLIError(f"{exc.status_code}: {body.get('message', str(exc))}") from None

@@ -44,7 +44,6 @@ def upgrade() -> None:
     sa.Column('trained_tokens', sa.Integer(), nullable=True),
     sa.Column('error', sa.JSON(), nullable=True),
     sa.Column('created_at', sa.Integer(), nullable=False),
-    sa.Column('created_ns', sa.BigInteger(), nullable=False),
     sa.Column('started_at', sa.Integer(), nullable=True),
     sa.Column('finished_at', sa.Integer(), nullable=True),
     sa.Column('estimated_finish', sa.Integer(), nullable=True),
@@ -54,7 +53,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('fine_tuning_jobs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_fine_tuning_jobs_created_at'), ['created_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_fine_tuning_jobs_created_ns'), ['created_ns'], unique=False)
         batch_op.create_index(batch_op.f('ix_fine_tuning_jobs_status'), ['status'], unique=False)
 
     op.create_table('models',
@@ -108,7 +106,6 @@ def downgrade() -> None:
     op.drop_table('models')
     with op.batch_alter_table('fine_tuning_jobs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_fine_tuning_jobs_status'))
-        batch_op.drop_index(batch_op.f('ix_fine_tuning_jobs_created_ns'))
         batch_op.drop_index(batch_op.f('ix_fine_tuning_jobs_created_at'))
 
     op.drop_table('fine_tuning_jobs')
