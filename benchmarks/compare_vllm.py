@@ -1,6 +1,6 @@
 """Side-by-side serving benchmark: synthd vs vLLM-CPU on the embedded model, same machine, one run.
 
-The servers run one after the other (vLLM, synthd, synthd --compile) (never together, so neither steals the other's cores) and the
+The servers run one after the other (never together, so neither steals the other's cores) and the
 same ``synthd bench`` load hits both. vLLM-CPU lives in its own venv (``--vllm-venv``, created by
 ``make bench`` if missing); it is never a synthd dependency.
 
@@ -57,13 +57,11 @@ def markdown(results: list[LevelResult]) -> str:
                      f"{r.e2e_s.mean * 1000:.0f} |")
     by_level = {(r.label, r.concurrency): r for r in results}
     lines.append("")
-    for label in ("synthd", "synthd --compile"):
-        for level in sorted({r.concurrency for r in results}):
-            ours, theirs = by_level.get((label, level)), by_level.get(("vllm-cpu", level))
-            if ours and theirs:
-                lines.append(f"- {label}, c={level}: output tok/s ratio to vLLM = "
-                             f"{ours.output_tokens_per_s / theirs.output_tokens_per_s:.2f}, "
-                             f"TTFT ratio = {ours.ttft_s.mean / theirs.ttft_s.mean:.2f}")
+    for level in sorted({r.concurrency for r in results}):
+        ours, theirs = by_level.get(("synthd", level)), by_level.get(("vllm-cpu", level))
+        if ours and theirs:
+            lines.append(f"- c={level}: synthd/vLLM output tok/s = {ours.output_tokens_per_s / theirs.output_tokens_per_s:.2f}, "
+                         f"TTFT ratio = {ours.ttft_s.mean / theirs.ttft_s.mean:.2f}")
     return "\n".join(lines) + "\n"
 
 
@@ -91,12 +89,11 @@ def main() -> None:
         vllm.terminate()
         vllm.wait(timeout=60)
 
-    for label, extra in (("synthd", []), ("synthd --compile", ["--compile"])):
-        console.rule(label)
-        with ServerProcess(extra, log_path=args.out / "synthd.log", ready_timeout_s=900) as server:
-            config = BenchConfig(base_url=server.base_url, model=EMBEDDED_MODEL_ID,
-                                 requests=args.requests, max_tokens=args.max_tokens)
-            results += run_bench(config, levels, [None], label=label, progress=console)
+    console.rule("synthd")
+    with ServerProcess(log_path=args.out / "synthd.log") as server:
+        config = BenchConfig(base_url=server.base_url, model=EMBEDDED_MODEL_ID,
+                             requests=args.requests, max_tokens=args.max_tokens)
+        results += run_bench(config, levels, [None], label="synthd", progress=console)
 
     console.print(results_table(results, "synthd vs vLLM-CPU"))
     (args.out / "compare.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))

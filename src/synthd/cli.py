@@ -133,7 +133,6 @@ def serve(
     max_num_seqs: Annotated[int | None, typer.Option(help="Most sequences per batch.", min=1)] = None,
     max_model_len: Annotated[int | None, typer.Option(help="Context cap in tokens.", min=16)] = None,
     dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float32")] = None,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile decode steps at load (minutes).")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve models over the OpenAI API.
@@ -156,8 +155,7 @@ def serve(
             resolve_model(name, settings.models_dir)
         except ModelNotFound as exc:
             fail(str(exc))
-    overrides = {k: v for k, v in {"max_num_seqs": max_num_seqs, "max_model_len": max_model_len, "dtype": dtype,
-                                   "compile_decode": compile or None}.items() if v is not None}
+    overrides = {k: v for k, v in {"max_num_seqs": max_num_seqs, "max_model_len": max_model_len, "dtype": dtype}.items() if v is not None}
     application = build_app(models, api_key or settings.api_key, **overrides)
     uvicorn.run(application, host=host, port=port, log_level=log_level)
 

@@ -23,7 +23,6 @@ class Settings(BaseSettings):
     )
     dtype: str = Field(default="auto", description="auto | bfloat16 | float32")
     max_num_seqs: int = Field(default=64, ge=1, description="Most sequences decoded in one batch.")
-    compile: bool = Field(default=False, description="torch.compile decode steps at load (minutes; faster steps).")
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context cap in tokens; default is the model's own."
     )

@@ -132,7 +132,6 @@ def build_app(models: list[str], api_key: str | None = None, **manager_options) 
                            adapter_lookup=partial(fine_tune_adapter, repo), max_loaded_adapters=settings.max_loaded_adapters, **{
         "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs, "max_model_len": settings.max_model_len,
         "idle_timeout_s": settings.model_idle_timeout_s, "max_loaded_models": settings.max_loaded_models,
-        "compile_decode": settings.compile,
         **manager_options,
     })
     scheduler = JobScheduler(repo, settings.home / "training", max_concurrent=settings.max_concurrent_jobs)

@@ -46,10 +46,6 @@ class BatchEngine:
         pad_token_id: id used for left padding (masked out, never attended).
         max_num_seqs: most sequences in the running batch (vLLM's ``--max-num-seqs``).
         on_finish: called in the engine thread once per sequence when it ends, for metrics.
-        compile_decode: run decode steps of the bare base model through ``torch.compile``
-            (inductor, dynamic shapes, frozen weights). Measured on the 2-core dev CPU: a batch-32
-            step 77 → 61 ms, batch-1 51 → 42 ms, after about 2-4 minutes of compilation, done at
-            load time. Steps with LoRA adapters stay eager.
     """
 
     def __init__(
@@ -59,7 +55,6 @@ class BatchEngine:
         pad_token_id: int,
         max_num_seqs: int = 64,
         on_finish: FinishObserver | None = None,
-        compile_decode: bool = False,
     ) -> None:
         self.model = model
         self.eos_token_ids = frozenset(eos_token_ids)
@@ -67,7 +62,6 @@ class BatchEngine:
         self.max_num_seqs = max_num_seqs
         self.on_finish = on_finish
         self.device = next(model.parameters()).device
-        self._compiled = _compiled_forward(model) if compile_decode else None
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._cache: Cache | None = None
@@ -176,8 +170,7 @@ class BatchEngine:
         assert self._mask is not None and self._last_tokens is not None
         self._mask = torch.cat([self._mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], dim=1)
         positions = (self._mask.sum(dim=1, keepdim=True) - 1)
-        forward = self._compiled if self._compiled is not None and not hasattr(self.model, "peft_config") else self.model
-        out = forward(
+        out = self.model(
             input_ids=self._last_tokens[:, None],
             attention_mask=self._mask,
             position_ids=positions,
@@ -269,24 +262,6 @@ class BatchEngine:
 
     def _reset_batch(self) -> None:
         self._running, self._cache, self._mask, self._last_tokens = [], None, None, None
-
-
-def _compiled_forward(model: PreTrainedModel):
-    """``model`` compiled for decode steps, warmed for batch 1 and batch > 1 before it is used."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    compiled = torch.compile(model, dynamic=True)
-    with torch.inference_mode():
-        for batch in (1, 2):
-            cache = new_cache(model.config.num_hidden_layers)
-            ids = torch.ones((batch, 4), dtype=torch.long, device=next(model.parameters()).device)
-            model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, use_cache=True, logits_to_keep=1)
-            for _ in range(2):
-                mask = torch.ones((batch, cache.get_seq_length() + 1), dtype=torch.long, device=ids.device)
-                compiled(input_ids=ids[:, :1], attention_mask=mask, position_ids=mask.sum(1, keepdim=True) - 1,
-                         cache=cache, use_cache=True)
-    return compiled
 
 
 def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:

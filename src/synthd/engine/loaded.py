@@ -141,7 +141,6 @@ def load_model(
     on_finish: FinishObserver | None = None,
     gpu_indices: list[int] | None = None,
     max_adapters: int = 8,
-    compile_decode: bool = False,
 ) -> LoadedModel:
     """Load weights and tokenizer from ``source.path`` and start its batching engine.
 
@@ -164,7 +163,7 @@ def load_model(
     eos = _eos_token_ids(model.generation_config, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
-    engine = BatchEngine(model, eos, pad, max_num_seqs=max_num_seqs, on_finish=on_finish, compile_decode=compile_decode)
+    engine = BatchEngine(model, eos, pad, max_num_seqs=max_num_seqs, on_finish=on_finish)
     log.info("loaded %s from %s (%s on %s)", source.model_id, source.path, torch_dtype, device)
     return LoadedModel(
         source=source,

@@ -87,7 +87,6 @@ class ModelManager:
         on_finish: called with (model id, sequence) once per finished sequence (metrics).
         adapter_lookup: finds a fine-tune (``ft:`` id) → its base and adapter folder.
         max_loaded_adapters: resident LoRA adapters per base; the least recently used idle one goes.
-        compile_decode: compile decode steps with ``torch.compile`` at load (see ``BatchEngine``).
     """
 
     def __init__(
@@ -103,7 +102,6 @@ class ModelManager:
         on_finish: Callable[[str, Sequence], None] | None = None,
         adapter_lookup: AdapterLookup | None = None,
         max_loaded_adapters: int = 8,
-        compile_decode: bool = False,
     ) -> None:
         self.models_dir = models_dir
         self.inventory = inventory
@@ -115,7 +113,6 @@ class ModelManager:
         self._on_finish = on_finish
         self.adapter_lookup = adapter_lookup
         self.max_loaded_adapters = max_loaded_adapters
-        self.compile_decode = compile_decode
         self._slots: dict[str, ModelSlot] = {}
 
     # --- lookups ---------------------------------------------------------------------------
@@ -309,7 +306,7 @@ class ModelManager:
             slot.loaded = await asyncio.to_thread(
                 load_model, self.resolve(model), dtype=self.dtype, max_num_seqs=self.max_num_seqs,
                 max_model_len=self.max_model_len, on_finish=observer, gpu_indices=devices,
-                max_adapters=self.max_loaded_adapters, compile_decode=self.compile_decode,
+                max_adapters=self.max_loaded_adapters,
             )
         except Exception as exc:  # any load failure becomes the slot's reason
             slot.status, slot.error = FAILED, f"{type(exc).__name__}: {exc}"
