@@ -235,7 +235,7 @@ def test_older_and_synth_forms_and_listing(ft_client: openai.OpenAI) -> None:
 def test_cancel_mid_run(ft_client: openai.OpenAI) -> None:
     job = ft_client.fine_tuning.jobs.create(
         model=MODEL, training_file=upload(ft_client, EXAMPLES / "sft_facts.jsonl"),
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 200, "batch_size": 1}}})
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}})
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         events = ft_client.fine_tuning.jobs.list_events(job.id, limit=5).data
