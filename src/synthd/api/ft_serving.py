@@ -13,13 +13,14 @@ from synthd.api.ft_protocol import (
     JobError,
     JobEventList,
     JobEventObject,
+    LoRAIn,
 )
 from synthd.engine.manager import ModelManager, is_fine_tune
 from synthd.engine.resolve import ModelNotFound, canonical_id
 from synthd.gpus.spec import parse_gpu_preference
 from synthd.store.models import FileRecord, JobRecord
 from synthd.store.repository import Repository, new_id, now
-from synthd.training.config import LoRASettings
+from synthd.training.config import DEFAULT_TARGET_MODULES, LoRASettings
 
 FINE_TUNE_PURPOSE = "fine-tune"
 FILE_PURPOSES = ("fine-tune", "assistants", "batch", "user_data", "evals", "vision")
@@ -89,9 +90,9 @@ class FineTuningService:
                                   f"purpose '{FINE_TUNE_PURPOSE}'.", param, "invalid_file_purpose")
         purpose = "dpo" if method_type == "dpo" else "sft"
         placement, _ = self.manager.plan(base, parse_gpu_preference(body.gpu_preference), purpose)
-        lora_in = body.lora.model_dump() if body.lora else {}
-        lora = LoRASettings(**{k: v for k, v in lora_in.items() if v is not None and k != "target_modules"},
-                            **({"target_modules": tuple(lora_in["target_modules"])} if lora_in.get("target_modules") else {}))
+        lora_in = body.lora or LoRAIn()
+        lora = LoRASettings(r=lora_in.r, alpha=lora_in.alpha, dropout=lora_in.dropout,
+                            target_modules=tuple(lora_in.target_modules or DEFAULT_TARGET_MODULES))
         job = JobRecord(
             id=new_id("ftjob"), model=base, status="validating_files",
             method={"type": method_type, method_type: {"hyperparameters": hyper.model_dump(exclude_none=True)}},

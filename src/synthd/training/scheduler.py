@@ -31,6 +31,7 @@ class JobScheduler:
         self.max_concurrent = max_concurrent
         self.env = {**os.environ, **(env or {})}
         self._workers: dict[str, asyncio.subprocess.Process] = {}
+        self._stderr: dict[str, asyncio.Task[str]] = {}
         self._cancel_seen: dict[str, float] = {}
 
     def recover(self) -> None:
@@ -80,6 +81,7 @@ class JobScheduler:
             except TimeoutError:
                 process.kill()
         self._workers.clear()
+        self._stderr.clear()
 
     def _validate(self, job_id: str) -> None:
         job = self.repo.get_job(job_id)
@@ -110,26 +112,27 @@ class JobScheduler:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         self.repo.update_job(job_id, status="running", started_at=self.repo.get_job(job_id).started_at or now())
         self._workers[job_id] = process
-        asyncio.create_task(self._collect_stderr(job_id, process))
+        self._stderr[job_id] = asyncio.create_task(self._stderr_tail(process))
 
-    async def _collect_stderr(self, job_id: str, process: asyncio.subprocess.Process) -> None:
+    @staticmethod
+    async def _stderr_tail(process: asyncio.subprocess.Process) -> str:
         assert process.stderr is not None
         tail = b""
         async for line in process.stderr:
             tail = (tail + line)[-STDERR_TAIL_CHARS:]
-        process.stderr_tail = tail.decode(errors="replace")  # type: ignore[attr-defined]
+        return tail.decode(errors="replace")
 
     async def _reap(self, job_id: str, process: asyncio.subprocess.Process) -> None:
         del self._workers[job_id]
         self._cancel_seen.pop(job_id, None)
+        stderr = await self._stderr.pop(job_id)
         job = self.repo.get_job(job_id)
         if job is None or job.status in ("succeeded", "failed", "cancelled"):
             return
         if job.cancel_requested:
             self.repo.update_job(job_id, "Fine-tuning job cancelled", status="cancelled", finished_at=now())
             return
-        await asyncio.sleep(0.1)
-        tail = getattr(process, "stderr_tail", "").strip().splitlines()[-3:]
+        tail = stderr.strip().splitlines()[-3:]
         reason = f"training worker exited with code {process.returncode}" + (f": {' | '.join(tail)}" if tail else "")
         self._fail(job_id, "worker_crashed", reason)
 
