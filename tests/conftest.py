@@ -2,6 +2,7 @@
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import openai
@@ -11,6 +12,8 @@ from transformers import AutoTokenizer
 from synthd.config import get_settings
 from synthd.engine.embedded import EMBEDDED_MODEL_ID, embedded_model_dir, is_pulled
 from synthd.server_process import ServerProcess
+from tests.fakes import anthropic_server, openai_server
+from tests.fakes.script import Script, serve
 
 MODEL = EMBEDDED_MODEL_ID
 
@@ -53,3 +56,38 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class FakeProvider:
+    """A fake provider server: its root URL and its script of replies."""
+
+    url: str
+    script: Script
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[FakeProvider]:
+    """A local server speaking OpenAI's Chat Completions wire format (also stands in for Together
+    and any OpenAI-compatible URL)."""
+    script = Script()
+    with serve(openai_server.create_app(script)) as url:
+        yield FakeProvider(url, script)
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic() -> Iterator[FakeProvider]:
+    """A local server speaking Anthropic's Messages wire format."""
+    script = Script()
+    with serve(anthropic_server.create_app(script)) as url:
+        yield FakeProvider(url, script)
+
+
+@pytest.fixture
+def fakes(fake_openai: FakeProvider, fake_anthropic: FakeProvider) -> Iterator[dict[str, FakeProvider]]:
+    """Both fakes with empty scripts, emptied again afterwards."""
+    for fake in (fake_openai, fake_anthropic):
+        fake.script.reset()
+    yield {"openai": fake_openai, "anthropic": fake_anthropic}
+    for fake in (fake_openai, fake_anthropic):
+        fake.script.reset()

@@ -1,0 +1,262 @@
+"""``LM``: one interface to synthd, OpenAI, Anthropic, Together and any OpenAI-compatible server."""
+
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from itertools import chain
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from synthd.client.errors import ConfigurationError, LMError, MissingCredentialsError, StructuredOutputError
+from synthd.client.providers import PROVIDERS, SynthdProvider
+from synthd.client.providers.base import StreamPiece
+from synthd.client.request import ChatRequest, JSONSchemaFormat
+from synthd.client.response import LMResponse
+from synthd.client.retry import async_retrying, retrying
+from synthd.client.routing import route
+
+Message = dict[str, Any]
+_JSON_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n?```\s*$", re.DOTALL)
+WARMUP_POLL_S = 0.5
+
+
+class LM:
+    """A model behind a provider, called the same way whichever it is.
+
+    ``LM("gpt-4o-mini")``, ``LM("claude-3-haiku-20240307")``, ``LM("SmolLM2-135M-Instruct")`` (synthd),
+    ``LM("together/meta-llama/Llama-3-8b-chat-hf")``, ``LM("qwen2", base_url="http://localhost:11434/v1")``.
+    The provider comes from ``synthd.client.routing.route``; the key from ``api_key`` or the
+    provider's variable (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``TOGETHER_API_KEY``,
+    ``SYNTH_API_KEY``); the base URL from ``base_url``, the provider's variable (``SYNTH_API_URL``,
+    ``OPENAI_BASE_URL``, …) or its default. ``temperature``/``max_tokens`` are defaults for every
+    call; ``max_retries`` counts retries after the first try (429, 5xx, timeouts, connection errors);
+    ``timeout`` is seconds per HTTP request.
+
+    Raises ConfigurationError (ambiguous model, unknown provider, bad argument) and
+    MissingCredentialsError (naming the variable to set) at construction.
+    """
+
+    def __init__(self, model: str, provider: str | None = None, base_url: str | None = None,
+                 api_key: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
+                 max_retries: int = 3, timeout: float = 120.0) -> None:
+        if max_retries < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
+        if not timeout > 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout}")
+        self.provider, self.model = route(model, provider, base_url)
+        cls = PROVIDERS[self.provider]
+        key = api_key or (os.environ.get(cls.key_env_var) if cls.key_env_var else None) or None
+        if cls.needs_key and not key:
+            raise MissingCredentialsError(cls.name, cls.key_env_var or "an API key variable")
+        url = (base_url or (os.environ.get(cls.base_url_env_var) if cls.base_url_env_var else None)
+               or cls.default_base_url)
+        self._provider = cls(api_key=key, base_url=url, timeout=timeout)
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.max_retries = max_retries
+
+    def __repr__(self) -> str:
+        return f"LM({self.model!r}, provider={self.provider!r})"
+
+    def respond(self, messages: list[Message] | None = None, *, system_message: str | None = None,
+                user_message: str | None = None, response_model: type[BaseModel] | None = None,
+                **options: Any) -> LMResponse:
+        """Send a chat and return the reply.
+
+        Give ``messages`` (OpenAI chat messages, tool turns included) or ``system_message`` +
+        ``user_message``. ``options``: ``tools``, ``tool_choice``, ``stop`` (str or list), ``seed``,
+        ``temperature``, ``top_p``, ``max_tokens``, ``gpu_preference`` (synthd only), ``extra_body``.
+        With ``response_model`` (a pydantic model) the reply is asked for as JSON of its schema and
+        validated into ``structured_output``; a reply that does not validate gets one retry showing
+        the model its error.
+
+        Raises LMError subclasses: BadRequestError, AuthenticationError, NotFoundError,
+        RateLimitError (after retries), ProviderError, APIConnectionError, StructuredOutputError.
+        """
+        request = self._request(messages, system_message, user_message, response_model, options)
+        started = time.perf_counter()
+        response = self._complete(request)
+        if response_model is not None:
+            response = self._structured(request, response, response_model)
+        return response.model_copy(update={"latency_s": time.perf_counter() - started})
+
+    respond_sync = respond
+
+    async def respond_async(self, messages: list[Message] | None = None, *, system_message: str | None = None,
+                            user_message: str | None = None, response_model: type[BaseModel] | None = None,
+                            **options: Any) -> LMResponse:
+        """Async twin of ``respond``."""
+        request = self._request(messages, system_message, user_message, response_model, options)
+        started = time.perf_counter()
+        response = await self._complete_async(request)
+        if response_model is not None:
+            response = await self._structured_async(request, response, response_model)
+        return response.model_copy(update={"latency_s": time.perf_counter() - started})
+
+    def stream(self, messages: list[Message] | None = None, *, system_message: str | None = None,
+               user_message: str | None = None, response_model: type[BaseModel] | None = None,
+               **options: Any) -> Iterator[str | LMResponse]:
+        """Like ``respond``, streamed: yields text deltas (``str``), then the final ``LMResponse`` with
+        ``ttft_s`` set. A failure before the first delta is retried; after it, it is raised (an
+        interrupted stream never ends as if complete). With ``response_model``, a reply that does not
+        validate gets one non-streamed retry, whose text is in the final response."""
+        request = self._request(messages, system_message, user_message, response_model, options)
+        started = time.perf_counter()
+        ttft: float | None = None
+        for piece in self._open_stream(request):
+            if isinstance(piece, LMResponse):
+                if response_model is not None:
+                    piece = self._structured(request, piece, response_model)
+                yield piece.model_copy(update={"latency_s": time.perf_counter() - started, "ttft_s": ttft})
+                return
+            ttft = ttft if ttft is not None else time.perf_counter() - started
+            if piece:
+                yield piece
+
+    async def stream_async(self, messages: list[Message] | None = None, *, system_message: str | None = None,
+                           user_message: str | None = None, response_model: type[BaseModel] | None = None,
+                           **options: Any) -> AsyncIterator[str | LMResponse]:
+        """Async twin of ``stream``."""
+        request = self._request(messages, system_message, user_message, response_model, options)
+        started = time.perf_counter()
+        ttft: float | None = None
+        async for piece in self._open_stream_async(request):
+            if isinstance(piece, LMResponse):
+                if response_model is not None:
+                    piece = await self._structured_async(request, piece, response_model)
+                yield piece.model_copy(update={"latency_s": time.perf_counter() - started, "ttft_s": ttft})
+                return
+            ttft = ttft if ttft is not None else time.perf_counter() - started
+            if piece:
+                yield piece
+
+    def warmup(self, gpu_preference: str | None = None, *, wait: bool = True,
+               timeout_s: float = 900.0) -> dict[str, Any]:
+        """Ask the synthd server to load this model (on ``gpu_preference``), and with ``wait`` poll
+        until it is ``warmed``. Returns the server's warmup status object (``model``, ``status``,
+        ``gpu``, ``load_seconds``…).
+
+        Raises ConfigurationError for other providers; LMError when the server refuses (409: that
+        GPU is not here), the load fails, or it is not warm within ``timeout_s`` seconds.
+        """
+        if not isinstance(self._provider, SynthdProvider):
+            raise ConfigurationError("warmup is a synthd operation", provider=self.provider)
+        status = self._provider.warmup(self.model, gpu_preference)
+        deadline = time.monotonic() + timeout_s
+        while wait and status.get("status") not in ("warmed", "failed"):
+            if time.monotonic() > deadline:
+                raise LMError(f"{self.model} still warming after {timeout_s:g} s", provider=self.provider)
+            time.sleep(WARMUP_POLL_S)
+            status = self._provider.warmup_status(self.model)
+        if status.get("status") == "failed":
+            raise LMError(f"{self.model} failed to warm up: {status.get('error')}", provider=self.provider)
+        return status
+
+    def _request(self, messages: list[Message] | None, system_message: str | None, user_message: str | None,
+                 response_model: type[BaseModel] | None, options: dict[str, Any]) -> ChatRequest:
+        if messages is None:
+            if user_message is None:
+                raise ConfigurationError("pass messages= or user_message=")
+            messages = ([{"role": "system", "content": system_message}] if system_message is not None else [])
+            messages.append({"role": "user", "content": user_message})
+        elif system_message is not None or user_message is not None:
+            raise ConfigurationError("pass either messages= or system_message=/user_message=, not both")
+        if not messages:
+            raise ConfigurationError("messages must not be empty")
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
+        if options.get("gpu_preference") is not None and self.provider != "synthd":
+            raise ConfigurationError("gpu_preference is a synthd option", provider=self.provider)
+        stop = options.get("stop")
+        schema = None
+        if response_model is not None:
+            schema = JSONSchemaFormat(name=response_model.__name__, schema=response_model.model_json_schema())
+        return ChatRequest(
+            model=self.model, messages=[dict(message) for message in messages],
+            temperature=options.get("temperature", self.temperature), top_p=options.get("top_p"),
+            max_tokens=options.get("max_tokens", self.max_tokens), stop=[stop] if isinstance(stop, str) else stop,
+            seed=options.get("seed"), tools=options.get("tools"), tool_choice=options.get("tool_choice"),
+            response_format=schema, gpu_preference=options.get("gpu_preference"),
+            extra_body=dict(options.get("extra_body") or {}))
+
+    def _complete(self, request: ChatRequest) -> LMResponse:
+        for attempt in retrying(self.max_retries):
+            with attempt:
+                return self._provider.complete(request)
+        raise AssertionError("unreachable: tenacity reraises")
+
+    async def _complete_async(self, request: ChatRequest) -> LMResponse:
+        async for attempt in async_retrying(self.max_retries):
+            with attempt:
+                return await self._provider.complete_async(request)
+        raise AssertionError("unreachable: tenacity reraises")
+
+    def _open_stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
+        """The provider's stream with its first piece already read, retried until then."""
+        for attempt in retrying(self.max_retries):
+            with attempt:
+                pieces = self._provider.stream(request)
+                first = next(pieces)
+        return chain([first], pieces)
+
+    async def _open_stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
+        async for attempt in async_retrying(self.max_retries):
+            with attempt:
+                pieces = self._provider.stream_async(request)
+                first = await anext(pieces)
+        yield first
+        async for piece in pieces:
+            yield piece
+
+    def _structured(self, request: ChatRequest, response: LMResponse, model: type[BaseModel]) -> LMResponse:
+        parsed, errors = validate(model, response.text)
+        if errors is None:
+            return response.model_copy(update={"structured_output": parsed})
+        retried = self._complete(correction(request, response.text, errors))
+        return self._accept(retried, model, response)
+
+    async def _structured_async(self, request: ChatRequest, response: LMResponse,
+                                model: type[BaseModel]) -> LMResponse:
+        parsed, errors = validate(model, response.text)
+        if errors is None:
+            return response.model_copy(update={"structured_output": parsed})
+        retried = await self._complete_async(correction(request, response.text, errors))
+        return self._accept(retried, model, response)
+
+    def _accept(self, retried: LMResponse, model: type[BaseModel], first: LMResponse) -> LMResponse:
+        parsed, errors = validate(model, retried.text)
+        if errors is not None:
+            raise StructuredOutputError(f"reply is not a valid {model.__name__} after one retry: {errors}",
+                                        provider=self.provider, text=retried.text, errors=errors)
+        usage = first.usage.model_copy(update={
+            field: getattr(first.usage, field) + getattr(retried.usage, field)
+            for field in ("prompt_tokens", "completion_tokens", "total_tokens")})
+        return retried.model_copy(update={"structured_output": parsed, "usage": usage, "ttft_s": first.ttft_s})
+
+
+_OPTIONS = {"tools", "tool_choice", "stop", "seed", "temperature", "top_p", "max_tokens", "gpu_preference",
+            "extra_body"}
+
+
+def validate(model: type[BaseModel], text: str) -> tuple[BaseModel | None, str | None]:
+    """``(instance, None)`` if ``text`` (optionally in a ```json fence) is valid JSON for ``model``,
+    else ``(None, a one-paragraph description of what is wrong)``."""
+    fenced = _JSON_FENCE.match(text)
+    try:
+        return model.model_validate_json(fenced.group(1) if fenced else text), None
+    except ValidationError as exc:
+        return None, "; ".join(f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors())
+
+
+def correction(request: ChatRequest, text: str, errors: str) -> ChatRequest:
+    """``request`` with the bad reply and a user turn showing the validation error appended."""
+    schema = json.dumps(request.response_format.schema) if request.response_format else ""
+    feedback = (f"Your reply did not match the required JSON schema: {errors}. Reply again with only a JSON "
+                f"object matching this schema: {schema}")
+    return ChatRequest(**{**request.__dict__, "messages": [
+        *request.messages, {"role": "assistant", "content": text}, {"role": "user", "content": feedback}]})

@@ -1,0 +1,1 @@
+"""``synthd eval``: an eval battery of LLM tasks, its answer checkers and the code sandbox."""

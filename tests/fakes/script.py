@@ -1,0 +1,109 @@
+"""Scripted replies shared by the fake provider servers, and a helper to run an app on 127.0.0.1."""
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from synthd.server_process import free_port
+
+DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+@dataclass
+class Reply:
+    """One scripted answer.
+
+    ``text``: the assistant text (``None``: the default sentence, cut to ``max_tokens`` words).
+    ``json``: a structured answer (OpenAI: the content; Anthropic: the forced tool's input).
+    ``tool_calls``: ``(name, arguments)`` pairs. ``status`` with ``error_type``/``message``/``headers``:
+    an error response. ``break_after``: a stream sends that many content events, then the
+    connection drops. ``truncate``: a stream stops cleanly before its end (no finish / message_stop).
+    ``stream_error``: Anthropic sends an ``error`` event (of that type) after ``break_after`` events.
+    ``stop_reason``: Anthropic's stop reason to report. ``delay_s``: wait before answering.
+    """
+
+    text: str | None = None
+    json: Any = None
+    tool_calls: list[tuple[str, dict]] = field(default_factory=list)
+    status: int = 200
+    error_type: str = "server_error"
+    message: str = "scripted error"
+    headers: dict[str, str] = field(default_factory=dict)
+    break_after: int | None = None
+    truncate: bool = False
+    stream_error: str | None = None
+    stop_reason: str | None = None
+    delay_s: float = 0.0
+
+
+class Script:
+    """A queue of replies (the default reply when empty) and a log of the requests received."""
+
+    def __init__(self) -> None:
+        self.replies: deque[Reply] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.times: list[float] = []
+
+    def push(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    def next(self, body: dict[str, Any]) -> Reply:
+        self.requests.append(body)
+        self.times.append(time.monotonic())
+        return self.replies.popleft() if self.replies else Reply()
+
+    def reset(self) -> None:
+        self.replies.clear()
+        self.requests.clear()
+        self.times.clear()
+
+
+def words(text: str) -> list[str]:
+    """``text`` split on spaces, keeping each word's leading space (stream pieces)."""
+    parts = text.split(" ")
+    return [parts[0], *(f" {part}" for part in parts[1:])] if text else []
+
+
+def default_text(max_tokens: int | None) -> tuple[str, bool]:
+    """The default sentence cut to ``max_tokens`` words, and whether it was cut."""
+    pieces = DEFAULT_TEXT.split(" ")
+    if max_tokens is not None and max_tokens < len(pieces):
+        return " ".join(pieces[:max_tokens]), True
+    return DEFAULT_TEXT, False
+
+
+def count_tokens(value: Any) -> int:
+    """A rough token count (words) of any JSON value, for usage fields."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, dict):
+        return sum(count_tokens(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(count_tokens(v) for v in value)
+    return 0
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread on 127.0.0.1; yields ``http://127.0.0.1:PORT``."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("fake server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

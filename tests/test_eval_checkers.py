@@ -1,0 +1,326 @@
+"""The eval checkers, the code sandbox and battery loading; no server, no model."""
+
+import json
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from synthd.evals.battery import (
+    BUILTIN_BATTERY,
+    BatteryError,
+    Case,
+    CodeCheck,
+    ConstraintsCheck,
+    ExactCheck,
+    MathCheck,
+    load_battery,
+    select_categories,
+)
+from synthd.evals.checkers import check_answer
+from synthd.evals.sandbox import BLOCKED_EXIT_CODE, run_sandboxed
+
+
+def case(check: dict, category: str = "math") -> Case:
+    return Case.model_validate({"id": "t", "category": category, "prompt": "p", "check": check})
+
+
+def sandbox(source: str, timeout_s: float = 10, memory_mb: int = 512):
+    return run_sandboxed(source, timeout_s=timeout_s, memory_mb=memory_mb)
+
+
+# --- math ---
+
+@pytest.mark.parametrize(("answer", "extracted"), [
+    ("Adding them up gives 41, then one more: \\boxed{42}. Check: 40 + 2.", "42"),
+    ("The total is 1,234 apples.", "1234"),
+    ("It is 3/4 of the cake.", "0.75"),
+    ("The answer is \\frac{3}{4}", "0.75"),
+    ("Answer: -12.5 degrees, measured at 3 pm", "-12.5"),
+    ("So 5 + 7 = 12", "12"),
+])
+def test_math_extracts_the_final_number(answer: str, extracted: str) -> None:
+    result = check_answer(case({"kind": "math", "answer": float(extracted)}), answer)
+    assert (result.passed, result.extracted, result.reason) == (True, extracted, f"got {extracted}, as expected")
+
+
+def test_math_wrong_and_missing_numbers() -> None:
+    math_case = case({"kind": "math", "answer": 42})
+    assert check_answer(math_case, "I think it is 41.") == check_answer(math_case, "41")
+    wrong = check_answer(math_case, "I think it is 41.")
+    assert (wrong.passed, wrong.reason, wrong.extracted) == (False, "expected 42, got 41", "41")
+    none = check_answer(math_case, "I cannot tell.")
+    assert (none.passed, none.reason, none.extracted) == (False, "no number in the answer", None)
+
+
+def test_math_tolerance_edges() -> None:
+    math_case = case({"kind": "math", "answer": 100, "rel_tol": 1e-4, "abs_tol": 0})
+    assert check_answer(math_case, "100.009").passed is True
+    outside = check_answer(math_case, "100.02")
+    assert (outside.passed, outside.reason) == (False, "expected 100, got 100.02")
+
+
+# --- code ---
+
+SQUARE = {"kind": "code", "entry_point": "f", "tests": "assert f(3) == 9\nassert f(-2) == 4\n"}
+
+
+def test_code_that_passes() -> None:
+    answer = ("Here you go:\n```python\ndef f(x):\n    return x * x\n\n"
+              "if __name__ == '__main__':\n    f(int(input()))\n```\n")
+    result = check_answer(case(SQUARE, "coding"), answer)
+    assert (result.passed, result.reason) == (True, "all tests passed")
+    assert result.extracted.startswith("def f(x):")
+
+
+def test_code_failing_an_assert() -> None:
+    result = check_answer(case(SQUARE, "coding"), "```python\ndef f(x):\n    return x + x\n```")
+    assert (result.passed, result.reason) == (False, "AssertionError: assert f(3) == 9")
+
+
+def test_code_with_a_syntax_error_or_without_the_entry_point() -> None:
+    broken = check_answer(case(SQUARE, "coding"), "```python\ndef f(x:\n    return x\n```")
+    assert broken.passed is False and broken.reason.startswith("SyntaxError: ") and "(line 1)" in broken.reason
+    other = check_answer(case(SQUARE, "coding"), "```python\ndef g(x):\n    return x * x\n```")
+    assert (other.passed, other.reason) == (False, "no function named f in the answer")
+    prose = check_answer(case(SQUARE, "coding"), "Square the number.")
+    assert (prose.passed, prose.reason, prose.extracted) == (False, "no function named f in the answer", None)
+
+
+def test_code_that_never_ends_times_out() -> None:
+    start = time.monotonic()
+    result = sandbox("while True:\n    pass\n", timeout_s=1)
+    assert time.monotonic() - start < 5
+    assert (result.status, result.returncode, result.reason) == ("timeout", None, "timed out after 1.0 s")
+    forever = "```python\ndef f(x):\n    while True:\n        pass\n```"
+    looping = check_answer(case({**SQUARE, "timeout_s": 1}, "coding"), forever)
+    assert (looping.passed, looping.reason) == (False, "timed out after 1.0 s")
+
+
+def test_code_that_allocates_too_much_fails_with_the_memory_limit() -> None:
+    result = sandbox("x = [0] * (10 ** 9)\n", memory_mb=128)
+    assert (result.status, result.returncode, result.reason) == ("failed", 1, "MemoryError (limit 128 MB)")
+
+
+def test_early_exit_is_not_success() -> None:
+    result = sandbox("import sys\nsys.exit(0)\nassert False\n")
+    assert (result.status, result.reason) == ("failed", "exited before the end of the program (exit status 0)")
+
+
+# --- sandbox guard ---
+
+def test_deleting_a_file_outside_is_blocked(tmp_path: Path) -> None:
+    victim = tmp_path / "keep.txt"
+    victim.write_text("precious")
+    result = sandbox(f"import os\nos.remove({str(victim)!r})\n")
+    assert (result.status, result.returncode) == ("blocked", BLOCKED_EXIT_CODE)
+    assert result.reason == f"blocked: os.remove({str(victim)!r})"
+    assert f"SANDBOX-BLOCKED: os.remove({str(victim)!r})" in result.stderr
+    assert victim.read_text() == "precious"
+
+
+def test_catching_the_block_does_not_help(tmp_path: Path) -> None:
+    victim = tmp_path / "keep.txt"
+    victim.write_text("precious")
+    source = f"import os\ntry:\n    os.unlink({str(victim)!r})\nexcept BaseException:\n    pass\nprint('survived')\n"
+    result = sandbox(source)
+    assert result.status == "blocked" and "survived" not in result.stdout
+    assert victim.exists()
+
+
+def test_rmtree_outside_is_blocked(tmp_path: Path) -> None:
+    (tmp_path / "tree" / "leaf").mkdir(parents=True)
+    result = sandbox(f"import shutil\nshutil.rmtree({str(tmp_path / 'tree')!r})\n")
+    assert (result.status, result.reason) == ("blocked", f"blocked: shutil.rmtree({str(tmp_path / 'tree')!r})")
+    assert (tmp_path / "tree" / "leaf").is_dir()
+
+
+def test_writing_outside_is_blocked(tmp_path: Path) -> None:
+    victim = tmp_path / "keep.txt"
+    victim.write_text("precious")
+    result = sandbox(f"open({str(victim)!r}, 'w').write('overwritten')\n")
+    assert (result.status, result.reason) == ("blocked", f"blocked: open({str(victim)!r}, 'w')")
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize(("source", "reason"), [
+    ("import subprocess\nsubprocess.run(['echo', 'x'])\n", "blocked: subprocess.Popen('echo', ['echo', 'x'])"),
+    ("import os\nos.system('echo x')\n", "blocked: os.system(b'echo x')"),
+    ("import socket\nsocket.socket().connect(('127.0.0.1', 9))\n", "blocked: socket.connect(('127.0.0.1', 9))"),
+    ("import os\nos.kill(os.getpid(), 9)\n", None),
+    ("import ctypes\nctypes.CDLL(None).system(b'echo x')\n", None),
+])
+def test_processes_signals_network_and_ctypes_are_blocked(source: str, reason: str | None) -> None:
+    result = sandbox(source)
+    assert result.status == "blocked" and "x\n" not in result.stdout
+    if reason is not None:
+        assert result.reason == reason
+
+
+def test_files_inside_the_sandbox_and_tempfile_are_allowed() -> None:
+    source = ("import os, tempfile\nopen('out.txt', 'w').write('hi')\nassert open('out.txt').read() == 'hi'\n"
+              "os.remove('out.txt')\nwith tempfile.NamedTemporaryFile('w') as f:\n    f.write('x')\nprint('done')\n")
+    result = sandbox(source)
+    assert (result.status, result.returncode, result.stdout, result.reason) == ("ok", 0, "done\n", "ok")
+
+
+def test_the_environment_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    result = sandbox("import os\nassert 'OPENAI_API_KEY' not in os.environ\n"
+                     "assert 'sk-secret' not in str(os.environ)\n")
+    assert result.status == "ok"
+
+
+# --- exact ---
+
+@pytest.mark.parametrize(("answer", "matched"), [
+    ("saturday", "saturday"),
+    ("**Saturday**.", "saturday"),
+    ('"Saturday"', "saturday"),
+    ("**The answer is: Saturday.**", "saturday"),
+    ("Answer: **sat**", "sat"),
+    ("Saturday\nBecause 10 days is a week and 3 days.", "saturday"),
+    ("Count 10 days from Wednesday.\n\nSaturday  ", "saturday"),
+])
+def test_exact_accepts_formatting_and_explanations(answer: str, matched: str) -> None:
+    result = check_answer(case({"kind": "exact", "answers": ["Saturday", "Sat"]}, "reasoning"), answer)
+    assert (result.passed, result.reason, result.extracted) == (True, f"matched {matched!r}", matched)
+
+
+def test_exact_rejects_a_wrong_answer() -> None:
+    exact = case({"kind": "exact", "answers": ["Saturday", "Sat"]}, "reasoning")
+    result = check_answer(exact, "It is Saturday, I think.\nSunday")
+    assert (result.passed, result.reason, result.extracted) == (
+        False, "expected 'saturday' or 'sat', got 'sunday'", "sunday")
+
+
+# --- constraints ---
+
+BULLETS = {"kind": "constraints", "line_count": 3, "format": "bullets", "required_words": ["salt"],
+           "forbidden_words": ["ocean"], "max_words": 20}
+GOOD_BULLETS = "- Salt on the wind.\n- Waves on the rocks.\n- Gulls over the bay."
+
+
+def test_constraints_all_met() -> None:
+    result = check_answer(case(BULLETS, "creative"), GOOD_BULLETS)
+    assert (result.passed, result.reason) == (True, "all constraints met (12 words, 3 lines)")
+
+
+@pytest.mark.parametrize(("answer", "reason"), [
+    (GOOD_BULLETS.replace("Salt", "Sand"), "missing required word 'salt'"),
+    (GOOD_BULLETS.replace("bay", "ocean"), "forbidden word 'ocean' present"),
+    (GOOD_BULLETS + "\n- Shells in the sand.", "4 lines, expected 3"),
+    (GOOD_BULLETS.replace("- Waves", "Waves"), "not a bulleted list (line 2 has no '- ', '* ' or '• ')"),
+    (GOOD_BULLETS.replace("rocks", "rocks and the long grey shore of my old home"), "21 words > max 20"),
+    ("- Salty air.\n- Waves.\n- Gulls.", "missing required word 'salt'"),
+])
+def test_constraints_each_violated_alone(answer: str, reason: str) -> None:
+    result = check_answer(case(BULLETS, "creative"), answer)
+    assert (result.passed, result.reason) == (False, reason)
+
+
+def test_constraints_list_every_violation_and_other_formats() -> None:
+    result = check_answer(case(BULLETS, "creative"), "The ocean.")
+    assert result.reason == ("missing required word 'salt'; forbidden word 'ocean' present; 1 line, expected 3; "
+                             "not a bulleted list (line 1 has no '- ', '* ' or '• ')")
+    short = check_answer(case({"kind": "constraints", "min_words": 5}, "creative"), "Too short.")
+    assert (short.passed, short.reason) == (False, "2 words < min 5")
+    numbered = case({"kind": "constraints", "format": "numbered"}, "creative")
+    assert check_answer(numbered, "1. One\n2) Two").passed is True
+    not_numbered = check_answer(numbered, "1. One\n- Two")
+    assert not_numbered.reason == "not a numbered list (line 2 does not start with '1. ' or '1) ')"
+    as_json = case({"kind": "constraints", "format": "json"}, "creative")
+    assert check_answer(as_json, '```json\n{"name": "X"}\n```').passed is True
+    assert check_answer(as_json, "{name: X}").reason.startswith("not valid JSON: ")
+
+
+# --- battery ---
+
+def test_builtin_battery_shape() -> None:
+    assert Counter(c.category for c in BUILTIN_BATTERY) == {"math": 5, "coding": 5, "reasoning": 5, "creative": 5}
+    assert len({c.id for c in BUILTIN_BATTERY}) == 20
+    assert all(c.reference for c in BUILTIN_BATTERY)
+
+
+@pytest.mark.parametrize("builtin", BUILTIN_BATTERY, ids=lambda c: c.id)
+def test_builtin_references_pass(builtin: Case) -> None:
+    result = check_answer(builtin, builtin.reference)
+    assert result.passed, result.reason
+
+
+def test_check_answer_from_worker_threads() -> None:
+    coding = select_categories(BUILTIN_BATTERY, ["coding"])
+    with ThreadPoolExecutor(max_workers=len(coding)) as pool:
+        results = list(pool.map(lambda c: check_answer(c, c.reference), coding))
+    assert [r.reason for r in results] == ["all tests passed"] * len(coding)
+
+
+def test_select_categories() -> None:
+    assert {c.category for c in select_categories(BUILTIN_BATTERY, ["math", "coding"])} == {"math", "coding"}
+    assert len(select_categories(BUILTIN_BATTERY, [])) == 20
+    with pytest.raises(BatteryError) as error:
+        select_categories(BUILTIN_BATTERY, ["math", "poetry"])
+    assert str(error.value) == "unknown categories: poetry (known: math, coding, reasoning, creative)"
+
+
+CASES = [
+    {"id": "a", "category": "math", "prompt": "1+1? Give only the number.", "check": {"kind": "math", "answer": 2}},
+    {"id": "b", "category": "reasoning", "prompt": "Say yes.", "check": {"kind": "exact", "answers": ["yes"]}},
+]
+
+
+def test_load_good_jsonl_and_yaml(tmp_path: Path) -> None:
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text(json.dumps(CASES[0]) + "\n\n" + json.dumps(CASES[1]) + "\n")
+    listed, mapped = tmp_path / "list.yaml", tmp_path / "map.yml"
+    listed.write_text(json.dumps(CASES))
+    mapped.write_text(json.dumps({"cases": CASES}))
+    for path in (jsonl, listed, mapped):
+        cases = load_battery(path)
+        assert [c.id for c in cases] == ["a", "b"] and isinstance(cases[0].check, MathCheck)
+        assert isinstance(cases[1].check, ExactCheck)
+
+
+def test_load_bad_jsonl_line_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "b.jsonl"
+    bad = {**CASES[1], "id": "c", "check": {"kind": "math"}}
+    path.write_text("\n".join(json.dumps(c) for c in [*CASES, bad]))
+    with pytest.raises(BatteryError) as error:
+        load_battery(path)
+    assert str(error.value) == f"{path}: line 3: check.math.answer: Field required"
+    path.write_text(json.dumps(CASES[0]) + "\n{not json\n")
+    with pytest.raises(BatteryError, match=r": line 2: invalid JSON: "):
+        load_battery(path)
+
+
+def test_load_rejects_duplicates_unknown_suffix_unknown_category_and_empty(tmp_path: Path) -> None:
+    duplicate = tmp_path / "d.yaml"
+    duplicate.write_text(json.dumps([CASES[0], CASES[0]]))
+    with pytest.raises(BatteryError) as error:
+        load_battery(duplicate)
+    assert str(error.value) == f"{duplicate}: case 2: duplicate case id 'a' (first at case 1)"
+    with pytest.raises(BatteryError, match=r"unknown battery format '\.txt' \(expected \.jsonl, \.yaml or \.yml\)"):
+        load_battery(tmp_path / "b.txt")
+    unknown = tmp_path / "u.yaml"
+    unknown.write_text(json.dumps([{**CASES[0], "category": "poetry"}]))
+    with pytest.raises(BatteryError) as error:
+        load_battery(unknown)
+    assert str(error.value) == (f"{unknown}: case 1: category: Input should be 'math', 'coding', 'reasoning' "
+                                "or 'creative'")
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(BatteryError, match=r": no cases$"):
+        load_battery(empty)
+    with pytest.raises(BatteryError, match=r": cannot read: "):
+        load_battery(tmp_path / "missing.yaml")
+
+
+def test_check_models_validate() -> None:
+    with pytest.raises(ValueError, match="set at least one constraint"):
+        ConstraintsCheck(kind="constraints")
+    with pytest.raises(ValueError, match="min_words 5 > max_words 3"):
+        ConstraintsCheck(kind="constraints", min_words=5, max_words=3)
+    with pytest.raises(ValueError):
+        CodeCheck(kind="code", entry_point="f", tests="assert f()", memory_mb=32)
