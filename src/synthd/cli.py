@@ -28,7 +28,7 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` on stderr and exit 1."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -335,6 +335,31 @@ def warmup(
         fail(str(exc))
 
 
+@app.command("eval")
+def eval_(
+    models: Annotated[str | None, typer.Option(help="Comma-separated models, e.g. 'SmolLM2-135M-Instruct,"
+                                                     "gpt-4o-mini,claude-3-haiku-20240307'. "
+                                                     "Default: $TEST_MODEL, else the embedded model.")] = None,
+    categories: Annotated[str, typer.Option(help="Comma-separated: math, coding, reasoning, creative. "
+                                                 "Default: all.")] = "",
+    battery: Annotated[Path | None, typer.Option(help="A .jsonl or .yaml battery instead of the built-in one.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight at once.")] = 4,
+    repeats: Annotated[int, typer.Option(min=1, max=100, help="Times each case is asked.")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")] = 0.0,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Token cap for cases without their own.")] = 512,
+    out: Annotated[Path, typer.Option(help="Folder for report.md, report.json and latency.png.")] = Path("eval-results"),
+) -> None:
+    """Run the eval battery (math, coding, reasoning, creative) through the LM client; report pass
+    rates and latencies on screen and as Markdown, JSON and a PNG chart in --out.
+
+    Example: synthd eval --models SmolLM2-135M-Instruct,gpt-4o-mini --categories math,coding --out results
+    """
+    from synthd.eval_cli import run_eval
+
+    run_eval(models, categories, battery, concurrency=concurrency, repeats=repeats, temperature=temperature,
+             max_tokens=max_tokens, out=out, console=console)
+
+
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="Port for the demo server (0 picks a free one).")] = 0,
@@ -353,7 +378,7 @@ def main() -> None:
     try:
         app()
     except CLIError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
 
 

@@ -1,5 +1,6 @@
 """Scripted replies shared by the fake provider servers, and a helper to run an app on 127.0.0.1."""
 
+import json
 import threading
 import time
 from collections import deque
@@ -48,19 +49,31 @@ class Script:
 
     def __init__(self) -> None:
         self.replies: deque[Reply] = deque()
+        self.by_prompt: dict[str, Reply] = {}
         self.requests: list[dict[str, Any]] = []
         self.times: list[float] = []
 
     def push(self, *replies: Reply) -> None:
+        """Queue replies, answered in order."""
         self.replies.extend(replies)
+
+    def answer(self, prompt_part: str, reply: Reply) -> None:
+        """Answer every request whose last message contains ``prompt_part`` with ``reply`` (for
+        concurrent clients, whose arrival order is not fixed)."""
+        self.by_prompt[prompt_part] = reply
 
     def next(self, body: dict[str, Any]) -> Reply:
         self.requests.append(body)
         self.times.append(time.monotonic())
+        last = json.dumps((body.get("messages") or [{}])[-1].get("content"))
+        for part, reply in self.by_prompt.items():
+            if part in last:
+                return reply
         return self.replies.popleft() if self.replies else Reply()
 
     def reset(self) -> None:
         self.replies.clear()
+        self.by_prompt.clear()
         self.requests.clear()
         self.times.clear()
 

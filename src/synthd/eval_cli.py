@@ -1,0 +1,52 @@
+"""``synthd eval``: run the eval battery against models through the ``LM`` client."""
+
+import asyncio
+import os
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from synthd.engine.embedded import EMBEDDED_MODEL_ID
+from synthd.ft_cli import CLIError
+
+
+def default_models() -> list[str]:
+    """``TEST_MODEL`` if set, else the embedded model."""
+    return [os.environ.get("TEST_MODEL") or EMBEDDED_MODEL_ID]
+
+
+def run_eval(models: str | None, categories: str, battery: Path | None, *, concurrency: int, repeats: int,
+             temperature: float, max_tokens: int, out: Path, console: Console) -> None:
+    """Load the battery, open the models (skipping those without credentials), run every case under a
+    progress bar, write ``report.json``, ``report.md`` and ``latency.png`` to ``out`` and print the
+    report. ``models`` and ``categories`` are comma-separated. Raises ``CLIError`` on bad input."""
+    from synthd.evals.battery import BUILTIN_BATTERY, BatteryError, load_battery, select_categories
+    from synthd.evals.output import write_report
+    from synthd.evals.report import build_report, render
+    from synthd.evals.runner import EvalSettings, open_models, run_attempts
+
+    names = [m.strip() for m in models.split(",") if m.strip()] if models is not None else default_models()
+    if not names:
+        raise CLIError("--models is empty")
+    try:
+        cases = select_categories(load_battery(battery) if battery else BUILTIN_BATTERY,
+                                  [c.strip() for c in categories.split(",") if c.strip()])
+    except BatteryError as exc:
+        raise CLIError(str(exc)) from None
+    settings = EvalSettings(concurrency=concurrency, repeats=repeats, temperature=temperature, max_tokens=max_tokens)
+    with console.status("opening models…"):
+        lms, skipped = open_models(names)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("evaluating", total=len(lms) * len(cases) * repeats)
+        attempts = asyncio.run(run_attempts(lms, cases, settings, lambda _: progress.advance(task)))
+    report = build_report(attempts, skipped, battery=str(battery) if battery else "builtin", cases=len(cases),
+                          categories=[c.category for c in cases], settings=settings)
+    try:
+        write_report(report, out)
+    except OSError as exc:
+        raise CLIError(f"cannot write the report to {out}: {exc}") from None
+    render(console, report, out)
+    if not lms:
+        raise CLIError("no model could be evaluated: every model was skipped (reasons above)")
