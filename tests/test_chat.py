@@ -1,8 +1,10 @@
 """Chat completions through the official openai SDK against a live server with the real model."""
 
 import asyncio
+import json
 
 import openai
+import pytest
 
 from conftest import MODEL
 
@@ -170,3 +172,34 @@ def test_eight_concurrent_requests_each_get_their_own_answer(server) -> None:
     capitals = {"Paris", "London", "Tokyo", "Berlin"}
     for (question, word), answer in zip(KNOWN_ANSWERS.items(), answers):
         assert not (capitals - {word}) & set(answer.replace(".", " ").split()), (question, answer)
+
+
+PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+                 "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_response_format_json_schema_is_enforced(client: openai.OpenAI) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "Person", "schema": PERSON_SCHEMA, "strict": True}}
+    for temperature in (0, 1.0):
+        reply = chat(client, messages=[{"role": "user", "content": "Describe a person named Ada, aged 36."}],
+                     response_format=fmt, max_tokens=60, temperature=temperature, seed=3)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "stop"
+        person = json.loads(choice.message.content)
+        assert set(person) == {"name", "age"} and isinstance(person["name"], str) and isinstance(person["age"], int)
+    streamed, finish, _ = streamed_text(client, response_format=fmt, max_tokens=60)
+    assert finish == "stop" and set(json.loads(streamed)) == {"name", "age"}
+
+
+def test_response_format_json_object_and_errors(client: openai.OpenAI) -> None:
+    reply = chat(client, response_format={"type": "json_object"}, max_tokens=200)
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    else:
+        assert reply.choices[0].message.content.startswith("{")
+    with pytest.raises(openai.BadRequestError) as bad_schema:
+        chat(client, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})
+    assert "Invalid JSON schema" in str(bad_schema.value) and bad_schema.value.body["param"] == "response_format.json_schema.schema"
+    with pytest.raises(openai.BadRequestError, match="json_schema is required"):
+        chat(client, response_format={"type": "json_schema"})
+    assert chat(client, response_format={"type": "text"}, max_tokens=5).choices[0].message.content

@@ -2,8 +2,11 @@
 Anthropic's real wire formats. The shared tests run one body for every provider."""
 
 import asyncio
+import re
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from synthd import LM, LMResponse
@@ -23,7 +26,7 @@ from synthd.client.routing import route
 from synthd.server_process import free_port
 from tests.conftest import MODEL, FakeProvider
 from tests.fakes import anthropic_server, openai_server
-from tests.fakes.script import DEFAULT_TEXT, Reply
+from tests.fakes.script import DEFAULT_TEXT, Reply, serve
 
 PROVIDERS = ["synthd", "openai", "anthropic", "together", "openai_compatible"]
 FAKE_PROVIDERS = PROVIDERS[1:]
@@ -35,6 +38,9 @@ WEATHER_TOOL = {"type": "function", "function": {
 class Person(BaseModel):
     name: str
     age: int
+
+
+STRICT_PERSON = {**Person.model_json_schema(), "additionalProperties": False}
 
 
 def make_lm(provider: str, fakes: dict[str, FakeProvider], server=None, **kwargs) -> LM:
@@ -159,6 +165,20 @@ def test_tool_call_then_tool_result_turn(provider: str, streamed: bool, fakes) -
         assert sent_second["messages"][3] == {"role": "tool", "tool_call_id": call.id, "content": "sunny, 24 C"}
 
 
+def test_structured_output_on_live_synthd_is_guided(server) -> None:
+    lm = LM(MODEL, base_url=server.root_url)
+
+    async def streamed() -> list:
+        return [piece async for piece in lm.stream_async(user_message="Describe Ada, aged 36.",
+                                                         response_model=Person, max_tokens=60, temperature=0)]
+
+    response = lm.respond(user_message="Describe Ada, aged 36.", response_model=Person, max_tokens=60,
+                          temperature=0)
+    assert isinstance(response.structured_output, Person) and response.finish_reason == "stop"
+    *deltas, final = asyncio.run(streamed())
+    assert isinstance(final.structured_output, Person) and "".join(deltas) == final.text
+
+
 @pytest.mark.parametrize("provider", FAKE_PROVIDERS)
 def test_structured_output_is_validated(provider: str, fakes) -> None:
     lm = make_lm(provider, fakes)
@@ -170,10 +190,10 @@ def test_structured_output_is_validated(provider: str, fakes) -> None:
     [sent] = fake.script.requests
     if provider == "anthropic":
         assert sent["tool_choice"] == {"type": "tool", "name": "Person"}
-        assert sent["tools"][0]["input_schema"] == Person.model_json_schema()
+        assert sent["tools"][0]["input_schema"] == STRICT_PERSON
     else:
         assert sent["response_format"] == {"type": "json_schema", "json_schema": {
-            "name": "Person", "schema": Person.model_json_schema()}}
+            "name": "Person", "schema": STRICT_PERSON, "strict": True}}
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -408,3 +428,73 @@ def test_synthd_from_environment_warmup_and_gpu_preference(server, monkeypatch) 
         lm.respond(user_message="Hi", gpu_preference="Z900")
     with pytest.raises(NotFoundError):
         LM("ft:SmolLM2-135M-Instruct:none:ftjob-missing", base_url=server.root_url).respond(user_message="Hi")
+
+
+def test_stream_broken_before_its_first_delta_is_retried(fakes) -> None:
+    script = fakes["openai"].script
+    script.push(Reply(break_after=0))
+    *deltas, final = make_lm("openai", fakes).stream(user_message="Hi")
+    assert "".join(deltas) == final.text == DEFAULT_TEXT and len(script.requests) == 2
+
+
+def test_anthropic_sampling_settings_go_in_the_body(fakes) -> None:
+    make_lm("anthropic", fakes).respond(user_message="Hi", temperature=0.7, top_p=0.9, max_tokens=5)
+    make_lm("anthropic", fakes).respond(user_message="Hi", temperature=0)
+    first, second = fakes["anthropic"].script.requests
+    assert (first["temperature"], first["top_p"], first["max_tokens"]) == (0.7, 0.9, 5)
+    assert second["temperature"] == 0
+
+
+@pytest.mark.parametrize(("messages", "options", "message"), [
+    ("hi", {}, "non-empty list"),
+    (["hi"], {}, "messages.0: must be a dict"),
+    ([{"role": "tool", "content": "x"}], {}, "messages.0: Value error, a 'tool' message needs tool_call_id"),
+    ([{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{bad"}}]}], {},
+     "arguments is not JSON"),
+    ([{"role": "user", "content": "x"}], {"tools": [{"type": "function"}]}, "tools.0.function: Field required"),
+    ([{"role": "user", "content": "x"}], {"tool_choice": "sometimes"}, "tool_choice"),
+    ([{"role": "user", "content": "x"}], {"max_tokens": 0}, "max_tokens"),
+    ([{"role": "user", "content": "x"}], {"temperature": float("nan")}, "temperature"),
+    ([{"role": "user", "content": "x"}], {"extra_body": [1]}, "extra_body"),
+    ([{"role": "user", "content": "x"}], {"response_model": dict}, "response_model must be a pydantic model class"),
+])
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_malformed_calls_are_configuration_errors(provider, messages, options, message, fakes) -> None:
+    options = dict(options)
+    response_model = options.pop("response_model", None)
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        make_lm(provider, fakes).respond(messages, response_model=response_model, **options)
+    assert fake_of(provider, fakes).script.requests == []
+
+
+@pytest.mark.parametrize(("model", "kwargs", "message"), [
+    (5, {}, "model must be a string"), ("gpt-4o", {"timeout": 0}, "timeout must be a positive"),
+    ("gpt-4o", {"max_retries": -1}, "max_retries"), ("gpt-4o", {"base_url": "http://[::1"}, "not a valid URL"),
+    ("anthropic/", {}, "no model name after 'anthropic/'"), ("ft:", {}, "'ft:' needs"),
+])
+def test_bad_constructor_arguments(model, kwargs, message) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        LM(model, api_key="k", **kwargs)
+
+
+def test_malformed_replies_are_provider_errors(fakes) -> None:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def broken(request: Request) -> Response:
+        body = await request.json()
+        if body["messages"][0]["content"] == "bad-json":
+            return Response("{not json", media_type="application/json")
+        if body["messages"][0]["content"] == "no-finish":
+            return JSONResponse({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": None}]})
+        return JSONResponse({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 99}})
+
+    with serve(app) as url:
+        lm = LM("m", base_url=f"{url}/v1", max_retries=0)
+        for content, message in (("bad-json", "malformed reply"), ("no-finish", "no finish_reason")):
+            with pytest.raises(ProviderError, match=message):
+                lm.respond(user_message=content)
+        assert lm.respond(user_message="ok").usage.total_tokens == 7

@@ -115,9 +115,18 @@ def test_live_synthd_run_reports_what_the_checkers_say(server, tmp_path: Path) -
     (["--battery", "/etc/hostname"], "unknown battery format"),
     (["--models", " , "], "--models is empty"),
     (["--models", "gpt-4o"], "no model could be evaluated"),
+    (["--concurrency", "0"], "--concurrency must be between 1 and 256, got 0"),
+    (["--repeats", "-1"], "--repeats must be between 1 and 100"),
+    (["--temperature", "nan"], "--temperature must be between"),
+    (["--out", "/etc/hostname"], "cannot use /etc/hostname for the report"),
+    (["--battery", "MATH_ONLY", "--categories", "coding"], "no case in the categories coding"),
 ])
 def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) -> None:
-    result = synthd_eval(*args, "--out", str(tmp_path / "out"), env={"OPENAI_API_KEY": ""})
+    math_only = tmp_path / "math.jsonl"
+    math_only.write_text(json.dumps(CASES[0]) + "\n")
+    args = [str(math_only) if arg == "MATH_ONLY" else arg for arg in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    result = synthd_eval(*args, *out, env={"OPENAI_API_KEY": ""})
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()
     assert len(last) == 1 and last[0].startswith("error: ") and message in last[0]

@@ -343,10 +343,10 @@ def eval_(
     categories: Annotated[str, typer.Option(help="Comma-separated: math, coding, reasoning, creative. "
                                                  "Default: all.")] = "",
     battery: Annotated[Path | None, typer.Option(help="A .jsonl or .yaml battery instead of the built-in one.")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight at once.")] = 4,
-    repeats: Annotated[int, typer.Option(min=1, max=100, help="Times each case is asked.")] = 1,
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")] = 0.0,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Token cap for cases without their own.")] = 512,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once (1-256).")] = 4,
+    repeats: Annotated[int, typer.Option(help="Times each case is asked (1-100).")] = 1,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0-2).")] = 0.0,
+    max_tokens: Annotated[int, typer.Option(help="Token cap for cases without their own.")] = 512,
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.json and latency.png.")] = Path("eval-results"),
 ) -> None:
     """Run the eval battery (math, coding, reasoning, creative) through the LM client; report pass

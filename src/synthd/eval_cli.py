@@ -29,11 +29,21 @@ def run_eval(models: str | None, categories: str, battery: Path | None, *, concu
     names = [m.strip() for m in models.split(",") if m.strip()] if models is not None else default_models()
     if not names:
         raise CLIError("--models is empty")
+    for option, value, low, high in (("--concurrency", concurrency, 1, 256), ("--repeats", repeats, 1, 100),
+                                     ("--temperature", temperature, 0.0, 2.0), ("--max-tokens", max_tokens, 1, 10**6)):
+        if not low <= value <= high:
+            raise CLIError(f"{option} must be between {low} and {high}, got {value}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot use {out} for the report: {exc}") from None
     try:
         cases = select_categories(load_battery(battery) if battery else BUILTIN_BATTERY,
                                   [c.strip() for c in categories.split(",") if c.strip()])
     except BatteryError as exc:
         raise CLIError(str(exc)) from None
+    if not cases:
+        raise CLIError(f"the battery has no case in the categories {categories}")
     settings = EvalSettings(concurrency=concurrency, repeats=repeats, temperature=temperature, max_tokens=max_tokens)
     with console.status("opening models…"):
         lms, skipped = open_models(names)

@@ -7,7 +7,7 @@ silently ignored. Engine-specific extras sit at the end of each request, marked 
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
@@ -81,12 +81,44 @@ class SamplingFields(StrictModel):
         return tuple(s for s in stops if s)
 
 
+class JSONSchemaFormat(StrictModel):
+    """``response_format.json_schema``: the schema the reply must match (``strict`` is accepted;
+    guided decoding always enforces the schema)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(StrictModel):
+    """``response_format``: ``text`` (default), ``json_object`` (any JSON object) or ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> "ResponseFormat":
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required when type is 'json_schema', and only then")
+        return self
+
+
 class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions`` body."""
 
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    response_format: ResponseFormat | None = None
+
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema guided decoding must enforce, or None for free text."""
+        if self.response_format is None or self.response_format.type == "text":
+            return None
+        if self.response_format.json_schema is None:
+            return {"type": "object"}
+        return self.response_format.json_schema.json_schema
 
     def token_limit(self) -> int | None:
         """``max_completion_tokens`` (OpenAI's current name) or else ``max_tokens``."""

@@ -26,6 +26,7 @@ from synthd.api.protocol import (
     SamplingFields,
     Usage,
 )
+from synthd.engine.guided import GrammarError
 from synthd.engine.loaded import LoadedModel
 from synthd.engine.manager import ModelManager, Served, generate
 from synthd.engine.sampling import SamplingParams
@@ -115,7 +116,15 @@ class OpenAIServing:
         except TypeError:
             raise bad_request("The messages could not be tokenized (invalid Unicode?).", "messages") from None
         param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
-        return self._prepare(served, [prompt], request, request.token_limit(), "messages", param, "chatcmpl")
+        grammar = None
+        if (schema := request.output_schema()) is not None:
+            try:
+                grammar = await asyncio.to_thread(loaded.guided.compile, schema)
+            except GrammarError as exc:
+                raise bad_request(f"Invalid JSON schema in response_format: {exc}",
+                                  "response_format.json_schema.schema") from None
+        return self._prepare(served, [prompt], request, request.token_limit(), "messages", param, "chatcmpl",
+                             grammar=grammar)
 
     async def chat(self, prepared: PreparedRequest) -> ChatCompletion:
         """Run every choice to the end and build the ``chat.completion``."""
@@ -213,6 +222,7 @@ class OpenAIServing:
         prompt_param: str,
         limit_param: str,
         id_prefix: str,
+        grammar: str | None = None,
     ) -> PreparedRequest:
         context = served.loaded.max_model_len
         longest = max(len(ids) for ids in prompts)
@@ -237,6 +247,7 @@ class OpenAIServing:
                     presence_penalty=request.presence_penalty,
                     frequency_penalty=request.frequency_penalty,
                     ignore_eos=request.ignore_eos,
+                    grammar=grammar,
                 ))
         return PreparedRequest(
             served=served,

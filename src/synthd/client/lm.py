@@ -1,16 +1,26 @@
 """``LM``: one interface to synthd, OpenAI, Anthropic, Together and any OpenAI-compatible server."""
 
 import json
+import math
 import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
-from itertools import chain
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
+from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, ValidationError
 
-from synthd.client.errors import ConfigurationError, LMError, MissingCredentialsError, StructuredOutputError
+from synthd.client.errors import (
+    ConfigurationError,
+    LMError,
+    MissingCredentialsError,
+    ProviderError,
+    StructuredOutputError,
+)
+from synthd.client.options import check_call
 from synthd.client.providers import PROVIDERS, SynthdProvider
 from synthd.client.providers.base import StreamPiece
 from synthd.client.request import ChatRequest, JSONSchemaFormat
@@ -42,10 +52,14 @@ class LM:
     def __init__(self, model: str, provider: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
                  max_retries: int = 3, timeout: float = 120.0) -> None:
-        if max_retries < 0:
-            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
-        if not timeout > 0:
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout}")
+        if not isinstance(model, str):
+            raise ConfigurationError(f"model must be a string, not {type(model).__name__}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if base_url is not None:
+            check_url(base_url)
         self.provider, self.model = route(model, provider, base_url)
         cls = PROVIDERS[self.provider]
         key = api_key or (os.environ.get(cls.key_env_var) if cls.key_env_var else None) or None
@@ -69,8 +83,9 @@ class LM:
         Give ``messages`` (OpenAI chat messages, tool turns included) or ``system_message`` +
         ``user_message``. ``options``: ``tools``, ``tool_choice``, ``stop`` (str or list), ``seed``,
         ``temperature``, ``top_p``, ``max_tokens``, ``gpu_preference`` (synthd only), ``extra_body``.
-        With ``response_model`` (a pydantic model) the reply is asked for as JSON of its schema and
-        validated into ``structured_output``; a reply that does not validate gets one retry showing
+        With ``response_model`` (a pydantic model) the reply is asked for as JSON of its schema
+        (made strict as openai-python's ``chat.completions.parse`` does: no extra keys, every field
+        listed) and validated into ``structured_output``; a reply that does not validate gets one retry showing
         the model its error.
 
         Raises LMError subclasses: BadRequestError, AuthenticationError, NotFoundError,
@@ -146,11 +161,13 @@ class LM:
             raise ConfigurationError("warmup is a synthd operation", provider=self.provider)
         status = self._provider.warmup(self.model, gpu_preference)
         deadline = time.monotonic() + timeout_s
-        while wait and status.get("status") not in ("warmed", "failed"):
+        while wait:
+            status = self._provider.warmup_status(self.model)
+            if status.get("status") in ("warmed", "failed"):
+                break
             if time.monotonic() > deadline:
                 raise LMError(f"{self.model} still warming after {timeout_s:g} s", provider=self.provider)
             time.sleep(WARMUP_POLL_S)
-            status = self._provider.warmup_status(self.model)
         if status.get("status") == "failed":
             raise LMError(f"{self.model} failed to warm up: {status.get('error')}", provider=self.provider)
         return status
@@ -164,18 +181,15 @@ class LM:
             messages.append({"role": "user", "content": user_message})
         elif system_message is not None or user_message is not None:
             raise ConfigurationError("pass either messages= or system_message=/user_message=, not both")
-        if not messages:
-            raise ConfigurationError("messages must not be empty")
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
+        check_call(messages, options)
         if options.get("gpu_preference") is not None and self.provider != "synthd":
             raise ConfigurationError("gpu_preference is a synthd option", provider=self.provider)
         stop = options.get("stop")
         schema = None
         if response_model is not None:
-            schema = JSONSchemaFormat(name=response_model.__name__, schema=response_model.model_json_schema())
+            if not (isinstance(response_model, type) and issubclass(response_model, BaseModel)):
+                raise ConfigurationError(f"response_model must be a pydantic model class, not {response_model!r}")
+            schema = JSONSchemaFormat(name=response_model.__name__[:64], schema=to_strict_json_schema(response_model))
         return ChatRequest(
             model=self.model, messages=[dict(message) for message in messages],
             temperature=options.get("temperature", self.temperature), top_p=options.get("top_p"),
@@ -186,32 +200,35 @@ class LM:
 
     def _complete(self, request: ChatRequest) -> LMResponse:
         for attempt in retrying(self.max_retries):
-            with attempt:
+            with attempt, malformed_as_error(self.provider):
                 return self._provider.complete(request)
         raise AssertionError("unreachable: tenacity reraises")
 
     async def _complete_async(self, request: ChatRequest) -> LMResponse:
         async for attempt in async_retrying(self.max_retries):
-            with attempt:
+            with attempt, malformed_as_error(self.provider):
                 return await self._provider.complete_async(request)
         raise AssertionError("unreachable: tenacity reraises")
 
     def _open_stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
         """The provider's stream with its first piece already read, retried until then."""
         for attempt in retrying(self.max_retries):
-            with attempt:
+            with attempt, malformed_as_error(self.provider):
                 pieces = self._provider.stream(request)
                 first = next(pieces)
-        return chain([first], pieces)
+        yield first
+        with malformed_as_error(self.provider):
+            yield from pieces
 
     async def _open_stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
         async for attempt in async_retrying(self.max_retries):
-            with attempt:
+            with attempt, malformed_as_error(self.provider):
                 pieces = self._provider.stream_async(request)
                 first = await anext(pieces)
         yield first
-        async for piece in pieces:
-            yield piece
+        with malformed_as_error(self.provider):
+            async for piece in pieces:
+                yield piece
 
     def _structured(self, request: ChatRequest, response: LMResponse, model: type[BaseModel]) -> LMResponse:
         parsed, errors = validate(model, response.text)
@@ -239,8 +256,25 @@ class LM:
         return retried.model_copy(update={"structured_output": parsed, "usage": usage, "ttft_s": first.ttft_s})
 
 
-_OPTIONS = {"tools", "tool_choice", "stop", "seed", "temperature", "top_p", "max_tokens", "gpu_preference",
-            "extra_body"}
+@contextmanager
+def malformed_as_error(provider: str) -> Iterator[None]:
+    """A reply the SDK or our parsing could not read (bad JSON, missing fields, wrong types) as a
+    ``ProviderError``; the request itself was validated before sending, so these come from the server."""
+    try:
+        yield
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ProviderError(f"malformed reply: {type(exc).__name__}: {exc}", provider=provider) from exc
+
+
+def check_url(url: str) -> None:
+    """Raise ConfigurationError unless ``url`` is an absolute http(s) URL."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"base_url {url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"base_url {url!r} must be an absolute http(s) URL")
 
 
 def validate(model: type[BaseModel], text: str) -> tuple[BaseModel | None, str | None]:

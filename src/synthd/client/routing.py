@@ -33,9 +33,13 @@ def route(model: str, provider: str | None = None, base_url: str | None = None) 
             raise ConfigurationError(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
         prefix = f"{provider}/"
         return provider, model.removeprefix(prefix) if model.startswith(prefix) else model
-    head, _, rest = model.partition("/")
-    if rest and head in PROVIDERS:
+    head, slash, rest = model.partition("/")
+    if slash and head in PROVIDERS:
+        if not rest.strip():
+            raise ConfigurationError(f"no model name after '{head}/'")
         return head, rest
+    if model.strip() == "ft:":
+        raise ConfigurationError("'ft:' needs a fine-tuned model id after it")
     if _OPENAI_NAME.match(model) or _OPENAI_FINE_TUNE.match(model):
         return "openai", model
     if _ANTHROPIC_NAME.match(model):

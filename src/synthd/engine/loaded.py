@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from synthd.engine.adapters import AdapterRef, check_adapter
 from synthd.engine.batcher import BatchEngine, FinishObserver
+from synthd.engine.guided import GuidedDecoding
 from synthd.engine.resolve import ModelSource
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,10 @@ class LoadedModel:
     created: int
     max_adapters: int = 8
     adapters: "OrderedDict[str, str]" = field(default_factory=OrderedDict)
+    guided: GuidedDecoding = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guided = GuidedDecoding(self.tokenizer)
 
     @property
     def model_id(self) -> str:

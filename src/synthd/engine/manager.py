@@ -350,7 +350,7 @@ async def generate(loaded: LoadedModel, prompt_ids: list[int], params: SamplingP
 
     sequence = Sequence(
         prompt_ids=prompt_ids,
-        sampler=SamplerState(params),
+        sampler=SamplerState(params, guide=loaded.guided.guide(params.grammar) if params.grammar else None),
         assembler=TextAssembler(loaded.tokenizer, params.stop),
         emit=emit,
         adapter=adapter,

@@ -7,6 +7,7 @@ Neural Text Degeneration".
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -21,6 +22,7 @@ class SamplingParams:
     ``temperature == 0`` is greedy (argmax, deterministic). ``max_tokens`` counts generated tokens.
     ``stop`` strings end the output and are not included in it. ``seed`` makes sampling
     reproducible. ``ignore_eos`` (a vLLM extension) keeps generating past end-of-sequence tokens.
+    ``grammar`` (from ``GuidedDecoding.compile``) restricts the output to a JSON schema.
     """
 
     max_tokens: int
@@ -31,6 +33,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False
+    grammar: str | None = None
 
     @property
     def greedy(self) -> bool:
@@ -45,9 +48,11 @@ class SamplingParams:
 
 @dataclass
 class SamplerState:
-    """Mutable per-sequence sampling state: its random generator and generated token ids."""
+    """Mutable per-sequence sampling state: its random generator, generated token ids and, for
+    guided decoding, its ``guide`` (anything with ``mask(logits)`` and ``accept(token)``)."""
 
     params: SamplingParams
+    guide: Any = None
     generated: list[int] = field(default_factory=list)
     generator: torch.Generator = field(default_factory=torch.Generator)
 
@@ -89,10 +94,16 @@ def sample_row(logits: torch.Tensor, state: SamplerState) -> int:
 def sample_batch(logits: torch.Tensor, states: list[SamplerState]) -> list[int]:
     """Next token for every row of ``logits`` (shape ``[batch, vocab]``, float32).
 
-    Greedy rows without penalties are decided in one vectorised argmax; the rest row by row.
+    Rows with a guide are masked first (in place). Greedy rows without penalties are decided in one
+    vectorised argmax; the rest row by row. Guides are then told the token chosen.
     """
+    guided = [row for row, state in enumerate(states) if state.guide is not None]
+    for row in guided:
+        states[row].guide.mask(logits[row])
     choices = torch.argmax(logits, dim=-1).tolist()
     for row, state in enumerate(states):
         if not state.params.greedy or state.params.penalised:
             choices[row] = sample_row(logits[row], state)
+    for row in guided:
+        states[row].guide.accept(choices[row])
     return choices

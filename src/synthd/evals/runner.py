@@ -106,7 +106,7 @@ async def _ask(lm: LM, case: Case, repeat: int, settings: EvalSettings) -> Attem
         response = await lm.respond_async(system_message=case.system, user_message=case.prompt,
                                           temperature=settings.temperature,
                                           max_tokens=case.max_tokens or settings.max_tokens)
-    except LMError as exc:
+    except Exception as exc:  # noqa: BLE001  (one broken reply must not end the run; it is recorded)
         return Attempt(**common, status="error", answer=None, reason=f"{type(exc).__name__}: {exc}",
                        latency_s=None, completion_tokens=None)
     verdict = await asyncio.to_thread(check_answer, case, response.text)

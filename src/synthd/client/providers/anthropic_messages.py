@@ -7,7 +7,9 @@ Mapping (docs.anthropic.com/en/api/messages and /en/api/errors):
 - OpenAI function tools → ``{name, description, input_schema}``; ``tool_choice`` ``auto``/``none``/
   ``required``/named → ``auto``/``none``/``any``/``tool``; ``stop`` → ``stop_sequences``.
 - ``max_tokens`` is required by Anthropic: ``DEFAULT_MAX_TOKENS`` when not given. ``seed`` has no
-  Anthropic counterpart and is not sent.
+  Anthropic counterpart and is not sent. ``temperature`` and ``top_p`` go in the request body
+  directly: SDK 2.x dropped them from ``messages.create``, the API still takes them for the
+  models that support sampling settings.
 - Structured output is a forced tool whose ``input_schema`` is the ``response_model`` schema; its
   input becomes the reply's ``text`` (as JSON), not a tool call.
 - ``stop_reason`` → ``finish_reason``: ``end_turn``/``stop_sequence``/``pause_turn`` → ``stop``,
@@ -73,9 +75,12 @@ class AnthropicProvider(Provider):
         system, messages = to_anthropic_messages(request.messages)
         body: dict[str, Any] = {"model": request.model, "messages": messages,
                                 "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS}
-        optional = {"system": system, "temperature": request.temperature, "top_p": request.top_p,
-                    "stop_sequences": request.stop}
-        body.update({key: value for key, value in optional.items() if value})
+        if system:
+            body["system"] = system
+        if request.stop:
+            body["stop_sequences"] = request.stop
+        sampling = {"temperature": request.temperature, "top_p": request.top_p}
+        extra = {key: value for key, value in sampling.items() if value is not None} | request.extra_body
         tools = [to_anthropic_tool(tool) for tool in request.tools or []]
         if request.response_format is not None:
             tools.append({"name": request.response_format.name, "input_schema": request.response_format.schema,
@@ -85,8 +90,8 @@ class AnthropicProvider(Provider):
             body["tool_choice"] = to_anthropic_tool_choice(request.tool_choice)
         if tools:
             body["tools"] = tools
-        if request.extra_body:
-            body["extra_body"] = request.extra_body
+        if extra:
+            body["extra_body"] = extra
         return body
 
     def complete(self, request: ChatRequest) -> LMResponse:
@@ -113,9 +118,10 @@ class AnthropicProvider(Provider):
             try:
                 for event in events:
                     if (piece := accumulator.add(event)) is not None:
+                        accumulator.delivered = True
                         yield piece
             except STREAM_FAILURES as exc:
-                raise self.interrupted(exc) from exc
+                raise self.interrupted(exc, delivered=accumulator.delivered) from exc
         yield accumulator.response()
 
     async def stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
@@ -128,9 +134,10 @@ class AnthropicProvider(Provider):
             try:
                 async for event in events:
                     if (piece := accumulator.add(event)) is not None:
+                        accumulator.delivered = True
                         yield piece
             except STREAM_FAILURES as exc:
-                raise self.interrupted(exc) from exc
+                raise self.interrupted(exc, delivered=accumulator.delivered) from exc
         yield accumulator.response()
 
     def status_of(self, exc: anthropic.APIStatusError) -> int:
@@ -145,6 +152,8 @@ class AnthropicProvider(Provider):
     def response(self, message: Message, request: ChatRequest) -> LMResponse:
         """A Messages API ``message`` object as an ``LMResponse``."""
         forced = structured_tool(request)
+        if message.stop_reason is None:
+            raise ProviderError("the reply has no stop_reason", provider=self.name)
         text: list[str] = []
         calls: list[ToolCall] = []
         for block in message.content:
@@ -179,10 +188,13 @@ class EventAccumulator:
         self.response_id: str | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.started = False
+        self.delivered = False
 
     def add(self, event: RawMessageStreamEvent) -> str | None:
         """Take one event; return its text delta, ``""`` for a tool-input delta, ``None`` otherwise."""
         if event.type == "message_start":
+            self.started = True
             self.model, self.response_id = event.message.model, event.message.id
             self.prompt_tokens = usage(event.message.usage.input_tokens, 0, event.message.usage).prompt_tokens
             self.completion_tokens = event.message.usage.output_tokens or 0
@@ -192,11 +204,13 @@ class EventAccumulator:
                                         {"type": block.type, "id": getattr(block, "id", ""),
                                          "name": getattr(block, "name", ""), "json": ""})
         elif event.type == "content_block_delta":
-            block = self.blocks.setdefault(event.index, {"type": "text", "text": ""})
-            if event.delta.type == "text_delta":
+            fresh = ({"type": "text", "text": ""} if event.delta.type == "text_delta" else
+                     {"type": "tool_use", "id": "", "name": "", "json": ""})
+            block = self.blocks.setdefault(event.index, fresh)
+            if event.delta.type == "text_delta" and block["type"] == "text":
                 block["text"] += event.delta.text
                 return event.delta.text
-            if event.delta.type == "input_json_delta":
+            if event.delta.type == "input_json_delta" and block["type"] != "text":
                 block["json"] += event.delta.partial_json
                 return event.delta.partial_json if block["name"] == self.forced_tool else ""
         elif event.type == "message_delta":
@@ -207,9 +221,12 @@ class EventAccumulator:
         return None
 
     def response(self) -> LMResponse:
-        """The whole reply. Raises ``ProviderError`` if ``message_stop`` never arrived."""
+        """The whole reply. Raises ``ProviderError`` if ``message_start``, a ``stop_reason`` or
+        ``message_stop`` never arrived."""
         if not self.finished:
             raise ProviderError("the stream ended before message_stop", provider=self.provider)
+        if not self.started or self.stop is None:
+            raise ProviderError("the stream lacked message_start or a stop_reason", provider=self.provider)
         text: list[str] = []
         calls: list[ToolCall] = []
         for _, block in sorted(self.blocks.items()):

@@ -75,19 +75,23 @@ class Provider(ABC):
             return ProviderError(f"error inside the stream: {body_message(exc.body) or exc.message}",
                                  provider=self.name)
         if isinstance(exc, httpx2.HTTPError):
-            return self.interrupted(exc)
+            return self.interrupted(exc, delivered=True)
         raise exc
 
-    def interrupted(self, exc: Exception) -> LMError:
+    def interrupted(self, exc: Exception, *, delivered: bool) -> LMError:
         """``exc``, raised while reading a stream that had started, as a typed error: an error event
-        keeps its status; a dropped connection is a ``ProviderError`` (the stream is not retried)."""
+        keeps its status. A dropped connection is an ``APIConnectionError`` (retried) while nothing
+        was ``delivered``, else a ``ProviderError`` (the caller already has part of the reply)."""
         if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
             return self.error(exc)
         if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)) and exc.__cause__:
             exc = exc.__cause__
         if isinstance(exc, (openai.APIError, anthropic.APIError)):
             return self.error(exc)
-        return ProviderError(f"stream interrupted: {type(exc).__name__}: {exc}", provider=self.name)
+        message = f"stream interrupted: {type(exc).__name__}: {exc}"
+        if not delivered:
+            return APIConnectionError(f"{message} (before the first delta)", provider=self.name)
+        return ProviderError(message, provider=self.name)
 
     def status_of(self, exc: openai.APIStatusError | anthropic.APIStatusError) -> int:
         """The HTTP status an SDK error stands for (overridden where an in-stream error event

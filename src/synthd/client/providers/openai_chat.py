@@ -5,6 +5,7 @@ llama.cpp's server, Ollama's ``/v1``)."""
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -61,7 +62,7 @@ class OpenAIChatProvider(Provider):
         body.update({key: value for key, value in optional.items() if value is not None})
         if request.response_format is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": request.response_format.name, "schema": request.response_format.schema}}
+                "name": request.response_format.name, "schema": request.response_format.schema, "strict": True}}
         extra = dict(request.extra_body)
         if request.gpu_preference is not None:
             extra["gpu_preference"] = request.gpu_preference
@@ -94,9 +95,10 @@ class OpenAIChatProvider(Provider):
             try:
                 for chunk in chunks:
                     if (piece := accumulator.add(chunk)) is not None:
+                        accumulator.delivered = True
                         yield piece
             except STREAM_FAILURES as exc:
-                raise self.interrupted(exc) from exc
+                raise self.interrupted(exc, delivered=accumulator.delivered) from exc
         yield accumulator.response()
 
     async def stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
@@ -110,9 +112,10 @@ class OpenAIChatProvider(Provider):
             try:
                 async for chunk in chunks:
                     if (piece := accumulator.add(chunk)) is not None:
+                        accumulator.delivered = True
                         yield piece
             except STREAM_FAILURES as exc:
-                raise self.interrupted(exc) from exc
+                raise self.interrupted(exc, delivered=accumulator.delivered) from exc
         yield accumulator.response()
 
     def response(self, completion: ChatCompletion) -> LMResponse:
@@ -120,14 +123,15 @@ class OpenAIChatProvider(Provider):
         if not completion.choices:
             raise ProviderError("the reply has no choices", provider=self.name)
         choice = completion.choices[0]
+        if choice.finish_reason is None:
+            raise ProviderError("the reply has no finish_reason", provider=self.name)
         calls = [ToolCall(id=call.id, function=FunctionCall(name=call.function.name,
                                                              arguments=call.function.arguments or ""))
                  for call in choice.message.tool_calls or [] if call.type == "function"]
-        usage = completion.usage
+        counts = completion.usage
         return LMResponse(
             text=choice.message.content or "", tool_calls=calls, finish_reason=finish_reason(choice.finish_reason),
-            usage=Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                        total_tokens=usage.total_tokens) if usage else Usage(),
+            usage=usage(counts.prompt_tokens, counts.completion_tokens) if counts else Usage(),
             model=completion.model, provider=self.name, response_id=completion.id)
 
 
@@ -178,14 +182,14 @@ class SynthdProvider(OpenAIChatProvider):
         (``model``, ``status``, ``gpu``). Raises ``LMError`` (409 when the GPU is not here)."""
         body = {"gpu_preference": gpu_preference} if gpu_preference else None
         try:
-            return self.sdk().post(f"/warmup/{model}", body=body, cast_to=dict[str, Any])
+            return self.sdk().post(f"/warmup/{quote(model, safe='/:')}", body=body, cast_to=dict[str, Any])
         except STREAM_FAILURES as exc:
             raise self.error(exc) from exc
 
     def warmup_status(self, model: str) -> dict[str, Any]:
         """``GET /v1/warmup/status/{model}``: ``status`` is ``cold``, ``warming``, ``warmed`` or ``failed``."""
         try:
-            return self.sdk().get(f"/warmup/status/{model}", cast_to=dict[str, Any])
+            return self.sdk().get(f"/warmup/status/{quote(model, safe='/:')}", cast_to=dict[str, Any])
         except STREAM_FAILURES as exc:
             raise self.error(exc) from exc
 
@@ -206,14 +210,14 @@ class ChunkAccumulator:
         self.usage = Usage()
         self.model = ""
         self.response_id: str | None = None
+        self.delivered = False
 
     def add(self, chunk: ChatCompletionChunk) -> str | None:
         """Take one chunk; return its text delta, ``""`` for a tool-call delta, ``None`` otherwise."""
         self.model = chunk.model or self.model
         self.response_id = chunk.id or self.response_id
         if chunk.usage is not None:
-            self.usage = Usage(prompt_tokens=chunk.usage.prompt_tokens, completion_tokens=chunk.usage.completion_tokens,
-                               total_tokens=chunk.usage.total_tokens)
+            self.usage = usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
         if not chunk.choices:
             return None
         choice = chunk.choices[0]
@@ -239,6 +243,12 @@ class ChunkAccumulator:
                  for _, call in sorted(self.calls.items())]
         return LMResponse(text="".join(self.text), tool_calls=calls, finish_reason=finish_reason(self.finish),
                           usage=self.usage, model=self.model, provider=self.provider, response_id=self.response_id)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    """``Usage`` with ``total_tokens`` computed, whatever total the server claimed."""
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                 total_tokens=prompt_tokens + completion_tokens)
 
 
 def finish_reason(reason: str | None) -> FinishReason | None:

@@ -1,0 +1,76 @@
+"""Guided decoding (structured outputs): JSON Schema → grammar → a per-sequence token mask.
+
+Built on llguidance (github.com/guidance-ai/llguidance), the library behind vLLM's ``guidance``
+structured-output backend. At each step the matcher says which tokens keep the output a valid
+prefix of the grammar; every other logit is set to ``-inf`` before sampling. Once the JSON value is
+complete only end-of-sequence is allowed, so the sequence ends with ``finish_reason`` ``stop``; if
+``max_tokens`` runs out first the output is cut (``length``), as with OpenAI.
+"""
+
+import threading
+from typing import Any
+
+import llguidance
+import llguidance.hf
+import llguidance.numpy
+import torch
+from transformers import PreTrainedTokenizerBase
+
+ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+"""The schema ``response_format: {"type": "json_object"}`` stands for."""
+
+
+class GrammarError(ValueError):
+    """The JSON schema cannot be compiled into a grammar; the message says why."""
+
+
+class Guide:
+    """One sequence's matcher: ``mask`` the next token's logits, then ``accept`` the token chosen."""
+
+    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int) -> None:
+        self.matcher = matcher
+        self.bitmask = llguidance.numpy.allocate_token_bitmask(1, vocab_size)
+
+    def mask(self, logits: torch.Tensor) -> None:
+        """Set the logits (float32, shape ``[vocab]``, CPU) of disallowed tokens to ``-inf`` in place."""
+        llguidance.numpy.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        llguidance.numpy.apply_token_bitmask_inplace(logits.numpy(), self.bitmask)
+
+    def accept(self, token: int) -> None:
+        """Advance past ``token`` (one the mask allowed)."""
+        self.matcher.consume_token(token)
+
+
+class GuidedDecoding:
+    """Grammars for one tokenizer. Building the llguidance tokenizer takes about a second, so it is
+    built on first use and kept; safe to call from several threads."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self._ll_tokenizer: llguidance.LLTokenizer | None = None
+        self._lock = threading.Lock()
+
+    def _ll(self) -> llguidance.LLTokenizer:
+        with self._lock:
+            if self._ll_tokenizer is None:
+                self._ll_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer)
+            return self._ll_tokenizer
+
+    def compile(self, schema: dict[str, Any]) -> str:
+        """The grammar for JSON matching ``schema`` (compact: no free whitespace between tokens).
+
+        Raises GrammarError: the schema is not one llguidance can compile (its message says why).
+        """
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+        except ValueError as exc:
+            raise GrammarError(str(exc)) from None
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self._ll())
+        if is_error:
+            raise GrammarError(messages[0] if messages else "invalid JSON schema")
+        return grammar
+
+    def guide(self, grammar: str) -> Guide:
+        """A fresh matcher for ``grammar`` (from ``compile``), for one sequence."""
+        tokenizer = self._ll()
+        return Guide(llguidance.LLMatcher(tokenizer, grammar), tokenizer.vocab_size)
