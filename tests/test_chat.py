@@ -203,3 +203,55 @@ def test_response_format_json_object_and_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="json_schema is required"):
         chat(client, response_format={"type": "json_schema"})
     assert chat(client, response_format={"type": "text"}, max_tokens=5).choices[0].message.content
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                   "additionalProperties": False}}}
+CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"], "additionalProperties": False}}}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_named_tool_choice_returns_a_tool_call(client: openai.OpenAI) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    reply = chat(client, messages=WEATHER_QUESTION, tools=[WEATHER, CLOCK], tool_choice=named, max_tokens=60)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.id.startswith("chatcmpl-tool-")
+    assert set(json.loads(call.function.arguments)) == {"city"}
+    chunks = list(chat(client, messages=WEATHER_QUESTION, tools=[WEATHER, CLOCK], tool_choice=named, max_tokens=60,
+                       stream=True))
+    [streamed] = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert streamed[0].function.arguments == call.function.arguments
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    turn = WEATHER_QUESTION + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                               {"role": "tool", "tool_call_id": call.id, "content": "sunny, 24 C"}]
+    answer = chat(client, messages=turn, tools=[WEATHER], tool_choice="none", max_tokens=30).choices[0]
+    assert answer.message.content and not answer.message.tool_calls
+
+
+def test_required_tool_choice_returns_tool_calls(client: openai.OpenAI) -> None:
+    reply = chat(client, messages=WEATHER_QUESTION, tools=[WEATHER, CLOCK], tool_choice="required",
+                 parallel_tool_calls=False, max_tokens=60)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls
+    expected_keys = {"get_weather": {"city"}, "get_time": {"tz"}}[call.function.name]
+    assert set(json.loads(call.function.arguments)) == expected_keys
+
+
+def test_tool_errors(client: openai.OpenAI) -> None:
+    for extra, param in (({"tools": [WEATHER]}, "tool_choice"), ({"tools": [WEATHER], "tool_choice": "auto"}, "tool_choice"),
+                         ({"tools": [{"type": "function", "function": {"name": "x", "parameters": {"type": "nonsense"}}}],
+                           "tool_choice": "required"}, "tools")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            chat(client, max_tokens=5, **extra)
+        assert caught.value.body["param"] == param
+    with pytest.raises(openai.BadRequestError, match="not in tools"):
+        chat(client, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}})
+    with pytest.raises(openai.BadRequestError, match="needs tool_call_id"):
+        chat(client, messages=[{"role": "tool", "content": "x"}])

@@ -165,6 +165,19 @@ def test_tool_call_then_tool_result_turn(provider: str, streamed: bool, fakes) -
         assert sent_second["messages"][3] == {"role": "tool", "tool_call_id": call.id, "content": "sunny, 24 C"}
 
 
+def test_tools_on_live_synthd_by_named_tool_choice(server) -> None:
+    lm = LM(MODEL, base_url=server.root_url)
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = lm.respond(messages, tools=[WEATHER_TOOL], max_tokens=40, temperature=0,
+                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    [call] = first.tool_calls
+    assert call.function.name == "get_weather" and "city" in call.function.parsed_arguments()
+    assert first.finish_reason == "stop" and first.text == ""
+    messages += [first.to_message(), {"role": "tool", "tool_call_id": call.id, "content": "sunny, 24 C"}]
+    second = lm.respond(messages, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=20, temperature=0)
+    assert second.text and second.tool_calls == []
+
+
 def test_structured_output_on_live_synthd_is_guided(server) -> None:
     lm = LM(MODEL, base_url=server.root_url)
 

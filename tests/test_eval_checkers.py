@@ -20,7 +20,14 @@ from synthd.evals.battery import (
     select_categories,
 )
 from synthd.evals.checkers import check_answer
-from synthd.evals.sandbox import BLOCKED_EXIT_CODE, run_sandboxed
+from synthd.evals.sandbox import (
+    BLOCKED_EXIT_CODE,
+    CREATED_FILES_LIMIT,
+    DISK_LIMIT_BYTES,
+    OUTPUT_TAIL_CHARS,
+    REASON_MAX_CHARS,
+    run_sandboxed,
+)
 
 
 def case(check: dict, category: str = "math") -> Case:
@@ -107,6 +114,70 @@ def test_code_that_allocates_too_much_fails_with_the_memory_limit() -> None:
 def test_early_exit_is_not_success() -> None:
     result = sandbox("import sys\nsys.exit(0)\nassert False\n")
     assert (result.status, result.reason) == ("failed", "exited before the end of the program (exit status 0)")
+
+
+def test_writing_to_inherited_fds_and_exiting_early_does_not_forge_a_pass() -> None:
+    forged = ("```python\nimport os\ndef f(x): return 0\nfor fd in range(3, 10):\n  try: os.write(fd, b'done')\n"
+              "  except OSError: pass\nos._exit(0)\n```")
+    result = check_answer(case({"kind": "code", "entry_point": "f", "tests": "assert f(2) == 4"}, "coding"), forged)
+    assert (result.passed, result.reason) == (False, "exited before the end of the program (exit status 0)")
+    direct = sandbox("import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'done\\n')\n"
+                     "    except OSError:\n        pass\nos._exit(0)\nassert False\n")
+    assert (direct.status, direct.returncode) == ("failed", 0)
+
+
+@pytest.mark.parametrize("mode", ["r", "a"])
+def test_the_report_file_cannot_be_opened(mode: str) -> None:
+    result = sandbox(f"import os\nopen(os.path.join(os.path.dirname(os.getcwd()), 'report'), {mode!r})\n")
+    assert result.status == "blocked" and result.reason.startswith("blocked: open(") and "report" in result.reason
+
+
+def test_reading_process_memory_is_blocked() -> None:
+    result = sandbox("open('/proc/self/mem', 'rb')\n")
+    assert (result.status, result.reason) == ("blocked", "blocked: open('/proc/self/mem', 'r')")
+
+
+def test_filling_the_disk_with_many_files_is_blocked() -> None:
+    start = time.monotonic()
+    result = sandbox("data = b'x' * (9 * 2**20)\nfor i in range(60):\n    with open(f'f{i}.bin', 'wb') as f:\n"
+                     "        f.write(data)\n")
+    assert result.status == "blocked" and time.monotonic() - start < 10
+    limit_mb = DISK_LIMIT_BYTES // 2**20
+    # f0 .. f7 hold 72 MB, so creating f8 is refused (the audit event shows the raw mode 'w').
+    assert result.reason == f"blocked: open('f8.bin', 'w'): its directory holds more than {limit_mb} MB"
+
+
+def test_filling_files_created_beforehand_fails_at_the_end() -> None:
+    count = DISK_LIMIT_BYTES // (9 * 2**20) + 1
+    result = sandbox(f"files = [open(f'f{{i}}.bin', 'wb') for i in range({count})]\n"
+                     "for f in files:\n    f.write(b'x' * (9 * 2**20))\n    f.close()\n")
+    assert (result.status, result.returncode) == ("failed", 0)
+    assert count * 9 * 2**20 < result.disk_bytes < count * 9 * 2**20 + 1000  # plus program.py
+    assert result.reason == f"wrote {count * 9:.1f} MB to its directory (limit {DISK_LIMIT_BYTES // 2**20} MB)"
+
+
+def test_creating_too_many_files_is_blocked() -> None:
+    result = sandbox("import os\nfor i in range(100):\n    open(f'f{i}.txt', 'w').close()\n"
+                     "    os.remove(f'f{i}.txt')\n")
+    assert (result.status, result.reason) == (
+        "blocked", f"blocked: open('f{CREATED_FILES_LIMIT}.txt', 'w'): more than {CREATED_FILES_LIMIT} files created")
+    reopened = sandbox("for i in range(200):\n    open('log.txt', 'a').write('x')\n"
+                       "assert open('log.txt').read() == 'x' * 200\n")
+    assert reopened.status == "ok"
+
+
+def test_a_correct_solution_printing_a_lot_passes() -> None:
+    answer = "```python\ndef f(x):\n    return x * x\n\nprint('y' * (12 * 2**20))\n```"
+    result = check_answer(case(SQUARE, "coding"), answer)
+    assert (result.passed, result.reason) == (True, "all tests passed")
+    flood = sandbox("print('a' * (12 * 2**20))\nprint('end')\n")
+    assert (flood.status, flood.stdout) == ("ok", "a" * (OUTPUT_TAIL_CHARS - 5) + "\nend\n")
+
+
+def test_a_stderr_flood_keeps_the_reason_short() -> None:
+    result = sandbox("import sys\nsys.stderr.write('z' * 100000)\nsys.exit(3)\n")
+    assert result.status == "failed" and len(result.reason) <= REASON_MAX_CHARS
+    assert result.reason.startswith("zzz") and len(result.stderr) == OUTPUT_TAIL_CHARS
 
 
 # --- sandbox guard ---

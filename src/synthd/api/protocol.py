@@ -38,14 +38,46 @@ class TextPart(StrictModel):
     text: str
 
 
-class ChatMessage(StrictModel):
-    """One turn. ``developer`` is OpenAI's newer name for ``system`` and is treated as such."""
+class CalledFunction(StrictModel):
+    """``function`` of a tool call: ``arguments`` is a JSON string."""
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    name: str
+    arguments: str
+
+
+class ToolCall(StrictModel):
+    """One tool call, in an assistant message sent back (request) or generated (response)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class ChatMessage(StrictModel):
+    """One turn. ``developer`` is OpenAI's newer name for ``system`` and is treated as such. An
+    ``assistant`` turn may carry ``tool_calls`` instead of content; a ``tool`` turn answers one call
+    (``tool_call_id``). ``name`` is accepted and not used."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChatMessage":
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs tool_call_id")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a '{self.role}' message needs content")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
 
     def text(self) -> str:
-        """The message's text, its parts joined."""
+        """The message's text, its parts joined ("" when it has none)."""
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
@@ -104,16 +136,73 @@ class ResponseFormat(StrictModel):
         return self
 
 
+class FunctionDefinition(StrictModel):
+    """``tools[i].function``: ``parameters`` is a JSON Schema (absent: no arguments)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ChatTool(StrictModel):
+    """One tool the model may call."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(StrictModel):
+    name: str
+
+
+class NamedToolChoice(StrictModel):
+    """``tool_choice`` forcing one function."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(SamplingFields):
-    """``POST /v1/chat/completions`` body."""
+    """``POST /v1/chat/completions`` body.
+
+    Tools follow vLLM's structured-output path: ``tool_choice`` ``required`` or a named function
+    constrains the output to the tools' JSON schemas; ``none`` generates text. ``auto`` needs a
+    tool-call parser for the model's own format, which synthd does not have: it is a 400.
+    """
 
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     response_format: ResponseFormat | None = None
+    tools: Annotated[list[ChatTool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _tools_consistent(self) -> "ChatCompletionRequest":
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = {tool.function.name for tool in self.tools or []}
+            if self.tool_choice.function.name not in names:
+                raise ValueError(f"tool_choice names '{self.tool_choice.function.name}', which is not in tools")
+        elif self.tool_choice == "required" and not self.tools:
+            raise ValueError("tool_choice 'required' needs tools")
+        if self.forced_tool_mode() is not None and self.output_schema() is not None:
+            raise ValueError("response_format cannot be combined with a required or named tool_choice")
+        return self
+
+    def forced_tool_mode(self) -> Literal["required", "named"] | None:
+        """``required`` or ``named`` when the output must be tool calls; None for text."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return "required" if self.tool_choice == "required" else None
+
+    def wants_auto_tools(self) -> bool:
+        """True when tools are offered with ``auto`` (explicit, or OpenAI's default with tools)."""
+        return bool(self.tools) and self.tool_choice in (None, "auto")
 
     def output_schema(self) -> dict[str, Any] | None:
-        """The JSON schema guided decoding must enforce, or None for free text."""
+        """The JSON schema ``response_format`` asks guided decoding to enforce, or None for free text."""
         if self.response_format is None or self.response_format.type == "text":
             return None
         if self.response_format.json_schema is None:
@@ -152,10 +241,14 @@ class Usage(BaseModel):
 
 
 class AssistantMessage(BaseModel):
-    """The generated message."""
+    """The generated message: text, or (``content`` null) the tool calls."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatChoice(BaseModel):
@@ -164,7 +257,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
 
 
 class ChatCompletion(BaseModel):
@@ -179,11 +272,21 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class DeltaToolCall(BaseModel):
+    """A tool call in a stream chunk; synthd sends each call whole, once its JSON is complete."""
+
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class DeltaMessage(BaseModel):
     """Incremental message content in a stream chunk."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):
@@ -192,7 +295,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):

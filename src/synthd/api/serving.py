@@ -23,9 +23,11 @@ from synthd.api.protocol import (
     CompletionChoice,
     CompletionRequest,
     DeltaMessage,
+    DeltaToolCall,
     SamplingFields,
     Usage,
 )
+from synthd.api.tool_calls import ToolMode, forced_name, parse_tool_calls, template_messages, tool_schema
 from synthd.engine.guided import GrammarError
 from synthd.engine.loaded import LoadedModel
 from synthd.engine.manager import ModelManager, Served, generate
@@ -56,6 +58,8 @@ class PreparedRequest:
     prompt_tokens: int
     request_id: str
     created: int = field(default_factory=lambda: int(time.time()))
+    tool_mode: ToolMode | None = None
+    tool_name: str | None = None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -106,9 +110,12 @@ class OpenAIServing:
         Raises:
             APIError: 400 no chat template, or ``context_length_exceeded``; the errors of ``acquire``.
         """
+        if request.wants_auto_tools():
+            raise bad_request("tool_choice 'auto' needs a tool-call parser for the model's own format, which "
+                              "synthd does not have: use 'required', a named function, or 'none'", "tool_choice")
         served = await self.acquire(request.model, request.gpu_preference, header_preference)
         loaded = served.loaded
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
+        messages = template_messages(request.messages, loaded.tokenizer.chat_template)
         try:
             prompt = loaded.encode_chat(messages)
         except ValueError as exc:
@@ -117,14 +124,17 @@ class OpenAIServing:
             raise bad_request("The messages could not be tokenized (invalid Unicode?).", "messages") from None
         param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
         grammar = None
-        if (schema := request.output_schema()) is not None:
+        tools_schema = tool_schema(request)
+        if (schema := request.output_schema() or tools_schema) is not None:
             try:
                 grammar = await asyncio.to_thread(loaded.guided.compile, schema)
             except GrammarError as exc:
-                raise bad_request(f"Invalid JSON schema in response_format: {exc}",
-                                  "response_format.json_schema.schema") from None
-        return self._prepare(served, [prompt], request, request.token_limit(), "messages", param, "chatcmpl",
-                             grammar=grammar)
+                where = "tools" if tools_schema is not None else "response_format.json_schema.schema"
+                raise bad_request(f"Invalid JSON schema in {where}: {exc}", where) from None
+        prepared = self._prepare(served, [prompt], request, request.token_limit(), "messages", param, "chatcmpl",
+                                 grammar=grammar)
+        prepared.tool_mode, prepared.tool_name = request.forced_tool_mode(), forced_name(request)
+        return prepared
 
     async def chat(self, prepared: PreparedRequest) -> ChatCompletion:
         """Run every choice to the end and build the ``chat.completion``."""
@@ -133,10 +143,7 @@ class OpenAIServing:
             id=prepared.request_id,
             created=prepared.created,
             model=prepared.model_id,
-            choices=[
-                ChatChoice(index=i, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
-                for i, r in enumerate(results)
-            ],
+            choices=[ChatChoice(index=i, **self._reply(prepared, r)) for i, r in enumerate(results)],
             usage=self._usage(prepared, results),
             system_fingerprint=self.fingerprint(prepared),
         )
@@ -152,17 +159,40 @@ class OpenAIServing:
 
         for index in range(len(prepared.params)):
             yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
+        held: dict[int, str] = {}
         async for index, text, finish, results in self._stream_events(prepared):
             if isinstance(finish, APIError):
                 yield sse(finish.body())
                 break
-            if text:
-                yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=text))])
-            if finish is not None:
-                yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(), finish_reason=finish)])
+            if prepared.tool_mode is not None:
+                held[index] = held.get(index, "") + text
+                if finish is not None:
+                    reply = self._reply(prepared, ChoiceResult(text=held.pop(index), finish_reason=finish))
+                    message = reply["message"]
+                    calls = [DeltaToolCall(index=i, id=c.id, function=c.function)
+                             for i, c in enumerate(message.tool_calls)]
+                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=message.content,
+                                                                                 tool_calls=calls or None))])
+                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(),
+                                                 finish_reason=reply["finish_reason"])])
+            else:
+                if text:
+                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=text))])
+                if finish is not None:
+                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(), finish_reason=finish)])
             if results is not None and include_usage:
                 yield chunk([], self._usage(prepared, results))
         yield DONE
+
+    @staticmethod
+    def _reply(prepared: PreparedRequest, result: ChoiceResult) -> dict:
+        """``message`` and ``finish_reason`` of one choice: text, or the tool calls of a forced
+        ``tool_choice`` (a reply cut by ``max_tokens`` stays text with ``length``)."""
+        if prepared.tool_mode is None or result.finish_reason != "stop":
+            return {"message": AssistantMessage(content=result.text), "finish_reason": result.finish_reason}
+        calls = parse_tool_calls(result.text, prepared.tool_mode, prepared.tool_name)
+        return {"message": AssistantMessage(content=None, tool_calls=calls),
+                "finish_reason": "tool_calls" if prepared.tool_mode == "required" else "stop"}
 
     # --- completions ------------------------------------------------------------------------
     async def prepare_completion(self, request: CompletionRequest, header_preference: str | None = None) -> PreparedRequest:

@@ -6,7 +6,16 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from synthd.client.errors import ConfigurationError
 
@@ -131,7 +140,8 @@ def check_call(messages: Any, options: dict[str, Any]) -> None:
             raise ConfigurationError(_describe(exc, f"messages.{index}")) from None
     unknown = sorted(set(options) - set(CallOptions.model_fields))
     if unknown:
-        raise ConfigurationError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(CallOptions.model_fields)}")
+        known = ", ".join(CallOptions.model_fields)
+        raise ConfigurationError(f"unknown option(s) {', '.join(unknown)}; known: {known}")
     try:
         CallOptions.model_validate(options)
     except ValidationError as exc:

@@ -144,7 +144,8 @@ def to_markdown(report: EvalReport) -> str:
         cells = [f"{fraction(m.by_category[category])} ({percent(m.by_category[category].success_rate)})"
                  for m in report.models]
         overall = report.by_category[category]
-        lines.append(f"| {category} | " + " | ".join(cells) + f" | {fraction(overall)} ({percent(overall.success_rate)}) |")
+        lines.append(f"| {category} | " + " | ".join(cells)
+                     + f" | {fraction(overall)} ({percent(overall.success_rate)}) |")
     t = report.totals
     lines += ["", "## Overall", "",
               f"- Models run: {len(report.models)}; skipped: {len(report.skipped)}",

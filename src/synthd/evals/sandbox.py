@@ -9,36 +9,59 @@ core dumps) and a ``sys.addaudithook`` guard installed before the program runs. 
 the child with :data:`BLOCKED_EXIT_CODE` through ``os._exit``, so no ``except`` in the program
 can swallow it, on: opening for writing, creating, truncating, deleting, renaming or making
 directories outside the working directory (inside it they are allowed, so ``tempfile`` works);
-chmod, chown, hard and symbolic links anywhere; process creation (``subprocess``, ``os.system``,
-``os.exec*``, ``os.spawn*``, ``os.posix_spawn``, ``os.fork``, ``os.forkpty``); ``os.kill``,
-``os.killpg`` and ``signal.pthread_kill``; socket connect, bind, send-to and name lookups; any
-``ctypes`` use beyond the ``dlopen(None)`` that ``import ctypes`` itself does; and changing
-resource limits.
+creating more than :data:`CREATED_FILES_LIMIT` files and directories, or creating one while the
+working directory already holds more than :data:`DISK_LIMIT_BYTES`; opening the report file or
+any ``/proc/<pid>/mem``; chmod, chown, hard and symbolic links anywhere; process creation
+(``subprocess``, ``os.system``, ``os.exec*``, ``os.spawn*``, ``os.posix_spawn``, ``os.fork``,
+``os.forkpty``); ``os.kill``, ``os.killpg`` and ``signal.pthread_kill``; socket connect, bind,
+send-to and name lookups; any ``ctypes`` use beyond the ``dlopen(None)`` that ``import ctypes``
+itself does; and changing resource limits.
+
+How success is told apart from a program that merely claims it: the parent makes a random nonce
+per run (``secrets.token_hex``) and sends it through a pipe that the child's prelude reads and
+closes before the program runs (it is in neither the command line nor the environment). While
+the program runs the child holds no descriptor for reporting: stdout and stderr are pipes read by
+the parent (which keeps only their tails, so a flood neither fills the disk nor fails the
+program), stdin is ``/dev/null``. Only after the program and the tests appended to it have run to
+the end does the prelude open the report file by name (outside the working directory; the guard
+blocks the program from opening it) and append ``<nonce> done``. A run is ``ok`` only with exit
+status 0 and that exact last line; writing to inherited descriptors, ``os._exit(0)`` or
+``sys.exit(0)`` before the end are failures. Disk use: each file is capped at
+:data:`FILE_SIZE_LIMIT_BYTES` by ``RLIMIT_FSIZE`` and at most :data:`CREATED_FILES_LIMIT` files
+can be created, so a run can never write more than their product; in addition, a run whose
+working directory holds more than :data:`DISK_LIMIT_BYTES` when it ends is ``failed``.
 
 Known limits: PEP 578 itself warns that audit hooks are not a sandbox, since code that can run
-arbitrary Python can find ways around them; calls that raise no audit event get through (for
-instance ``_posixsubprocess.fork_exec``, or ``os.open(name, ..., dir_fd=...)`` relative to a
-directory opened elsewhere, whose audit event omits ``dir_fd``); reading files is allowed
-everywhere; ``os.putenv`` is allowed because ``import numpy`` calls it and no child process can
-see it; a synthd running as root lends the child root's privileges. Run evals on a machine or
-container you are willing to lose. Sources: PEP 578 (https://peps.python.org/pep-0578/), the
-audit events table (https://docs.python.org/3/library/audit_events.html), OpenAI human-eval's
-``execution.py`` (``reliability_guard``, which disables the same calls by monkeypatching).
+arbitrary Python can find ways around them. Deliberate attacks are out of scope, for instance:
+finding the nonce by frame inspection (``sys._getframe(1).f_locals`` reaches the prelude),
+through ``gc`` or by monkeypatching what ``os.path.realpath`` calls; calls that raise no audit
+event (``_posixsubprocess.fork_exec``, or ``os.open(name, ..., dir_fd=...)`` relative to a
+directory opened elsewhere, whose audit event omits ``dir_fd``; such files also escape the file
+count); writing many files first and filling them afterwards (bounded only by the product above
+until the check at the end); directories made unreadable with ``os.mkdir(name, 0)`` hide their
+contents from the size check. Reading files is allowed everywhere; ``os.putenv`` is allowed
+because ``import numpy`` calls it and no child process can see it; a synthd running as root
+lends the child root's privileges. Run evals on a machine or container you are willing to lose.
+Sources: PEP 578 (https://peps.python.org/pep-0578/), the audit events table
+(https://docs.python.org/3/library/audit_events.html), OpenAI human-eval's ``execution.py``
+(``reliability_guard``, which disables the same calls by monkeypatching).
 """
 
 import contextlib
 import inspect
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 BLOCKED_EXIT_CODE = 121
 """Exit status of a child stopped by the audit guard."""
@@ -49,10 +72,24 @@ SETUP_EXIT_CODE = 122
 OUTPUT_TAIL_CHARS = 2000
 """Most characters of stdout and stderr kept (the end of each)."""
 
+REASON_MAX_CHARS = 300
+"""Most characters of :attr:`SandboxResult.reason`."""
+
 FILE_SIZE_LIMIT_BYTES = 10 * 2**20
+"""Largest file the program can write (``RLIMIT_FSIZE``)."""
+
+DISK_LIMIT_BYTES = 64 * 2**20
+"""Most bytes the working directory may hold: checked when a file is created, and at the end."""
+
+CREATED_FILES_LIMIT = 64
+"""Most files and directories the program may create (deleted ones still count)."""
+
 OPEN_FILES_LIMIT = 64
 
 SandboxStatus = Literal["ok", "failed", "timeout", "blocked", "error"]
+
+_TAIL_BYTES = 4 * OUTPUT_TAIL_CHARS  # 4 bytes per character at most in UTF-8
+_READER_JOIN_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +97,13 @@ class SandboxResult:
     """How a sandboxed program ended.
 
     ``status``: ``ok`` (ran to its end, exit status 0), ``failed`` (an exception, a non-zero
-    exit, an exit before the end, or a fatal signal), ``timeout`` (wall-clock or CPU limit),
-    ``blocked`` (the audit guard stopped it), ``error`` (the sandbox itself could not run it).
-    ``returncode`` is ``None`` when the child was killed for the timeout or never started;
-    negative values are signal numbers. ``stdout``/``stderr`` keep their last
-    :data:`OUTPUT_TAIL_CHARS` characters. ``blocked_event`` is the guard's description of the
-    stopped call, e.g. ``os.remove('/tmp/x')``.
+    exit, an exit before the end, a fatal signal, or more than :data:`DISK_LIMIT_BYTES` left in
+    its directory), ``timeout`` (wall-clock or CPU limit), ``blocked`` (the audit guard stopped
+    it), ``error`` (the sandbox itself could not run it). ``returncode`` is ``None`` when the
+    child was killed for the timeout or never started; negative values are signal numbers.
+    ``stdout``/``stderr`` keep their last :data:`OUTPUT_TAIL_CHARS` characters.
+    ``blocked_event`` is the guard's description of the stopped call, e.g. ``os.remove('/tmp/x')``.
+    ``disk_bytes`` is what the working directory held when the program ended.
     """
 
     status: SandboxStatus
@@ -76,10 +114,16 @@ class SandboxResult:
     timeout_s: float
     memory_mb: int
     blocked_event: str | None = None
+    disk_bytes: int = 0
 
     @property
     def reason(self) -> str:
-        """One line saying why the program ended as it did, e.g. ``timed out after 2.0 s``."""
+        """One line (at most :data:`REASON_MAX_CHARS` characters) saying why the program ended as
+        it did, e.g. ``timed out after 2.0 s``."""
+        reason = self._reason()
+        return reason if len(reason) <= REASON_MAX_CHARS else reason[:REASON_MAX_CHARS - 1] + "…"
+
+    def _reason(self) -> str:
         if self.status == "ok":
             return "ok"
         if self.status == "timeout":
@@ -90,6 +134,9 @@ class SandboxResult:
             return f"blocked: {self.blocked_event}"
         if self.status == "error":
             return _last_line(self.stderr) or "the sandbox could not run the program"
+        if self.disk_bytes > DISK_LIMIT_BYTES:
+            return (f"wrote {self.disk_bytes / 2**20:.1f} MB to its directory "
+                    f"(limit {DISK_LIMIT_BYTES // 2**20} MB)")
         if self.returncode is not None and self.returncode < 0:
             return f"killed by {signal.Signals(-self.returncode).name}"
         if self.returncode == 0:
@@ -117,36 +164,56 @@ def run_sandboxed(source: str, *, timeout_s: float, memory_mb: int) -> SandboxRe
         program = work_dir / "program.py"
         program.write_text(source, encoding="utf-8")
         report = root_dir / "report"
-        stdout_path, stderr_path = root_dir / "stdout", root_dir / "stderr"
-        child_source = _child_source(str(program), str(report), memory_mb, timeout_s)
+        nonce = secrets.token_hex(16)
+        nonce_read, nonce_write = os.pipe()  # not inheritable; pass_fds hands the read end over
+        try:
+            os.write(nonce_write, nonce.encode("ascii"))
+        finally:
+            os.close(nonce_write)
+        child_source = _child_source(str(program), str(report), nonce_read, memory_mb, timeout_s)
         timed_out = False
         start = time.monotonic()
-        with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-            try:
-                process = subprocess.Popen(
-                    [sys.executable, "-I", "-c", child_source], cwd=work_dir, env=_child_env(work_dir),
-                    stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True,
-                )
-            except OSError as exc:
-                return SandboxResult(status="error", returncode=None, stdout="",
-                                     stderr=f"could not start the sandbox: {exc}", duration_s=0.0,
-                                     timeout_s=float(timeout_s), memory_mb=memory_mb)
-            try:
-                returncode: int | None = process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(process.pid)
-                process.wait()
-                returncode = None
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-c", child_source], cwd=work_dir, env=_child_env(work_dir),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(nonce_read,), start_new_session=True,
+            )
+        except OSError as exc:
+            return SandboxResult(status="error", returncode=None, stdout="",
+                                 stderr=f"could not start the sandbox: {exc}", duration_s=0.0,
+                                 timeout_s=float(timeout_s), memory_mb=memory_mb)
+        finally:
+            os.close(nonce_read)
+        assert process.stdout is not None and process.stderr is not None
+        stdout, stderr = bytearray(), bytearray()
+        readers = [threading.Thread(target=_drain, args=(stream, tail), daemon=True)
+                   for stream, tail in ((process.stdout, stdout), (process.stderr, stderr))]
+        for reader in readers:
+            reader.start()
+        try:
+            returncode: int | None = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(process.pid)
+            process.wait()
+            returncode = None
         duration_s = time.monotonic() - start
+        for reader in readers:
+            reader.join(_READER_JOIN_S)
         outcome = report.read_text(encoding="utf-8", errors="replace") if report.exists() else ""
-        return _result(outcome, returncode, timed_out, _tail(stdout_path), _tail(stderr_path),
-                       duration_s, timeout_s, memory_mb)
+        return _result(outcome, nonce, returncode, timed_out, _decode_tail(stdout), _decode_tail(stderr),
+                       duration_s, timeout_s, memory_mb, _folder_bytes(work_dir))
 
 
-def _result(outcome: str, returncode: int | None, timed_out: bool, stdout: str, stderr: str,
-            duration_s: float, timeout_s: float, memory_mb: int) -> SandboxResult:
-    kind, _, detail = outcome.partition(" ")
+def _result(outcome: str, nonce: str, returncode: int | None, timed_out: bool, stdout: str, stderr: str,
+            duration_s: float, timeout_s: float, memory_mb: int, disk_bytes: int) -> SandboxResult:
+    lines = outcome.split("\n")
+    last = lines[-2] if len(lines) >= 2 and lines[-1] == "" else ""  # the last complete line
+    token, _, rest = last.partition(" ")
+    kind, detail = ("", "")
+    if secrets.compare_digest(token.encode(), nonce.encode()):
+        kind, _, detail = rest.partition(" ")
     blocked_event = None
     status: SandboxStatus
     if timed_out or returncode == -signal.SIGXCPU:
@@ -155,13 +222,13 @@ def _result(outcome: str, returncode: int | None, timed_out: bool, stdout: str, 
         status, blocked_event = "blocked", detail
     elif kind == "setup" and returncode == SETUP_EXIT_CODE:
         status, stderr = "error", f"sandbox setup failed: {detail}"
-    elif returncode == 0 and kind == "done":
+    elif returncode == 0 and kind == "done" and not detail and disk_bytes <= DISK_LIMIT_BYTES:
         status = "ok"
     else:
         status = "failed"
     return SandboxResult(status=status, returncode=returncode, stdout=stdout, stderr=stderr,
                          duration_s=duration_s, timeout_s=float(timeout_s), memory_mb=memory_mb,
-                         blocked_event=blocked_event)
+                         blocked_event=blocked_event, disk_bytes=disk_bytes)
 
 
 def _cpu_limit_s(timeout_s: float) -> int:
@@ -178,12 +245,27 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _tail(path: Path) -> str:
-    with path.open("rb") as file:
-        size = file.seek(0, os.SEEK_END)
-        # 4 bytes per character at most in UTF-8, so this always covers the kept characters.
-        file.seek(max(0, size - 4 * OUTPUT_TAIL_CHARS))
-        return file.read().decode("utf-8", errors="replace")[-OUTPUT_TAIL_CHARS:]
+def _drain(stream: IO[bytes], tail: bytearray) -> None:
+    """Read ``stream`` to its end, keeping (at least) its last ``_TAIL_BYTES`` bytes in ``tail``."""
+    with stream:
+        while chunk := os.read(stream.fileno(), 1 << 16):
+            tail += chunk
+            if len(tail) > 2 * _TAIL_BYTES:
+                del tail[:-_TAIL_BYTES]
+
+
+def _decode_tail(tail: bytearray) -> str:
+    return bytes(tail[-_TAIL_BYTES:]).decode("utf-8", errors="replace")[-OUTPUT_TAIL_CHARS:]
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Total size of the files under ``folder``, links not followed, unreadable parts skipped."""
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(parent, name)).st_size
+    return total
 
 
 def _last_line(text: str) -> str:
@@ -204,31 +286,51 @@ def _exception_line(stderr: str) -> str:
     return last
 
 
-def _child_source(program: str, report: str, memory_mb: int, timeout_s: float) -> str:
+def _child_source(program: str, report: str, nonce_fd: int, memory_mb: int, timeout_s: float) -> str:
     limits = [("RLIMIT_AS", memory_mb * 2**20), ("RLIMIT_CPU", _cpu_limit_s(timeout_s)),
               ("RLIMIT_FSIZE", FILE_SIZE_LIMIT_BYTES), ("RLIMIT_NOFILE", OPEN_FILES_LIMIT), ("RLIMIT_CORE", 0)]
-    arguments = (program, report, limits, BLOCKED_EXIT_CODE, SETUP_EXIT_CODE)
+    arguments = (program, report, nonce_fd, limits, BLOCKED_EXIT_CODE, SETUP_EXIT_CODE, CREATED_FILES_LIMIT,
+                 DISK_LIMIT_BYTES)
     return f"{textwrap.dedent(inspect.getsource(_child_main))}\n_child_main(*{arguments!r})\n"
 
 
-def _child_main(program: str, report: str, limits: list[tuple[str, int]], blocked_exit: int,
-                setup_exit: int) -> None:
+def _child_main(program: str, report: str, nonce_fd: int, limits: list[tuple[str, int]], blocked_exit: int,
+                setup_exit: int, max_created: int, disk_limit: int) -> None:
     """Runs only inside the child, sent as source by ``run_sandboxed``: limit, guard, run.
 
-    ``limits`` pairs ``resource.RLIMIT_*`` names with values, set as both soft and hard limits.
-    Writes one outcome to ``report`` (outside the program's directory, opened before the guard):
-    ``done``, ``blocked <call>`` or ``setup <error>``. The guard binds what it calls locally, so
-    rebinding ``os._exit`` or ``os.path.realpath`` in the program does not weaken it.
+    Reads the run's nonce from ``nonce_fd`` and closes it. ``limits`` pairs ``resource.RLIMIT_*``
+    names with values, set as both soft and hard limits. Appends one outcome line to ``report``
+    (outside the program's directory), opening it by name only once the outcome is known:
+    ``<nonce> done``, ``<nonce> blocked <call>`` or ``<nonce> setup <error>``. The guard binds
+    what it calls locally, so rebinding ``os._exit`` or ``os.path.realpath`` in the program does
+    not weaken it.
     """
     import os
     import resource
     import sys
 
     exit_now, write, realpath, fsdecode = os._exit, os.write, os.path.realpath, os.fsdecode
-    report_fd = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os_open, close, exists, scandir = os.open, os.close, os.path.exists, os.scandir
+    report_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+
+    chunks = []
+    while chunk := os.read(nonce_fd, 64):
+        chunks.append(chunk)
+    close(nonce_fd)
+    nonce = b"".join(chunks).decode("ascii")
+    del chunks, chunk
+    report_real = realpath(report)
+    report_allowed = [False]  # set only by this prelude, once the outcome is known
+
+    def report_outcome(outcome: str) -> None:
+        report_allowed[0] = True
+        fd = os_open(report, report_flags, 0o600)
+        write(fd, f"{nonce} {outcome}\n".encode("utf-8", errors="replace"))
+        close(fd)
+        report_allowed[0] = False
 
     def finish(outcome: str, status: int) -> None:
-        write(report_fd, outcome.encode("utf-8", errors="replace"))
+        report_outcome(outcome)
         exit_now(status)
 
     try:
@@ -244,6 +346,8 @@ def _child_main(program: str, report: str, limits: list[tuple[str, int]], blocke
 
     sandbox = realpath(os.getcwd())
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+    create_flag = os.O_CREAT
+    created = [0]
     always_blocked = frozenset({
         "os.chmod", "os.chown", "os.chflags", "os.link", "os.symlink", "subprocess.Popen", "os.system",
         "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg",
@@ -257,40 +361,84 @@ def _child_main(program: str, report: str, limits: list[tuple[str, int]], blocke
                   "os.exec": 2, "os.posix_spawn": 2, "os.spawn": 3, "os.kill": 2, "os.killpg": 2,
                   "socket.connect": 2, "socket.bind": 2, "socket.sendto": 2, "socket.getaddrinfo": 2}
 
-    def inside(path: object, dir_fd: object = -1, follow: bool = True) -> bool:
-        """Whether ``path`` (relative to ``dir_fd`` when given) lies in the sandbox directory;
-        ``follow=False`` judges a link itself (unlinking or renaming it), not its target."""
-        if isinstance(path, int):
-            return True  # an open descriptor: judged when it was opened
+    def real_path(path: object, dir_fd: object = -1, follow: bool = True) -> str:
+        """The real path of ``path`` (relative to ``dir_fd`` when given); ``follow=False`` judges a
+        link itself (unlinking or renaming it), not its target."""
         name = fsdecode(path)
         if isinstance(dir_fd, int) and dir_fd >= 0 and not name.startswith("/"):
             name = f"/proc/self/fd/{dir_fd}/{name}"
         if follow:
-            real = realpath(name)
-        else:
-            head, _, tail = name.rstrip("/").rpartition("/")
-            real = realpath(head or ".") + "/" + tail if tail not in ("", ".", "..") else realpath(name)
+            return realpath(name)
+        head, _, tail = name.rstrip("/").rpartition("/")
+        return realpath(head or ".") + "/" + tail if tail not in ("", ".", "..") else realpath(name)
+
+    def inside(path: object, dir_fd: object = -1, follow: bool = True) -> bool:
+        """Whether ``path`` lies in the sandbox directory (see ``real_path``)."""
+        if isinstance(path, int):
+            return True  # an open descriptor: judged when it was opened
+        real = real_path(path, dir_fd, follow)
         return real == sandbox or real.startswith(sandbox + "/")
+
+    def used_bytes(folder: str) -> int:
+        total = 0
+        try:
+            with scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        total += used_bytes(entry.path)
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            pass
+        return total
+
+    def over_creation_limits() -> str | None:
+        """Counts one more created file or directory; says why it is one too many, if it is."""
+        created[0] += 1
+        if created[0] > max_created:
+            return f"more than {max_created} files created"
+        if used_bytes(sandbox) > disk_limit:
+            return f"its directory holds more than {disk_limit // 2**20} MB"
+        return None
 
     def describe(event: str, args: tuple) -> str:
         shown = args[:shown_args.get(event, len(args))]
         if event.startswith("socket.") and shown and type(shown[0]).__name__ == "socket":
             shown = shown[1:]
         text = ", ".join(repr(arg)[:100] for arg in shown if arg is not None)
-        return f"{event}({text})"[:300]
+        return f"{event}({text})"[:240]
 
     def guard(event: str, args: tuple) -> None:
+        why = None
         if event == "open":
             path, mode, flags = (args + (None, None, None))[:3]
+            if isinstance(path, int):
+                return  # an open descriptor: judged when it was opened
             writes = (isinstance(flags, int) and flags & write_flags) or (
                 isinstance(mode, str) and any(c in mode for c in "wax+"))
-            blocked = bool(writes) and not inside(path)
+            # Links cannot be made, so the report and /proc/<pid>/mem are reached only by their names.
+            special = fsdecode(path).rstrip("/").rpartition("/")[2] in ("report", "mem")
+            if not (writes or special):
+                return  # reading is allowed; skips realpath on every import
+            real = real_path(path)
+            if real == report_real:
+                blocked = not report_allowed[0]
+            elif real.startswith("/proc/") and real.endswith("/mem"):
+                blocked = True
+            else:
+                blocked = bool(writes) and not (real == sandbox or real.startswith(sandbox + "/"))
+                if not blocked and isinstance(flags, int) and flags & create_flag and not exists(real):
+                    why = over_creation_limits()
+                    blocked = why is not None
         elif event in ("os.remove", "os.rmdir", "shutil.rmtree"):
             blocked = not inside(args[0], args[1] if len(args) > 1 else -1, follow=False)
         elif event == "os.rename":
             blocked = not (inside(args[0], args[2], follow=False) and inside(args[1], args[3], follow=False))
         elif event == "os.mkdir":
             blocked = not inside(args[0], args[2], follow=False)
+            if not blocked:
+                why = over_creation_limits()
+                blocked = why is not None
         elif event == "os.truncate":
             blocked = not inside(args[0])
         elif event.startswith("ctypes."):
@@ -298,10 +446,11 @@ def _child_main(program: str, report: str, limits: list[tuple[str, int]], blocke
         else:
             blocked = event in always_blocked
         if blocked:
-            description = describe(event, args)
+            description = describe(event, args) + (f": {why}" if why else "")
             write(2, f"SANDBOX-BLOCKED: {description}\n".encode("utf-8", errors="replace"))
             finish(f"blocked {description}", blocked_exit)
 
+    sys.dont_write_bytecode = True
     sys.addaudithook(guard)
     exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-    write(report_fd, b"done")
+    report_outcome("done")
