@@ -84,6 +84,7 @@ def test_report_numbers_against_scripted_openai_answers(fakes, tmp_path: Path) -
     assert "- **claude-3-haiku-20240307**: anthropic: no API key" in markdown
     assert "- Attempts: 12; passed: 6; failed: 4; errors: 2" in markdown
     assert "Reason: expected 7, got 8" in markdown and "```text\n8\n```" in markdown
+    assert "Prompt: What is 10-3?" in markdown
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Overall: 6/12 passed (50.0%), 4 failed, 2 errors" in result.stdout
 
@@ -91,7 +92,7 @@ def test_report_numbers_against_scripted_openai_answers(fakes, tmp_path: Path) -
 def test_live_synthd_run_reports_what_the_checkers_say(server, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = synthd_eval("--categories", "math,reasoning", "--max-tokens", "48", "--out", str(out),
-                         env={"SYNTH_API_URL": server.root_url, "TEST_MODEL": ""})
+                         "--base-url", server.root_url, env={"SYNTH_API_URL": "http://127.0.0.1:9", "TEST_MODEL": ""})
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     [model] = report["models"]
@@ -103,7 +104,9 @@ def test_live_synthd_run_reports_what_the_checkers_say(server, tmp_path: Path) -
     for attempt in attempts:
         verdict = check_answer(cases[attempt["case_id"]], attempt["answer"])
         assert attempt["status"] == ("passed" if verdict.passed else "failed")
-        assert attempt["reason"] == verdict.reason and attempt["latency_s"] > 0
+        cut = not verdict.passed and attempt["finish_reason"] == "length"
+        assert attempt["reason"] == (f"cut at max_tokens: {verdict.reason}" if cut else verdict.reason)
+        assert attempt["latency_s"] > 0 and attempt["prompt"] == cases[attempt["case_id"]].prompt
     passed = sum(a["status"] == "passed" for a in attempts)
     assert model["tally"] == {"passed": passed, "failed": 10 - passed, "errors": 0, "total": 10,
                               "success_rate": passed / 10}

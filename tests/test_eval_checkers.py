@@ -260,6 +260,14 @@ def test_exact_accepts_formatting_and_explanations(answer: str, matched: str) ->
     assert (result.passed, result.reason, result.extracted) == (True, f"matched {matched!r}", matched)
 
 
+@pytest.mark.parametrize("answer", ["The shortest person in this scenario is Cid.", "So it must be: cid"])
+def test_exact_accepts_a_last_line_ending_with_the_answer(answer: str) -> None:
+    result = check_answer(case({"kind": "exact", "answers": ["Cid"]}, "reasoning"), answer)
+    assert (result.passed, result.reason) == (True, "ends with 'cid'")
+    assert not check_answer(case({"kind": "exact", "answers": ["Cid"]}, "reasoning"), "Cid is not the shortest.").passed
+    assert not check_answer(case({"kind": "exact", "answers": ["id"]}, "reasoning"), "It is Cid").passed
+
+
 def test_exact_rejects_a_wrong_answer() -> None:
     exact = case({"kind": "exact", "answers": ["Saturday", "Sat"]}, "reasoning")
     result = check_answer(exact, "It is Saturday, I think.\nSunday")

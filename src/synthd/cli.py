@@ -348,6 +348,8 @@ def eval_(
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0-2).")] = 0.0,
     max_tokens: Annotated[int, typer.Option(help="Token cap for cases without their own.")] = 512,
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.json and latency.png.")] = Path("eval-results"),
+    base_url: Annotated[str | None, typer.Option(help="synthd server for synthd models (default: $SYNTH_API_URL, "
+                                                      "else http://127.0.0.1:8000).")] = None,
 ) -> None:
     """Run the eval battery (math, coding, reasoning, creative) through the LM client; report pass
     rates and latencies on screen and as Markdown, JSON and a PNG chart in --out.
@@ -357,7 +359,7 @@ def eval_(
     from synthd.eval_cli import run_eval
 
     run_eval(models, categories, battery, concurrency=concurrency, repeats=repeats, temperature=temperature,
-             max_tokens=max_tokens, out=out, console=console)
+             max_tokens=max_tokens, out=out, base_url=base_url, console=console)
 
 
 @app.command()

@@ -17,7 +17,7 @@ def default_models() -> list[str]:
 
 
 def run_eval(models: str | None, categories: str, battery: Path | None, *, concurrency: int, repeats: int,
-             temperature: float, max_tokens: int, out: Path, console: Console) -> None:
+             temperature: float, max_tokens: int, out: Path, console: Console, base_url: str | None = None) -> None:
     """Load the battery, open the models (skipping those without credentials), run every case under a
     progress bar, write ``report.json``, ``report.md`` and ``latency.png`` to ``out`` and print the
     report. ``models`` and ``categories`` are comma-separated. Raises ``CLIError`` on bad input."""
@@ -46,7 +46,7 @@ def run_eval(models: str | None, categories: str, battery: Path | None, *, concu
         raise CLIError(f"the battery has no case in the categories {categories}")
     settings = EvalSettings(concurrency=concurrency, repeats=repeats, temperature=temperature, max_tokens=max_tokens)
     with console.status("opening models…"):
-        lms, skipped = open_models(names)
+        lms, skipped = open_models(names, synthd_base_url=base_url)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("evaluating", total=len(lms) * len(cases) * repeats)

@@ -204,7 +204,8 @@ _LEADING_ANSWER = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is\b|:)\s*")
 
 def check_exact(check: ExactCheck, answer: str) -> CheckResult:
     """Pass when the normalised answer, or its first or last non-empty line, equals a normalised
-    accepted answer (see :func:`normalise`); the lines allow an explanation before or after."""
+    accepted answer (see :func:`normalise`), or the last line ends with one as whole words ("The
+    shortest is Cid." for ``Cid``); the lines allow an explanation before or after."""
     accepted = {normalise(a) for a in check.answers}
     lines = [line for line in answer.splitlines() if line.strip()]
     candidates = [answer] + ([lines[0], lines[-1]] if lines else [])
@@ -212,6 +213,10 @@ def check_exact(check: ExactCheck, answer: str) -> CheckResult:
         text = normalise(candidate)
         if text in accepted:
             return CheckResult(passed=True, reason=f"matched {text!r}", extracted=text)
+    last = normalise(lines[-1]) if lines else ""
+    for expected in accepted:
+        if expected and re.search(rf"(?:^|\W){re.escape(expected)}$", last):
+            return CheckResult(passed=True, reason=f"ends with {expected!r}", extracted=expected)
     got = normalise(lines[-1]) if lines else ""
     expected = " or ".join(repr(normalise(a)) for a in check.answers)
     shown = got if len(got) <= 80 else got[:77] + "..."

@@ -137,6 +137,9 @@ def to_markdown(report: EvalReport) -> str:
                      f"{seconds(m.latency.fastest_s)} | {seconds(m.latency.slowest_s)} |")
     if report.skipped:
         lines += ["", "## Skipped", ""] + [f"- **{s.model}**: {s.reason}" for s in report.skipped]
+    if not report.models:
+        lines += ["", "No model was evaluated."]
+        return "\n".join(lines).rstrip() + "\n"
     lines += ["", "## Coverage by category", "",
               "| Category | " + " | ".join(m.model for m in report.models) + " | All models |",
               "|---|" + "---:|" * (len(report.models) + 1)]
@@ -156,7 +159,7 @@ def to_markdown(report: EvalReport) -> str:
         lines.append("None.")
     for a in report.failures:
         lines += [f"### {a.model} · {a.case_id} ({a.category}, repeat {a.repeat + 1}): {a.status}", "",
-                  f"Reason: {a.reason}", ""]
+                  f"Prompt: {a.prompt}", "", f"Reason: {a.reason}", ""]
         if a.answer is not None:
             fence = "````" if "```" in a.answer else "```"
             lines += ["Answer:", "", f"{fence}text", a.answer, fence, ""]

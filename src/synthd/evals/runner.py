@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from synthd.client import LM, APIConnectionError, ConfigurationError, LMError
+from synthd.client.routing import route
 from synthd.evals.battery import Case, Category
 from synthd.evals.checkers import check_answer
 
@@ -22,16 +23,19 @@ Status = Literal["passed", "failed", "error"]
 
 class Attempt(BaseModel):
     """One model's answer to one case. ``latency_s`` is the LM client's wall time for the reply
-    (``None`` on a provider error); ``reason`` is the checker's or the error's one-line message."""
+    (``None`` on a provider error); ``reason`` is the checker's or the error's one-line message,
+    prefixed with "cut at max_tokens" when a failed answer ended with ``finish_reason`` ``length``."""
 
     model: str
     provider: str
     case_id: str
     category: Category
+    prompt: str
     repeat: int
     status: Status
     answer: str | None
     reason: str
+    finish_reason: str | None
     latency_s: float | None
     completion_tokens: int | None
 
@@ -55,16 +59,18 @@ class EvalSettings:
     timeout_s: float = 300.0
 
 
-def open_models(names: Sequence[str], *, warmup: bool = True,
+def open_models(names: Sequence[str], *, synthd_base_url: str | None = None, warmup: bool = True,
                 timeout_s: float = 300.0) -> tuple[list[LM], list[Skipped]]:
-    """An ``LM`` per name, and the names skipped: no credentials or unroutable name
-    (``ConfigurationError``); on synthd, warmed up first so load time is not counted as latency,
-    and skipped if the server cannot be reached or the warmup fails."""
+    """An ``LM`` per distinct name, and the names skipped: no credentials or unroutable name
+    (``ConfigurationError``); on synthd (at ``synthd_base_url`` if given, else ``SYNTH_API_URL``),
+    warmed up first so load time is not counted as latency, and skipped if the server cannot be
+    reached or the warmup fails."""
     models: list[LM] = []
     skipped: list[Skipped] = []
-    for name in names:
+    for name in dict.fromkeys(names):
         try:
-            lm = LM(name, timeout=timeout_s)
+            on_synthd = synthd_base_url is not None and route(name)[0] == "synthd"
+            lm = LM(name, base_url=synthd_base_url if on_synthd else None, timeout=timeout_s)
         except ConfigurationError as exc:
             skipped.append(Skipped(model=name, reason=str(exc)))
             continue
@@ -101,15 +107,17 @@ async def run_attempts(models: Sequence[LM], cases: Sequence[Case], settings: Ev
 
 async def _ask(lm: LM, case: Case, repeat: int, settings: EvalSettings) -> Attempt:
     common = {"model": lm.model, "provider": lm.provider, "case_id": case.id, "category": case.category,
-              "repeat": repeat}
+              "prompt": case.prompt, "repeat": repeat}
     try:
         response = await lm.respond_async(system_message=case.system, user_message=case.prompt,
                                           temperature=settings.temperature,
                                           max_tokens=case.max_tokens or settings.max_tokens)
     except Exception as exc:  # noqa: BLE001  (one broken reply must not end the run; it is recorded)
         return Attempt(**common, status="error", answer=None, reason=f"{type(exc).__name__}: {exc}",
-                       latency_s=None, completion_tokens=None)
+                       finish_reason=None, latency_s=None, completion_tokens=None)
     verdict = await asyncio.to_thread(check_answer, case, response.text)
+    cut = not verdict.passed and response.finish_reason == "length"
     return Attempt(**common, status="passed" if verdict.passed else "failed", answer=response.text,
-                   reason=verdict.reason, latency_s=response.latency_s,
+                   reason=f"cut at max_tokens: {verdict.reason}" if cut else verdict.reason,
+                   finish_reason=response.finish_reason, latency_s=response.latency_s,
                    completion_tokens=response.usage.completion_tokens)
