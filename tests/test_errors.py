@@ -18,7 +18,8 @@ def with_(**changes):
 CASES = [
     # (id, path, body, status, code, param)
     ("unsupported param", "/chat/completions", with_(logprobs=True), 400, "unsupported_parameter", "logprobs"),
-    ("unsupported tools", "/chat/completions", with_(tools=[]), 400, "unsupported_parameter", "tools"),
+    ("unsupported functions", "/chat/completions", with_(functions=[]), 400, "unsupported_parameter", "functions"),
+    ("empty tools", "/chat/completions", with_(tools=[]), 400, "invalid_value", "tools"),
     ("temperature too high", "/chat/completions", with_(temperature=5), 400, "invalid_value", "temperature"),
     ("top_p zero", "/chat/completions", with_(top_p=0), 400, "invalid_value", "top_p"),
     ("n zero", "/chat/completions", with_(n=0), 400, "invalid_value", "n"),
