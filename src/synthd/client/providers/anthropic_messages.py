@@ -109,36 +109,12 @@ class AnthropicProvider(Provider):
         return self.response(message, request)
 
     def stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
-        accumulator = EventAccumulator(self.name, structured_tool(request))
-        try:
-            events = self.sdk().messages.create(**self.body(request), stream=True)
-        except STREAM_FAILURES as exc:
-            raise self.error(exc) from exc
-        with events:
-            try:
-                for event in events:
-                    if (piece := accumulator.add(event)) is not None:
-                        accumulator.delivered = True
-                        yield piece
-            except STREAM_FAILURES as exc:
-                raise self.interrupted(exc, delivered=accumulator.delivered) from exc
-        yield accumulator.response()
+        return self.pieces(lambda: self.sdk().messages.create(**self.body(request), stream=True),
+                           EventAccumulator(self.name, structured_tool(request)))
 
-    async def stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
-        accumulator = EventAccumulator(self.name, structured_tool(request))
-        try:
-            events = await self.async_sdk().messages.create(**self.body(request), stream=True)
-        except STREAM_FAILURES as exc:
-            raise self.error(exc) from exc
-        async with events:
-            try:
-                async for event in events:
-                    if (piece := accumulator.add(event)) is not None:
-                        accumulator.delivered = True
-                        yield piece
-            except STREAM_FAILURES as exc:
-                raise self.interrupted(exc, delivered=accumulator.delivered) from exc
-        yield accumulator.response()
+    def stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
+        return self.pieces_async(lambda: self.async_sdk().messages.create(**self.body(request), stream=True),
+                                 EventAccumulator(self.name, structured_tool(request)))
 
     def status_of(self, exc: anthropic.APIStatusError) -> int:
         """An ``error`` event inside a stream arrives on a 200 response: its status comes from the

@@ -1,8 +1,8 @@
 """The base every provider implements, and the mapping of SDK exceptions into ``synthd.client.errors``."""
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, ClassVar, Protocol
 
 import anthropic
 import httpx2
@@ -18,6 +18,18 @@ timed) and ends with one ``LMResponse`` built from everything it saw."""
 
 STREAM_FAILURES = (openai.APIError, anthropic.APIError, httpx2.HTTPError)
 """What an SDK raises while a stream is read: an error event, or the connection breaking."""
+
+
+class Accumulator(Protocol):
+    """Folds a provider's stream events into pieces: ``add`` returns a text delta (``""`` for a
+    tool-call delta) or ``None``; ``response`` the final reply, raising ``ProviderError`` if the
+    stream ended early. ``delivered`` is set once a piece went to the caller."""
+
+    delivered: bool
+
+    def add(self, event: Any) -> str | None: ...
+
+    def response(self) -> LMResponse: ...
 
 
 class Provider(ABC):
@@ -56,6 +68,40 @@ class Provider(ABC):
     @abstractmethod
     def stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
         """Async twin of ``stream``."""
+
+    def pieces(self, open_stream: Callable[[], Any], accumulator: Accumulator) -> Iterator[StreamPiece]:
+        """Open an SDK stream with ``open_stream`` and yield ``accumulator``'s pieces, then its
+        response; SDK and transport failures become typed errors (see ``interrupted``)."""
+        try:
+            events = open_stream()
+        except STREAM_FAILURES as exc:
+            raise self.error(exc) from exc
+        with events:
+            try:
+                for event in events:
+                    if (piece := accumulator.add(event)) is not None:
+                        accumulator.delivered = True
+                        yield piece
+            except STREAM_FAILURES as exc:
+                raise self.interrupted(exc, delivered=accumulator.delivered) from exc
+        yield accumulator.response()
+
+    async def pieces_async(self, open_stream: Callable[[], Awaitable[Any]],
+                           accumulator: Accumulator) -> AsyncIterator[StreamPiece]:
+        """Async twin of ``pieces``."""
+        try:
+            events = await open_stream()
+        except STREAM_FAILURES as exc:
+            raise self.error(exc) from exc
+        async with events:
+            try:
+                async for event in events:
+                    if (piece := accumulator.add(event)) is not None:
+                        accumulator.delivered = True
+                        yield piece
+            except STREAM_FAILURES as exc:
+                raise self.interrupted(exc, delivered=accumulator.delivered) from exc
+        yield accumulator.response()
 
     def error(self, exc: Exception) -> LMError:
         """``exc`` (an SDK or transport exception) as this package's typed error; anything else is

@@ -85,38 +85,16 @@ class OpenAIChatProvider(Provider):
         return self.response(completion)
 
     def stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
-        accumulator = ChunkAccumulator(self.name)
-        try:
-            chunks = self.sdk().chat.completions.create(**self.body(request), stream=True,
-                                                        stream_options={"include_usage": True})
-        except STREAM_FAILURES as exc:
-            raise self.error(exc) from exc
-        with chunks:
-            try:
-                for chunk in chunks:
-                    if (piece := accumulator.add(chunk)) is not None:
-                        accumulator.delivered = True
-                        yield piece
-            except STREAM_FAILURES as exc:
-                raise self.interrupted(exc, delivered=accumulator.delivered) from exc
-        yield accumulator.response()
+        return self.pieces(lambda: self.sdk().chat.completions.create(**self.stream_body(request)),
+                           ChunkAccumulator(self.name))
 
-    async def stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
-        accumulator = ChunkAccumulator(self.name)
-        try:
-            chunks = await self.async_sdk().chat.completions.create(**self.body(request), stream=True,
-                                                                    stream_options={"include_usage": True})
-        except STREAM_FAILURES as exc:
-            raise self.error(exc) from exc
-        async with chunks:
-            try:
-                async for chunk in chunks:
-                    if (piece := accumulator.add(chunk)) is not None:
-                        accumulator.delivered = True
-                        yield piece
-            except STREAM_FAILURES as exc:
-                raise self.interrupted(exc, delivered=accumulator.delivered) from exc
-        yield accumulator.response()
+    def stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
+        return self.pieces_async(lambda: self.async_sdk().chat.completions.create(**self.stream_body(request)),
+                                 ChunkAccumulator(self.name))
+
+    def stream_body(self, request: ChatRequest) -> dict[str, Any]:
+        """``body`` streamed, with usage in the last chunk."""
+        return {**self.body(request), "stream": True, "stream_options": {"include_usage": True}}
 
     def response(self, completion: ChatCompletion) -> LMResponse:
         """A ``chat.completion`` object as an ``LMResponse`` (first choice)."""
