@@ -23,9 +23,6 @@ app.add_typer(gpus_app, name="gpus")
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-
-
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` on stderr and exit 1."""
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
@@ -34,8 +31,9 @@ def fail(message: str) -> NoReturn:
 
 def default_base_url() -> str:
     """``SYNTH_API_URL`` (with ``/v1`` appended when missing) or the local default."""
-    url = os.environ.get("SYNTH_API_URL", DEFAULT_BASE_URL).rstrip("/")
-    return url if url.endswith("/v1") else f"{url}/v1"
+    from synthd.config import synthd_api_url
+
+    return synthd_api_url()
 
 
 @models_app.command("pull")

@@ -1,5 +1,6 @@
 """Process-wide settings, read from the environment (prefix ``SYNTHD_``)."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,6 +46,16 @@ class Settings(BaseSettings):
         if self.models_dir is None:
             self.models_dir = self.home / "models"
         return self
+
+
+DEFAULT_SYNTH_API_URL = "http://127.0.0.1:8000"
+
+
+def synthd_api_url(url: str | None = None) -> str:
+    """The OpenAI base URL of a synthd server: ``url``, else ``SYNTH_API_URL``, else
+    http://127.0.0.1:8000, with ``/v1`` appended when missing."""
+    url = (url or os.environ.get("SYNTH_API_URL") or DEFAULT_SYNTH_API_URL).rstrip("/")
+    return url if url.endswith("/v1") else f"{url}/v1"
 
 
 @lru_cache

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ValidationError
 
 from synthd.client.errors import (
     ConfigurationError,
-    LMError,
     MissingCredentialsError,
     ProviderError,
     StructuredOutputError,
@@ -30,7 +29,6 @@ from synthd.client.routing import route
 
 Message = dict[str, Any]
 _JSON_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n?```\s*$", re.DOTALL)
-WARMUP_POLL_S = 0.5
 
 
 class LM:
@@ -159,18 +157,8 @@ class LM:
         """
         if not isinstance(self._provider, SynthdProvider):
             raise ConfigurationError("warmup is a synthd operation", provider=self.provider)
-        status = self._provider.warmup(self.model, gpu_preference)
-        deadline = time.monotonic() + timeout_s
-        while wait:
-            status = self._provider.warmup_status(self.model)
-            if status.get("status") in ("warmed", "failed"):
-                break
-            if time.monotonic() > deadline:
-                raise LMError(f"{self.model} still warming after {timeout_s:g} s", provider=self.provider)
-            time.sleep(WARMUP_POLL_S)
-        if status.get("status") == "failed":
-            raise LMError(f"{self.model} failed to warm up: {status.get('error')}", provider=self.provider)
-        return status
+        started = self._provider.warmup(self.model, gpu_preference)
+        return self._provider.wait_until_warm(self.model, timeout_s) if wait else started
 
     def _request(self, messages: list[Message] | None, system_message: str | None, user_message: str | None,
                  response_model: type[BaseModel] | None, options: dict[str, Any]) -> ChatRequest:

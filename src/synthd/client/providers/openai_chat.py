@@ -3,6 +3,7 @@ OpenAI itself, Together (api.together.xyz/v1), synthd and any OpenAI-compatible 
 llama.cpp's server, Ollama's ``/v1``)."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -10,10 +11,14 @@ from urllib.parse import quote
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from synthd.client.errors import ConfigurationError, ProviderError
+from synthd.client.errors import ConfigurationError, LMError, ProviderError
 from synthd.client.providers.base import STREAM_FAILURES, Provider, StreamPiece
 from synthd.client.request import ChatRequest
 from synthd.client.response import FinishReason, FunctionCall, LMResponse, ToolCall, Usage
+from synthd.config import synthd_api_url
+
+WARMUP_POLL_S = 0.5
+"""Seconds between warmup status polls."""
 
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
@@ -147,13 +152,11 @@ class SynthdProvider(OpenAIChatProvider):
     name: ClassVar[str] = "synthd"
     key_env_var: ClassVar[str | None] = "SYNTH_API_KEY"
     base_url_env_var: ClassVar[str | None] = "SYNTH_API_URL"
-    default_base_url: ClassVar[str | None] = "http://127.0.0.1:8000"
     needs_key: ClassVar[bool] = False
     token_limit_field: ClassVar[str] = "max_tokens"
 
     def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float) -> None:
-        url = (base_url or self.default_base_url or "").rstrip("/")
-        super().__init__(api_key=api_key, base_url=url if url.endswith("/v1") else f"{url}/v1", timeout=timeout)
+        super().__init__(api_key=api_key, base_url=synthd_api_url(base_url), timeout=timeout)
 
     def warmup(self, model: str, gpu_preference: str | None) -> dict[str, Any]:
         """``POST /v1/warmup/{model}``: start loading ``model``; returns the server's warmup object
@@ -170,6 +173,18 @@ class SynthdProvider(OpenAIChatProvider):
             return self.sdk().get(f"/warmup/status/{quote(model, safe='/:')}", cast_to=dict[str, Any])
         except STREAM_FAILURES as exc:
             raise self.error(exc) from exc
+
+    def wait_until_warm(self, model: str, timeout_s: float) -> dict[str, Any]:
+        """Poll ``warmup_status`` every ``WARMUP_POLL_S`` seconds until ``warmed``; returns that
+        status object. Raises ``LMError`` if the load failed or is not done within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while (status := self.warmup_status(model)).get("status") not in ("warmed", "failed"):
+            if time.monotonic() > deadline:
+                raise LMError(f"{model} still warming after {timeout_s:g} s", provider=self.name)
+            time.sleep(WARMUP_POLL_S)
+        if status["status"] == "failed":
+            raise LMError(f"{model} failed to warm up: {status.get('error')}", provider=self.name)
+        return status
 
 
 class ChunkAccumulator:
