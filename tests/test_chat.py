@@ -255,3 +255,10 @@ def test_tool_errors(client: openai.OpenAI) -> None:
         chat(client, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}})
     with pytest.raises(openai.BadRequestError, match="needs tool_call_id"):
         chat(client, messages=[{"role": "tool", "content": "x"}])
+
+
+def test_tool_call_cut_by_a_stop_string_stays_text(client: openai.OpenAI) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    choice = chat(client, messages=WEATHER_QUESTION, tools=[WEATHER], tool_choice=named, stop=['"city"'],
+                  max_tokens=40).choices[0]
+    assert (choice.finish_reason, choice.message.content, choice.message.tool_calls) == ("stop", "{", [])

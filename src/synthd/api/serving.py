@@ -187,10 +187,14 @@ class OpenAIServing:
     @staticmethod
     def _reply(prepared: PreparedRequest, result: ChoiceResult) -> dict:
         """``message`` and ``finish_reason`` of one choice: text, or the tool calls of a forced
-        ``tool_choice`` (a reply cut by ``max_tokens`` stays text with ``length``)."""
+        ``tool_choice`` (a reply cut by ``max_tokens`` or a ``stop`` string stays text)."""
+        text = {"message": AssistantMessage(content=result.text), "finish_reason": result.finish_reason}
         if prepared.tool_mode is None or result.finish_reason != "stop":
-            return {"message": AssistantMessage(content=result.text), "finish_reason": result.finish_reason}
-        calls = parse_tool_calls(result.text, prepared.tool_mode, prepared.tool_name)
+            return text
+        try:
+            calls = parse_tool_calls(result.text, prepared.tool_mode, prepared.tool_name)
+        except ValueError:
+            return text
         return {"message": AssistantMessage(content=None, tool_calls=calls),
                 "finish_reason": "tool_calls" if prepared.tool_mode == "required" else "stop"}
 
