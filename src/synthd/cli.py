@@ -348,6 +348,9 @@ def eval_(
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.json and latency.png.")] = Path("eval-results"),
     base_url: Annotated[str | None, typer.Option(help="synthd server for synthd models (default: $SYNTH_API_URL, "
                                                       "else http://127.0.0.1:8000).")] = None,
+    unsafe_sandbox: Annotated[bool, typer.Option("--unsafe-sandbox", help="Where bubblewrap cannot run, run coding "
+                                                 "answers under the audit-hook guard alone (not a security "
+                                                 "boundary) instead of refusing.")] = False,
 ) -> None:
     """Run the eval battery (math, coding, reasoning, creative) through the LM client; report pass
     rates and latencies on screen and as Markdown, JSON and a PNG chart in --out.
@@ -357,7 +360,7 @@ def eval_(
     from synthd.eval_cli import run_eval
 
     run_eval(models, categories, battery, concurrency=concurrency, repeats=repeats, temperature=temperature,
-             max_tokens=max_tokens, out=out, base_url=base_url, console=console)
+             max_tokens=max_tokens, out=out, base_url=base_url, console=console, unsafe_sandbox=unsafe_sandbox)
 
 
 @app.command()
