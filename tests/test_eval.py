@@ -146,10 +146,10 @@ def test_coding_cases_need_bubblewrap_or_unsafe_sandbox(fakes, tmp_path: Path) -
 
     refused = synthd_eval(*common, env=env)
     assert refused.returncode == 1 and fakes["openai"].script.requests == []
-    assert refused.stderr.strip().splitlines() == [
+    assert refused.stderr.strip().splitlines() == [(
         "error: coding cases run model-written code under bubblewrap, and bwrap is not installed (Debian/Ubuntu: "
         "apt-get install bubblewrap); install bubblewrap, leave coding out with --categories, or pass "
-        "--unsafe-sandbox to run the code under the audit-hook guard alone"]
+        "--unsafe-sandbox to run the code under the audit-hook guard alone")]
 
     unsafe = synthd_eval(*common, "--unsafe-sandbox", env=env)
     assert unsafe.returncode == 0, unsafe.stderr
@@ -186,7 +186,8 @@ def test_keys_are_redacted_from_reasons(fakes, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     reasons = {a["case_id"]: a["reason"] for a in json.loads((out / "report.json").read_text())["attempts"]}
     assert reasons == {
-        "e-key": "AuthenticationError: openai: 401 Incorrect API key provided: [REDACTED], [REDACTED], token [REDACTED]",
+        "e-key": "AuthenticationError: openai: 401 Incorrect API key provided: [REDACTED], [REDACTED], "
+                 "token [REDACTED]",
         "c-raise": "RuntimeError: Authorization: Bearer [REDACTED] and [REDACTED] and [REDACTED]",
     }
     markdown_reasons = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("Reason: ")]

@@ -149,7 +149,7 @@ def _probe(executable: str) -> BubblewrapSupport:
             try:
                 done = subprocess.run(bubblewrap.command(run_dir, [sys.executable, "-I", "-c", "import sys"]),
                                       env=LAUNCH_ENV, stdin=subprocess.DEVNULL, capture_output=True,
-                                      timeout=_PROBE_TIMEOUT_S)
+                                      timeout=_PROBE_TIMEOUT_S, check=False)
             except (OSError, subprocess.TimeoutExpired) as exc:
                 failures.append(f"{profile}: {exc}")
                 continue

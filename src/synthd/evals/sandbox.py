@@ -289,9 +289,9 @@ def _wait(process: subprocess.Popen, isolation: Isolation, sandbox_pid1: int | N
     outcome = report.read_text(encoding="utf-8", errors="replace") if report.exists() else ""
     result = _result(outcome, nonce, returncode, timed_out, _decode_tail(stdout), _decode_tail(stderr),
                      duration_s, timeout_s, memory_mb, _folder_bytes(work_dir))
-    if isolation == "bubblewrap" and result.status == "failed" and not outcome and returncode == 1:
-        if (last := _last_line(result.stderr)).startswith("bwrap: "):
-            return replace(result, status="error", stderr=f"sandbox setup failed: {last}", isolation=isolation)
+    last = _last_line(result.stderr)
+    if isolation == "bubblewrap" and result.status == "failed" and returncode == 1 and last.startswith("bwrap: "):
+        return replace(result, status="error", stderr=f"sandbox setup failed: {last}", isolation=isolation)
     return replace(result, isolation=isolation)
 
 
