@@ -14,7 +14,8 @@ from synthd.engine.native.engine import NativeEngine
 from synthd.engine.native.loader import load_native_engine
 from synthd.engine.native.output_processor import OutputProcessor
 from synthd.engine.native.sampler import SamplerState
-from synthd.engine.native.scheduler import QueueFull, Scheduler, Sequence
+from synthd.engine.native.kv_manager import KVCacheManager
+from synthd.engine.native.scheduler import QueueFull, Scheduler, Sequence, StepPlan
 from synthd.engine.protocol import GenerationError, Guide, LoRARef, SamplingParams
 from synthd.models.embedded import EMBEDDED_MODEL_ID
 
@@ -32,6 +33,24 @@ def engine(models_dir: Path) -> NativeEngine:
                                 EngineConfig(dtype="float32", max_num_seqs=8))
     yield loaded
     asyncio.run(loaded.shutdown())
+
+
+@pytest.fixture(scope="module")
+def chunked(models_dir: Path) -> NativeEngine:
+    """Prompts computed 16 tokens per step (chunked prefill), no prefix cache."""
+    loaded = load_native_engine(EMBEDDED_MODEL_ID, models_dir / EMBEDDED_MODEL_ID,
+                                EngineConfig(dtype="float32", max_num_seqs=8, max_num_batched_tokens=16,
+                                             enable_prefix_caching=False))
+    yield loaded
+    asyncio.run(loaded.shutdown())
+
+
+def make_lora(models_dir: Path, folder: Path, seed: int) -> LoRARef:
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(models_dir / EMBEDDED_MODEL_ID, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(folder)
+    return LoRARef(f"ft:SmolLM2-135M-Instruct:{folder.name}", folder)
 
 
 def run(coro):
@@ -112,11 +131,7 @@ def test_a_bad_adapter_fails_alone(engine: NativeEngine, tmp_path: Path) -> None
 
 
 def test_adapter_loaded_on_demand_and_retired(engine: NativeEngine, models_dir: Path, tmp_path: Path) -> None:
-    torch.manual_seed(3)
-    base = AutoModelForCausalLM.from_pretrained(models_dir / EMBEDDED_MODEL_ID, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(tmp_path / "lora")
-    lora = LoRARef("ft:SmolLM2-135M-Instruct:t", tmp_path / "lora")
+    lora = make_lora(models_dir, tmp_path / "lora", seed=3)
 
     async def scenario():
         plain, tuned = await asyncio.gather(generate(engine, PROMPTS[0], 12, "base"),
@@ -145,8 +160,82 @@ def test_guided_json_and_logprobs(engine: NativeEngine) -> None:
     assert all(e.logprob == pytest.approx(e.top[0][1]) for e in entries)  # greedy: the chosen token is the top one
 
 
-def sequence(request_id: str, prompt: int, max_tokens: int) -> Sequence:
-    return Sequence(request_id, [1] * prompt, SamplerState(SamplingParams(max_tokens=max_tokens)))
+LONG_CONTEXT = " ".join(f"Fact {i}: the {i}th stone of the old wall is grey." for i in range(30))
+
+
+def test_a_repeated_long_prefix_is_not_recomputed(engine: NativeEngine) -> None:
+    cold = run(generate(engine, LONG_CONTEXT + " Which stone is the 7th?", 12, "cold"))
+    before = engine.stats()
+    warm = run(generate(engine, LONG_CONTEXT + " Which stone is the 7th?", 12, "warm"))
+    other = run(generate(engine, LONG_CONTEXT + " What colour are the stones?", 12, "other"))
+    after = engine.stats()
+    prompts = [len(engine.render_chat([{"role": "user", "content": LONG_CONTEXT + q}]))
+               for q in (" Which stone is the 7th?", " What colour are the stones?")]
+    assert min(prompts) > 300 and warm["text"] == cold["text"]
+    assert after.prefix_cache_hits - before.prefix_cache_hits >= 2 * 300
+    assert after.prefix_cache_queries - before.prefix_cache_queries == sum(prompts)
+    assert other["text"] != warm["text"]
+
+
+def test_chunked_prefill_beside_a_running_stream_equals_solo(engine: NativeEngine, chunked: NativeEngine) -> None:
+    question = LONG_CONTEXT + " Which stone is the 7th?"
+    solo = run(generate(engine, question, 16, "solo-long"))["text"], run(generate(engine, PROMPTS[1], 30, "solo-s"))["text"]
+
+    async def mixed():  # the long prompt (20+ chunks of 16 tokens) arrives while the story streams
+        return await asyncio.gather(generate(chunked, question, 16, "long", delay=0.3),
+                                    generate(chunked, PROMPTS[1], 30, "story"))
+
+    long, story = run(mixed())
+    assert (long["text"], story["text"]) == solo
+
+
+def test_batch_invariant_greedy_output_is_the_same_alone_and_in_mixed_batches(models_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    engine = load_native_engine(EMBEDDED_MODEL_ID, models_dir / EMBEDDED_MODEL_ID,
+                                EngineConfig(dtype="bfloat16", max_num_seqs=8, batch_invariant=True))
+    loras = [None, make_lora(models_dir, tmp_path / "one", seed=1), make_lora(models_dir, tmp_path / "two", seed=2)]
+    prompt = "Write a long story about a dragon who learns to fly."
+
+    async def ids(request_id: str, text: str, lora: LoRARef | None, delay: float = 0.0) -> list[int]:
+        await asyncio.sleep(delay)
+        tokens = []
+        async for output in engine.generate(request_id, engine.render_chat([{"role": "user", "content": text}]),
+                                            SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True), lora=lora):
+            tokens.extend(output.token_ids)
+        return tokens
+
+    async def mixed(round_: int) -> list[list[int]]:
+        neighbours = [ids(f"n{round_}-{i}", PROMPTS[i % 4] * (i + 1), loras[(i + round_) % 3], delay=0.05 * i)
+                      for i in range(5)]
+        results = await asyncio.gather(*(ids(f"p{round_}-{j}", prompt, lora, delay=0.1 * (j + round_))
+                                         for j, lora in enumerate(loras)), *neighbours)
+        return results[:3]
+
+    try:
+        alone = [run(ids(f"alone-{j}", prompt, lora)) for j, lora in enumerate(loras)]
+        assert alone[0] != alone[1] != alone[2]
+        assert run(mixed(0)) == alone and run(mixed(1)) == alone
+    finally:
+        asyncio.run(engine.shutdown())
+
+
+def sequence(request_id: str, prompt: int | list[int], max_tokens: int, lora: str | None = None) -> Sequence:
+    ids = [1] * prompt if isinstance(prompt, int) else prompt
+    return Sequence(request_id, ids, SamplerState(SamplingParams(max_tokens=max_tokens)), lora=lora)
+
+
+def run_step(scheduler: Scheduler, token: int = 7) -> StepPlan:
+    """Plan a step and play the engine's part without a model: sample ``token`` where due, commit."""
+    plan = scheduler.schedule()
+    for chunk in plan.chunks:
+        if chunk.sample:
+            chunk.sequence.sampler.generated.append(token)
+        scheduler.commit(chunk.sequence)
+    return plan
+
+
+def shape(plan: StepPlan) -> list[tuple[str, int, int, bool]]:
+    return [(c.sequence.request_id, c.start, c.num_tokens, c.sample) for c in plan.chunks]
 
 
 def test_scheduler_admits_in_order_under_seq_and_kv_limits() -> None:
@@ -157,10 +246,10 @@ def test_scheduler_admits_in_order_under_seq_and_kv_limits() -> None:
     with pytest.raises(QueueFull):
         scheduler.add(sequence("d", 1, 1))
     plan = scheduler.schedule()
-    assert plan.prefill == (a,) and scheduler.kv_tokens_reserved == 50  # b would exceed the 100-token budget
-    assert scheduler.schedule().prefill == ()                            # b still waits, c waits behind it (FIFO)
+    assert plan.joined == (a,) and scheduler.kv_tokens_reserved == 50  # b would exceed the 100-token budget
+    assert scheduler.schedule().joined == ()                            # b still waits, c waits behind it (FIFO)
     scheduler.finish(a)
-    assert scheduler.schedule().prefill == (b, c)
+    assert scheduler.schedule().joined == (b, c)
     assert scheduler.kv_cache_usage == pytest.approx(0.71)
     b.aborted = True
     plan = scheduler.schedule()
@@ -172,10 +261,75 @@ def test_scheduler_admits_an_oversized_sequence_alone() -> None:
     big, small = sequence("big", 50, 50), sequence("small", 1, 1)
     scheduler.add(big)
     scheduler.add(small)
-    assert scheduler.schedule().prefill == (big,)
-    assert scheduler.schedule().prefill == ()
+    assert scheduler.schedule().joined == (big,)
+    assert scheduler.schedule().joined == ()
     scheduler.finish(big)
-    assert scheduler.schedule().prefill == (small,)
+    assert scheduler.schedule().joined == (small,)
+
+
+def test_scheduler_chunks_prompts_under_the_token_budget_decodes_first() -> None:
+    scheduler = Scheduler(max_num_seqs=4, max_kv_tokens=1000, max_waiting=4, max_num_batched_tokens=8)
+    a, b = sequence("a", 3, 5), sequence("b", 20, 5)
+    scheduler.add(a)
+    scheduler.add(b)
+    assert shape(run_step(scheduler)) == [("a", 0, 3, True), ("b", 0, 5, False)]  # b gets what a leaves
+    assert shape(run_step(scheduler)) == [("a", 3, 1, True), ("b", 5, 7, False)]  # a decodes first
+    assert shape(run_step(scheduler)) == [("a", 4, 1, True), ("b", 12, 7, False)]
+    plan = run_step(scheduler)
+    assert shape(plan) == [("a", 5, 1, True), ("b", 19, 1, True)]  # the last prompt token samples b's first
+    assert plan.chunks[1].token_ids == (1,) and b.completion_tokens == 1
+    assert shape(run_step(scheduler)) == [("a", 6, 1, True), ("b", 20, 1, True)]
+    assert all(run_step(scheduler).num_tokens <= 8 for _ in range(3))
+
+
+def test_scheduler_batch_invariant_never_splits_a_prompt() -> None:
+    scheduler = Scheduler(max_num_seqs=4, max_kv_tokens=1000, max_waiting=4, max_num_batched_tokens=8,
+                          batch_invariant=True)
+    a, b, c = sequence("a", 6, 5), sequence("b", 20, 5), sequence("c", 2, 5)
+    for s in (a, b, c):
+        scheduler.add(s)
+    assert shape(run_step(scheduler)) == [("a", 0, 6, True)]  # b (20 tokens) waits rather than be cut
+    assert shape(run_step(scheduler)) == [("a", 6, 1, True), ("b", 0, 20, True)]  # alone among prompts: whole
+    assert shape(run_step(scheduler)) == [("a", 7, 1, True), ("b", 20, 1, True), ("c", 0, 2, True)]
+
+
+def test_scheduler_reuses_a_cached_prefix() -> None:
+    scheduler = Scheduler(max_num_seqs=4, max_kv_tokens=1000, max_waiting=4, block_size=4)
+    shared = list(range(100, 110))
+    first = sequence("first", shared + [1, 2], 3)
+    scheduler.add(first)
+    run_step(scheduler)
+    second = sequence("second", shared + [3], 3)    # joins while first runs: copied from first's slot
+    scheduler.add(second)
+    plan = run_step(scheduler)
+    assert plan.copies == ((first.slot, second.slot, 8),) and second.num_cached_tokens == 8
+    assert shape(plan) == [("first", 12, 1, True), ("second", 8, 3, True)]
+    scheduler.finish(first)
+    scheduler.finish(second)
+    again = sequence("again", shared + [1, 2, 9], 3)   # takes over first's free slot: no copy at all
+    other = sequence("lora", shared + [1, 2, 9], 3, lora="ft:x")  # another adapter: other keys and values
+    scheduler.add(again)
+    scheduler.add(other)
+    plan = run_step(scheduler)
+    assert plan.copies == () and again.slot == first.slot and again.num_cached_tokens == 12
+    assert other.num_cached_tokens == 0 and shape(plan)[0] == ("again", 12, 1, True)
+    assert (scheduler.prefix_cache_queries, scheduler.prefix_cache_hits) == (12 + 11 + 13 + 13, 8 + 12)
+
+
+def test_prefix_lookup_keeps_the_last_token_and_evicts_least_recently_released() -> None:
+    kv = KVCacheManager(max_slots=2, block_size=4)
+    prompt = list(range(8))
+    a = kv.allocate(prompt)
+    kv.commit(a.slot, prompt)
+    kv.free(a.slot)
+    assert kv.lookup(prompt) == (4, [a.slot])          # 8 tokens cached, but the last one must run
+    assert kv.lookup(prompt + [99]) == (8, [a.slot])
+    b = kv.allocate([50] * 9)
+    kv.commit(b.slot, [50] * 9)
+    kv.free(b.slot)
+    c = kv.allocate([60] * 9)                          # both slots free and full: the older one (a) goes
+    assert c.slot == a.slot and c.cached_tokens == 0
+    assert kv.lookup(prompt + [99]) == (0, []) and kv.lookup([50] * 9) == (8, [b.slot])
 
 
 def test_output_processor_holds_back_partial_stops(engine: NativeEngine) -> None:

@@ -24,6 +24,13 @@ def serve(
     dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float32")] = None,
     gpu_memory_utilization: Annotated[float | None, typer.Option(
         help="vLLM engine: share of each GPU's memory it may use.", min=0.05, max=1.0)] = None,
+    max_num_batched_tokens: Annotated[int | None, typer.Option(
+        help="Tokens computed per engine step, prompt chunks and decode tokens together.", min=1)] = None,
+    enable_prefix_caching: Annotated[bool, typer.Option(
+        help="Reuse the keys and values of cached prompt prefixes.")] = True,
+    batch_invariant: Annotated[bool, typer.Option(
+        envvar="SYNTHD_BATCH_INVARIANT",
+        help="Greedy outputs do not depend on which requests share the batch (costs throughput).")] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve models over the OpenAI API.
@@ -51,6 +58,8 @@ def serve(
         fail(exc.message)
     log.info("engine: %s (%s)", kind, reason)
     overrides = {k: v for k, v in {"max_num_seqs": max_num_seqs, "max_model_len": max_model_len, "dtype": dtype,
-                                   "gpu_memory_utilization": gpu_memory_utilization}.items() if v is not None}
+                                   "gpu_memory_utilization": gpu_memory_utilization,
+                                   "max_num_batched_tokens": max_num_batched_tokens}.items() if v is not None}
+    overrides |= {"enable_prefix_caching": enable_prefix_caching, "batch_invariant": batch_invariant}
     application = build_app(served, api_key or settings.api_key, kind, **overrides)
     uvicorn.run(application, host=host, port=port, log_level=log_level)

@@ -1,5 +1,6 @@
 """Engine settings shared by both engines, and the dtype rule."""
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +24,14 @@ class EngineConfig:
         kv_cache_tokens: the native engine's KV budget in tokens (None: sized from memory).
         max_waiting: most sequences waiting in the native engine before requests are refused (429).
         gpu_memory_utilization: share of each GPU's memory vLLM may use (``--gpu-memory-utilization``).
+        max_num_batched_tokens: tokens computed per engine step, prompt chunks and decode tokens
+            together (vLLM's ``--max-num-batched-tokens``; None: the engine's default).
+        enable_prefix_caching: reuse the keys and values of cached prompt prefixes
+            (``--enable-prefix-caching``).
+        batch_invariant: a request's greedy output does not depend on what runs beside it (vLLM's
+            batch-invariant mode; costs throughput).
+        cpu_threads: torch's intra-op threads for a native engine on the CPU (None: every core this
+            process may use but one, which is left to the API server; vLLM-CPU reserves one the same way).
     """
 
     kind: EngineKind = "native"
@@ -34,6 +43,19 @@ class EngineConfig:
     kv_cache_tokens: int | None = None
     max_waiting: int = 1024
     gpu_memory_utilization: float = 0.9
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = True
+    batch_invariant: bool = False
+    cpu_threads: int | None = None
+
+
+def default_cpu_threads() -> int:
+    """Every core this process may use but one (at least one): the engine's matrix work gets those,
+    the API server (HTTP, detokenization) the last. On a 2-core machine that is one thread, as
+    vLLM-CPU's ``VLLM_CPU_OMP_THREADS_BIND=auto`` chooses; two threads there also measured up to 10×
+    slower per GEMM whenever other processes kept the cores busy (each OpenMP barrier waits for the
+    descheduled thread)."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def pick_dtype(requested: str, device_type: str) -> str:

@@ -1,14 +1,22 @@
 """synthd's own engine behind the ``Engine`` protocol: continuous batching in one engine thread.
 
-The engine thread loops: take the scheduler's ``StepPlan``, load any adapter a joining sequence
-needs, prefill the joiners, decode the batch one token, sample every row, and hand each request its
-new token ids. Requests live on the asyncio side: ``generate`` turns token ids into text with an
-``OutputProcessor`` (DecodeStream, stop strings) and tells the engine to stop a sequence whose stop
-string appeared. A request that fails alone (its adapter cannot load, its guide breaks) ends with a
+The engine thread loops: take the scheduler's ``StepPlan`` (decode tokens and prompt chunks under a
+per-step token budget), load any adapter a joining sequence needs, run the step as one forward pass,
+sample the sequences whose next token is due, and hand each request its new token ids. Requests
+live on the asyncio side: ``generate`` turns token ids into text with an ``OutputProcessor``
+(DecodeStream, stop strings) and tells the engine to stop a sequence whose stop string appeared. A
+request that fails alone (its adapter cannot load, its guide breaks) ends with a
 ``GenerationError``; the batch goes on. Only a failed forward pass fails every sequence in it.
 
 LoRA residency is the engine's: adapters load on demand when a sequence that needs one joins, up to
 ``max_loras`` resident; beyond it the least recently used adapter that no sequence uses is unloaded.
+
+Batch-invariant mode (``batch_invariant``, as vLLM's ``VLLM_BATCH_INVARIANT`` and SGLang's
+deterministic inference): a sequence's greedy output does not depend on what runs beside it. Linear
+layers already compute each row alone (their GEMMs reduce over the hidden size only; the engine
+checks at start that row results do not depend on the number of rows for the model's dtype, and
+otherwise runs every sequence in a forward pass of its own); attention runs per sequence over
+exactly its own length, prompts are never split across steps and the prefix cache is off.
 """
 
 import asyncio
@@ -25,10 +33,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from synthd.engine.guided import GuidedDecoding
-from synthd.engine.native.model_runner import ModelRunner
+from synthd.engine.native.model_runner import ModelRunner, rows_are_batch_invariant
 from synthd.engine.native.output_processor import OutputProcessor
 from synthd.engine.native.sampler import Sample, SamplerState, sample_batch
-from synthd.engine.native.scheduler import Scheduler, Sequence
+from synthd.engine.native.scheduler import DEFAULT_MAX_NUM_BATCHED_TOKENS, ScheduledChunk, Scheduler, Sequence
 from synthd.engine.protocol import (
     EngineStats,
     GenerationError,
@@ -70,20 +78,31 @@ class NativeEngine:
         eos_token_ids: ids that end a sequence (unless ``ignore_eos``).
         max_num_seqs: most sequences per batch. max_kv_tokens: KV budget in tokens (see
         ``Scheduler``). max_waiting: most waiting sequences. max_loras: resident adapters.
+        max_num_batched_tokens: tokens per step (prompt chunks and decode tokens together).
+        enable_prefix_caching: reuse the keys and values of cached prompt prefixes.
+        batch_invariant: see the module docstring.
     """
 
     def __init__(self, model_id: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, dtype: str,
                  max_model_len: int, eos_token_ids: set[int], max_num_seqs: int = 64, max_kv_tokens: int = 262144,
-                 max_waiting: int = 1024, max_loras: int = 8) -> None:
+                 max_waiting: int = 1024, max_loras: int = 8,
+                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, enable_prefix_caching: bool = True,
+                 batch_invariant: bool = False) -> None:
         self.model_id = model_id
         self.tokenizer = tokenizer
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.max_loras = max_loras
+        self.batch_invariant = batch_invariant
         self._eos = frozenset(eos_token_ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_token_ids)
-        self._runner = ModelRunner(model, pad)
-        self._scheduler = Scheduler(max_num_seqs, max_kv_tokens, max_waiting)
+        self._runner = ModelRunner(model, pad, batch_invariant=batch_invariant)
+        self._one_sequence_per_pass = batch_invariant and not rows_are_batch_invariant(model)
+        if self._one_sequence_per_pass:
+            log.info("batch-invariant mode: %s GEMMs depend on the batch size here; one forward pass per sequence",
+                     dtype)
+        self._scheduler = Scheduler(max_num_seqs, max_kv_tokens, max_waiting, max_num_batched_tokens,
+                                    enable_prefix_caching=enable_prefix_caching, batch_invariant=batch_invariant)
         self._guided = GuidedDecoding(tokenizer)
         self._requests: dict[str, _Request] = {}
         self._loras: OrderedDict[str, LoRARef] = OrderedDict()
@@ -228,6 +247,8 @@ class NativeEngine:
             return
         ref = lora or self._loras[name]
         self._runner.load_adapter(name, ref.path)
+        if self.batch_invariant and not self._one_sequence_per_pass:
+            self._one_sequence_per_pass = not rows_are_batch_invariant(self._runner.model)
         self._loras[name] = ref
         self._loras.move_to_end(name)
         in_use = self._loras_in_use()
@@ -259,7 +280,9 @@ class NativeEngine:
         """See ``Engine.stats``."""
         with self._cond:
             return EngineStats(running=len(self._scheduler.running), waiting=len(self._scheduler.waiting),
-                               kv_cache_usage=self._scheduler.kv_cache_usage)
+                               kv_cache_usage=self._scheduler.kv_cache_usage,
+                               prefix_cache_queries=self._scheduler.prefix_cache_queries,
+                               prefix_cache_hits=self._scheduler.prefix_cache_hits)
 
     async def shutdown(self) -> None:
         """See ``Engine.shutdown``."""
@@ -280,13 +303,13 @@ class NativeEngine:
                 commands = list(self._commands)
                 self._commands.clear()
                 plan = self._scheduler.schedule()
+                slots = self._scheduler.kv.num_slots
             for command in commands:
                 command()
             outputs: dict[str, _Step] = {s.request_id: _Step(finish_reason="abort") for s in plan.aborted}
             try:
-                self._runner.remove(set(plan.aborted))
                 with torch.inference_mode():
-                    self._step(list(plan.prefill), outputs)
+                    self._step(list(plan.chunks), plan.joined, plan.copies, slots, outputs)
             except Exception as exc:  # a failed forward pass fails its batch, never the thread
                 log.exception("engine step failed")
                 with self._cond:
@@ -294,6 +317,8 @@ class NativeEngine:
                 for sequence in batch:
                     outputs[sequence.request_id] = _Step(error=f"{type(exc).__name__}: {exc}")
                     self._leave(sequence)
+                with self._cond:
+                    self._scheduler.reset_cache()
                 self._runner.reset()
             for name in [n for n in self._retiring if n not in self._loras_in_use()]:
                 self._drop_lora(name)
@@ -302,10 +327,11 @@ class NativeEngine:
             remaining = self._scheduler.drain()
         self._deliver({s.request_id: _Step(finish_reason="abort") for s in remaining})
 
-    def _step(self, joining: list[Sequence], outputs: dict[str, _Step]) -> None:
+    def _step(self, chunks: list[ScheduledChunk], joined: tuple[Sequence, ...], copies: tuple[tuple[int, int, int], ...],
+              slots: int, outputs: dict[str, _Step]) -> None:
         now = time.perf_counter()
-        prefill = []
-        for sequence in joining:
+        failed: set[Sequence] = set()
+        for sequence in joined:
             sequence.scheduled_s = now
             try:
                 if sequence.lora is not None:
@@ -314,36 +340,28 @@ class NativeEngine:
                 log.warning("adapter %s failed to load: %s", sequence.lora, exc)
                 outputs[sequence.request_id] = _Step(error=f"adapter '{sequence.lora}' failed to load: {exc}",
                                                      scheduled_s=now)
+                failed.add(sequence)
                 self._leave(sequence)
-                continue
-            prefill.append(sequence)
-        leaving: set[Sequence] = set()
-        if prefill:
-            samples = sample_batch(self._runner.prefill(prefill), [s.sampler for s in prefill])
-            self._runner.advance(self._accept(prefill, samples, outputs, leaving), len(self._runner.rows) - len(prefill))
-            self._deliver(outputs)  # first tokens go out now, not after the decode step (TTFT)
-            outputs.clear()
-        rows = [s for s in self._runner.rows if s not in leaving]
-        if rows:
-            self._runner.remove(leaving)
-            leaving = set()
-            samples = sample_batch(self._runner.decode(), [s.sampler for s in rows])
-            self._runner.advance(self._accept(rows, samples, outputs, leaving))
-        self._runner.remove(leaving)
+        chunks = [c for c in chunks if c.sequence not in failed]
+        if not chunks:
+            return
+        passes = [[c] for c in chunks] if self._one_sequence_per_pass else [chunks]
+        for group in passes:
+            sampled, logits = self._runner.execute(group, copies, slots)
+            copies = ()
+            self._accept(sampled, sample_batch(logits, [c.sequence.sampler for c in sampled]), outputs)
+        with self._cond:
+            for chunk in chunks:
+                self._scheduler.commit(chunk.sequence)
 
-    def _accept(self, rows: list[Sequence], samples: list[Sample], outputs: dict[str, _Step],
-                leaving: set[Sequence]) -> list[int]:
-        """Record each row's sample; decide which sequences end; return the tokens to feed next."""
-        tokens = []
-        for sequence, sample in zip(rows, samples):
-            previous = outputs.get(sequence.request_id)
+    def _accept(self, chunks: list[ScheduledChunk], samples: list[Sample], outputs: dict[str, _Step]) -> None:
+        """Record each sampled sequence's token and decide which sequences end."""
+        for chunk, sample in zip(chunks, samples):
+            sequence = chunk.sequence
             if sample.token is None:
                 outputs[sequence.request_id] = _Step(error=sample.error, scheduled_s=sequence.scheduled_s)
-                tokens.append(self._runner.pad_token_id)
-                leaving.add(sequence)
                 self._leave(sequence)
                 continue
-            tokens.append(sample.token)
             params = sequence.sampler.params
             finish = None
             if sample.token in self._eos and not params.ignore_eos:
@@ -352,13 +370,9 @@ class NativeEngine:
                 finish = "length"
             elif len(sequence.prompt_ids) + sequence.completion_tokens >= self.max_model_len:
                 finish = "length"
-            merged = (previous.token_ids if previous else ()) + (sample.token,)
-            merged_samples = (previous.samples if previous else ()) + (sample,)
-            outputs[sequence.request_id] = _Step(merged, merged_samples, finish, scheduled_s=sequence.scheduled_s)
+            outputs[sequence.request_id] = _Step((sample.token,), (sample,), finish, scheduled_s=sequence.scheduled_s)
             if finish is not None:
-                leaving.add(sequence)
                 self._leave(sequence)
-        return tokens
 
     def _leave(self, sequence: Sequence) -> None:
         with self._cond:

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from synthd.engine.config import EngineConfig, pick_dtype
+from synthd.engine.config import EngineConfig, default_cpu_threads, pick_dtype
 from synthd.engine.native.engine import NativeEngine
 from synthd.gpus.memory import DTYPE_BYTES, ModelShape
 
@@ -30,6 +30,8 @@ def load_native_engine(model_id: str, path: Path, config: EngineConfig, gpu_indi
     indices = gpu_indices or []
     device = torch.device(f"cuda:{indices[0]}") if indices else torch.device("cpu")
     dtype = pick_dtype(config.dtype, device.type)
+    if device.type == "cpu":
+        torch.set_num_threads(config.cpu_threads or default_cpu_threads())
     tokenizer = AutoTokenizer.from_pretrained(path)
     if len(indices) > 1:
         max_memory = {i: torch.cuda.get_device_properties(i).total_memory for i in indices}
@@ -41,11 +43,15 @@ def load_native_engine(model_id: str, path: Path, config: EngineConfig, gpu_indi
     max_model_len = min(context, config.max_model_len or context)
     kv_tokens = config.kv_cache_tokens or _kv_budget_tokens(model, dtype, memory_bytes, max_model_len,
                                                             config.max_num_seqs)
-    log.info("loaded %s from %s (%s on %s, KV budget %d tokens)", model_id, path, dtype, device, kv_tokens)
+    log.info("loaded %s from %s (%s on %s, %d threads, KV budget %d tokens)", model_id, path, dtype, device,
+             torch.get_num_threads(), kv_tokens)
     return NativeEngine(model_id, model, tokenizer, dtype=dtype, max_model_len=max_model_len,
                         eos_token_ids=eos_token_ids(model.generation_config, tokenizer),
                         max_num_seqs=config.max_num_seqs, max_kv_tokens=kv_tokens, max_waiting=config.max_waiting,
-                        max_loras=config.max_loras)
+                        max_loras=config.max_loras, enable_prefix_caching=config.enable_prefix_caching,
+                        batch_invariant=config.batch_invariant,
+                        **({"max_num_batched_tokens": config.max_num_batched_tokens}
+                           if config.max_num_batched_tokens else {}))
 
 
 def _kv_budget_tokens(model, dtype: str, memory_bytes: float | None, max_model_len: int, max_num_seqs: int) -> int:

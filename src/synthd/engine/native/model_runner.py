@@ -1,24 +1,26 @@
-"""Forward passes for the running batch of a Hugging Face causal LM: inputs, masks, KV cache, LoRA.
+"""One forward pass per engine step for a Hugging Face causal LM: inputs, KV cache, LoRA, logits.
 
-The batch's cache is made of ``GrowableLayer``s (see ``kv_cache``) of shape
-``[batch, kv_heads, time, head_dim]``; rows are left-padded and masked with a 2-D attention mask
-``[batch, time]``; position ids are each row's own count of real tokens. Joining sequences are
-prefilled together (left-padded) and their cache rows stacked under the running ones; finished rows
-are dropped at once (Yu et al. 2022, "Orca", iteration-level scheduling).
+A step is the scheduler's list of chunks (one decode token, or part or all of a prompt, per
+sequence). The runner flattens them into one batch of single-token rows (see ``attention``): decode
+rows first in slot order, then each prompt chunk; positions are each token's own position in its
+sequence, so nothing is padded and a sequence joining the batch copies nothing (Yu et al. 2022,
+"Orca", iteration-level scheduling; chunked prefill as in vLLM v1). Keys and values live in a
+``SlotCache`` row per sequence. The LM head runs only on the rows whose next token is wanted (a
+forward pre-hook selects them), not on every prompt token.
 
 LoRA adapters are PEFT adapters on the shared base; a batch mixes them through PEFT's mixed-batch
 forward (``adapter_names``, one per row, ``__base__`` for the plain base).
 """
 
+import functools
 import hashlib
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
-from transformers.cache_utils import Cache
 
-from synthd.engine.native.kv_cache import GrowableLayer, new_cache, stack_caches
-from synthd.engine.native.scheduler import Sequence
+from synthd.engine.native.attention import ATTENTION_NAME, PrefillSpan, SlotCache, StepAttention
+from synthd.engine.native.scheduler import ScheduledChunk
 
 BASE_ADAPTER = "__base__"
 
@@ -28,79 +30,132 @@ def peft_adapter_name(lora_name: str) -> str:
     return "ft_" + hashlib.sha1(lora_name.encode()).hexdigest()[:16]
 
 
-class ModelRunner:
-    """Owns the model and the running batch's KV cache; used only from the engine thread.
+def rows_are_batch_invariant(model: torch.nn.Module) -> bool:
+    """True when every linear layer of ``model`` (LoRA adapters' included) gives each row the same
+    bits whatever the number of rows, i.e. its GEMM kernel's reduction order does not depend on the
+    batch. Checked per (shape, dtype, device) on random data (see ``_gemm_rows_invariant``)."""
+    shapes = {(m.in_features, m.out_features, m.weight.dtype, m.weight.device)
+              for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    return all(_gemm_rows_invariant(*shape) for shape in shapes)
 
-    ``rows`` are the running sequences in cache-row order; each has a pending last token (set by
-    ``advance``) that the next ``decode`` feeds.
+
+@functools.cache
+def _gemm_rows_invariant(in_features: int, out_features: int, dtype: torch.dtype, device: torch.device,
+                         sizes: tuple[int, ...] = (1, 2, 3, 5, 8, 17, 64)) -> bool:
+    """On this project's CPU bf16 (oneDNN) passes and float32 (MKL) does not: its kernels for 1-3
+    rows sum in another order than for more."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn((out_features, in_features), generator=generator).to(dtype=dtype, device=device)
+    rows = torch.randn((max(sizes), in_features), generator=generator).to(dtype=dtype, device=device)
+    with torch.inference_mode():
+        reference = torch.nn.functional.linear(rows, weight)
+        return all(torch.equal(torch.nn.functional.linear(rows[:n], weight), reference[:n]) for n in sizes)
+
+
+class ModelRunner:
+    """Owns the model and the KV cache; used only from the engine thread.
+
+    Args:
+        model: a causal LM in eval mode whose attention layers take a registered attention function
+            (Llama, Qwen2, Mistral and most decoder-only models in transformers).
+        pad_token_id: kept for callers that need a harmless token id.
+        batch_invariant: decode attention per sequence (see ``attention``).
     """
 
-    def __init__(self, model: PreTrainedModel, pad_token_id: int) -> None:
+    def __init__(self, model: PreTrainedModel, pad_token_id: int, batch_invariant: bool = False) -> None:
+        model.set_attn_implementation(ATTENTION_NAME)
         self.model = model
         self.pad_token_id = pad_token_id
+        self.batch_invariant = batch_invariant
         self.device = next(model.parameters()).device
-        self.rows: list[Sequence] = []
-        self._last: list[int] = []
-        self._cache: Cache | None = None
-        self._mask: torch.Tensor | None = None
+        config = model.config
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        self.cache = SlotCache(config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads,
+                               head_dim, model.dtype, self.device)
         self.adapters: set[str] = set()
+        self._logit_rows: torch.Tensor | None = None
+        model.get_output_embeddings().register_forward_pre_hook(self._select_logit_rows)
 
-    def prefill(self, group: list[Sequence]) -> torch.Tensor:
-        """Run ``group``'s prompts, add them to the batch, return their next-token logits
-        (``[len(group), vocab]``, float32, CPU). Call ``advance`` with their tokens next."""
-        width = max(len(s.prompt_ids) for s in group)
-        ids = torch.full((len(group), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, sequence in enumerate(group):
-            ids[row, width - len(sequence.prompt_ids):] = torch.tensor(sequence.prompt_ids)
-            mask[row, width - len(sequence.prompt_ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = new_cache(self.model.config.num_hidden_layers)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1,
-                         **self._adapter_kwargs(group))
-        self._merge(group, cache, mask.to(self.device))
-        return out.logits[:, -1].float().cpu()
+    def execute(self, chunks: list[ScheduledChunk], copies: tuple[tuple[int, int, int], ...] = (),
+                slots: int = 0) -> tuple[list[ScheduledChunk], torch.Tensor]:
+        """Run one step: make the prefix-cache ``copies`` ``(from, to, tokens)``, compute ``chunks``
+        (``slots``: cache rows the scheduler has handed out), return the chunks that sample and their
+        next-token logits (``[len(those), vocab]``, the model's dtype, on its device)."""
+        decode = sorted((c for c in chunks if c.num_tokens == 1), key=lambda c: c.sequence.slot)
+        longer = [c for c in chunks if c.num_tokens > 1]
+        order = decode + longer
+        self.cache.ensure(max(slots, max(c.sequence.slot for c in order) + 1),
+                          max(c.start + c.num_tokens for c in order))
+        for source, target, tokens in copies:
+            self.cache.copy(source, target, tokens)
+        ids: list[int] = []
+        positions: list[int] = []
+        write_slots: list[int] = []
+        sampled: list[ScheduledChunk] = []
+        logit_rows: list[int] = []
+        prefills: list[PrefillSpan] = []
+        for chunk in order:
+            first = len(ids)
+            n = chunk.num_tokens
+            ids.extend(chunk.token_ids)
+            positions.extend(range(chunk.start, chunk.start + n))
+            write_slots.extend([chunk.sequence.slot] * n)
+            if chunk.sample:
+                sampled.append(chunk)
+                logit_rows.append(first + n - 1)
+            if n > 1:
+                end = chunk.start + n
+                mask = None
+                if chunk.start:
+                    mask = (torch.arange(end, device=self.device)[None, :]
+                            <= torch.arange(chunk.start, end, device=self.device)[:, None])
+                prefills.append(PrefillSpan(first, n, chunk.sequence.slot, end, mask))
+        step = self._attention(decode, write_slots, positions, prefills)
+        self._logit_rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
+        try:
+            out = self.model(input_ids=torch.tensor(ids, device=self.device)[:, None],
+                             position_ids=step.write_positions[:, None], use_cache=False, synthd_step=step,
+                             **self._adapter_kwargs(order))
+        finally:
+            self._logit_rows = None
+        return sampled, out.logits[:, -1]
 
-    def decode(self) -> torch.Tensor:
-        """One decode step for every row; their next-token logits (``[rows, vocab]``, float32, CPU)."""
-        assert self._mask is not None and self._cache is not None
-        batch = len(self.rows)
-        self._mask = torch.cat([self._mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], dim=1)
-        positions = self._mask.sum(dim=1, keepdim=True) - 1
-        out = self.model(input_ids=torch.tensor(self._last, device=self.device)[:, None], attention_mask=self._mask,
-                         position_ids=positions, cache=self._cache, use_cache=True,
-                         **self._adapter_kwargs(self.rows))
-        return out.logits[:, -1].float().cpu()
+    def _attention(self, decode: list[ScheduledChunk], write_slots: list[int], positions: list[int],
+                   prefills: list[PrefillSpan]) -> StepAttention:
+        slots = [c.sequence.slot for c in decode]
+        lengths = tuple(c.start + 1 for c in decode)
+        span = (slots[-1] + 1) if slots else 0
+        mask = None
+        if decode and not self.batch_invariant:
+            per_row = [1] * span
+            for slot, length in zip(slots, lengths):
+                per_row[slot] = length
+            mask = (torch.arange(max(lengths), device=self.device)[None, :]
+                    < torch.tensor(per_row, device=self.device)[:, None])[:, None, None, :]
+        return StepAttention(
+            cache=self.cache,
+            write_slots=torch.tensor(write_slots, device=self.device),
+            write_positions=torch.tensor(positions, device=self.device),
+            num_decode=len(decode),
+            decode_slots=torch.tensor(slots, dtype=torch.long, device=self.device),
+            decode_lengths=lengths,
+            decode_span=span,
+            decode_mask=mask,
+            decode_dense=slots == list(range(len(slots))),
+            prefills=tuple(prefills),
+            per_sequence=self.batch_invariant,
+        )
 
-    def advance(self, tokens: list[int], start: int = 0) -> None:
-        """Set the pending tokens of rows ``start …`` (the last ``len(tokens)`` rows after a prefill)."""
-        self._last[start:start + len(tokens)] = tokens
-
-    def remove(self, leaving: set[Sequence]) -> None:
-        """Drop the rows of ``leaving`` from the batch (and the cache columns no row needs any more)."""
-        keep = [row for row, s in enumerate(self.rows) if s not in leaving]
-        if len(keep) == len(self.rows):
-            return
-        if not keep:
-            self.reset()
-            return
-        assert self._cache is not None and self._mask is not None
-        index = torch.tensor(keep, device=self.device)
-        self.rows = [self.rows[i] for i in keep]
-        self._last = [self._last[i] for i in keep]
-        self._mask = self._mask[index]
-        unused = int((self._mask.sum(dim=0) == 0).long().cumprod(dim=0).sum())
-        self._mask = self._mask[:, unused:]
-        for layer in self._cache.layers:
-            assert isinstance(layer, GrowableLayer)
-            layer.select_rows(index)
-            if unused:
-                layer.drop_left(unused)
+    def _select_logit_rows(self, module: torch.nn.Module, args: tuple) -> tuple | None:
+        """LM-head pre-hook: keep only the rows whose logits are wanted."""
+        if self._logit_rows is None:
+            return None
+        return (args[0][self._logit_rows], *args[1:])
 
     def reset(self) -> None:
-        """Forget the whole batch."""
-        self.rows, self._last, self._cache, self._mask = [], [], None, None
+        """Forget every cached key and value (after a failed step)."""
+        self.cache = SlotCache(len(self.cache.keys), *self.cache.shape, self.cache.dtype, self.cache.device)
 
     # --- LoRA ------------------------------------------------------------------------------------
     def load_adapter(self, lora_name: str, path: Path) -> None:
@@ -116,7 +171,16 @@ class ModelRunner:
             self.model.load_adapter(str(path), adapter_name=name)
         else:
             self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+        if self.batch_invariant:  # PEFT upcasts bf16 adapters to float32, whose small-batch GEMMs differ
+            self._cast_adapter(name, self.cache.dtype)
         self.adapters.add(lora_name)
+
+    def _cast_adapter(self, name: str, dtype: torch.dtype) -> None:
+        for module in self.model.modules():
+            for attribute in ("lora_A", "lora_B"):
+                layers = getattr(module, attribute, None)
+                if isinstance(layers, torch.nn.ModuleDict) and name in layers:
+                    layers[name].to(dtype)
 
     def delete_adapter(self, lora_name: str) -> None:
         """Unload an adapter (no running row may use it)."""
@@ -126,24 +190,11 @@ class ModelRunner:
         else:  # PEFT keeps at least one adapter: drop the wrapper and go back to the bare base
             self.model = self.model.unload()
 
-    def _adapter_kwargs(self, rows: list[Sequence]) -> dict:
+    def _adapter_kwargs(self, chunks: list[ScheduledChunk]) -> dict:
         if not self.adapters:
             return {}
-        return {"adapter_names": [peft_adapter_name(s.lora) if s.lora else BASE_ADAPTER for s in rows]}
-
-    def _merge(self, group: list[Sequence], cache: Cache, mask: torch.Tensor) -> None:
-        if not self.rows:
-            self.rows, self._last, self._cache, self._mask = list(group), [self.pad_token_id] * len(group), cache, mask
-            return
-        assert self._cache is not None and self._mask is not None
-        width = max(self._mask.shape[1], mask.shape[1])
-        self._cache = stack_caches(self._cache, cache)
-        self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)])
-        self.rows += group
-        self._last += [self.pad_token_id] * len(group)
-
-
-def _left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
-    """Zero-pad a ``[batch, time]`` attention mask on the left to ``width`` columns."""
-    missing = width - mask.shape[1]
-    return mask if missing == 0 else torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)
+        names = []
+        for chunk in chunks:
+            lora = chunk.sequence.lora
+            names.extend([peft_adapter_name(lora) if lora else BASE_ADAPTER] * chunk.num_tokens)
+        return {"adapter_names": names}

@@ -94,29 +94,29 @@ def _draw(logits: torch.Tensor, state: SamplerState) -> int:
 
 
 def sample_batch(logits: torch.Tensor, states: list[SamplerState]) -> list[Sample]:
-    """The next token of every row of ``logits`` (``[batch, vocab]``, float32, CPU).
+    """The next token of every row of ``logits`` (``[batch, vocab]``, any float dtype, any device).
 
-    Plain greedy rows are decided by one vectorised argmax; the others row by row. A row whose
-    guide fails gets a ``Sample`` with ``error`` set; the other rows are unaffected. Guides are told
-    the token chosen; each state's ``generated`` is extended.
+    Plain greedy rows are decided by one argmax over the whole batch where the logits are; only the
+    other rows (and rows that want log-probabilities) are copied out as float32, one by one. A row
+    whose guide fails gets a ``Sample`` with ``error`` set; the other rows are unaffected. Guides are
+    told the token chosen; each state's ``generated`` is extended.
     """
     choices = torch.argmax(logits, dim=-1).tolist()
-    want_logprobs = any(s.params.logprobs is not None for s in states)
-    log_probs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
     samples: list[Sample] = []
     for row, state in enumerate(states):
+        row_logits = None if state.plain_greedy and state.params.logprobs is None else logits[row].float().cpu()
         try:
-            token = choices[row] if state.plain_greedy else _draw(_processed(logits[row], state), state)
+            token = choices[row] if state.plain_greedy else _draw(_processed(row_logits, state), state)
             if state.guide is not None:
                 state.guide.accept(token)
         except Exception as exc:  # one row's guide or parameters must not fail its neighbours
             samples.append(Sample(None, error=f"{type(exc).__name__}: {exc}"))
             continue
         state.generated.append(token)
-        if log_probs is None or state.params.logprobs is None:
+        if row_logits is None or state.params.logprobs is None:
             samples.append(Sample(token))
             continue
-        row_lp = log_probs[row]
+        row_lp = torch.log_softmax(row_logits, dim=-1)
         top: tuple[tuple[int, float], ...] = ()
         if state.params.logprobs > 0:
             values, ids = torch.topk(row_lp, state.params.logprobs)
