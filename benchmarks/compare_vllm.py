@@ -152,6 +152,14 @@ def markdown(rows: list[tuple[LevelResult, dict[str, tuple[float, float]]]], rou
     return "\n".join(lines) + "\n"
 
 
+def write_runs(path: Path, runs: dict[tuple[str, int], list[LevelResult]], start_load: str) -> None:
+    """Every run so far, keyed ``server|plan index`` (rewritten after each round)."""
+    path.write_text(json.dumps(
+        {"load_average": [start_load, load_average()],
+         "runs": {f"{name}|{index}": [r.to_dict() for r in results] for (name, index), results in runs.items()}},
+        indent=2))
+
+
 def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -200,12 +208,15 @@ def main() -> None:
                     result = run_bench(replace(config, base_url=urls[server.name]), levels, [None], label=server.name,
                                        request_rates=rates, progress=console)[0]
                     runs.setdefault((server.name, index), []).append(result)
+                    console.print(f"  {server.name} {load_label(result)} {result.dataset}: "
+                                  f"{result.output_tokens_per_s:.1f} tok/s, TTFT p50 {result.ttft_s.p50 * 1000:.0f} ms, "
+                                  f"TPOT p99 {result.tpot_s.p99 * 1000:.1f} ms, failed {result.failed}"
+                                  + (f", TTFT cold/warm {result.ttft_cold_s.p50 * 1000:.0f}/"
+                                     f"{result.ttft_warm_s.p50 * 1000:.0f} ms" if result.ttft_warm_s else ""))
+            write_runs(args.out / "compare.json", runs, start_load)
     rows = [median_results(runs[(server.name, index)]) for index in range(len(plans)) for server in chosen]
     console.print(results_table([r for r, _ in rows], "synthd vs vLLM-CPU (medians)"))
-    (args.out / "compare.json").write_text(json.dumps(
-        {"load_average": [start_load, load_average()],
-         "runs": {f"{name}|{index}": [r.to_dict() for r in results] for (name, index), results in runs.items()}},
-        indent=2))
+    write_runs(args.out / "compare.json", runs, start_load)
     table = markdown(rows, args.rounds, (start_load, load_average()))
     (args.out / "compare.md").write_text(table)
     console.print(table)

