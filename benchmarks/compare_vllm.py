@@ -132,7 +132,7 @@ def markdown(rows: list[tuple[LevelResult, dict[str, tuple[float, float]]]], rou
         prefix = (f"{r.ttft_cold_s.p50 * 1000:.0f} / {r.ttft_warm_s.p50 * 1000:.0f}"
                   if r.ttft_warm_s is not None else "")
         good = f"{100 * r.goodput_share:.0f}" if r.goodput_share is not None else ""
-        lines.append(f"| {r.label} | {load_label(r)} {r.dataset if r.dataset != 'chat' else ''} | "
+        lines.append(f"| {r.label} | {load_label(r)}{' ' + r.dataset if r.dataset != 'chat' else ''} | "
                      f"{r.output_tokens_per_s:.1f} ({spread['output_tokens_per_s'][0]:.0f}–"
                      f"{spread['output_tokens_per_s'][1]:.0f}) | {r.ttft_s.p50 * 1000:.0f} ({ms('ttft_p50')}) | "
                      f"{r.tpot_s.p99 * 1000:.1f} ({ms('tpot_p99')}) | {r.itl_s.p99 * 1000:.0f} | {good} | {prefix} |")
