@@ -6,7 +6,7 @@ SYNTHD := $(VENV)/bin/synthd
 STAMP  := $(VENV)/.synthd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup model demo test bench bench-vllm clean
+.PHONY: setup browser model demo test bench bench-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Debian's Chromium for the console's browser tests (Playwright cannot download browsers here);
+# without it tests/test_console.py is skipped, so a failed install does not stop the set-up.
+browser:
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y chromium || \
+		(apt-get update && apt-get install -y chromium) || \
+		echo "chromium not installed: the console browser tests will be skipped"
 
 model: setup
 	$(SYNTHD) models pull
