@@ -22,7 +22,7 @@ from rich.console import Console
 from synthd.bench.report import results_table
 from synthd.bench.runner import BenchConfig, LevelResult, run_bench
 from synthd.config import get_settings
-from synthd.engine.embedded import EMBEDDED_MODEL_ID, embedded_model_dir
+from synthd.models.embedded import EMBEDDED_MODEL_ID, embedded_model_dir
 from synthd.server_process import ServerProcess, free_port
 
 console = Console(width=200)

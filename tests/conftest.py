@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from synthd.config import get_settings
-from synthd.engine.embedded import EMBEDDED_MODEL_ID, embedded_model_dir, is_pulled
+from synthd.models.embedded import EMBEDDED_MODEL_ID, embedded_model_dir, is_pulled
 from synthd.server_process import ServerProcess
 from tests.fakes import anthropic_server, openai_server
 from tests.fakes.script import Script, serve

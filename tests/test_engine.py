@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from synthd.engine.detokenize import TextAssembler
-from synthd.engine.embedded import EMBEDDED_MODEL_ID
-from synthd.engine.loaded import LoadedModel, load_model
-from synthd.engine.resolve import resolve_model
-from synthd.engine.sampling import SamplerState, SamplingParams
-from synthd.engine.sequence import Sequence
+from synthd.engine.native.detokenize import TextAssembler
+from synthd.models.embedded import EMBEDDED_MODEL_ID
+from synthd.engine.native.loaded import LoadedModel, load_model
+from synthd.models.resolve import resolve_model
+from synthd.engine.native.sampling import SamplerState, SamplingParams
+from synthd.engine.native.sequence import Sequence
 
 PROMPTS = [
     "What is the capital of France?",

@@ -12,15 +12,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synthd import __version__
 from synthd.api.console import router as console_router
 from synthd.api.errors import install_error_handlers
-from synthd.api.metrics import ServingMetrics
 from synthd.api.ft_routes import router as ft_router
-from synthd.api.ft_serving import FineTuningService
-from synthd.api.models_serving import ModelsService
+from synthd.api.metrics import ServingMetrics
 from synthd.api.routes import ops, v1, warmup
-from synthd.api.serving import OpenAIServing
-from synthd.engine.adapters import AdapterRef
-from synthd.engine.manager import ModelManager
 from synthd.gpus.inventory import build_inventory
+from synthd.models.adapters import AdapterRef
+from synthd.models.pool import ModelManager
+from synthd.services.chat import OpenAIServing
+from synthd.services.fine_tuning import FineTuningService
+from synthd.services.models import ModelsService
 from synthd.store.db import open_database
 from synthd.store.repository import Repository
 from synthd.training.scheduler import JobScheduler

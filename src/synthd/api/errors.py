@@ -11,12 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from synthd.engine.adapters import AdapterMismatch
-from synthd.engine.loaded import AdapterBusy
-from synthd.engine.manager import ModelLoadError
-from synthd.engine.resolve import ModelNotFound
+from synthd.engine.native.loaded import AdapterBusy
 from synthd.gpus.selection import SelectionError
 from synthd.gpus.spec import GPUSpecError
+from synthd.models.adapters import AdapterMismatch
+from synthd.models.pool import ModelLoadError
+from synthd.models.resolve import ModelNotFound
 
 DOMAIN_ERRORS = (GPUSpecError, SelectionError, ModelNotFound, ModelLoadError, AdapterMismatch, AdapterBusy)
 

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from synthd.api.auth import require_api_key
 from synthd.api.errors import APIError, bad_request
-from synthd.api.ft_protocol import (
+from synthd.protocol.fine_tuning import (
     CheckpointList,
     FileDeleted,
     FileList,
@@ -17,7 +17,13 @@ from synthd.api.ft_protocol import (
     FineTuningJobList,
     JobEventList,
 )
-from synthd.api.ft_serving import FILE_PURPOSES, FineTuningService, file_not_found, file_object, job_object
+from synthd.services.fine_tuning import (
+    FILE_PURPOSES,
+    FineTuningService,
+    file_not_found,
+    file_object,
+    job_object,
+)
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 UPLOAD_CHUNK = 1 << 20

@@ -9,22 +9,29 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from synthd.api.auth import require_api_key
-from synthd.api.gpu_serving import gpu_report, start_warmup, validate_preference, warmup_status
 from synthd.api.metrics import ServingMetrics
-from synthd.api.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
+from synthd.protocol.gpus import (
     GPUReport,
     GPUValidateRequest,
     GPUValidateResponse,
-    ModelCard,
-    ModelList,
     WarmupRequest,
     WarmupResponse,
     WarmupStatus,
 )
-from synthd.api.models_serving import ModelsService
-from synthd.api.serving import OpenAIServing, PreparedRequest
+from synthd.protocol.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+)
+from synthd.services.chat import OpenAIServing, PreparedRequest
+from synthd.services.gpus import (
+    gpu_report,
+    start_warmup,
+    validate_preference,
+    warmup_status,
+)
+from synthd.services.models import ModelsService
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from synthd.engine.resolve import resolve_model
+from synthd.models.resolve import resolve_model
 from synthd.store.repository import Repository, now
 from synthd.training.config import Hyperparameters, LoRASettings
 from synthd.training.data import load_jsonl

@@ -3,12 +3,20 @@
 import asyncio
 import os
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
-from synthd.engine.embedded import EMBEDDED_MODEL_ID
-from synthd.ft_cli import CLIError
+from synthd.cli.common import CLIError, console
+from synthd.models.embedded import EMBEDDED_MODEL_ID
 
 
 def default_models() -> list[str]:
@@ -21,7 +29,12 @@ def run_eval(models: str | None, categories: str, battery: Path | None, *, concu
     """Load the battery, open the models (skipping those without credentials), run every case under a
     progress bar, write ``report.json``, ``report.md`` and ``latency.png`` to ``out`` and print the
     report. ``models`` and ``categories`` are comma-separated. Raises ``CLIError`` on bad input."""
-    from synthd.evals.battery import BUILTIN_BATTERY, BatteryError, load_battery, select_categories
+    from synthd.evals.battery import (
+        BUILTIN_BATTERY,
+        BatteryError,
+        load_battery,
+        select_categories,
+    )
     from synthd.evals.output import write_report
     from synthd.evals.report import build_report, render
     from synthd.evals.runner import EvalSettings, open_models, run_attempts
@@ -60,3 +73,27 @@ def run_eval(models: str | None, categories: str, battery: Path | None, *, concu
     render(console, report, out)
     if not lms:
         raise CLIError("no model could be evaluated: every model was skipped (reasons above)")
+
+
+def eval_(
+    models: Annotated[str | None, typer.Option(help="Comma-separated models, e.g. 'SmolLM2-135M-Instruct,"
+                                                     "gpt-4o-mini,claude-3-haiku-20240307'. "
+                                                     "Default: $TEST_MODEL, else the embedded model.")] = None,
+    categories: Annotated[str, typer.Option(help="Comma-separated: math, coding, reasoning, creative. "
+                                                 "Default: all.")] = "",
+    battery: Annotated[Path | None, typer.Option(help="A .jsonl or .yaml battery instead of the built-in one.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once (1-256).")] = 4,
+    repeats: Annotated[int, typer.Option(help="Times each case is asked (1-100).")] = 1,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0-2).")] = 0.0,
+    max_tokens: Annotated[int, typer.Option(help="Token cap for cases without their own.")] = 512,
+    out: Annotated[Path, typer.Option(help="Folder for report.md, report.json and latency.png.")] = Path("eval-results"),
+    base_url: Annotated[str | None, typer.Option(help="synthd server for synthd models (default: $SYNTH_API_URL, "
+                                                      "else http://127.0.0.1:8000).")] = None,
+) -> None:
+    """Run the eval battery (math, coding, reasoning, creative) through the LM client; report pass
+    rates and latencies on screen and as Markdown, JSON and a PNG chart in --out.
+
+    Example: synthd eval --models SmolLM2-135M-Instruct,gpt-4o-mini --categories math,coding --out results
+    """
+    run_eval(models, categories, battery, concurrency=concurrency, repeats=repeats, temperature=temperature,
+             max_tokens=max_tokens, out=out, base_url=base_url, console=console)

@@ -15,16 +15,21 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from synthd.engine.adapters import AdapterRef
-from synthd.engine.detokenize import TextAssembler
-from synthd.engine.loaded import LoadedModel, load_model
-from synthd.engine.resolve import ModelNotFound, ModelSource, canonical_id, resolve_model
-from synthd.engine.sampling import SamplerState, SamplingParams
-from synthd.engine.sequence import Sequence, SequenceEvent
+from synthd.engine.native.detokenize import TextAssembler
+from synthd.engine.native.loaded import LoadedModel, load_model
+from synthd.engine.native.sampling import SamplerState, SamplingParams
+from synthd.engine.native.sequence import Sequence, SequenceEvent
 from synthd.gpus.inventory import Device
 from synthd.gpus.memory import MemoryEstimate, ModelShape, estimate_memory
 from synthd.gpus.selection import Placement, SelectionError, select_placement
 from synthd.gpus.spec import AUTO, GPUPreference
+from synthd.models.adapters import AdapterRef
+from synthd.models.resolve import (
+    ModelNotFound,
+    ModelSource,
+    canonical_id,
+    resolve_model,
+)
 
 COLD, WARMING, WARMED, FAILED = "cold", "warming", "warmed", "failed"
 FT_PREFIX = "ft:"

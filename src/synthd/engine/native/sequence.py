@@ -5,8 +5,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from synthd.engine.detokenize import TextAssembler
-from synthd.engine.sampling import SamplerState
+from synthd.engine.native.detokenize import TextAssembler
+from synthd.engine.native.sampling import SamplerState
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"

@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictInt, model_validator
 
-from synthd.api.protocol import Seed, StrictModel
+from synthd.protocol.openai import Seed, StrictModel
 
 Auto = Literal["auto"]
 Epochs = Annotated[StrictInt, Field(ge=1, le=50)]

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 
 from synthd import __version__
 from synthd.api.errors import APIError, bad_request
-from synthd.api.protocol import (
+from synthd.engine.guided import GrammarError
+from synthd.engine.native.loaded import LoadedModel
+from synthd.engine.native.sampling import SamplingParams
+from synthd.engine.native.sequence import FINISH_ABORT, FINISH_ERROR
+from synthd.gpus.selection import Placement
+from synthd.gpus.spec import parse_gpu_preference
+from synthd.models.pool import ModelManager, Served, generate
+from synthd.protocol.openai import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -27,14 +34,13 @@ from synthd.api.protocol import (
     SamplingFields,
     Usage,
 )
-from synthd.api.tool_calls import ToolMode, forced_name, parse_tool_calls, template_messages, tool_schema
-from synthd.engine.guided import GrammarError
-from synthd.engine.loaded import LoadedModel
-from synthd.engine.manager import ModelManager, Served, generate
-from synthd.engine.sampling import SamplingParams
-from synthd.engine.sequence import FINISH_ABORT, FINISH_ERROR
-from synthd.gpus.selection import Placement
-from synthd.gpus.spec import parse_gpu_preference
+from synthd.services.tool_calls import (
+    ToolMode,
+    forced_name,
+    parse_tool_calls,
+    template_messages,
+    tool_schema,
+)
 
 DONE = "data: [DONE]\n\n"
 

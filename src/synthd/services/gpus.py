@@ -1,6 +1,11 @@
 """GPU report, preference validation and warmup, between the routes and the manager."""
 
-from synthd.api.protocol import (
+from synthd.gpus.catalog import CATALOG
+from synthd.gpus.selection import SelectionError
+from synthd.gpus.spec import GPUSpecError, parse_gpu_preference
+from synthd.models.pool import ModelManager
+from synthd.models.resolve import canonical_id
+from synthd.protocol.gpus import (
     CatalogEntry,
     DeviceEntry,
     GPUReport,
@@ -9,11 +14,6 @@ from synthd.api.protocol import (
     WarmupResponse,
     WarmupStatus,
 )
-from synthd.engine.manager import ModelManager
-from synthd.engine.resolve import canonical_id
-from synthd.gpus.catalog import CATALOG
-from synthd.gpus.selection import SelectionError
-from synthd.gpus.spec import GPUSpecError, parse_gpu_preference
 
 
 def gpu_report(manager: ModelManager) -> GPUReport:

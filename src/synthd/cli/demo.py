@@ -9,17 +9,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import openai
+import typer
 from rich.console import Console
 from rich.table import Table
 
+from synthd.cli.common import console, fail
 from synthd.config import get_settings
-from synthd.engine.embedded import EMBEDDED_MODEL_ID, PullError, pull_embedded_model
+from synthd.models.embedded import EMBEDDED_MODEL_ID, PullError, pull_embedded_model
 from synthd.server_process import ServerProcess, ServerStartError
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 MODEL = EMBEDDED_MODEL_ID
 CONCURRENT_QUESTIONS = (
     "What is the capital of France?", "What is 2 + 2?", "How many days are in a week?", "What is the opposite of hot?",
@@ -209,3 +212,13 @@ def run_demo(console: Console, port: int = 0) -> None:
     console.rule(f"done in {time.perf_counter() - started:.0f}s, server stopped")
     if failed:
         raise DemoError(f"{len(failed)} step(s) failed: {', '.join(failed)}")
+
+
+def demo(
+    port: Annotated[int, typer.Option(help="Port for the demo server (0 picks a free one).")] = 0,
+) -> None:
+    """Pull the embedded model, start a server, run a short real session through it, stop it."""
+    try:
+        run_demo(console, port)
+    except DemoError as exc:
+        fail(str(exc))

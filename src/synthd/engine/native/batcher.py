@@ -21,9 +21,9 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from synthd.engine.kv_cache import GrowableLayer, new_cache, stack_caches
-from synthd.engine.sampling import sample_batch
-from synthd.engine.sequence import (
+from synthd.engine.native.kv_cache import GrowableLayer, new_cache, stack_caches
+from synthd.engine.native.sampling import sample_batch
+from synthd.engine.native.sequence import (
     FINISH_ABORT,
     FINISH_ERROR,
     FINISH_LENGTH,

@@ -7,12 +7,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+)
 
-from synthd.engine.adapters import AdapterRef, check_adapter
-from synthd.engine.batcher import BatchEngine, FinishObserver
 from synthd.engine.guided import GuidedDecoding
-from synthd.engine.resolve import ModelSource
+from synthd.engine.native.batcher import BatchEngine, FinishObserver
+from synthd.models.adapters import AdapterRef, check_adapter
+from synthd.models.resolve import ModelSource
 
 log = logging.getLogger(__name__)
 

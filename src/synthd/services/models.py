@@ -4,10 +4,10 @@ import shutil
 from pathlib import Path
 
 from synthd.api.errors import bad_request
-from synthd.api.protocol import ModelCard, ModelList
-from synthd.engine.loaded import LoadedModel
-from synthd.engine.manager import ModelManager, is_fine_tune
-from synthd.engine.resolve import ModelNotFound
+from synthd.engine.native.loaded import LoadedModel
+from synthd.models.pool import ModelManager, is_fine_tune
+from synthd.models.resolve import ModelNotFound
+from synthd.protocol.openai import ModelCard, ModelList
 from synthd.store.models import FineTunedModel
 from synthd.store.repository import Repository
 

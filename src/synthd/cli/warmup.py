@@ -1,7 +1,11 @@
 """``synthd warmup``: ask a server to load a model and follow its warmup status."""
 
+from typing import Annotated
+
+import typer
 from rich.console import Console
 
+from synthd.cli.common import ApiKey, BaseUrl, console, fail, server_url
 from synthd.client.errors import APIConnectionError, LMError
 from synthd.client.providers import SynthdProvider
 
@@ -29,3 +33,20 @@ def follow_warmup(console: Console, base_url: str, model: str, gpu: str | None, 
         raise WarmupError(f"{exc.status_code}: {exc.message}" if exc.status_code else exc.message) from None
     console.print(f"{status['model']}: warmed on {status['gpu']} in {status.get('load_seconds') or 0:.1f}s")
     return status
+
+
+def warmup(
+    model: Annotated[str, typer.Argument(help="Model id to load ahead of traffic.")],
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU preference, e.g. H100 or L40S:2.")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the load until it is warmed or failed.")] = False,
+    base_url: BaseUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Warm a model up on a running server, optionally on a chosen GPU.
+
+    Example: synthd warmup SmolLM2-135M-Instruct --gpu cpu --wait
+    """
+    try:
+        follow_warmup(console, server_url(base_url), model, gpu, api_key, wait=wait)
+    except WarmupError as exc:
+        fail(str(exc))

@@ -3,7 +3,10 @@
 import random
 
 from synthd.api.errors import APIError, bad_request
-from synthd.api.ft_protocol import (
+from synthd.gpus.spec import parse_gpu_preference
+from synthd.models.pool import ModelManager, is_fine_tune
+from synthd.models.resolve import ModelNotFound, canonical_id
+from synthd.protocol.fine_tuning import (
     CheckpointList,
     CheckpointObject,
     FileObject,
@@ -15,9 +18,6 @@ from synthd.api.ft_protocol import (
     JobEventObject,
     LoRAIn,
 )
-from synthd.engine.manager import ModelManager, is_fine_tune
-from synthd.engine.resolve import ModelNotFound, canonical_id
-from synthd.gpus.spec import parse_gpu_preference
 from synthd.store.models import FileRecord, JobRecord
 from synthd.store.repository import Repository, new_id, now
 from synthd.training.config import DEFAULT_TARGET_MODULES, LoRASettings

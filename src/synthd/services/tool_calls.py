@@ -11,7 +11,13 @@ import json
 import uuid
 from typing import Any, Literal
 
-from synthd.api.protocol import CalledFunction, ChatCompletionRequest, ChatMessage, NamedToolChoice, ToolCall
+from synthd.protocol.openai import (
+    CalledFunction,
+    ChatCompletionRequest,
+    ChatMessage,
+    NamedToolChoice,
+    ToolCall,
+)
 
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
 ToolMode = Literal["required", "named"]

@@ -1,37 +1,26 @@
 """``synthd files`` and ``synthd ft``: the files and fine-tuning API from the terminal (openai SDK)."""
 
 import json
-import sys
-import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import openai
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from synthd.cli.common import ApiKey, BaseUrl, CLIError, console, server_url
+
 files_app = typer.Typer(help="Upload and manage files.", no_args_is_help=True)
 ft_app = typer.Typer(help="Create and follow fine-tuning jobs (SFT, DPO with LoRA).", no_args_is_help=True)
-console = Console(width=None if sys.stdout.isatty() else 200)
 TERMINAL = ("succeeded", "failed", "cancelled")
 
-BaseUrl = Annotated[str | None, typer.Option(help="Server URL (default SYNTH_API_URL or http://127.0.0.1:8000/v1).")]
-ApiKey = Annotated[str | None, typer.Option(help="Bearer token (default SYNTH_API_KEY).")]
-
-
-class CLIError(RuntimeError):
-    """A one-line failure for the CLI to print."""
 
 
 def client(base_url: str | None, api_key: str | None) -> openai.OpenAI:
     """An SDK client for the server."""
-    from synthd.cli import default_base_url
-
-    return openai.OpenAI(base_url=base_url or default_base_url(), api_key=api_key or os.environ.get("SYNTH_API_KEY") or "none",
-                         max_retries=0)
+    return openai.OpenAI(base_url=server_url(base_url), api_key=api_key or "none", max_retries=0)
 
 
 def guarded(call):

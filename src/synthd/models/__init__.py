@@ -1,0 +1,1 @@
+"""Names → things: model ids, the embedded model, resolution, adapters, the model pool."""

@@ -1,0 +1,1 @@
+"""Wire models of the HTTP API: OpenAI shapes (and synthd extras), shared by ``api`` and ``services``."""

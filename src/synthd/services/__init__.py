@@ -1,0 +1,1 @@
+"""What routes, the CLI and the console ask for, in plain Python; raises domain errors, never HTTP ones."""
