@@ -1,6 +1,7 @@
 // Fine-tuning jobs: the list (GET /v1/fine_tuning/jobs every 2 s) and the new-job form. The form
 // checks each file with POST /console/validate-file (the job's own JSONL rules, problems with line
-// numbers), then uploads it to /v1/files and creates the job; on success it opens the job page.
+// numbers) and the GPU preference with /v1/gpus/validate, then uploads the files to /v1/files and
+// creates the job; on success it opens the job page.
 
 document.addEventListener("alpine:init", () => {
   Alpine.data("jobsPage", () => ({
@@ -78,6 +79,18 @@ document.addEventListener("alpine:init", () => {
       return answer.valid;
     },
 
+    // The GPU preference as the job will see it (purpose sft or dpo), so a refusal comes before any upload.
+    async checkGpu() {
+      const gpu = this.form.gpu.trim();
+      if (!gpu) return true;
+      this.step = "Checking GPU preference…";
+      const answer = await synthd.json("/v1/gpus/validate", { method: "POST", body: {
+        model: this.form.model.trim(), gpu_preference: gpu, purpose: this.form.method === "dpo" ? "dpo" : "sft" } });
+      if (answer.valid && answer.fits && answer.available) return true;
+      this.formError = `GPU preference '${gpu}': ${answer.reason}`;
+      return false;
+    },
+
     async upload(file) {
       const form = new FormData();
       form.append("file", file);
@@ -100,6 +113,7 @@ document.addEventListener("alpine:init", () => {
         const trainingOk = await this.check("training", training);
         const validationOk = validation ? await this.check("validation", validation) : true;
         if (!trainingOk || !validationOk) return;
+        if (!(await this.checkGpu())) return;
         this.step = "Uploading…";
         const trainingId = await this.upload(training);
         const validationId = validation ? await this.upload(validation) : null;
