@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest import MODEL, server_env
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from conftest import MODEL, server_env
 from synthd.server_process import ServerProcess
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")

@@ -17,11 +17,10 @@ from pydantic import BaseModel
 
 from synthd import __version__
 from synthd.api.auth import require_api_key
-from synthd.api.errors import APIError
+from synthd.api.ft_routes import read_upload
 from synthd.training.data import DataFormatError, load_jsonl
 
 CONSOLE_DIR = Path(__file__).resolve().parents[1] / "console"
-UPLOAD_CHUNK = 1 << 20
 
 templates = Jinja2Templates(directory=CONSOLE_DIR / "templates")
 router = APIRouter()
@@ -89,14 +88,9 @@ async def validate_file(request: Request, file: Annotated[UploadFile, File()],
     Raises:
         APIError: 413 over ``SYNTHD_MAX_FILE_BYTES``; 401 without the server's key.
     """
-    limit = request.app.state.max_file_bytes
-    content = bytearray()
-    while chunk := await file.read(UPLOAD_CHUNK):
-        content += chunk
-        if len(content) > limit:
-            raise APIError(413, f"File is larger than the limit of {limit} bytes.", param="file", code="file_too_large")
+    content = await read_upload(request, file)
     try:
-        dataset = load_jsonl(bytes(content), method)
+        dataset = load_jsonl(content, method)
     except DataFormatError as exc:
         return FileCheck(valid=False, method=method, problems=str(exc).split("; "))
     return FileCheck(valid=True, method=method, examples=len(dataset.rows))
