@@ -128,6 +128,20 @@ def test_warm_up_from_the_models_page(page: Page) -> None:
     expect(page.locator("tr[data-model='no-such-model']")).to_have_count(0)
 
 
+def test_models_page_shows_what_the_api_lists(page: Page, console_server: ServerProcess) -> None:
+    page.goto("/models")
+    row = page.locator(f"tr[data-model='{MODEL}']")
+    expect(row).to_contain_text("warmed")
+    entry = next(m for m in httpx.get(f"{console_server.base_url}/models", headers={"Authorization": f"Bearer {API_KEY}"})
+                 .json()["data"] if m["id"] == MODEL)
+    cells = row.locator("td")
+    expect(cells.nth(2)).to_contain_text(entry.get("gpu", "cpu"))
+    if "node" in entry:
+        expect(cells.nth(2)).to_contain_text(f"on {entry['node']}")
+    expect(cells.nth(4)).to_have_text(f"{entry['requests_served']:,}" if "requests_served" in entry else "—")
+    expect(cells.nth(5)).to_have_text(f"{entry['tokens_served']:,}" if "tokens_served" in entry else "—")
+
+
 def test_validate_file_route(console_server: ServerProcess) -> None:
     url = f"{console_server.root_url}/console/validate-file"
     auth = {"Authorization": f"Bearer {API_KEY}"}
