@@ -6,7 +6,7 @@ SYNTHD := $(VENV)/bin/synthd
 STAMP  := $(VENV)/.synthd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup browser model demo test bench bench-vllm clean
+.PHONY: setup bubblewrap browser model demo test bench bench-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,14 +16,31 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP) browser
+# bubblewrap (bwrap) isolates the code `synthd eval` runs. Installed with apt-get when missing (as
+# root, or through passwordless sudo); where that fails the tests that need it skip, saying why,
+# and `synthd eval` refuses coding cases unless --unsafe-sandbox is given.
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt=apt-get; elif sudo -n true 2>/dev/null; then apt="sudo -n apt-get"; fi; \
+	  command -v apt-get >/dev/null 2>&1 && [ -n "$$apt" ] && \
+	  { DEBIAN_FRONTEND=noninteractive $$apt install -y -qq bubblewrap >/dev/null 2>&1 || \
+	    { $$apt update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $$apt install -y -qq bubblewrap >/dev/null 2>&1; }; } \
+	  && echo "installed bubblewrap" \
+	  || echo "warning: could not install bubblewrap (apt-get install bubblewrap): the sandbox tests will skip" \
+	          "and 'synthd eval' refuses coding cases without --unsafe-sandbox"; }
 
-# Debian's Chromium for the console's browser tests (Playwright cannot download browsers here);
-# without it tests/test_console.py is skipped, so a failed install does not stop the set-up.
+# Debian's Chromium for the console's browser tests (Playwright cannot download browsers here),
+# installed the same way; where that fails tests/test_console.py skips its browser tests, saying why.
 browser:
-	@command -v chromium >/dev/null 2>&1 || apt-get install -y chromium || \
-		(apt-get update && apt-get install -y chromium) || \
-		echo "chromium not installed: the console browser tests will be skipped"
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt=apt-get; elif sudo -n true 2>/dev/null; then apt="sudo -n apt-get"; fi; \
+	  command -v apt-get >/dev/null 2>&1 && [ -n "$$apt" ] && \
+	  { DEBIAN_FRONTEND=noninteractive $$apt install -y -qq chromium >/dev/null 2>&1 || \
+	    { $$apt update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $$apt install -y -qq chromium >/dev/null 2>&1; }; } \
+	  && echo "installed chromium" \
+	  || echo "warning: could not install chromium (apt-get install chromium): the console browser tests will skip"; }
+
+setup: $(STAMP) bubblewrap browser
 
 model: setup
 	$(SYNTHD) models pull

@@ -2,10 +2,12 @@
 
 import random
 
-from synthd.api.errors import APIError, bad_request
+from synthd.errors import InvalidRequest, NotFound
 from synthd.gpus.spec import parse_gpu_preference
-from synthd.models.pool import ModelManager, is_fine_tune
-from synthd.models.resolve import ModelNotFound, canonical_id
+from synthd.gpus.planner import PlacementPlanner
+from synthd.models.ids import is_fine_tune
+from synthd.models.registry import ModelRegistry
+from synthd.models.resolve import ModelNotFound
 from synthd.protocol.fine_tuning import (
     CheckpointList,
     CheckpointObject,
@@ -45,51 +47,55 @@ def job_object(job: JobRecord) -> FineTuningJob:
     )
 
 
-def job_not_found(job_id: str) -> APIError:
-    """404 for an unknown job."""
-    return APIError(404, f"No fine-tuning job with id '{job_id}'.", type="not_found_error", param="fine_tuning_job_id",
-                    code="job_not_found")
+def job_not_found(job_id: str) -> NotFound:
+    """An unknown job."""
+    return NotFound(f"No fine-tuning job with id '{job_id}'.", param="fine_tuning_job_id", code="job_not_found")
 
 
-def file_not_found(file_id: str, param: str = "file_id", status: int = 404) -> APIError:
-    """404 (or 400 at job creation) for an unknown file."""
-    kind = "not_found_error" if status == 404 else "invalid_request_error"
-    return APIError(status, f"No file with id '{file_id}'.", type=kind, param=param, code="file_not_found")
+def file_not_found(file_id: str, param: str = "file_id") -> NotFound:
+    """An unknown file."""
+    return NotFound(f"No file with id '{file_id}'.", param=param, code="file_not_found")
+
+
+def _invalid(message: str, param: str | None = None, code: str | None = None) -> InvalidRequest:
+    return InvalidRequest(message, param=param, code=code)
 
 
 class FineTuningService:
     """Creates, lists, cancels jobs and reads their events and checkpoints."""
 
-    def __init__(self, repo: Repository, manager: ModelManager) -> None:
+    def __init__(self, repo: Repository, registry: ModelRegistry, planner: PlacementPlanner) -> None:
         self.repo = repo
-        self.manager = manager
+        self.registry = registry
+        self.planner = planner
 
     def create_job(self, body: FineTuningJobCreate) -> FineTuningJob:
         """Validate references and settings, then store the job as ``validating_files``.
 
         Raises:
-            APIError: 400 unknown base model, unknown or wrong-purpose file, conflicting method fields;
-                GPU preference errors with the GPU rules (400 / 409 / 503).
+            InvalidRequest: unknown base model, unknown or wrong-purpose file, conflicting method fields.
+            GPUSpecError, SelectionError: the GPU preference cannot be met.
         """
         method_type, hyper = self._method(body)
         if is_fine_tune(body.model):
-            raise bad_request("Fine-tuning an ft: model is not supported; start from its base model.", "model")
+            raise _invalid("Fine-tuning an ft: model is not supported; start from its base model.", "model")
         try:
-            base = canonical_id(self.manager.resolve(body.model).model_id)
+            source = self.registry.base(body.model)
         except ModelNotFound as exc:
-            raise bad_request(str(exc), "model", "model_not_found") from None
+            raise _invalid(str(exc), "model", "model_not_found") from None
         for param in ("training_file", "validation_file"):
             file_id = getattr(body, param)
             if file_id is None:
                 continue
             record = self.repo.get_file(file_id)
             if record is None:
-                raise file_not_found(file_id, param, 400)
+                raise _invalid(f"No file with id '{file_id}'.", param, "file_not_found")
             if record.purpose != FINE_TUNE_PURPOSE:
-                raise bad_request(f"File '{file_id}' has purpose '{record.purpose}'; fine-tuning needs "
+                raise _invalid(f"File '{file_id}' has purpose '{record.purpose}'; fine-tuning needs "
                                   f"purpose '{FINE_TUNE_PURPOSE}'.", param, "invalid_file_purpose")
         purpose = "dpo" if method_type == "dpo" else "sft"
-        placement, _ = self.manager.plan(base, parse_gpu_preference(body.gpu_preference), purpose)
+        placement, _ = self.planner.plan(source.path, parse_gpu_preference(body.gpu_preference), purpose)
+        base = source.model_id
         lora_in = body.lora or LoRAIn()
         lora = LoRASettings(r=lora_in.r, alpha=lora_in.alpha, dropout=lora_in.dropout,
                             target_modules=tuple(lora_in.target_modules or DEFAULT_TARGET_MODULES))
@@ -103,7 +109,7 @@ class FineTuningService:
         return job_object(self.repo.add_job(job))
 
     def get_job(self, job_id: str) -> FineTuningJob:
-        """A job. Raises APIError 404."""
+        """A job. Raises NotFound."""
         job = self.repo.get_job(job_id)
         if job is None:
             raise job_not_found(job_id)
@@ -113,13 +119,13 @@ class FineTuningService:
         """Cancel: queued jobs at once; a running job stops at its next step (within seconds).
 
         Raises:
-            APIError: 404 unknown job; 400 when it already ended.
+            NotFound: unknown job. InvalidRequest: it already ended.
         """
         job = self.repo.get_job(job_id)
         if job is None:
             raise job_not_found(job_id)
         if job.status in ("succeeded", "failed", "cancelled"):
-            raise bad_request(f"Job '{job_id}' has already {job.status}; it cannot be cancelled.", "fine_tuning_job_id",
+            raise _invalid(f"Job '{job_id}' has already {job.status}; it cannot be cancelled.", "fine_tuning_job_id",
                               "job_not_cancellable")
         if job.status in ("validating_files", "queued"):
             job = self.repo.update_job(job_id, "Fine-tuning job cancelled", status="cancelled", cancel_requested=True,
@@ -152,7 +158,7 @@ class FineTuningService:
     def _method(body: FineTuningJobCreate) -> tuple[str, HyperparametersIn]:
         if body.method is not None:
             if body.training_type is not None and {"sft": "supervised", "dpo": "dpo"}[body.training_type] != body.method.type:
-                raise bad_request("'training_type' and 'method.type' disagree.", "training_type")
+                raise _invalid("'training_type' and 'method.type' disagree.", "training_type")
             chosen = getattr(body.method, body.method.type)
             hyper = chosen.hyperparameters if chosen else (body.hyperparameters or HyperparametersIn())
             method_type = body.method.type
@@ -160,5 +166,5 @@ class FineTuningService:
             method_type = "dpo" if body.training_type == "dpo" else "supervised"
             hyper = body.hyperparameters or HyperparametersIn()
         if method_type == "supervised" and hyper.beta is not None:
-            raise bad_request("'beta' applies to DPO only.", "hyperparameters.beta")
+            raise _invalid("'beta' applies to DPO only.", "hyperparameters.beta")
         return method_type, hyper
