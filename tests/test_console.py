@@ -128,18 +128,21 @@ def test_warm_up_from_the_models_page(page: Page) -> None:
     expect(page.locator("tr[data-model='no-such-model']")).to_have_count(0)
 
 
-def test_models_page_shows_what_the_api_lists(page: Page, console_server: ServerProcess) -> None:
+def test_models_page_shows_status_placement_and_traffic(page: Page, console_server: ServerProcess,
+                                                        sdk: openai.OpenAI) -> None:
+    sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
     page.goto("/models")
     row = page.locator(f"tr[data-model='{MODEL}']")
     expect(row).to_contain_text("warmed")
-    entry = next(m for m in httpx.get(f"{console_server.base_url}/models", headers={"Authorization": f"Bearer {API_KEY}"})
-                 .json()["data"] if m["id"] == MODEL)
+    listed = httpx.get(f"{console_server.base_url}/models", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    entry = next(m for m in listed["data"] if m["id"] == MODEL)
+    assert entry["status"] == "warmed" and entry["requests_served"] >= 1 and entry["tokens_served"] >= 1
     cells = row.locator("td")
-    expect(cells.nth(2)).to_contain_text(entry.get("gpu", "cpu"))
-    if "node" in entry:
-        expect(cells.nth(2)).to_contain_text(f"on {entry['node']}")
-    expect(cells.nth(4)).to_have_text(f"{entry['requests_served']:,}" if "requests_served" in entry else "—")
-    expect(cells.nth(5)).to_have_text(f"{entry['tokens_served']:,}" if "tokens_served" in entry else "—")
+    expect(cells.nth(1)).to_have_text(entry["status"])
+    expect(cells.nth(2)).to_have_text(f"{entry['gpu']} on {entry['node']}")
+    expect(cells.nth(3)).to_have_text(page.evaluate("s => synthd.fmt.duration(s)", entry["load_seconds"]))
+    expect(cells.nth(4)).to_have_text(f"{entry['requests_served']:,}")
+    expect(cells.nth(5)).to_have_text(f"{entry['tokens_served']:,}")
 
 
 def test_validate_file_route(console_server: ServerProcess) -> None:
