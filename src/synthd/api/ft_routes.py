@@ -34,6 +34,21 @@ def get_service(request: Request) -> FineTuningService:
     return request.app.state.fine_tuning
 
 
+async def read_upload(request: Request, file: UploadFile) -> bytes:
+    """The uploaded bytes, read in 1 MiB chunks up to the app's ``max_file_bytes``.
+
+    Raises:
+        APIError: 413 ``file_too_large``.
+    """
+    limit = request.app.state.max_file_bytes
+    content = bytearray()
+    while chunk := await file.read(UPLOAD_CHUNK):
+        content += chunk
+        if len(content) > limit:
+            raise APIError(413, f"File is larger than the limit of {limit} bytes.", param="file", code="file_too_large")
+    return bytes(content)
+
+
 Service = Annotated[FineTuningService, Depends(get_service)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 
@@ -44,13 +59,8 @@ async def upload_file(request: Request, service: Service, file: Annotated[Upload
     """Upload a file (multipart ``file`` and ``purpose``)."""
     if purpose not in FILE_PURPOSES:
         raise bad_request(f"Invalid purpose '{purpose}'; expected one of {', '.join(FILE_PURPOSES)}.", "purpose")
-    limit = request.app.state.max_file_bytes
-    content = bytearray()
-    while chunk := await file.read(UPLOAD_CHUNK):
-        content += chunk
-        if len(content) > limit:
-            raise APIError(413, f"File is larger than the limit of {limit} bytes.", param="file", code="file_too_large")
-    return file_object(service.repo.add_file(file.filename or "upload.jsonl", purpose, bytes(content)))
+    content = await read_upload(request, file)
+    return file_object(service.repo.add_file(file.filename or "upload.jsonl", purpose, content))
 
 
 @router.get("/files", response_model=FileList)

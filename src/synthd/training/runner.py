@@ -2,8 +2,9 @@
 
 Called in a worker process (``python -m synthd.training.worker JOB_ID``) so the API server never
 shares memory or a crash with training. Progress goes to the database: an event at every logging
-step, a checkpoint record at every save, the cancel flag read at every step. A job that finds
-checkpoints from an earlier attempt resumes from the newest one.
+step, one at every evaluation (``valid_loss`` at the step it was computed), a checkpoint record at
+every save, the cancel flag read at every step. A job that finds checkpoints from an earlier
+attempt resumes from the newest one.
 """
 
 import logging
@@ -46,6 +47,8 @@ class JobCallback(TrainerCallback):
         logs = logs or {}
         if "eval_loss" in logs:
             self.last["valid_loss"] = float(logs["eval_loss"])
+            self.repo.add_event(self.job_id, f"Step {state.global_step}: validation loss={logs['eval_loss']:.4f}",
+                                {"step": state.global_step, "valid_loss": self.last["valid_loss"]})
         if "loss" not in logs:
             return
         self.last["train_loss"] = float(logs["loss"])
@@ -56,8 +59,6 @@ class JobCallback(TrainerCallback):
         for key in ("mean_token_accuracy", "rewards/margins", "rewards/accuracies"):
             if key in logs:
                 data[key.replace("/", "_")] = float(logs[key])
-        if "valid_loss" in self.last:
-            data["valid_loss"] = self.last["valid_loss"]
         elapsed = time.monotonic() - self.started
         remaining = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
         self.repo.update_job(self.job_id, f"Step {state.global_step}/{state.max_steps}: training loss={logs['loss']:.4f}",
