@@ -15,6 +15,7 @@ from synthd.api.ft_routes import router as ft_router
 from synthd.api.metrics import ServingMetrics
 from synthd.api.routes import ops, v1, warmup
 from synthd.gpus.inventory import build_inventory
+from synthd.gpus.reservations import Reservations
 from synthd.models.adapters import AdapterRef
 from synthd.models.pool import ModelManager
 from synthd.services.chat import OpenAIServing
@@ -134,5 +135,7 @@ def build_app(models: list[str], api_key: str | None = None, **manager_options) 
         "idle_timeout_s": settings.model_idle_timeout_s, "max_loaded_models": settings.max_loaded_models,
         **manager_options,
     })
-    scheduler = JobScheduler(repo, settings.home / "training", max_concurrent=settings.max_concurrent_jobs)
+    reservations = Reservations()
+    scheduler = JobScheduler(repo, settings.home, models_dir=settings.models_dir, inventory=inventory,
+                             reservations=reservations, max_concurrent=settings.max_concurrent_jobs)
     return create_app(manager, metrics, models, repo, scheduler, api_key=api_key, max_file_bytes=settings.max_file_bytes)

@@ -12,13 +12,23 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from synthd.engine.native.loaded import AdapterBusy
+from synthd.errors import Conflict, InvalidRequest, NotFound, Overloaded, PayloadTooLarge, ServerFault, SynthdError
 from synthd.gpus.selection import SelectionError
 from synthd.gpus.spec import GPUSpecError
 from synthd.models.adapters import AdapterMismatch
 from synthd.models.pool import ModelLoadError
 from synthd.models.resolve import ModelNotFound
 
-DOMAIN_ERRORS = (GPUSpecError, SelectionError, ModelNotFound, ModelLoadError, AdapterMismatch, AdapterBusy)
+DOMAIN_ERRORS = (GPUSpecError, SelectionError, ModelNotFound, ModelLoadError, AdapterMismatch, AdapterBusy, SynthdError)
+STATUS_BY_KIND: tuple[tuple[type[SynthdError], int, str], ...] = (
+    (InvalidRequest, 400, "invalid_request_error"),
+    (NotFound, 404, "not_found_error"),
+    (Conflict, 409, "invalid_request_error"),
+    (PayloadTooLarge, 413, "invalid_request_error"),
+    (Overloaded, 503, "server_error"),
+    (ServerFault, 500, "server_error"),
+)
+"""Domain error kind → HTTP status and OpenAI error ``type``; the first matching kind wins."""
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +94,11 @@ def _param_path(loc: tuple, keep_all: bool = False) -> str | None:
 
 def domain_error(exc: Exception) -> APIError | None:
     """The API error for a domain exception from the engine or GPU layers; None if not one of them."""
+    if isinstance(exc, SynthdError):
+        status, kind = next(((status, kind) for cls, status, kind in STATUS_BY_KIND if isinstance(exc, cls)),
+                            (500, "server_error"))
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+        return APIError(status, exc.message, type=kind, param=exc.param, code=exc.code, headers=headers)
     if isinstance(exc, GPUSpecError):
         return bad_request(str(exc), "gpu_preference", "invalid_gpu_preference")
     if isinstance(exc, SelectionError):

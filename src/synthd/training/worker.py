@@ -1,31 +1,86 @@
 """Worker process entry point: ``python -m synthd.training.worker JOB_ID``.
 
-Reads settings from the environment (``SYNTHD_HOME``, ``SYNTHD_DATABASE_URL``). Any exception fails
-the job with its message; the exit code is 0 for succeeded/cancelled, 1 for failed.
+Reads settings from the environment (``SYNTHD_HOME``, ``SYNTHD_DATABASE_URL``); the scheduler sets
+``CUDA_VISIBLE_DEVICES`` to the devices it reserved and ``SYNTHD_PARENT_PID`` to its own pid.
+
+The worker dies with its server: it asks the kernel for SIGKILL when its parent exits
+(``prctl(PR_SET_PDEATHSIG)``, Linux), then checks the parent is still the one that started it (it
+may have died before the call). It holds the lock of the job's folder while it trains, so a second
+worker for the same job exits at once (``EXIT_FOLDER_BUSY``) instead of sharing the output folder.
+
+It never writes the job's status. It ends by writing ``result.json`` (exit 0) or ``error.json``
+(exit 1) in the job's folder; the scheduler reads them with the exit code.
 """
 
+import ctypes
+import json
 import logging
+import os
+import signal
 import sys
 
+from filelock import FileLock, Timeout
+
 from synthd.config import get_settings
+from synthd.models.resolve import resolve_model
+from synthd.store import failpoints
 from synthd.store.db import open_database
-from synthd.store.repository import Repository, now
-from synthd.training.runner import run_job
+from synthd.store.files import write_atomic
+from synthd.store.repository import Repository
+from synthd.training.data import DataFormatError
+from synthd.training.layout import JobLayout
+
+EXIT_OK, EXIT_FAILED, EXIT_FOLDER_BUSY, EXIT_ORPHANED = 0, 1, 75, 76
+PR_SET_PDEATHSIG = 1
+PARENT_ENV = "SYNTHD_PARENT_PID"
+
+
+def die_with_parent() -> bool:
+    """Ask for SIGKILL when the parent exits; False if the parent is already gone."""
+    expected = os.environ.get(PARENT_ENV)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return expected is None or os.getppid() == int(expected)
+
+
+def error_record(exc: BaseException) -> dict:
+    """The job error the scheduler records for ``exc``."""
+    if isinstance(exc, DataFormatError):
+        return {"code": "invalid_training_file", "message": f"training_file: {exc}", "param": "training_file"}
+    return {"code": "training_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
 
 
 def main(job_id: str) -> int:
     """Run the job; return the process exit code."""
+    if not die_with_parent():
+        return EXIT_ORPHANED
     logging.basicConfig(level=logging.WARNING)
     settings = get_settings()
-    repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
+    layout = JobLayout(settings.home, job_id)
+    layout.folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(layout.lock)
     try:
-        run_job(repo, job_id, settings.models_dir, settings.home / "adapters", settings.home / "training")
-    except Exception as exc:  # recorded on the job; the server stays up
+        lock.acquire(timeout=0)
+    except Timeout:
+        return EXIT_FOLDER_BUSY
+    try:
+        if failpoints.active().get("worker_start") == "long_stderr_line":
+            sys.stderr.write("x" * 100_000 + "\n")
+            raise RuntimeError("failpoint worker_start: long stderr line written")
+        from synthd.training.runner import run_job
+
+        repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
+        job = repo.get_job(job_id)
+        assert job is not None, f"no job {job_id}"
+        outcome = run_job(repo, job_id, resolve_model(job.model, settings.models_dir).path, layout)
+        write_atomic(layout.result, json.dumps(outcome.__dict__).encode())
+        return EXIT_OK
+    except Exception as exc:  # reported to the scheduler; the server stays up
         logging.exception("job %s failed", job_id)
-        repo.update_job(job_id, f"Fine-tuning job failed: {exc}", status="failed", finished_at=now(),
-                        error={"code": "training_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
-        return 1
-    return 0
+        write_atomic(layout.error, json.dumps(error_record(exc)).encode())
+        return EXIT_FAILED
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":
