@@ -75,6 +75,7 @@ def models_import(
 
     from synthd.config import get_settings
     from synthd.models.adapters import AdapterMismatch, check_adapter
+    from synthd.models.ids import FineTuneId, is_fine_tune
     from synthd.models.resolve import ModelNotFound, canonical_id, resolve_model
     from synthd.store.db import open_database
     from synthd.store.repository import Repository
@@ -88,7 +89,7 @@ def models_import(
     except (ModelNotFound, AdapterMismatch) as exc:
         fail(str(exc))
     base_id = canonical_id(source.model_id)
-    model_id = name if name.startswith("ft:") else f"ft:{base_id}:{name}"
+    model_id = name if is_fine_tune(name) else FineTuneId(base_id, name).format()
     repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
     if repo.get_model(model_id) is not None:
         fail(f"'{model_id}' already exists; delete it first (DELETE /v1/models/{model_id})")

@@ -111,8 +111,8 @@ class FineTuningService:
                                f"purpose '{FINE_TUNE_PURPOSE}'.", param, "invalid_file_purpose")
         for integration in body.integrations or ():
             if integration.type == "wandb" and importlib.util.find_spec("wandb") is None:
-                raise _invalid("The wandb integration needs the 'wandb' package on the server: "
-                               "pip install 'synthd[wandb]'.", "integrations", "integration_unavailable")
+                raise _invalid("The wandb integration needs the 'wandb' package on the server (pip install wandb).",
+                               "integrations", "integration_unavailable")
         if body.n_evals is not None and body.validation_file is None:
             raise _invalid("'n_evals' needs a 'validation_file'.", "n_evals")
         purpose = "dpo" if method_type == "dpo" else "sft"

@@ -8,7 +8,7 @@ etcd's gofail / TiKV's fail-rs ``FAILPOINTS``.
 Failpoints: ``checkpoint_write`` (copying a checkpoint's adapter to its kept folder) and
 ``upload_write`` (writing an uploaded file's bytes), action ``enospc`` (``OSError`` ENOSPC, "No
 space left on device"); ``worker_start``, action ``long_stderr_line`` (the training worker writes a
-100 kB line to stderr and fails, as a crashing library might).
+100 kB line to stderr and exits with code 3 without a word, as a crashing library might).
 """
 
 import errno

@@ -21,6 +21,7 @@ from synthd.store.repository import Repository
 from synthd.training.config import DEFAULT_N_EVALS, Hyperparameters, LoRASettings, save_steps
 from synthd.training.data import load_jsonl
 from synthd.training.layout import JobLayout, latest_checkpoint
+from synthd.training.tracking import report_to
 
 log = logging.getLogger(__name__)
 MAX_LENGTH = 1024
@@ -149,7 +150,7 @@ def build_trainer(repo: Repository, job_id: str, model_path: Path, layout: JobLa
         output_dir=str(layout.trainer_dir), num_train_epochs=hyper.n_epochs, per_device_train_batch_size=hyper.batch_size,
         per_device_eval_batch_size=hyper.batch_size, learning_rate=hyper.learning_rate, logging_steps=1,
         save_strategy="steps", save_steps=save_steps(total_steps, job.n_checkpoints), save_total_limit=1,
-        report_to=[], seed=job.seed, data_seed=job.seed, use_cpu=not torch.cuda.is_available(), max_length=MAX_LENGTH,
+        report_to=report_to(job.integrations), run_name=job.id, seed=job.seed, data_seed=job.seed, use_cpu=not torch.cuda.is_available(), max_length=MAX_LENGTH,
         disable_tqdm=True, eval_strategy="steps" if valid else "no", eval_steps=save_steps(total_steps, n_evals),
         include_num_input_tokens_seen="all", lr_scheduler_type="linear", warmup_steps=0,
     )

@@ -37,7 +37,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from filelock import FileLock, Timeout
 
@@ -54,6 +53,7 @@ from synthd.store.repository import NewModel, Repository, new_id, now
 from synthd.training.config import DEFAULT_N_CHECKPOINTS, Hyperparameters
 from synthd.training.data import load_jsonl
 from synthd.training.layout import JobLayout, latest_checkpoint
+from synthd.training.tracking import tracking_env
 from synthd.training.worker import EXIT_FOLDER_BUSY, PARENT_ENV
 
 log = logging.getLogger(__name__)
@@ -63,17 +63,17 @@ CANCEL_GRACE_S = 20.0
 HEARTBEAT_S = 5.0
 LEASE_TTL_S = 30.0
 LOG_TAIL_BYTES = 4096
+STANDBY_RETRY_S = 30.0
 RESULT_PURPOSE = "fine-tune-results"
 STEP_METRICS_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
 
 
 @dataclass
 class Worker:
-    """A running worker process and its stderr log."""
+    """A running worker process."""
 
     job_id: str
     process: subprocess.Popen
-    log: IO[bytes]
     cancel_seen_at: float | None = None
 
 
@@ -155,6 +155,9 @@ class JobScheduler:
         self._workers: dict[str, Worker] = {}
         self._waiting_for_devices: set[str] = set()
         self._heartbeat_at = 0.0
+        self._standby: subprocess.Popen | None = None
+        self._standby_started = -STANDBY_RETRY_S
+        self._trained = False
 
     # --- the loop ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -176,13 +179,19 @@ class JobScheduler:
     async def tick(self) -> None:
         """One pass: database work in a thread, worker launches on the loop's thread (a worker's
         parent-death signal is tied to the thread that started it)."""
-        for start in await asyncio.to_thread(self._step):
+        starts = await asyncio.to_thread(self._step)
+        if self.leader and self._trained:
+            self._keep_standby()
+        for start in starts:
             self._launch(start)
 
     async def shutdown(self) -> None:
         """Stop workers and give up the queue; running jobs keep their status and are recovered
         (resumed from their newest checkpoint) by the next scheduler of this home."""
         workers = list(self._workers.values())
+        if self._standby is not None:
+            workers.append(Worker("standby", self._standby))
+            self._standby = None
         for worker in workers:
             if worker.process.poll() is None:
                 worker.process.terminate()
@@ -200,7 +209,6 @@ class JobScheduler:
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait()
-            worker.log.close()
 
     def _step(self) -> list[Start]:
         if not self._lead():
@@ -210,6 +218,7 @@ class JobScheduler:
             self._heartbeat_at = time.monotonic()
             self._recover_orphans()
         for job in self.repo.jobs_with_status(S.VALIDATING_FILES):
+            self._trained = True
             self._validate(job)
         for worker in list(self._workers.values()):
             if worker.process.poll() is not None:
@@ -342,7 +351,8 @@ class JobScheduler:
             layout.folder.mkdir(parents=True, exist_ok=True)
             layout.result.unlink(missing_ok=True)
             layout.error.unlink(missing_ok=True)
-            starts.append(Start(job.id, {"CUDA_VISIBLE_DEVICES": ",".join(str(d.index) for d in gpus)}))
+            starts.append(Start(job.id, {"CUDA_VISIBLE_DEVICES": ",".join(str(d.index) for d in gpus),
+                                         **tracking_env(layout, job.integrations)}))
         return starts
 
     def _place(self, job: JobRecord) -> Placement:
@@ -368,24 +378,55 @@ class JobScheduler:
 
     def _launch(self, start: Start) -> None:
         layout = JobLayout(self.home, start.job_id)
-        log_file = open(layout.log, "ab")
+        process = self._assign_standby(start, layout) if start.env.get("CUDA_VISIBLE_DEVICES") == "" else None
         try:
-            process = subprocess.Popen([sys.executable, "-m", "synthd.training.worker", start.job_id],
-                                       env={**self.env, **start.env, PARENT_ENV: str(os.getpid())},
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
+            if process is None:
+                with open(layout.log, "ab") as log_file:
+                    process = subprocess.Popen([sys.executable, "-m", "synthd.training.worker", start.job_id],
+                                               env={**self.env, **start.env, PARENT_ENV: str(os.getpid())},
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
         except OSError as exc:
-            log_file.close()
             self.reservations.release(start.job_id)
-            self._fail(start.job_id, "worker_start_failed", f"Could not start the training worker: {exc}")
+            self._fail(start.job_id, "worker_start_failed", f"Could not start the training worker: {exc}",
+                       owner=self.owner)
             return
-        self._workers[start.job_id] = Worker(start.job_id, process, log_file)
+        self._workers[start.job_id] = Worker(start.job_id, process)
         self.repo.set_fields(start.job_id, worker_pid=process.pid)
+
+    def _assign_standby(self, start: Start, layout: JobLayout) -> subprocess.Popen | None:
+        """Hand a CPU job to the preloaded standby worker, if one is alive."""
+        standby, self._standby = self._standby, None
+        if standby is None or standby.poll() is not None or standby.stdin is None:
+            return None
+        assignment = {"job_id": start.job_id, "env": start.env, "log": str(layout.log)}
+        try:
+            standby.stdin.write((json.dumps(assignment) + "\n").encode())
+            standby.stdin.close()
+        except OSError:
+            standby.kill()
+            return None
+        return standby
+
+    def _keep_standby(self) -> None:
+        """Keep one preloaded worker waiting once this server has seen a job (a server that never
+        trains never pays for one); restarted at most every ``STANDBY_RETRY_S``."""
+        if self._standby is not None and self._standby.poll() is None:
+            return
+        if time.monotonic() - self._standby_started < STANDBY_RETRY_S:
+            return
+        self._standby_started = time.monotonic()
+        log_path = self.home / "training" / "standby.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            self._standby = subprocess.Popen(
+                [sys.executable, "-m", "synthd.training.worker", "--standby"],
+                env={**self.env, "CUDA_VISIBLE_DEVICES": "", PARENT_ENV: str(os.getpid())},
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log_file)
 
     # --- ending --------------------------------------------------------------------------------
     def _reap(self, worker: Worker) -> None:
         job_id, code = worker.job_id, worker.process.returncode
         del self._workers[job_id]
-        worker.log.close()
         self.reservations.release(job_id)
         layout = JobLayout(self.home, job_id)
         job = self.repo.get_job(job_id)

@@ -1,4 +1,4 @@
-"""Worker process entry point: ``python -m synthd.training.worker JOB_ID``.
+"""Worker process entry point: ``python -m synthd.training.worker JOB_ID`` (or ``--standby``).
 
 Reads settings from the environment (``SYNTHD_HOME``, ``SYNTHD_DATABASE_URL``); the scheduler sets
 ``CUDA_VISIBLE_DEVICES`` to the devices it reserved and ``SYNTHD_PARENT_PID`` to its own pid.
@@ -10,6 +10,12 @@ worker for the same job exits at once (``EXIT_FOLDER_BUSY``) instead of sharing 
 
 It never writes the job's status. It ends by writing ``result.json`` (exit 0) or ``error.json``
 (exit 1) in the job's folder; the scheduler reads them with the exit code.
+
+``--standby`` starts a worker ahead of time: it imports torch, transformers, TRL, PEFT and datasets
+(most of a worker's start-up), then waits for one assignment on stdin, a JSON line
+``{"job_id", "env", "log"}``, and trains that job. It is started with no visible GPU
+(``CUDA_VISIBLE_DEVICES=""``, since CUDA reads the variable once) and only takes jobs placed on the
+CPU; jobs on GPUs get a fresh worker with their devices.
 """
 
 import ctypes
@@ -33,6 +39,8 @@ from synthd.training.layout import JobLayout
 EXIT_OK, EXIT_FAILED, EXIT_FOLDER_BUSY, EXIT_ORPHANED = 0, 1, 75, 76
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "SYNTHD_PARENT_PID"
+QUIET = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+"""No progress bars in ``worker.log``: it keeps warnings and tracebacks."""
 
 
 def die_with_parent() -> bool:
@@ -54,6 +62,8 @@ def main(job_id: str) -> int:
     """Run the job; return the process exit code."""
     if not die_with_parent():
         return EXIT_ORPHANED
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
     logging.basicConfig(level=logging.WARNING)
     settings = get_settings()
     layout = JobLayout(settings.home, job_id)
@@ -66,7 +76,8 @@ def main(job_id: str) -> int:
     try:
         if failpoints.active().get("worker_start") == "long_stderr_line":
             sys.stderr.write("x" * 100_000 + "\n")
-            raise RuntimeError("failpoint worker_start: long stderr line written")
+            sys.stderr.flush()
+            os._exit(3)
         from synthd.training.runner import run_job
 
         repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
@@ -83,5 +94,33 @@ def main(job_id: str) -> int:
         lock.release()
 
 
+def preload() -> None:
+    """Import what training needs, without touching a device."""
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import trl  # noqa: F401
+    from trl import DPOTrainer, SFTTrainer  # noqa: F401
+
+    import synthd.training.runner  # noqa: F401
+
+
+def standby() -> int:
+    """Preload, wait for an assignment, then train it; exit 0 without one (stdin closed)."""
+    if not die_with_parent():
+        return EXIT_ORPHANED
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
+    preload()
+    line = sys.stdin.readline()
+    if not line.strip():
+        return EXIT_OK
+    assignment = json.loads(line)
+    os.environ.update(assignment["env"])
+    log = os.open(assignment["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    return main(assignment["job_id"])
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(standby() if sys.argv[1] == "--standby" else main(sys.argv[1]))
