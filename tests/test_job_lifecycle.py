@@ -90,7 +90,7 @@ def create(client: openai.OpenAI, epochs: int, checkpoints: int):
 def test_server_killed_mid_job_takes_its_worker_and_the_job_resumes(models_dir: Path, tmp_path: Path) -> None:
     server = start(tmp_path, models_dir)
     client = sdk(server)
-    job = create(client, epochs=6, checkpoints=6)
+    job = create(client, epochs=3, checkpoints=3)
     wait_event(client, job.id, "Checkpoint saved at step 1")
     worker = worker_pid(tmp_path, job.id)
     kill9(server)
@@ -108,9 +108,9 @@ def test_server_killed_mid_job_takes_its_worker_and_the_job_resumes(models_dir: 
         resumed = next(i for i, e in enumerate(events) if "resume from checkpoint-" in e.message)
         step = int(events[resumed].message.rsplit("-", 1)[1])
         later = [e.data["step"] for e in events[resumed:] if e.data and "train_loss" in e.data]
-        assert step >= 1 and later[0] == step + 1 and later[-1] == 6, (step, later)
+        assert step >= 1 and later[0] == step + 1 and later[-1] == 3, (step, later)
         checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id, limit=10).data
-        assert [c.step_number for c in checkpoints] == [6, 5, 4, 3, 2, 1]
+        assert [c.step_number for c in checkpoints] == [3, 2, 1]
         served = {m.id for m in client.models.list().data}
         assert {c.fine_tuned_model_checkpoint for c in checkpoints} | {done.fine_tuned_model} <= served
         assert not (tmp_path / "training" / job.id / "trainer").exists()

@@ -93,7 +93,7 @@ def follow(api: openai.OpenAI, job_id: str) -> None:
         while True:
             job = guarded(lambda: api.fine_tuning.jobs.retrieve(job_id))
             events = guarded(lambda: api.fine_tuning.jobs.list_events(job_id, limit=10)).data
-            latest = next((e.data for e in events if e.data and "total_steps" in e.data), None)
+            latest = next((e.data for e in events if e.data and "train_loss" in e.data and "total_steps" in e.data), None)
             if latest:
                 progress.update(task, total=latest["total_steps"], completed=latest["step"],
                                 description=f"{job.status} loss={latest['train_loss']:.4f}")

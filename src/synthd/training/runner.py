@@ -93,9 +93,10 @@ class JobCallback(TrainerCallback):
     def _validation(self, state, logs: dict) -> None:
         self.last["valid_loss"] = float(logs["eval_loss"])
         data = {"step": state.global_step, "total_steps": state.max_steps, "valid_loss": self.last["valid_loss"]}
-        for key in ("eval_mean_token_accuracy", "eval_rewards/accuracies"):
-            if key in logs:
-                self.last["valid_mean_token_accuracy"] = data["valid_mean_token_accuracy"] = float(logs[key])
+        if "eval_mean_token_accuracy" in logs:
+            self.last["valid_mean_token_accuracy"] = data["valid_mean_token_accuracy"] = float(logs["eval_mean_token_accuracy"])
+        if "eval_rewards/accuracies" in logs:
+            data["valid_rewards_accuracies"] = float(logs["eval_rewards/accuracies"])
         self.pending.append((f"Step {state.global_step}/{state.max_steps}: validation loss={data['valid_loss']:.4f}", data))
 
     def on_save(self, args, state, control, **kwargs):

@@ -151,7 +151,7 @@ class JobScheduler:
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leader = False
-        self._home_lock = FileLock(home / "scheduler.lock")
+        self._home_lock = FileLock(home / "scheduler.lock", thread_local=False)
         self._workers: dict[str, Worker] = {}
         self._waiting_for_devices: set[str] = set()
         self._heartbeat_at = 0.0
