@@ -457,8 +457,9 @@ class JobScheduler:
     def _succeed(self, job: JobRecord, result: dict) -> None:
         layout = JobLayout(self.home, job.id)
         fine_tuned = FineTuneId(job.model, job.suffix, job.id).format()
-        kept = self.repo.checkpoints(job.id)[:job.n_checkpoints or DEFAULT_N_CHECKPOINTS]
-        dropped = [c for c in self.repo.checkpoints(job.id) if c not in kept]
+        saved = self.repo.checkpoints(job.id)
+        keep = job.n_checkpoints or DEFAULT_N_CHECKPOINTS
+        kept, dropped = saved[:keep], saved[keep:]
         models = [NewModel(fine_tuned, job.model, str(layout.adapter))] + [
             NewModel(FineTuneId(job.model, job.suffix, job.id, c.step_number).format(), job.model, c.adapter_path)
             for c in kept if c.adapter_path]
