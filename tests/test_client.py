@@ -2,11 +2,19 @@
 Anthropic's real wire formats. The shared tests run one body for every provider."""
 
 import asyncio
+import itertools
+import random
 import re
+import time
+from email.utils import formatdate
 
+import anthropic
+import httpx2
+import openai
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from openai._models import FinalRequestOptions
 from pydantic import BaseModel
 
 from synthd import LM, LMResponse
@@ -22,6 +30,8 @@ from synthd.client import (
     RateLimitError,
     StructuredOutputError,
 )
+from synthd.client.errors import retry_after, status_error
+from synthd.client.retry import ANTHROPIC_RULES, OPENAI_RULES, RetryRules, retry_delay, should_retry
 from synthd.client.routing import route
 from synthd.server_process import free_port
 from tests.conftest import MODEL, FakeProvider
@@ -315,6 +325,98 @@ def test_500_then_200_is_retried_and_retries_run_out(provider: str, fakes) -> No
     with pytest.raises(ProviderError) as caught:
         make_lm(provider, fakes, max_retries=2).respond(user_message="Hi")
     assert caught.value.status_code == 500 and len(script.requests) == 3
+
+
+# The SDKs' own decisions are the specification: ours must agree with them case by case.
+SDKS: dict[str, tuple[object, RetryRules]] = {
+    "openai": (openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9", max_retries=2), OPENAI_RULES),
+    "anthropic": (anthropic.Anthropic(api_key="unused", base_url="http://127.0.0.1:9", max_retries=2),
+                  ANTHROPIC_RULES),
+}
+STATUSES = [400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 529]
+RETRY_HEADERS = [{}, {"x-should-retry": "true"}, {"x-should-retry": "false"}, {"x-should-retry": "TRUE"}]
+WAIT_HEADERS = [{}, {"retry-after": "1"}, {"retry-after": "0"}, {"retry-after": "-3"}, {"retry-after": "2.5"},
+                {"retry-after": "120"}, {"retry-after": "121"}, {"retry-after": "1e999"}, {"retry-after": "inf"},
+                {"retry-after": "soon"}, {"retry-after-ms": "1500"}, {"retry-after-ms": "x", "retry-after": "2"},
+                {"retry-after-ms": "200000"}, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}]
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+def test_retry_decisions_match_the_sdks(sdk: str) -> None:
+    client, rules = SDKS[sdk]
+    for status, retry, wait in itertools.product(STATUSES, RETRY_HEADERS, WAIT_HEADERS):
+        headers = {**retry, **wait}
+        ours = should_retry(status_error(status, "m", provider=sdk, headers=headers), rules)
+        assert ours == client._should_retry(httpx2.Response(status, headers=headers)), (status, headers)
+    assert should_retry(APIConnectionError("down", provider=sdk), rules) is True
+    assert should_retry(ConfigurationError("bad"), rules) is False
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+def test_retry_waits_match_the_sdks(sdk: str) -> None:
+    client, rules = SDKS[sdk]
+    options = FinalRequestOptions.construct(method="post", url="/v1/chat/completions")
+    for headers, retries_taken in itertools.product(WAIT_HEADERS, range(6)):
+        error = status_error(429, "m", provider=sdk, headers=headers)
+        random.seed(retries_taken)  # both draw their jitter from the random module
+        theirs = client._calculate_retry_timeout(2 - retries_taken, options, httpx2.Headers(headers))
+        random.seed(retries_taken)
+        assert retry_delay(error, retries_taken, rules) == theirs, (headers, retries_taken)
+
+
+def test_retry_after_reads_an_http_date() -> None:
+    in_a_minute = formatdate(time.time() + 60, usegmt=True)
+    assert 58 < retry_after({"retry-after": in_a_minute}) <= 60
+    assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) < 0
+    assert retry_after({"retry-after-ms": "250"}) == 0.25 and retry_after({}) is None
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_x_should_retry_false_is_raised_after_one_request(provider: str, fakes) -> None:
+    script = fake_of(provider, fakes).script
+    script.push(Reply(status=500, error_type="api_error", headers={"x-should-retry": "false"}))
+    with pytest.raises(ProviderError) as caught:
+        make_lm(provider, fakes, max_retries=3).respond(user_message="Hi")
+    assert caught.value.status_code == 500 and caught.value.should_retry is False
+    assert len(script.requests) == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize(("status", "headers"), [(400, {"x-should-retry": "true"}), (409, {})])
+def test_x_should_retry_true_and_409_are_retried(provider: str, status: int, headers: dict, fakes) -> None:
+    script = fake_of(provider, fakes).script
+    script.push(Reply(status=status, error_type="invalid_request_error", headers=headers))
+    assert make_lm(provider, fakes).respond(user_message="Hi").text == DEFAULT_TEXT
+    assert len(script.requests) == 2
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_retry_after_ms_is_waited(provider: str, fakes) -> None:
+    script = fake_of(provider, fakes).script
+    script.push(Reply(status=429, error_type="rate_limit_error", headers={"retry-after-ms": "1500"}))
+    assert make_lm(provider, fakes).respond(user_message="Hi").text == DEFAULT_TEXT
+    assert len(script.requests) == 2 and script.times[1] - script.times[0] >= 1.5  # the backoff alone is <= 0.5 s
+
+
+def test_openai_does_not_retry_when_asked_to_wait_over_two_minutes(fakes) -> None:
+    script = fakes["openai"].script
+    script.push(Reply(status=503, error_type="server_error", headers={"retry-after": "121"}))
+    with pytest.raises(ProviderError) as caught:
+        make_lm("openai", fakes).respond(user_message="Hi")
+    assert caught.value.retry_after_s == 121 and len(script.requests) == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_error_code_param_and_type_survive(provider: str, fakes) -> None:
+    fake_of(provider, fakes).script.push(Reply(
+        status=400, error_type="invalid_request_error", code="context_length_exceeded", param="messages",
+        message="This model's maximum context length is 8192 tokens."))
+    with pytest.raises(BadRequestError) as caught:
+        make_lm(provider, fakes).respond(user_message="Hi")
+    error = caught.value
+    assert (error.code, error.type, error.status_code) == ("context_length_exceeded", "invalid_request_error", 400)
+    assert error.param == ("messages" if provider == "openai" else None)  # Anthropic's errors have no param
+    assert error.message == "This model's maximum context length is 8192 tokens."
 
 
 def test_timeout_is_retried(fakes) -> None:

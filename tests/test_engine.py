@@ -1,16 +1,22 @@
-"""The batching engine in-process, in float32 where batched and solo results must match exactly."""
+"""The native engine in-process (float32, where batched and solo results must match exactly), its
+pure scheduler, and the output processor."""
 
-import threading
-import time
+import asyncio
+from pathlib import Path
 
 import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
 
-from synthd.engine.native.detokenize import TextAssembler
+from synthd.engine.config import EngineConfig
+from synthd.engine.native.engine import NativeEngine
+from synthd.engine.native.loader import load_native_engine
+from synthd.engine.native.output_processor import OutputProcessor
+from synthd.engine.native.sampler import SamplerState
+from synthd.engine.native.scheduler import QueueFull, Scheduler, Sequence
+from synthd.engine.protocol import GenerationError, Guide, LoRARef, SamplingParams
 from synthd.models.embedded import EMBEDDED_MODEL_ID
-from synthd.engine.native.loaded import LoadedModel, load_model
-from synthd.models.resolve import resolve_model
-from synthd.engine.native.sampling import SamplerState, SamplingParams
-from synthd.engine.native.sequence import Sequence
 
 PROMPTS = [
     "What is the capital of France?",
@@ -21,70 +27,165 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def fp32_model(models_dir) -> LoadedModel:
-    loaded = load_model(resolve_model(EMBEDDED_MODEL_ID, models_dir), dtype="float32", max_num_seqs=8)
+def engine(models_dir: Path) -> NativeEngine:
+    loaded = load_native_engine(EMBEDDED_MODEL_ID, models_dir / EMBEDDED_MODEL_ID,
+                                EngineConfig(dtype="float32", max_num_seqs=8))
     yield loaded
-    loaded.close()
+    asyncio.run(loaded.shutdown())
 
 
-def submit(loaded: LoadedModel, prompt: str, max_tokens: int, **params) -> tuple[Sequence, dict]:
-    done = threading.Event()
-    out = {"text": "", "events": 0}
-
-    def emit(event) -> None:
-        out["text"] += event.text
-        out["events"] += 1
-        if event.finish_reason:
-            out.update(finish=event.finish_reason, tokens=event.completion_tokens)
-            done.set()
-
-    sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, **params)
-    ids = loaded.encode_chat([{"role": "user", "content": prompt}])
-    sequence = Sequence(ids, SamplerState(sampling), TextAssembler(loaded.tokenizer, sampling.stop), emit)
-    out["done"] = done
-    loaded.engine.submit(sequence)
-    return sequence, out
+def run(coro):
+    return asyncio.run(coro)
 
 
-def wait(out: dict) -> dict:
-    assert out["done"].wait(120), "sequence did not finish"
+async def generate(engine: NativeEngine, prompt: str, max_tokens: int, request_id: str, delay: float = 0.0,
+                   lora: LoRARef | None = None, guide: Guide | None = None, **params) -> dict:
+    await asyncio.sleep(delay)
+    ids = engine.render_chat([{"role": "user", "content": prompt}])
+    out = {"text": "", "outputs": 0}
+    async for output in engine.generate(request_id, ids, SamplingParams(max_tokens=max_tokens, temperature=0.0, **params),
+                                        lora=lora, guide=guide):
+        out["text"] += output.text
+        out["outputs"] += 1
+        out["finish"], out["tokens"] = output.finish_reason, output.completion_tokens
     return out
 
 
-def test_batched_equals_solo_with_joins_and_leaves(fp32_model: LoadedModel) -> None:
+def test_batched_equals_solo_with_joins_and_leaves(engine: NativeEngine) -> None:
     lengths = [40, 12, 25, 33]
-    solo = [wait(submit(fp32_model, p, n)[1])["text"] for p, n in zip(PROMPTS, lengths)]
-    # Staggered arrivals: later prompts join a batch that is already decoding; short ones leave early.
-    outs = []
-    for prompt, n in zip(PROMPTS, lengths):
-        outs.append(submit(fp32_model, prompt, n, ignore_eos=False)[1])
-        time.sleep(0.15)
-    batched = [wait(o)["text"] for o in outs]
-    assert batched == solo
+    solo = [run(generate(engine, p, n, f"solo-{i}"))["text"] for i, (p, n) in enumerate(zip(PROMPTS, lengths))]
+
+    async def staggered():  # later prompts join a batch that is already decoding; short ones leave early
+        return await asyncio.gather(*(generate(engine, p, n, f"batch-{i}", delay=0.15 * i)
+                                      for i, (p, n) in enumerate(zip(PROMPTS, lengths))))
+
+    assert [o["text"] for o in run(staggered())] == solo
+    assert engine.stats().running == 0 and engine.stats().kv_cache_usage == 0.0
 
 
-def test_cancel_stops_generation(fp32_model: LoadedModel) -> None:
-    sequence, out = submit(fp32_model, PROMPTS[1], 4000, ignore_eos=True)
-    time.sleep(1.0)
-    sequence.cancel()
-    wait(out)
-    assert out["finish"] == "abort"
-    assert out["tokens"] < 400
-    assert fp32_model.engine.num_running == 0
+def test_abort_and_closing_the_iterator_stop_generation(engine: NativeEngine) -> None:
+    async def scenario():
+        ids = engine.render_chat([{"role": "user", "content": PROMPTS[1]}])
+        params = SamplingParams(max_tokens=4000, temperature=0.0, ignore_eos=True)
+        seen = []
+        async for output in engine.generate("long", ids, params):
+            seen.append(output)
+            if len(seen) == 5:
+                await engine.abort("long")
+        closing = engine.generate("closed", ids, params)
+        await closing.__anext__()
+        await closing.aclose()
+        for _ in range(600):  # the engine thread notices at its next step
+            if engine.stats().running == 0:
+                break
+            await asyncio.sleep(0.05)
+        return seen
+
+    seen = run(scenario())
+    assert seen[-1].finish_reason == "abort" and seen[-1].completion_tokens < 400
+    assert engine.stats().running == 0 and engine.stats().waiting == 0
 
 
-def test_max_tokens_and_ignore_eos(fp32_model: LoadedModel) -> None:
-    out = wait(submit(fp32_model, PROMPTS[0], 30, ignore_eos=True)[1])
+def test_max_tokens_ignore_eos_and_stop_strings(engine: NativeEngine) -> None:
+    out = run(generate(engine, PROMPTS[0], 30, "len", ignore_eos=True))
     assert (out["finish"], out["tokens"]) == ("length", 30)
+    free = run(generate(engine, PROMPTS[0], 30, "free"))
+    assert "Paris" in free["text"]
+    cut = run(generate(engine, PROMPTS[0], 30, "stop", stop=("Paris",)))
+    assert cut["finish"] == "stop" and cut["text"] == free["text"][: free["text"].index("Paris")]
 
 
-def test_assembler_holds_back_partial_stop(fp32_model: LoadedModel) -> None:
-    tokenizer = fp32_model.tokenizer
-    ids = tokenizer("The capital is Paris, France.", add_special_tokens=False)["input_ids"]
-    assembler = TextAssembler(tokenizer, ("Paris",))
-    released = "".join(assembler.add(i) for i in ids)
-    assert released == "The capital is "
-    assert assembler.stopped
-    free = TextAssembler(tokenizer, ("zzz",))
-    text = "".join(free.add(i) for i in ids) + free.flush()
-    assert text == "The capital is Paris, France."
+def test_a_bad_adapter_fails_alone(engine: NativeEngine, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+
+    async def scenario():
+        good = asyncio.create_task(generate(engine, PROMPTS[2], 20, "neighbour"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(GenerationError, match="adapter"):
+            await generate(engine, PROMPTS[0], 10, "bad", lora=LoRARef("ft:x:broken", broken))
+        return await good
+
+    assert run(scenario())["finish"] in ("stop", "length")
+    assert engine.list_loras() == []
+
+
+def test_adapter_loaded_on_demand_and_retired(engine: NativeEngine, models_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    base = AutoModelForCausalLM.from_pretrained(models_dir / EMBEDDED_MODEL_ID, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "lora")
+    lora = LoRARef("ft:SmolLM2-135M-Instruct:t", tmp_path / "lora")
+
+    async def scenario():
+        plain, tuned = await asyncio.gather(generate(engine, PROMPTS[0], 12, "base"),
+                                            generate(engine, PROMPTS[0], 12, "tuned", lora=lora))
+        resident = engine.list_loras()
+        removed = await engine.remove_lora(lora.name)
+        return plain, tuned, resident, removed
+
+    plain, tuned, resident, removed = run(scenario())
+    assert plain["text"] != tuned["text"] and resident == [lora.name] and removed
+    assert engine.list_loras() == []
+
+
+def test_guided_json_and_logprobs(engine: NativeEngine) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    out = run(generate(engine, "Capital of France as JSON.", 40, "json", guide=Guide(schema)))
+    assert out["text"].startswith('{"city":') and out["finish"] == "stop"
+
+    async def with_logprobs():
+        ids = engine.render_chat([{"role": "user", "content": "Hi"}])
+        return [o async for o in engine.generate("lp", ids, SamplingParams(max_tokens=3, temperature=0.0, logprobs=2))]
+
+    outputs = run(with_logprobs())
+    entries = [lp for o in outputs for lp in o.logprobs]
+    assert len(entries) == 3 and all(len(e.top) == 2 and e.top[0][1] >= e.top[1][1] for e in entries)
+    assert all(e.logprob == pytest.approx(e.top[0][1]) for e in entries)  # greedy: the chosen token is the top one
+
+
+def sequence(request_id: str, prompt: int, max_tokens: int) -> Sequence:
+    return Sequence(request_id, [1] * prompt, SamplerState(SamplingParams(max_tokens=max_tokens)))
+
+
+def test_scheduler_admits_in_order_under_seq_and_kv_limits() -> None:
+    scheduler = Scheduler(max_num_seqs=2, max_kv_tokens=100, max_waiting=3)
+    a, b, c = sequence("a", 30, 20), sequence("b", 30, 21), sequence("c", 10, 10)
+    for s in (a, b, c):
+        scheduler.add(s)
+    with pytest.raises(QueueFull):
+        scheduler.add(sequence("d", 1, 1))
+    plan = scheduler.schedule()
+    assert plan.prefill == (a,) and scheduler.kv_tokens_reserved == 50  # b would exceed the 100-token budget
+    assert scheduler.schedule().prefill == ()                            # b still waits, c waits behind it (FIFO)
+    scheduler.finish(a)
+    assert scheduler.schedule().prefill == (b, c)
+    assert scheduler.kv_cache_usage == pytest.approx(0.71)
+    b.aborted = True
+    plan = scheduler.schedule()
+    assert plan.aborted == (b,) and scheduler.running == [c]
+
+
+def test_scheduler_admits_an_oversized_sequence_alone() -> None:
+    scheduler = Scheduler(max_num_seqs=4, max_kv_tokens=10, max_waiting=4)
+    big, small = sequence("big", 50, 50), sequence("small", 1, 1)
+    scheduler.add(big)
+    scheduler.add(small)
+    assert scheduler.schedule().prefill == (big,)
+    assert scheduler.schedule().prefill == ()
+    scheduler.finish(big)
+    assert scheduler.schedule().prefill == (small,)
+
+
+def test_output_processor_holds_back_partial_stops(engine: NativeEngine) -> None:
+    ids = engine.tokenizer("The capital is Paris, France.", add_special_tokens=False)["input_ids"]
+    stopped = OutputProcessor(engine.tokenizer, ("Paris",))
+    released = "".join(stopped.add([i]) for i in ids)
+    assert released == "The capital is " and stopped.stopped
+    free = OutputProcessor(engine.tokenizer, ("zzz",))
+    assert "".join(free.add([i]) for i in ids) + free.flush() == "The capital is Paris, France."
+    accents = engine.tokenizer("café ☕", add_special_tokens=False)["input_ids"]
+    processor = OutputProcessor(engine.tokenizer)
+    pieces = [processor.add([i]) for i in accents]
+    assert "".join(pieces) == "café ☕" and all("\ufffd" not in p for p in pieces)

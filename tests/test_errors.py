@@ -1,5 +1,7 @@
 """Every bad input gets OpenAI's error object with the right status, and the server keeps serving."""
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -17,7 +19,8 @@ def with_(**changes):
 
 CASES = [
     # (id, path, body, status, code, param)
-    ("unsupported param", "/chat/completions", with_(logprobs=True), 400, "unsupported_parameter", "logprobs"),
+    ("unsupported param", "/chat/completions", with_(prediction={"type": "content", "content": "x"}), 400,
+     "unsupported_parameter", "prediction"),
     ("unsupported functions", "/chat/completions", with_(functions=[]), 400, "unsupported_parameter", "functions"),
     ("empty tools", "/chat/completions", with_(tools=[]), 400, "invalid_value", "tools"),
     ("temperature too high", "/chat/completions", with_(temperature=5), 400, "invalid_value", "temperature"),
@@ -45,7 +48,19 @@ CASES = [
     ("seed below int64", "/chat/completions", with_(seed=-(2**63) - 1), 400, "invalid_value", "seed"),
     ("stream as string", "/chat/completions", with_(stream="yes"), 400, "invalid_value", "stream"),
     ("unknown field with dash", "/chat/completions", with_(**{"foo-bar": 1}), 400, "unsupported_parameter", "foo-bar"),
-    ("model name too long", "/chat/completions", with_(model="x" * 5000), 404, "model_not_found", "model"),
+    ("model name too long", "/chat/completions", with_(model="x" * 5000), 400, "invalid_value", "model"),
+    ("model as a path", "/chat/completions", with_(model="/etc/passwd"), 404, "model_not_found", "model"),
+    ("model escaping the models folder", "/chat/completions", with_(model="../models/x"), 404, "model_not_found", "model"),
+    ("stop string too long", "/chat/completions", with_(stop="x" * 300), 400, "invalid_value", "stop"),
+    ("too many messages", "/chat/completions", with_(messages=[{"role": "user", "content": "x"}] * 2049), 400,
+     "invalid_value", "messages"),
+    ("schema too deep", "/chat/completions", with_(response_format={"type": "json_schema", "json_schema": {
+        "name": "deep", "schema": {"a": json.loads("[" * 40 + "1" + "]" * 40)}}}), 400,
+     "invalid_value", "response_format.json_schema.schema"),
+    ("logit bias out of range", "/chat/completions", with_(logit_bias={"42": 101}), 400, "invalid_value", "logit_bias.42"),
+    ("logit bias beyond the vocabulary", "/chat/completions", with_(logit_bias={"99999999": 1}), 400, "invalid_value",
+     "logit_bias"),
+    ("top_logprobs without logprobs", "/chat/completions", with_(top_logprobs=2), 400, "invalid_value", None),
     ("model under unknown home", "/chat/completions", with_(model="~nosuchuser/foo"), 404, "model_not_found", "model"),
     ("unicode digit count", "/chat/completions", with_(gpu_preference="H100:²"), 400, "invalid_gpu_preference", "gpu_preference"),
     ("arabic digit count", "/chat/completions", with_(gpu_preference="H100:٢"), 400, "invalid_gpu_preference", "gpu_preference"),

@@ -49,8 +49,9 @@ def test_report_numbers_against_scripted_openai_answers(fakes, tmp_path: Path) -
     for part, reply in ANSWERS.items():
         fakes["openai"].script.answer(part, reply)
     out = tmp_path / "out"
+    # --unsafe-sandbox only matters where bubblewrap cannot run (tests/test_sandbox.py covers it).
     result = synthd_eval("--models", "gpt-4o-mini,claude-3-haiku-20240307", "--battery", str(battery),
-                         "--repeats", "2", "--concurrency", "3", "--out", str(out),
+                         "--repeats", "2", "--concurrency", "3", "--out", str(out), "--unsafe-sandbox",
                          env={"OPENAI_BASE_URL": f"{fakes['openai'].url}/v1", "OPENAI_API_KEY": openai_server.API_KEY,
                               "ANTHROPIC_API_KEY": ""})
     assert result.returncode == 0, result.stderr
@@ -117,7 +118,7 @@ def test_live_synthd_run_reports_what_the_checkers_say(server, tmp_path: Path) -
     (["--battery", "/nonexistent/b.jsonl"], "cannot read"),
     (["--battery", "/etc/hostname"], "unknown battery format"),
     (["--models", " , "], "--models is empty"),
-    (["--models", "gpt-4o"], "no model could be evaluated"),
+    (["--models", "gpt-4o", "--categories", "math"], "no model could be evaluated"),
     (["--concurrency", "0"], "--concurrency must be between 1 and 256, got 0"),
     (["--repeats", "-1"], "--repeats must be between 1 and 100"),
     (["--temperature", "nan"], "--temperature must be between"),
@@ -133,3 +134,63 @@ def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) ->
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()
     assert len(last) == 1 and last[0].startswith("error: ") and message in last[0]
+
+
+def test_coding_cases_need_bubblewrap_or_unsafe_sandbox(fakes, tmp_path: Path) -> None:
+    battery = tmp_path / "battery.jsonl"
+    battery.write_text("\n".join(json.dumps(case) for case in CASES[:3]) + "\n")
+    fakes["openai"].script.answer("add(a, b)", ANSWERS["add(a, b)"])
+    env = {"PATH": str(tmp_path), "OPENAI_BASE_URL": f"{fakes['openai'].url}/v1",  # no bwrap on this PATH
+           "OPENAI_API_KEY": openai_server.API_KEY}
+    common = ["--models", "gpt-4o-mini", "--battery", str(battery), "--out", str(tmp_path / "out")]
+
+    refused = synthd_eval(*common, env=env)
+    assert refused.returncode == 1 and fakes["openai"].script.requests == []
+    assert refused.stderr.strip().splitlines() == [(
+        "error: coding cases run model-written code under bubblewrap, and bwrap is not installed (Debian/Ubuntu: "
+        "apt-get install bubblewrap); install bubblewrap, leave coding out with --categories, or pass "
+        "--unsafe-sandbox to run the code under the audit-hook guard alone")]
+
+    unsafe = synthd_eval(*common, "--unsafe-sandbox", env=env)
+    assert unsafe.returncode == 0, unsafe.stderr
+    assert ("warning: --unsafe-sandbox: coding answers run under the audit-hook guard alone, without bubblewrap "
+            "(bwrap is not installed") in unsafe.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    coding = [a for a in report["attempts"] if a["category"] == "coding"]
+    assert [(a["case_id"], a["status"], a["reason"]) for a in coding] == [("c-right", "passed", "all tests passed")]
+
+    math_only = synthd_eval(*common, "--categories", "math", env=env)
+    assert math_only.returncode == 0 and "warning" not in math_only.stdout
+
+
+def test_keys_are_redacted_from_reasons(fakes, tmp_path: Path) -> None:
+    service_token = "plain-words-service-token-value"
+    leaked = "sk-proj-LeakedKey0123456789abcdefGHIJ"
+    cases = [
+        {"id": "e-key", "category": "math", "prompt": "Key error", "check": {"kind": "math", "answer": 1}},
+        {"id": "c-raise", "category": "coding", "prompt": "Write boom().",
+         "check": {"kind": "code", "entry_point": "boom", "tests": "boom()"}},
+    ]
+    battery = tmp_path / "battery.jsonl"
+    battery.write_text("\n".join(json.dumps(case) for case in cases) + "\n")
+    fakes["openai"].script.answer("Key error", Reply(
+        status=401, error_type="invalid_request_error",
+        message=f"Incorrect API key provided: {openai_server.API_KEY}, {leaked}, token {service_token}"))
+    fakes["openai"].script.answer("boom()", Reply(text=(
+        "```python\ndef boom():\n    raise RuntimeError('Authorization: Bearer abc.DEF-0123456789xyz and '\n"
+        "                       'sk-ant-api03-AbCdEf0123456789 and ' + 'ab12' * 10)\n```")))
+    out = tmp_path / "out"
+    result = synthd_eval("--models", "gpt-4o-mini", "--battery", str(battery), "--out", str(out), "--unsafe-sandbox",
+                         env={"OPENAI_BASE_URL": f"{fakes['openai'].url}/v1", "OPENAI_API_KEY": openai_server.API_KEY,
+                              "BILLING_SERVICE_TOKEN": service_token})
+    assert result.returncode == 0, result.stderr
+    reasons = {a["case_id"]: a["reason"] for a in json.loads((out / "report.json").read_text())["attempts"]}
+    assert reasons == {
+        "e-key": "AuthenticationError: openai: 401 Incorrect API key provided: [REDACTED], [REDACTED], "
+                 "token [REDACTED]",
+        "c-raise": "RuntimeError: Authorization: Bearer [REDACTED] and [REDACTED] and [REDACTED]",
+    }
+    markdown_reasons = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("Reason: ")]
+    assert sorted(markdown_reasons) == sorted(f"Reason: {reason}" for reason in reasons.values())
+    for secret in (openai_server.API_KEY, leaked, service_token, "abc.DEF-0123456789xyz", "sk-ant-api03", "ab12ab12"):
+        assert secret not in result.stdout + result.stderr  # the console lists each failure with its reason

@@ -1,4 +1,7 @@
-"""The eval checkers, the code sandbox and battery loading; no server, no model."""
+"""The eval checkers, the code sandbox's audit-hook guard and battery loading; no server, no model.
+
+Code runs under bubblewrap where it can run, else under the guard alone (``unsafe_sandbox``): these
+tests are about the checkers and the guard; tests/test_sandbox.py covers bubblewrap."""
 
 import json
 import time
@@ -19,7 +22,8 @@ from synthd.evals.battery import (
     load_battery,
     select_categories,
 )
-from synthd.evals.checkers import check_answer
+from synthd.evals.checkers import CheckResult, check_answer
+from synthd.evals.redaction import REDACTED, redact_secrets
 from synthd.evals.sandbox import (
     BLOCKED_EXIT_CODE,
     CREATED_FILES_LIMIT,
@@ -35,7 +39,11 @@ def case(check: dict, category: str = "math") -> Case:
 
 
 def sandbox(source: str, timeout_s: float = 10, memory_mb: int = 512):
-    return run_sandboxed(source, timeout_s=timeout_s, memory_mb=memory_mb)
+    return run_sandboxed(source, timeout_s=timeout_s, memory_mb=memory_mb, unsafe_sandbox=True)
+
+
+def judge(case: Case, answer: str) -> CheckResult:
+    return check_answer(case, answer, unsafe_sandbox=True)
 
 
 # --- math ---
@@ -49,23 +57,23 @@ def sandbox(source: str, timeout_s: float = 10, memory_mb: int = 512):
     ("So 5 + 7 = 12", "12"),
 ])
 def test_math_extracts_the_final_number(answer: str, extracted: str) -> None:
-    result = check_answer(case({"kind": "math", "answer": float(extracted)}), answer)
+    result = judge(case({"kind": "math", "answer": float(extracted)}), answer)
     assert (result.passed, result.extracted, result.reason) == (True, extracted, f"got {extracted}, as expected")
 
 
 def test_math_wrong_and_missing_numbers() -> None:
     math_case = case({"kind": "math", "answer": 42})
-    assert check_answer(math_case, "I think it is 41.") == check_answer(math_case, "41")
-    wrong = check_answer(math_case, "I think it is 41.")
+    assert judge(math_case, "I think it is 41.") == judge(math_case, "41")
+    wrong = judge(math_case, "I think it is 41.")
     assert (wrong.passed, wrong.reason, wrong.extracted) == (False, "expected 42, got 41", "41")
-    none = check_answer(math_case, "I cannot tell.")
+    none = judge(math_case, "I cannot tell.")
     assert (none.passed, none.reason, none.extracted) == (False, "no number in the answer", None)
 
 
 def test_math_tolerance_edges() -> None:
     math_case = case({"kind": "math", "answer": 100, "rel_tol": 1e-4, "abs_tol": 0})
-    assert check_answer(math_case, "100.009").passed is True
-    outside = check_answer(math_case, "100.02")
+    assert judge(math_case, "100.009").passed is True
+    outside = judge(math_case, "100.02")
     assert (outside.passed, outside.reason) == (False, "expected 100, got 100.02")
 
 
@@ -77,22 +85,22 @@ SQUARE = {"kind": "code", "entry_point": "f", "tests": "assert f(3) == 9\nassert
 def test_code_that_passes() -> None:
     answer = ("Here you go:\n```python\ndef f(x):\n    return x * x\n\n"
               "if __name__ == '__main__':\n    f(int(input()))\n```\n")
-    result = check_answer(case(SQUARE, "coding"), answer)
+    result = judge(case(SQUARE, "coding"), answer)
     assert (result.passed, result.reason) == (True, "all tests passed")
     assert result.extracted.startswith("def f(x):")
 
 
 def test_code_failing_an_assert() -> None:
-    result = check_answer(case(SQUARE, "coding"), "```python\ndef f(x):\n    return x + x\n```")
+    result = judge(case(SQUARE, "coding"), "```python\ndef f(x):\n    return x + x\n```")
     assert (result.passed, result.reason) == (False, "AssertionError: assert f(3) == 9")
 
 
 def test_code_with_a_syntax_error_or_without_the_entry_point() -> None:
-    broken = check_answer(case(SQUARE, "coding"), "```python\ndef f(x:\n    return x\n```")
+    broken = judge(case(SQUARE, "coding"), "```python\ndef f(x:\n    return x\n```")
     assert broken.passed is False and broken.reason.startswith("SyntaxError: ") and "(line 1)" in broken.reason
-    other = check_answer(case(SQUARE, "coding"), "```python\ndef g(x):\n    return x * x\n```")
+    other = judge(case(SQUARE, "coding"), "```python\ndef g(x):\n    return x * x\n```")
     assert (other.passed, other.reason) == (False, "no function named f in the answer")
-    prose = check_answer(case(SQUARE, "coding"), "Square the number.")
+    prose = judge(case(SQUARE, "coding"), "Square the number.")
     assert (prose.passed, prose.reason, prose.extracted) == (False, "no function named f in the answer", None)
 
 
@@ -102,7 +110,7 @@ def test_code_that_never_ends_times_out() -> None:
     assert time.monotonic() - start < 5
     assert (result.status, result.returncode, result.reason) == ("timeout", None, "timed out after 1.0 s")
     forever = "```python\ndef f(x):\n    while True:\n        pass\n```"
-    looping = check_answer(case({**SQUARE, "timeout_s": 1}, "coding"), forever)
+    looping = judge(case({**SQUARE, "timeout_s": 1}, "coding"), forever)
     assert (looping.passed, looping.reason) == (False, "timed out after 1.0 s")
 
 
@@ -119,7 +127,7 @@ def test_early_exit_is_not_success() -> None:
 def test_writing_to_inherited_fds_and_exiting_early_does_not_forge_a_pass() -> None:
     forged = ("```python\nimport os\ndef f(x): return 0\nfor fd in range(3, 10):\n  try: os.write(fd, b'done')\n"
               "  except OSError: pass\nos._exit(0)\n```")
-    result = check_answer(case({"kind": "code", "entry_point": "f", "tests": "assert f(2) == 4"}, "coding"), forged)
+    result = judge(case({"kind": "code", "entry_point": "f", "tests": "assert f(2) == 4"}, "coding"), forged)
     assert (result.passed, result.reason) == (False, "exited before the end of the program (exit status 0)")
     direct = sandbox("import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'done\\n')\n"
                      "    except OSError:\n        pass\nos._exit(0)\nassert False\n")
@@ -168,7 +176,7 @@ def test_creating_too_many_files_is_blocked() -> None:
 
 def test_a_correct_solution_printing_a_lot_passes() -> None:
     answer = "```python\ndef f(x):\n    return x * x\n\nprint('y' * (12 * 2**20))\n```"
-    result = check_answer(case(SQUARE, "coding"), answer)
+    result = judge(case(SQUARE, "coding"), answer)
     assert (result.passed, result.reason) == (True, "all tests passed")
     flood = sandbox("print('a' * (12 * 2**20))\nprint('end')\n")
     assert (flood.status, flood.stdout) == ("ok", "a" * (OUTPUT_TAIL_CHARS - 5) + "\nend\n")
@@ -244,6 +252,35 @@ def test_the_environment_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.status == "ok"
 
 
+# --- redaction ---
+
+@pytest.mark.parametrize("secret", [
+    "sk-proj-AbCdEf0123456789abcdef", "sk-0123456789abcdefghij", "sk-ant-api03-Xy_Z0123456789-ab",
+    "ghp_0123456789abcdefghijABCDEFGHIJ", "hf_abcdefghijABCDEFGHIJ0123", "xoxb-0123456789-abcdef",
+    "AKIAIOSFODNN7EXAMPLE", "0123456789abcdef0123456789abcdef", "dGhpcyBpcyBhIHNlY3JldCBrZXkgMTIzNA==",
+])
+def test_key_shaped_strings_are_redacted(secret: str) -> None:
+    assert redact_secrets(f"KeyError: '{secret}' (line 3)", environ={}) == f"KeyError: '{REDACTED}' (line 3)"
+
+
+def test_auth_headers_and_secret_variables_are_redacted() -> None:
+    environ = {"MY_SERVICE_TOKEN": "plain words value", "DB_PASSWORD": "hunter22", "OPENAI_API_KEY": "short",
+               "SOME_TOKEN": "1", "HOME": "/root"}
+    text = "Authorization: Bearer abc.def-0123456789 failed for plain words value with hunter22 at /root (short)"
+    assert redact_secrets(text, environ=environ) == (
+        f"Authorization: Bearer {REDACTED} failed for {REDACTED} with {REDACTED} at /root (short)")
+
+
+@pytest.mark.parametrize("reason", [
+    "expected 42, got 41", "AssertionError: assert f(3) == 9", "timed out after 2.0 s",
+    "NameError: name 'a_very_long_snake_case_function_name_v2' is not defined",
+    "AttributeError: 'VeryLongCamelCaseClassNameWithoutDigitsInIt' object", "z" * 300,
+    "blocked: open('/tmp/pytest-of-root/pytest-14/test_writing_outside_is_bloc0/keep.txt', 'w')",
+])
+def test_ordinary_reasons_are_kept(reason: str) -> None:
+    assert redact_secrets(reason, environ={"OPENAI_API_KEY": "sk-not-in-these-reasons"}) == reason
+
+
 # --- exact ---
 
 @pytest.mark.parametrize(("answer", "matched"), [
@@ -256,21 +293,21 @@ def test_the_environment_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
     ("Count 10 days from Wednesday.\n\nSaturday  ", "saturday"),
 ])
 def test_exact_accepts_formatting_and_explanations(answer: str, matched: str) -> None:
-    result = check_answer(case({"kind": "exact", "answers": ["Saturday", "Sat"]}, "reasoning"), answer)
+    result = judge(case({"kind": "exact", "answers": ["Saturday", "Sat"]}, "reasoning"), answer)
     assert (result.passed, result.reason, result.extracted) == (True, f"matched {matched!r}", matched)
 
 
 @pytest.mark.parametrize("answer", ["The shortest person in this scenario is Cid.", "So it must be: cid"])
 def test_exact_accepts_a_last_line_ending_with_the_answer(answer: str) -> None:
-    result = check_answer(case({"kind": "exact", "answers": ["Cid"]}, "reasoning"), answer)
+    result = judge(case({"kind": "exact", "answers": ["Cid"]}, "reasoning"), answer)
     assert (result.passed, result.reason) == (True, "ends with 'cid'")
-    assert not check_answer(case({"kind": "exact", "answers": ["Cid"]}, "reasoning"), "Cid is not the shortest.").passed
-    assert not check_answer(case({"kind": "exact", "answers": ["id"]}, "reasoning"), "It is Cid").passed
+    assert not judge(case({"kind": "exact", "answers": ["Cid"]}, "reasoning"), "Cid is not the shortest.").passed
+    assert not judge(case({"kind": "exact", "answers": ["id"]}, "reasoning"), "It is Cid").passed
 
 
 def test_exact_rejects_a_wrong_answer() -> None:
     exact = case({"kind": "exact", "answers": ["Saturday", "Sat"]}, "reasoning")
-    result = check_answer(exact, "It is Saturday, I think.\nSunday")
+    result = judge(exact, "It is Saturday, I think.\nSunday")
     assert (result.passed, result.reason, result.extracted) == (
         False, "expected 'saturday' or 'sat', got 'sunday'", "sunday")
 
@@ -283,7 +320,7 @@ GOOD_BULLETS = "- Salt on the wind.\n- Waves on the rocks.\n- Gulls over the bay
 
 
 def test_constraints_all_met() -> None:
-    result = check_answer(case(BULLETS, "creative"), GOOD_BULLETS)
+    result = judge(case(BULLETS, "creative"), GOOD_BULLETS)
     assert (result.passed, result.reason) == (True, "all constraints met (12 words, 3 lines)")
 
 
@@ -296,23 +333,23 @@ def test_constraints_all_met() -> None:
     ("- Salty air.\n- Waves.\n- Gulls.", "missing required word 'salt'"),
 ])
 def test_constraints_each_violated_alone(answer: str, reason: str) -> None:
-    result = check_answer(case(BULLETS, "creative"), answer)
+    result = judge(case(BULLETS, "creative"), answer)
     assert (result.passed, result.reason) == (False, reason)
 
 
 def test_constraints_list_every_violation_and_other_formats() -> None:
-    result = check_answer(case(BULLETS, "creative"), "The ocean.")
+    result = judge(case(BULLETS, "creative"), "The ocean.")
     assert result.reason == ("missing required word 'salt'; forbidden word 'ocean' present; 1 line, expected 3; "
                              "not a bulleted list (line 1 has no '- ', '* ' or '• ')")
-    short = check_answer(case({"kind": "constraints", "min_words": 5}, "creative"), "Too short.")
+    short = judge(case({"kind": "constraints", "min_words": 5}, "creative"), "Too short.")
     assert (short.passed, short.reason) == (False, "2 words < min 5")
     numbered = case({"kind": "constraints", "format": "numbered"}, "creative")
-    assert check_answer(numbered, "1. One\n2) Two").passed is True
-    not_numbered = check_answer(numbered, "1. One\n- Two")
+    assert judge(numbered, "1. One\n2) Two").passed is True
+    not_numbered = judge(numbered, "1. One\n- Two")
     assert not_numbered.reason == "not a numbered list (line 2 does not start with '1. ' or '1) ')"
     as_json = case({"kind": "constraints", "format": "json"}, "creative")
-    assert check_answer(as_json, '```json\n{"name": "X"}\n```').passed is True
-    assert check_answer(as_json, "{name: X}").reason.startswith("not valid JSON: ")
+    assert judge(as_json, '```json\n{"name": "X"}\n```').passed is True
+    assert judge(as_json, "{name: X}").reason.startswith("not valid JSON: ")
 
 
 # --- battery ---
@@ -325,14 +362,14 @@ def test_builtin_battery_shape() -> None:
 
 @pytest.mark.parametrize("builtin", BUILTIN_BATTERY, ids=lambda c: c.id)
 def test_builtin_references_pass(builtin: Case) -> None:
-    result = check_answer(builtin, builtin.reference)
+    result = judge(builtin, builtin.reference)
     assert result.passed, result.reason
 
 
 def test_check_answer_from_worker_threads() -> None:
     coding = select_categories(BUILTIN_BATTERY, ["coding"])
     with ThreadPoolExecutor(max_workers=len(coding)) as pool:
-        results = list(pool.map(lambda c: check_answer(c, c.reference), coding))
+        results = list(pool.map(lambda c: judge(c, c.reference), coding))
     assert [r.reason for r in results] == ["all tests passed"] * len(coding)
 
 

@@ -192,3 +192,76 @@ def test_trained_fine_tune_listed_answers_and_deleted(sdk: openai.OpenAI, home: 
     assert not (home / "adapters" / job.id).exists()
     with pytest.raises(openai.NotFoundError):
         chat(sdk, model_id)
+
+
+def import_adapter(home: Path, models_dir: Path, work: Path, name: str, seed: int, **lora) -> subprocess.CompletedProcess:
+    folder = make_adapter(models_dir / MODEL, work / name, seed, **lora)
+    return synthd(home, models_dir, "models", "import", str(folder), "--base", MODEL, "--name", name)
+
+
+def test_delete_racing_with_requests(fp32_server: ServerProcess, home: Path, models_dir: Path, tmp_path: Path) -> None:
+    assert import_adapter(home, models_dir, tmp_path, "racer", 5).returncode == 0
+    model_id = f"ft:{MODEL}:racer"
+
+    async def race() -> tuple[list, int]:
+        async with httpx.AsyncClient(base_url=fp32_server.base_url, timeout=120) as http:
+            body = {"model": model_id, "messages": PROMPT, "max_tokens": 12, "temperature": 0}
+            chats = [asyncio.create_task(http.post("/chat/completions", json=body)) for _ in range(5)]
+            await asyncio.sleep(0.05)
+            deleted = await http.delete(f"/models/{model_id}")
+            return await asyncio.gather(*chats), deleted.status_code
+
+    answers, deleted = asyncio.run(race())
+    assert deleted == 200
+    for answer in answers:
+        assert answer.status_code in (200, 404), answer.text
+        if answer.status_code == 200:
+            assert answer.json()["choices"][0]["message"]["content"]
+    assert httpx.post(f"{fp32_server.base_url}/chat/completions", json={
+        "model": model_id, "messages": PROMPT, "max_tokens": 2}).status_code == 404
+
+
+def test_delete_while_streaming_lets_the_stream_finish(fp32_server: ServerProcess, home: Path, models_dir: Path,
+                                                       tmp_path: Path) -> None:
+    assert import_adapter(home, models_dir, tmp_path, "streamer", 6).returncode == 0
+    model_id = f"ft:{MODEL}:streamer"
+    sdk = openai.OpenAI(base_url=fp32_server.base_url, api_key="unused", max_retries=0, timeout=120)
+    stream = sdk.chat.completions.create(model=model_id, messages=PROMPT, max_tokens=40, temperature=0,
+                                         stream=True, extra_body={"ignore_eos": True})
+    first = next(iter(stream))
+    assert httpx.delete(f"{fp32_server.base_url}/models/{model_id}").status_code == 200
+    rest = list(stream)
+    assert first.choices[0].delta.role == "assistant"
+    assert rest[-1].choices[0].finish_reason == "length"
+    with pytest.raises(openai.NotFoundError):
+        chat(sdk, model_id)
+
+
+@pytest.mark.parametrize("lora,field", [({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+                                        ({"use_dora": True}, "use_dora")])
+def test_adapters_that_would_harm_neighbours_are_refused(fp32_server: ServerProcess, sdk: openai.OpenAI, home: Path,
+                                                         models_dir: Path, tmp_path: Path, imported: list[str],
+                                                         reference, lora: dict, field: str) -> None:
+    refused = import_adapter(home, models_dir, tmp_path, f"bad-{field}", 9, **lora)
+    assert refused.returncode == 1 and field in refused.stderr
+    folder = tmp_path / f"bad-{field}"
+    Repository(open_database(home), home / "files").add_model(f"ft:{MODEL}:sneaky-{field}", MODEL, str(folder), None)
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(sdk, f"ft:{MODEL}:sneaky-{field}")
+    assert info.value.code == "unsupported_adapter" and field in info.value.message
+    adapter_dir = next((home / "adapters").glob(f"imported-*{imported[0].split(':')[-1]}"))
+    assert chat(sdk, imported[0]) == reference(adapter_dir)  # neighbours unharmed
+
+
+def test_another_preference_never_tears_down_a_streaming_model(fp32_server: ServerProcess, sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=48, temperature=0, stream=True,
+                                         extra_body={"ignore_eos": True})
+    first = next(iter(stream))
+    refused = httpx.post(f"{fp32_server.base_url}/chat/completions", headers={"X-GPU-Preference": "H100"},
+                         json={"model": MODEL, "messages": PROMPT, "max_tokens": 2})
+    assert refused.status_code == 409 and refused.headers["x-should-retry"] == "false"
+    again = httpx.post(f"{fp32_server.root_url}/warmup/{MODEL}", json={"gpu_preference": "cpu"}).json()
+    assert again["status"] == "already_warmed"
+    chunks = [first, *stream]
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 40

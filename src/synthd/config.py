@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     )
     max_loaded_models: int = Field(default=4, ge=1, description="Most resident models; LRU idle one evicted.")
     max_loaded_adapters: int = Field(default=8, ge=1, description="Resident LoRA adapters per base; LRU idle one evicted.")
+    kv_cache_tokens: int | None = Field(default=None, ge=16, description="Native engine KV budget in tokens "
+                                        "(default: a quarter of the placement's memory).")
+    max_waiting: int = Field(default=1024, ge=1, description="Sequences that may wait per engine; beyond, 429.")
     gpu_pool_file: Path | None = Field(
         default=None, description="JSON declaring a cluster's GPU pool (see synthd.gpus.inventory)."
     )

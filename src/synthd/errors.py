@@ -51,8 +51,9 @@ class Overloaded(SynthdError):
         self.retry_after_s = retry_after_s
 
 
-class RateLimited(Overloaded):
-    """The caller went over its own request or token rate; not the server's load."""
+class TooManyRequests(Overloaded):
+    """Too many requests: the caller's own rate limit, or a queue that is full. Answered 429 with
+    ``Retry-After``, as OpenAI answers both ``rate_limit_exceeded`` and an overloaded engine."""
 
 
 class ServerFault(SynthdError):

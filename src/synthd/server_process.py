@@ -28,12 +28,13 @@ class ServerProcess:
     """
 
     def __init__(self, args: list[str] | None = None, *, port: int = 0, log_path: Path | None = None,
-                 env: dict[str, str] | None = None, ready_timeout_s: float = 180.0) -> None:
+                 env: dict[str, str] | None = None, ready_timeout_s: float = 180.0, ready_path: str = "/ready") -> None:
         self.port = port or free_port()
         self.args = args or []
         self.log_path = log_path or Path(os.devnull)
         self.env = {**os.environ, **(env or {})}
         self.ready_timeout_s = ready_timeout_s
+        self.ready_path = ready_path
         self.process: subprocess.Popen | None = None
 
     @property
@@ -54,7 +55,8 @@ class ServerProcess:
         self.stop()
 
     def start(self) -> None:
-        """Start the process and block until ``/ready`` answers 200.
+        """Start the process and block until ``ready_path`` (``/ready``; ``/health`` not to wait for
+        the models) answers 200.
 
         Raises:
             ServerStartError: it exited early or was not ready within ``ready_timeout_s``.
@@ -68,7 +70,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise ServerStartError(f"synthd serve exited with {self.process.returncode}: {self._tail()}")
             try:
-                if httpx.get(f"{self.root_url}/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.root_url}{self.ready_path}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -22,8 +22,10 @@ from tests.fakes.script import Reply, Script, count_tokens, default_text, words
 API_KEY = "sk-ant-fake"
 
 
-def error(status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"type": "error", "error": {"type": error_type, "message": message}},
+def error(status: int, error_type: str, message: str, headers: dict[str, str] | None = None,
+          code: str | None = None) -> JSONResponse:
+    details = {"details": {"error_code": code}} if code is not None else {}
+    return JSONResponse({"type": "error", "error": {"type": error_type, "message": message, **details}},
                         status_code=status, headers=headers)
 
 
@@ -65,7 +67,7 @@ def create_app(script: Script) -> FastAPI:
         reply = script.next(body)
         await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
-            return error(reply.status, reply.error_type, reply.message, reply.headers)
+            return error(reply.status, reply.error_type, reply.message, reply.headers, reply.code)
         if (problem := check(body)) is not None:
             return error(400, "invalid_request_error", problem)
         blocks, stop = content(reply, body)

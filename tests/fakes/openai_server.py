@@ -18,8 +18,9 @@ from tests.fakes.script import Reply, Script, count_tokens, default_text, words
 API_KEY = "sk-fake-openai"
 
 
-def error(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": error_type, "param": None, "code": None}},
+def error(status: int, message: str, error_type: str, headers: dict[str, str] | None = None,
+          code: str | None = None, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": error_type, "param": param, "code": code}},
                         status_code=status, headers=headers)
 
 
@@ -53,7 +54,7 @@ def create_app(script: Script) -> FastAPI:
         reply = script.next(body)
         await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
-            return error(reply.status, reply.message, reply.error_type, reply.headers)
+            return error(reply.status, reply.message, reply.error_type, reply.headers, reply.code, reply.param)
         if (problem := check(body)) is not None:
             return error(400, problem, "invalid_request_error")
         limit = body.get("max_completion_tokens") or body.get("max_tokens")

@@ -23,8 +23,9 @@ class Reply:
 
     ``text``: the assistant text (``None``: the default sentence, cut to ``max_tokens`` words).
     ``json``: a structured answer (OpenAI: the content; Anthropic: the forced tool's input).
-    ``tool_calls``: ``(name, arguments)`` pairs. ``status`` with ``error_type``/``message``/``headers``:
-    an error response. ``break_after``: a stream sends that many content events, then the
+    ``tool_calls``: ``(name, arguments)`` pairs. ``status`` with ``error_type``/``message``/``code``/
+    ``param``/``headers``: an error response (``headers`` go with any reply, e.g. ``x-should-retry``,
+    ``retry-after-ms``; Anthropic sends ``code`` as ``error.details.error_code``). ``break_after``: a stream sends that many content events, then the
     connection drops. ``truncate``: a stream stops cleanly before its end (no finish / message_stop).
     ``stream_error``: Anthropic sends an ``error`` event (of that type) after ``break_after`` events.
     ``stop_reason``: Anthropic's stop reason to report. ``delay_s``: wait before answering.
@@ -36,6 +37,8 @@ class Reply:
     status: int = 200
     error_type: str = "server_error"
     message: str = "scripted error"
+    code: str | None = None
+    param: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     break_after: int | None = None
     truncate: bool = False

@@ -1,9 +1,9 @@
-"""The FastAPI application: wiring of manager, serving, metrics, auth and error handling."""
+"""The FastAPI application: wiring of the model pool, services, metrics, auth and error handling."""
 
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -14,18 +14,23 @@ from synthd.api.errors import install_error_handlers
 from synthd.api.ft_routes import router as ft_router
 from synthd.api.metrics import ServingMetrics
 from synthd.api.routes import ops, v1, warmup
+from synthd.engine.config import EngineConfig, pick_dtype
 from synthd.gpus.inventory import build_inventory
-from synthd.gpus.reservations import Reservations
+from synthd.gpus.planner import PlacementPlanner, Reservations
 from synthd.models.adapters import AdapterRef
-from synthd.models.pool import ModelManager
-from synthd.services.chat import OpenAIServing
+from synthd.models.pool import ModelPool
+from synthd.models.registry import ModelRegistry
+from synthd.models.resolve import ModelSource
+from synthd.services.chat import OpenAIServing, RequestRecord
 from synthd.services.fine_tuning import FineTuningService
 from synthd.services.models import ModelsService
+from synthd.services.usage import UsageTally
 from synthd.store.db import open_database
 from synthd.store.repository import Repository
 from synthd.training.scheduler import JobScheduler
 
 log = logging.getLogger(__name__)
+IDLE_CHECK_INTERVAL_S = 1.0
 
 
 class RequestMetricsMiddleware:
@@ -49,54 +54,58 @@ class RequestMetricsMiddleware:
         await self.app(scope, receive, send_and_count)
 
 
-IDLE_CHECK_INTERVAL_S = 1.0
+@dataclass
+class Components:
+    """What one server is made of (built by ``build_components``, wired by ``create_app``)."""
+
+    pool: ModelPool
+    repo: Repository
+    scheduler: JobScheduler
+    metrics: ServingMetrics
+    served: list[str]
 
 
-def create_app(
-    manager: ModelManager,
-    metrics: ServingMetrics,
-    models: list[str],
-    repo: Repository,
-    scheduler: JobScheduler,
-    *,
-    api_key: str | None = None,
-    max_file_bytes: int = 512 * 1024 * 1024,
-) -> FastAPI:
-    """Build the app. ``models`` are warmed up at start-up in the background (``/ready`` says when);
-    any other resolvable model loads on its first request or warmup. The fine-tuning scheduler
-    recovers interrupted jobs and then runs the queue.
+def create_app(parts: Components, *, api_key: str | None = None, max_file_bytes: int = 512 * 1024 * 1024) -> FastAPI:
+    """Build the app. The served models are warmed up at start-up in the background (``/ready``
+    says when); any other servable model loads on its first request or warmup. The fine-tuning
+    scheduler recovers interrupted jobs and then runs the queue."""
+    pool, metrics = parts.pool, parts.metrics
+    usage = UsageTally()
 
-    The manager's engine observer should already feed ``metrics.observe_sequence``.
-    """
+    def on_request(record: RequestRecord) -> None:
+        metrics.observe_request(record)
+        usage.record(record)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async def warm_all() -> None:
-            for model in models:
-                await manager.acquire(model)
+            for model in parts.served:
+                lease = await pool.acquire(model)
+                lease.release()
             app.state.ready = True
 
         async def evict_idle_forever() -> None:
             while True:
                 await asyncio.sleep(IDLE_CHECK_INTERVAL_S)
-                for model in await manager.evict_idle():
+                for model in await pool.evict_idle():
                     log.info("unloaded idle model %s", model)
 
-        scheduler.recover()
+        parts.scheduler.recover()
         tasks = [asyncio.create_task(warm_all()), asyncio.create_task(evict_idle_forever()),
-                 asyncio.create_task(scheduler.run_forever())]
+                 asyncio.create_task(parts.scheduler.run_forever())]
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
-            await scheduler.shutdown()
-            await manager.close()
+            await parts.scheduler.shutdown()
+            await pool.close()
 
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
-    app.state.serving = OpenAIServing(manager)
-    app.state.fine_tuning = FineTuningService(repo, manager)
-    app.state.models = ModelsService(manager, repo)
+    app.state.pool = pool
+    app.state.serving = OpenAIServing(pool, on_request)
+    app.state.fine_tuning = FineTuningService(parts.repo, pool.registry, pool.planner)
+    app.state.models = ModelsService(pool, parts.repo, usage)
     app.state.max_file_bytes = max_file_bytes
     app.state.metrics = metrics
     app.state.api_key = api_key
@@ -110,15 +119,9 @@ def create_app(
     return app
 
 
-def fine_tune_adapter(repo: Repository, model_id: str) -> AdapterRef | None:
-    """The stored fine-tune ``model_id`` as the engine's ``AdapterRef`` (None if unknown)."""
-    record = repo.get_model(model_id)
-    return AdapterRef(record.id, record.base_model, Path(record.adapter_path)) if record else None
-
-
-def build_app(models: list[str], api_key: str | None = None, **manager_options) -> FastAPI:
-    """``create_app`` with a fresh ``ModelManager`` (inventory detected, plus ``SYNTHD_GPU_POOL_FILE``)
-    and ``ServingMetrics``, configured from settings.
+def build_components(served: list[ModelSource], engine_kind: str = "native", **engine_options) -> Components:
+    """A pool (inventory detected, plus ``SYNTHD_GPU_POOL_FILE``), the store, the job scheduler and
+    metrics, configured from settings; ``engine_options`` override ``EngineConfig`` fields.
 
     Raises:
         InventoryError: the declared GPU pool file is unreadable.
@@ -126,16 +129,33 @@ def build_app(models: list[str], api_key: str | None = None, **manager_options) 
     from synthd.config import get_settings
 
     settings = get_settings()
-    metrics = ServingMetrics()
-    inventory = build_inventory(settings.gpu_pool_file)
+    config = EngineConfig(**{"kind": engine_kind, "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs,
+                             "max_model_len": settings.max_model_len, "max_loras": settings.max_loaded_adapters,
+                             "kv_cache_tokens": settings.kv_cache_tokens, "max_waiting": settings.max_waiting,
+                             **engine_options})
     repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
-    manager = ModelManager(settings.models_dir, inventory, on_finish=metrics.observe_sequence,
-                           adapter_lookup=partial(fine_tune_adapter, repo), max_loaded_adapters=settings.max_loaded_adapters, **{
-        "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs, "max_model_len": settings.max_model_len,
-        "idle_timeout_s": settings.model_idle_timeout_s, "max_loaded_models": settings.max_loaded_models,
-        **manager_options,
-    })
-    reservations = Reservations()
-    scheduler = JobScheduler(repo, settings.home, models_dir=settings.models_dir, inventory=inventory,
-                             reservations=reservations, max_concurrent=settings.max_concurrent_jobs)
-    return create_app(manager, metrics, models, repo, scheduler, api_key=api_key, max_file_bytes=settings.max_file_bytes)
+
+    def find(model_id: str) -> AdapterRef | None:
+        record = repo.get_model(model_id)
+        return AdapterRef(record.id, record.base_model, Path(record.adapter_path), record.created_at) if record else None
+
+    def listing() -> list[AdapterRef]:
+        return [AdapterRef(r.id, r.base_model, Path(r.adapter_path), r.created_at) for r in repo.list_models()]
+
+    registry = ModelRegistry(settings.models_dir, served, find, listing)
+    planner = PlacementPlanner(build_inventory(settings.gpu_pool_file), lambda device: pick_dtype(config.dtype, device),
+                               config.max_model_len, Reservations())
+    pool = ModelPool(registry, planner, engine_kind=engine_kind, engine_config=config,
+                     max_loaded_models=settings.max_loaded_models, idle_timeout_s=settings.model_idle_timeout_s)
+    scheduler = JobScheduler(repo, settings.home, models_dir=settings.models_dir, planner=planner,
+                             serving_busy=pool.busy_devices, max_concurrent=settings.max_concurrent_jobs)
+    return Components(pool, repo, scheduler, ServingMetrics(), [s.model_id for s in served])
+
+
+def build_app(served: list[ModelSource], api_key: str | None = None, engine_kind: str = "native",
+              **engine_options) -> FastAPI:
+    """``create_app`` over ``build_components`` with the settings' upload limit."""
+    from synthd.config import get_settings
+
+    return create_app(build_components(served, engine_kind, **engine_options), api_key=api_key,
+                      max_file_bytes=get_settings().max_file_bytes)

@@ -11,20 +11,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from synthd.engine.native.loaded import AdapterBusy
-from synthd.errors import Conflict, InvalidRequest, NotFound, Overloaded, PayloadTooLarge, ServerFault, SynthdError
-from synthd.gpus.selection import SelectionError
-from synthd.gpus.spec import GPUSpecError
-from synthd.models.adapters import AdapterMismatch
-from synthd.models.pool import ModelLoadError
-from synthd.models.resolve import ModelNotFound
+from synthd.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    ServerFault,
+    SynthdError,
+    TooManyRequests,
+)
 
-DOMAIN_ERRORS = (GPUSpecError, SelectionError, ModelNotFound, ModelLoadError, AdapterMismatch, AdapterBusy, SynthdError)
 STATUS_BY_KIND: tuple[tuple[type[SynthdError], int, str], ...] = (
     (InvalidRequest, 400, "invalid_request_error"),
     (NotFound, 404, "not_found_error"),
     (Conflict, 409, "invalid_request_error"),
     (PayloadTooLarge, 413, "invalid_request_error"),
+    (TooManyRequests, 429, "rate_limit_error"),
     (Overloaded, 503, "server_error"),
     (ServerFault, 500, "server_error"),
 )
@@ -68,14 +71,6 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
-def model_not_found(model: str, message: str | None = None) -> APIError:
-    """A 404 for a model this server does not know."""
-    return APIError(
-        404, message or f"The model '{model}' does not exist.",
-        type="not_found_error", param="model", code="model_not_found",
-    )
-
-
 PYDANTIC_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 PYDANTIC_TAG_PREFIXES = ("constrained-", "function-", "lax-", "strict-", "json-", "tagged-union")
 
@@ -92,28 +87,14 @@ def _param_path(loc: tuple, keep_all: bool = False) -> str | None:
     return ".".join(parts) or None
 
 
-def domain_error(exc: Exception) -> APIError | None:
-    """The API error for a domain exception from the engine or GPU layers; None if not one of them."""
-    if isinstance(exc, SynthdError):
-        status, kind = next(((status, kind) for cls, status, kind in STATUS_BY_KIND if isinstance(exc, cls)),
-                            (500, "server_error"))
-        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
-        return APIError(status, exc.message, type=kind, param=exc.param, code=exc.code, headers=headers)
-    if isinstance(exc, GPUSpecError):
-        return bad_request(str(exc), "gpu_preference", "invalid_gpu_preference")
-    if isinstance(exc, SelectionError):
-        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-        kind = "invalid_request_error" if exc.status < 500 else "server_error"
-        return APIError(exc.status, exc.message, type=kind, param="gpu_preference", code=exc.code, headers=headers)
-    if isinstance(exc, ModelNotFound):
-        return model_not_found("", str(exc))
-    if isinstance(exc, AdapterMismatch):
-        return bad_request(f"The adapter does not match its base model: {exc}", "model", "adapter_mismatch")
-    if isinstance(exc, AdapterBusy):
-        return APIError(409, f"The model is in use and cannot be removed now: {exc}", param="model", code="model_busy")
-    if isinstance(exc, ModelLoadError):
-        return APIError(503, str(exc), type="server_error", code="model_load_failed")
-    return None
+def domain_error(exc: SynthdError) -> APIError:
+    """The API error for a domain error (``STATUS_BY_KIND``); an unknown kind is a 500."""
+    status, kind = next(((status, kind) for cls, status, kind in STATUS_BY_KIND if isinstance(exc, cls)),
+                        (500, "server_error"))
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+    if status in (400, 404, 409, 413):  # retrying cannot help: tell clients that follow openai-python's rules
+        headers = {**(headers or {}), "x-should-retry": "false"}
+    return APIError(status, exc.message, type=kind, param=exc.param, code=exc.code, headers=headers)
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:
@@ -148,13 +129,10 @@ def install_error_handlers(app: FastAPI) -> None:
         error = APIError(exc.status_code, str(exc.detail), type=kind)
         return JSONResponse(error.body(), status_code=exc.status_code)
 
-    async def _domain(_: Request, exc: Exception) -> JSONResponse:
+    @app.exception_handler(SynthdError)
+    async def _domain(_: Request, exc: SynthdError) -> JSONResponse:
         mapped = domain_error(exc)
-        assert mapped is not None
         return JSONResponse(mapped.body(), status_code=mapped.status_code, headers=mapped.headers)
-
-    for error_class in DOMAIN_ERRORS:
-        app.add_exception_handler(error_class, _domain)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -1,64 +1,92 @@
 """Prometheus metrics, named after vLLM's (docs.vllm.ai, "Production Metrics") with ``synthd:``.
 
-Each app owns its registry so several servers (tests) can live in one process.
+Counters and histograms count REQUESTS, as vLLM's do: a chat with ``n: 2`` is one request, its
+prompt tokens counted once, its completion tokens those of both choices. Gauges come from each
+replica's engine at scrape time. Each app owns its registry so several servers (tests) can live in
+one process.
 """
-
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from synthd.engine.native.sequence import Sequence
-from synthd.models.pool import ModelManager
+from synthd.models.pool import ModelPool
+from synthd.services.chat import RequestRecord
 
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 TOKEN_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
 
 
 class ServingMetrics:
-    """Request, latency and token metrics of one server.
+    """Request, latency, token and engine metrics of one server (HELP texts after vLLM's).
 
-    Histograms are in seconds: TTFT (arrival → first token), TPOT (mean time per output token after
-    the first), end-to-end latency (arrival → finish) and queue time (arrival → scheduled).
+    Histograms are in seconds: TTFT (arrival → first token of any choice), TPOT (after the first
+    token, per output token of the longest choice), end-to-end latency (arrival → last token) and
+    queue time (arrival → first scheduled).
     """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         labels = ["model_name"]
+        r = self.registry
         self.requests = Counter("synthd:requests", "HTTP requests by model and status code.",
-                                ["model_name", "status"], registry=self.registry)
-        self.request_success = Counter("synthd:request_success", "Finished sequences by finish reason.",
-                                       ["model_name", "finished_reason"], registry=self.registry)
-        self.prompt_tokens = Counter("synthd:prompt_tokens", "Prefilled prompt tokens.", labels, registry=self.registry)
-        self.generation_tokens = Counter("synthd:generation_tokens", "Generated tokens.", labels, registry=self.registry)
-        self.ttft = Histogram("synthd:time_to_first_token_seconds", "Time to first token.", labels,
-                              buckets=LATENCY_BUCKETS_S, registry=self.registry)
-        self.tpot = Histogram("synthd:time_per_output_token_seconds", "Time per output token after the first.",
-                              labels, buckets=TOKEN_BUCKETS_S, registry=self.registry)
-        self.e2e = Histogram("synthd:e2e_request_latency_seconds", "End-to-end sequence latency.", labels,
-                             buckets=LATENCY_BUCKETS_S, registry=self.registry)
-        self.queue = Histogram("synthd:request_queue_time_seconds", "Time waiting before the first prefill.",
-                               labels, buckets=LATENCY_BUCKETS_S, registry=self.registry)
-        self.running = Gauge("synthd:num_requests_running", "Sequences in the running batch.", labels,
-                             registry=self.registry)
-        self.waiting = Gauge("synthd:num_requests_waiting", "Sequences waiting for a batch slot.", labels,
-                             registry=self.registry)
+                                ["model_name", "status"], registry=r)
+        self.request_success = Counter("synthd:request_success", "Count of successfully processed requests.",
+                                       ["model_name", "finished_reason"], registry=r)
+        self.prompt_tokens = Counter("synthd:prompt_tokens", "Number of prefill tokens processed.", labels, registry=r)
+        self.generation_tokens = Counter("synthd:generation_tokens", "Number of generation tokens processed.",
+                                         labels, registry=r)
+        self.ttft = Histogram("synthd:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                              labels, buckets=LATENCY_BUCKETS_S, registry=r)
+        self.tpot = Histogram("synthd:time_per_output_token_seconds",
+                              "Histogram of time per output token in seconds.", labels, buckets=TOKEN_BUCKETS_S,
+                              registry=r)
+        self.e2e = Histogram("synthd:e2e_request_latency_seconds",
+                             "Histogram of end to end request latency in seconds.", labels,
+                             buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue = Histogram("synthd:request_queue_time_seconds",
+                               "Histogram of time spent in WAITING phase for request.", labels,
+                               buckets=LATENCY_BUCKETS_S, registry=r)
+        self.running = Gauge("synthd:num_requests_running", "Number of requests in model execution batches.",
+                             labels, registry=r)
+        self.waiting = Gauge("synthd:num_requests_waiting", "Number of requests waiting to be processed.",
+                             labels, registry=r)
+        self.kv_usage = Gauge("synthd:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+                              labels, registry=r)
+        self.prefix_queries = Gauge("synthd:prefix_cache_queries_total",
+                                    "Prefix cache queries, in terms of number of queried tokens.", labels, registry=r)
+        self.prefix_hits = Gauge("synthd:prefix_cache_hits_total",
+                                 "Prefix cache hits, in terms of number of cached tokens.", labels, registry=r)
 
-    def refresh(self, manager: ModelManager) -> None:
-        """Set the running/waiting gauges from the resident models (called at scrape time)."""
-        for loaded in manager.resident():
-            self.running.labels(loaded.model_id).set(loaded.engine.num_running)
-            self.waiting.labels(loaded.model_id).set(loaded.engine.num_waiting)
+    def refresh(self, pool: ModelPool) -> None:
+        """Set the engine gauges from every replica (called at scrape time)."""
+        totals: dict[str, list[float]] = {}
+        for replica in pool.replicas():
+            if replica.engine is None:
+                continue
+            stats = replica.engine.stats()
+            row = totals.setdefault(replica.model_id, [0, 0, 0.0, 0, 0])
+            row[0] += stats.running
+            row[1] += stats.waiting
+            row[2] = max(row[2], stats.kv_cache_usage)
+            row[3] += stats.prefix_cache_queries
+            row[4] += stats.prefix_cache_hits
+        for model, (running, waiting, kv, queries, hits) in totals.items():
+            self.running.labels(model).set(running)
+            self.waiting.labels(model).set(waiting)
+            self.kv_usage.labels(model).set(kv)
+            self.prefix_queries.labels(model).set(queries)
+            self.prefix_hits.labels(model).set(hits)
 
-    def observe_sequence(self, model: str, sequence: Sequence) -> None:
-        """Record one finished sequence (engine thread)."""
-        finished = sequence.finished_s or time.perf_counter()
-        self.request_success.labels(model, sequence.finish_reason or "unknown").inc()
-        self.prompt_tokens.labels(model).inc(len(sequence.prompt_ids))
-        self.generation_tokens.labels(model).inc(sequence.completion_tokens)
-        self.e2e.labels(model).observe(finished - sequence.arrival_s)
-        if sequence.scheduled_s is not None:
-            self.queue.labels(model).observe(sequence.scheduled_s - sequence.arrival_s)
-        if sequence.first_token_s is not None:
-            self.ttft.labels(model).observe(sequence.first_token_s - sequence.arrival_s)
-            if sequence.completion_tokens > 1:
-                self.tpot.labels(model).observe((finished - sequence.first_token_s) / (sequence.completion_tokens - 1))
+    def observe_request(self, record: RequestRecord) -> None:
+        """Record one finished request."""
+        model = record.model
+        self.request_success.labels(model, record.finish_reason).inc()
+        self.prompt_tokens.labels(model).inc(record.prompt_tokens)
+        self.generation_tokens.labels(model).inc(record.completion_tokens)
+        self.e2e.labels(model).observe(record.finished_s - record.arrival_s)
+        if record.scheduled_s is not None:
+            self.queue.labels(model).observe(max(0.0, record.scheduled_s - record.arrival_s))
+        if record.first_token_s is not None:
+            self.ttft.labels(model).observe(record.first_token_s - record.arrival_s)
+            if record.max_choice_tokens > 1:
+                self.tpot.labels(model).observe((record.finished_s - record.first_token_s)
+                                                / (record.max_choice_tokens - 1))

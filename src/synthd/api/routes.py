@@ -1,15 +1,20 @@
-"""Routers: they parse, dispatch to ``OpenAIServing`` and pick JSON or SSE — nothing more."""
+"""Routers for serving: models, chat/completions, GPUs, warmup, health and metrics. They parse,
+dispatch to the services, and pick JSON or SSE — nothing more."""
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Receive, Scope, Send
 
 from synthd.api.auth import require_api_key
+from synthd.api.errors import domain_error
 from synthd.api.metrics import ServingMetrics
+from synthd.errors import SynthdError
+from synthd.models.pool import ModelPool
 from synthd.protocol.gpus import (
     GPUReport,
     GPUValidateRequest,
@@ -18,25 +23,12 @@ from synthd.protocol.gpus import (
     WarmupResponse,
     WarmupStatus,
 )
-from synthd.protocol.openai import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ModelCard,
-    ModelList,
-)
-from synthd.services.chat import OpenAIServing, PreparedRequest
-from synthd.services.gpus import (
-    gpu_report,
-    start_warmup,
-    validate_preference,
-    warmup_status,
-)
+from synthd.protocol.openai import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from synthd.services.chat import OpenAIServing, PreparedRequest, sse
+from synthd.services.gpus import gpu_report, start_warmup, validate_on_pool, warmup_status
 from synthd.services.models import ModelsService
 
 T = TypeVar("T")
-DISCONNECT_POLL_S = 0.25
-
-
 GPU_HEADER = "X-GPU-Preference"
 SELECTED_HEADER = "X-GPU-Selected"
 
@@ -50,9 +42,9 @@ def get_serving(request: Request) -> OpenAIServing:
     return request.app.state.serving
 
 
-def get_metrics(request: Request) -> ServingMetrics:
-    """The app's ``ServingMetrics``."""
-    return request.app.state.metrics
+def get_pool(request: Request) -> ModelPool:
+    """The app's ``ModelPool``."""
+    return request.app.state.pool
 
 
 def get_models(request: Request) -> ModelsService:
@@ -60,51 +52,90 @@ def get_models(request: Request) -> ModelsService:
     return request.app.state.models
 
 
+def get_metrics(request: Request) -> ServingMetrics:
+    """The app's ``ServingMetrics``."""
+    return request.app.state.metrics
+
+
 Serving = Annotated[OpenAIServing, Depends(get_serving)]
+Pool = Annotated[ModelPool, Depends(get_pool)]
 Models = Annotated[ModelsService, Depends(get_models)]
 Metrics = Annotated[ServingMetrics, Depends(get_metrics)]
 GPUHeader = Annotated[str | None, Header(alias=GPU_HEADER)]
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; cancel it (and so its generation) if the client goes away first."""
+    """Await ``work``, racing it against the client's disconnect (vLLM's ``with_cancellation``):
+    if the client goes away first, ``work`` (and so its generation) is cancelled."""
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            raise asyncio.CancelledError("client disconnected")
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    raise asyncio.CancelledError("client disconnected")
 
 
-def sse_response(events, prepared: PreparedRequest) -> StreamingResponse:
-    """A ``text/event-stream`` response that proxies won't buffer, naming the device used."""
-    return StreamingResponse(events, media_type="text/event-stream", headers={
-        "Cache-Control": "no-cache", "X-Accel-Buffering": "no", SELECTED_HEADER: prepared.placement.label})
+async def sse_events(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """``events`` then ``data: [DONE]``; a domain error mid-stream becomes one error event (OpenAI's
+    envelope) before ``[DONE]``, never a half-closed socket."""
+    try:
+        async for event in events:
+            yield event
+    except SynthdError as exc:
+        yield sse(domain_error(exc).body())
+    yield "data: [DONE]\n\n"
 
 
-def json_response(body: dict, prepared: PreparedRequest) -> JSONResponse:
-    """A JSON response naming the device used."""
-    return JSONResponse(body, headers={SELECTED_HEADER: prepared.placement.label})
+class LeasedStreamingResponse(StreamingResponse):
+    """An SSE response that gives the request's model lease back however the stream ends (finished,
+    failed, or the client gone before the first byte)."""
+
+    def __init__(self, events: AsyncIterator[str], prepared: PreparedRequest) -> None:
+        super().__init__(sse_events(events), media_type="text/event-stream", headers={
+            "Cache-Control": "no-cache", "X-Accel-Buffering": "no", SELECTED_HEADER: prepared.gpu})
+        self.prepared = prepared
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.prepared.close()
+
+
+async def json_reply(request: Request, prepared: PreparedRequest, work: Awaitable) -> JSONResponse:
+    """Run ``work`` (the whole generation) under the disconnect race, then answer JSON naming the
+    device used; the lease is given back either way."""
+    try:
+        result = await until_disconnected(request, work)
+    finally:
+        prepared.close()
+    return JSONResponse(result.model_dump(), headers={SELECTED_HEADER: prepared.gpu})
 
 
 @v1.get("/models", response_model=ModelList)
 async def list_models(models: Models) -> ModelList:
-    """List loaded base models and every fine-tuned model."""
-    return models.list()
+    """List every servable model with its warmup status; fine-tunes after their base."""
+    return await models.list()
 
 
 @v1.get("/models/{model_id:path}", response_model=ModelCard)
 async def retrieve_model(model_id: str, models: Models) -> ModelCard:
     """Retrieve one model; ids may contain '/'."""
-    return models.retrieve(model_id)
+    return await models.retrieve(model_id)
 
 
 @v1.delete("/models/{model_id:path}")
 async def delete_model(model_id: str, models: Models) -> dict:
-    """Delete a fine-tuned model and its adapter (base models cannot be deleted)."""
-    return models.delete(model_id)
+    """Delete a fine-tuned model; requests already running on it finish first."""
+    return await models.delete(model_id)
 
 
 @v1.post("/chat/completions", response_model=None)
@@ -115,9 +146,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     prepared = await until_disconnected(request, serving.prepare_chat(body, gpu))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(serving.chat_stream(prepared, include_usage), prepared)
-    result = await until_disconnected(request, serving.chat(prepared))
-    return json_response(result.model_dump(), prepared)
+        return LeasedStreamingResponse(serving.chat_stream(prepared, include_usage), prepared)
+    return await json_reply(request, prepared, serving.chat(prepared))
 
 
 @v1.post("/completions", response_model=None)
@@ -128,36 +158,35 @@ async def create_completion(body: CompletionRequest, request: Request, serving: 
     prepared = await until_disconnected(request, serving.prepare_completion(body, gpu))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(serving.completion_stream(prepared, include_usage), prepared)
-    result = await until_disconnected(request, serving.completion(prepared))
-    return json_response(result.model_dump(), prepared)
+        return LeasedStreamingResponse(serving.completion_stream(prepared, include_usage), prepared)
+    return await json_reply(request, prepared, serving.completion(prepared))
 
 
 @v1.get("/gpus", response_model=GPUReport)
-async def list_gpus(serving: Serving) -> GPUReport:
+async def list_gpus(pool: Pool) -> GPUReport:
     """GPU catalog, this deployment's inventory, and what is in use."""
-    return gpu_report(serving.manager)
+    return gpu_report(pool)
 
 
 @v1.post("/gpus/validate", response_model=GPUValidateResponse)
-async def validate_gpus(body: GPUValidateRequest, serving: Serving) -> GPUValidateResponse:
+async def validate_gpus(body: GPUValidateRequest, pool: Pool) -> GPUValidateResponse:
     """Check a GPU preference for a model and purpose without loading anything."""
-    return validate_preference(serving.manager, body)
+    return await validate_on_pool(pool, body)
 
 
 @warmup.post("/warmup/{model:path}", response_model=WarmupResponse)
 @warmup.post("/v1/warmup/{model:path}", response_model=WarmupResponse, include_in_schema=False)
-async def warm_model(model: str, serving: Serving, body: WarmupRequest | None = None,
+async def warm_model(model: str, pool: Pool, body: WarmupRequest | None = None,
                      gpu: GPUHeader = None) -> WarmupResponse:
     """Start loading a model in the background, on the preferred GPU."""
-    return await start_warmup(serving.manager, model, body.gpu_preference if body else None, gpu)
+    return await start_warmup(pool, model, body.gpu_preference if body else None, gpu)
 
 
 @warmup.get("/warmup/status/{model:path}", response_model=WarmupStatus)
 @warmup.get("/v1/warmup/status/{model:path}", response_model=WarmupStatus, include_in_schema=False)
-async def warm_status(model: str, serving: Serving) -> WarmupStatus:
+async def warm_status(model: str, pool: Pool) -> WarmupStatus:
     """Warmup state of a model: cold, warming, warmed or failed."""
-    return warmup_status(serving.manager, model)
+    return await warmup_status(pool, model)
 
 
 @ops.get("/health")
@@ -167,16 +196,16 @@ async def health() -> dict[str, str]:
 
 
 @ops.get("/ready")
-async def ready(request: Request, serving: Serving) -> JSONResponse:
+async def ready(request: Request, pool: Pool) -> JSONResponse:
     """Readiness: 200 once the served models are loaded, else 503."""
-    models = [m.model_id for m in serving.manager.resident()]
+    models = sorted({r.model_id for r in pool.replicas() if r.engine is not None})
     is_ready = bool(getattr(request.app.state, "ready", False))
     return JSONResponse({"status": "ready" if is_ready else "loading", "models": models},
                         status_code=200 if is_ready else 503)
 
 
 @ops.get("/metrics")
-async def metrics(metrics: Metrics, serving: Serving) -> Response:
+async def metrics(metrics: Metrics, pool: Pool) -> Response:
     """Prometheus metrics."""
-    metrics.refresh(serving.manager)
+    metrics.refresh(pool)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

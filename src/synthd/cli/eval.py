@@ -25,16 +25,14 @@ def default_models() -> list[str]:
 
 
 def run_eval(models: str | None, categories: str, battery: Path | None, *, concurrency: int, repeats: int,
-             temperature: float, max_tokens: int, out: Path, console: Console, base_url: str | None = None) -> None:
+             temperature: float, max_tokens: int, out: Path, console: Console, base_url: str | None = None,
+             unsafe_sandbox: bool = False) -> None:
     """Load the battery, open the models (skipping those without credentials), run every case under a
     progress bar, write ``report.json``, ``report.md`` and ``latency.png`` to ``out`` and print the
-    report. ``models`` and ``categories`` are comma-separated. Raises ``CLIError`` on bad input."""
-    from synthd.evals.battery import (
-        BUILTIN_BATTERY,
-        BatteryError,
-        load_battery,
-        select_categories,
-    )
+    report. ``models`` and ``categories`` are comma-separated. Raises ``CLIError`` on bad input, and
+    when coding cases are selected but bubblewrap cannot run here, unless ``unsafe_sandbox``."""
+    from synthd.evals.battery import BUILTIN_BATTERY, BatteryError, CodeCheck, load_battery, select_categories
+    from synthd.evals.bubblewrap import bubblewrap_support
     from synthd.evals.output import write_report
     from synthd.evals.report import build_report, render
     from synthd.evals.runner import EvalSettings, open_models, run_attempts
@@ -57,7 +55,17 @@ def run_eval(models: str | None, categories: str, battery: Path | None, *, concu
         raise CLIError(str(exc)) from None
     if not cases:
         raise CLIError(f"the battery has no case in the categories {categories}")
-    settings = EvalSettings(concurrency=concurrency, repeats=repeats, temperature=temperature, max_tokens=max_tokens)
+    if any(isinstance(case.check, CodeCheck) for case in cases):
+        support = bubblewrap_support()
+        if support.bubblewrap is None and not unsafe_sandbox:
+            raise CLIError(f"coding cases run model-written code under bubblewrap, and {support.reason}; install "
+                           "bubblewrap, leave coding out with --categories, or pass --unsafe-sandbox to run the code "
+                           "under the audit-hook guard alone")
+        if support.bubblewrap is None:
+            console.print(f"[yellow]warning:[/yellow] --unsafe-sandbox: coding answers run under the audit-hook "
+                          f"guard alone, without bubblewrap ({support.reason})", highlight=False, soft_wrap=True)
+    settings = EvalSettings(concurrency=concurrency, repeats=repeats, temperature=temperature, max_tokens=max_tokens,
+                            unsafe_sandbox=unsafe_sandbox)
     with console.status("opening models…"):
         lms, skipped = open_models(names, synthd_base_url=base_url)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -89,6 +97,9 @@ def eval_(
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.json and latency.png.")] = Path("eval-results"),
     base_url: Annotated[str | None, typer.Option(help="synthd server for synthd models (default: $SYNTH_API_URL, "
                                                       "else http://127.0.0.1:8000).")] = None,
+    unsafe_sandbox: Annotated[bool, typer.Option("--unsafe-sandbox", help="Where bubblewrap cannot run, run coding "
+                                                 "answers under the audit-hook guard alone (not a security "
+                                                 "boundary) instead of refusing.")] = False,
 ) -> None:
     """Run the eval battery (math, coding, reasoning, creative) through the LM client; report pass
     rates and latencies on screen and as Markdown, JSON and a PNG chart in --out.
@@ -96,4 +107,4 @@ def eval_(
     Example: synthd eval --models SmolLM2-135M-Instruct,gpt-4o-mini --categories math,coding --out results
     """
     run_eval(models, categories, battery, concurrency=concurrency, repeats=repeats, temperature=temperature,
-             max_tokens=max_tokens, out=out, base_url=base_url, console=console)
+             max_tokens=max_tokens, out=out, base_url=base_url, console=console, unsafe_sandbox=unsafe_sandbox)

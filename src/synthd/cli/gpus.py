@@ -61,9 +61,12 @@ def gpus_validate(
     Example: synthd gpus validate H100:2 --model ./llama-70b-config --purpose sft
     """
     from synthd.config import get_settings
+    from synthd.engine.config import pick_dtype
+    from synthd.errors import SynthdError
     from synthd.gpus.inventory import InventoryError, build_inventory
-    from synthd.models.pool import ModelManager
-    from synthd.models.resolve import ModelNotFound
+    from synthd.gpus.planner import PlacementPlanner
+    from synthd.models.registry import ModelRegistry
+    from synthd.models.resolve import resolve_operator_model
     from synthd.protocol.gpus import GPUValidateRequest
     from synthd.services.gpus import validate_preference
 
@@ -71,9 +74,13 @@ def gpus_validate(
         fail(f"--purpose must be inference, sft or dpo, not '{purpose}'")
     settings = get_settings()
     try:
-        manager = ModelManager(settings.models_dir, build_inventory(settings.gpu_pool_file), dtype=settings.dtype)
-        result = validate_preference(manager, GPUValidateRequest(model=model, gpu_preference=spec, purpose=purpose))
-    except (ModelNotFound, InventoryError) as exc:
+        source = resolve_operator_model(model, settings.models_dir)
+        registry = ModelRegistry(settings.models_dir, [source], lambda _: None, list)
+        planner = PlacementPlanner(build_inventory(settings.gpu_pool_file),
+                                   lambda device: pick_dtype(settings.dtype, device), settings.max_model_len)
+        result = validate_preference(planner, registry, GPUValidateRequest(model=source.model_id, gpu_preference=spec,
+                                                                           purpose=purpose))
+    except (SynthdError, InventoryError) as exc:
         fail(str(exc))
     if as_json:
         print(result.model_dump_json(indent=2))

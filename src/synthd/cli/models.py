@@ -65,7 +65,7 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 def models_import(
     path: Annotated[Path, typer.Argument(help="PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).")],
     base: Annotated[str, typer.Option(help="Base model the adapter was trained on.")] = "SmolLM2-135M-Instruct",
-    name: Annotated[str, typer.Option(help="Name; served as ft:<base>:<name> (or as given if it starts with ft:).")] = "",
+    name: Annotated[str, typer.Option(help="Name; served as ft:<base>:<name>.")] = "",
 ) -> None:
     """Register an adapter trained elsewhere as a servable fine-tuned model.
 
@@ -74,22 +74,23 @@ def models_import(
     import shutil
 
     from synthd.config import get_settings
-    from synthd.models.adapters import AdapterMismatch, check_adapter
-    from synthd.models.ids import FineTuneId, is_fine_tune
-    from synthd.models.resolve import ModelNotFound, canonical_id, resolve_model
+    from synthd.models.adapters import check_adapter
+    from synthd.errors import SynthdError
+    from synthd.models.ids import FineTuneId
+    from synthd.models.resolve import NAME_PATTERN, resolve_model
     from synthd.store.db import open_database
     from synthd.store.repository import Repository
 
     settings = get_settings()
-    if not name or any(c in name for c in "/\\") or name in (".", ".."):
-        fail("--name is required and must not contain '/'")
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        fail("--name is required: letters, digits, '.', '_' and '-' (e.g. support-bot)")
     try:
         source = resolve_model(base, settings.models_dir)
         check_adapter(path, source.path)
-    except (ModelNotFound, AdapterMismatch) as exc:
-        fail(str(exc))
-    base_id = canonical_id(source.model_id)
-    model_id = name if is_fine_tune(name) else FineTuneId(base_id, name).format()
+    except SynthdError as exc:
+        fail(exc.message)
+    base_id = source.model_id
+    model_id = str(FineTuneId(base_id, name))
     repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
     if repo.get_model(model_id) is not None:
         fail(f"'{model_id}' already exists; delete it first (DELETE /v1/models/{model_id})")

@@ -3,12 +3,15 @@
 Modelled on openai-python's ``_exceptions``: a class per HTTP status under a common base,
 connection and timeout errors apart. Each error carries ``provider``, ``status_code`` (``None``
 when no HTTP status came back) and the provider's own ``message``; ``retry_after_s`` holds the
-server's ``Retry-After`` when it sent one.
+server's ``retry-after-ms`` / ``Retry-After`` when it sent one. Status errors also keep what the
+server said about the error and about retrying it: ``code``, ``param`` and ``type`` from the error
+body, and ``should_retry`` from the ``x-should-retry`` header (see ``synthd.client.retry``).
 """
 
+import email.utils
+import math
+import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 
 
 class LMError(Exception):
@@ -46,7 +49,26 @@ class APITimeoutError(APIConnectionError):
 
 
 class APIStatusError(LMError):
-    """The server answered with an error status."""
+    """The server answered with an error status.
+
+    ``code``, ``param``, ``type``: the error body's fields, as openai-python's ``APIError`` keeps
+    them (OpenAI: ``{"error": {"message", "type", "param", "code"}}``, e.g. ``code``
+    ``context_length_exceeded``; Anthropic: ``error.type`` as ``type`` and
+    ``error.details.error_code`` as ``code``), ``None`` when absent. ``should_retry``: the server's
+    ``x-should-retry`` header, ``True`` for ``true``, ``False`` for ``false``, else ``None``.
+    ``headers``: the response's headers, names in lower case.
+    """
+
+    def __init__(self, message: str, *, provider: str | None = None, status_code: int | None = None,
+                 retry_after_s: float | None = None, should_retry: bool | None = None, code: str | None = None,
+                 param: str | None = None, type: str | None = None,  # openai-python's names
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, provider=provider, status_code=status_code, retry_after_s=retry_after_s)
+        self.should_retry = should_retry
+        self.headers = {name.lower(): value for name, value in (headers or {}).items()}
+        self.code = code
+        self.param = param
+        self.type = type
 
 
 class BadRequestError(APIStatusError):
@@ -98,40 +120,45 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
-def status_error(status_code: int, message: str, *, provider: str,
-                 headers: Mapping[str, str] | None = None) -> APIStatusError:
+OVERFLOWING_RETRY_AFTER_S = 121.0
+"""What a numeric ``retry-after`` too large for a float reads as in openai-python: just over its
+``MAX_RETRY_AFTER_DELAY`` (120 s), so the request is not retried rather than retried early."""
+
+
+def status_error(status_code: int, message: str, *, provider: str, headers: Mapping[str, str] | None = None,
+                 code: str | None = None, param: str | None = None, type: str | None = None) -> APIStatusError:
     """The ``APIStatusError`` subclass for ``status_code`` (5xx and unknown codes: ``ProviderError``),
-    with ``retry_after_s`` read from ``headers``."""
+    with ``retry_after_s`` and ``should_retry`` read from ``headers`` (any case-insensitive mapping,
+    e.g. the SDK response's)."""
+    lowered = {name.lower(): value for name, value in (headers or {}).items()}
     cls = _BY_STATUS.get(status_code, ProviderError)
-    return cls(message, provider=provider, status_code=status_code, retry_after_s=retry_after(headers or {}))
+    return cls(message, provider=provider, status_code=status_code, retry_after_s=retry_after(lowered),
+               should_retry={"true": True, "false": False}.get(lowered.get("x-should-retry", "")),
+               code=code, param=param, type=type, headers=lowered)
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (delta-seconds or an HTTP date,
-    RFC 9110 §10.2.3); ``None`` when absent or unreadable."""
-    if (millis := headers.get("retry-after-ms")) is not None:
+def retry_after(headers: Mapping[str, str], *, overflow_s: float = OVERFLOWING_RETRY_AFTER_S) -> float | None:
+    """Seconds the server asks to wait, as openai-python's ``_parse_retry_after_header`` reads them
+    from ``headers`` (lower-case names): ``retry-after-ms`` (milliseconds), else ``retry-after`` as
+    seconds (floats allowed), else as an HTTP date (RFC 9110 §10.2.3) minus now; ``None`` when
+    absent or unreadable. Not clamped: zero, negative and infinite values come back as sent (the
+    retry policy ignores them); a number that overflows a float is ``overflow_s`` (the Anthropic
+    SDK reads it as infinite)."""
+    for header, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
+        value = headers.get(header)
+        if value is None:
+            continue
         try:
-            return max(0.0, float(millis) / 1000)
+            delay = float(value)
         except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
+            continue
+        if delay == math.inf and value.strip().lower() not in ("inf", "+inf", "infinity", "+infinity"):
+            return overflow_s
+        return delay / divisor
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = email.utils.parsedate_tz(headers.get("retry-after"))  # type: ignore[arg-type]
+        if when is None:
+            return None
+        return float(email.utils.mktime_tz(when) - time.time())
+    except (TypeError, ValueError, OverflowError, OSError):
         return None
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Retry on 408, 429, 5xx, timeouts and connection errors; never on other 4xx or local errors."""
-    if isinstance(error, APIConnectionError):
-        return True
-    if isinstance(error, APIStatusError) and error.status_code is not None:
-        return error.status_code in (408, 429) or error.status_code >= 500
-    return False

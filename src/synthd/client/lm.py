@@ -24,7 +24,7 @@ from synthd.client.providers import PROVIDERS, SynthdProvider
 from synthd.client.providers.base import StreamPiece
 from synthd.client.request import ChatRequest, JSONSchemaFormat
 from synthd.client.response import LMResponse
-from synthd.client.retry import async_retrying, retrying
+from synthd.client.retry import DEFAULT_MAX_RETRIES, async_retrying, retrying
 from synthd.client.routing import route
 
 Message = dict[str, Any]
@@ -40,8 +40,9 @@ class LM:
     provider's variable (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``TOGETHER_API_KEY``,
     ``SYNTH_API_KEY``); the base URL from ``base_url``, the provider's variable (``SYNTH_API_URL``,
     ``OPENAI_BASE_URL``, …) or its default. ``temperature``/``max_tokens`` are defaults for every
-    call; ``max_retries`` counts retries after the first try (429, 5xx, timeouts, connection errors);
-    ``timeout`` is seconds per HTTP request.
+    call; ``max_retries`` counts retries after the first try, by openai-python's rules (408, 409,
+    429, 5xx, timeouts, connection errors; the server's ``x-should-retry`` and ``retry-after``
+    obeyed: see ``synthd.client.retry``); ``timeout`` is seconds per HTTP request.
 
     Raises ConfigurationError (ambiguous model, unknown provider, bad argument) and
     MissingCredentialsError (naming the variable to set) at construction.
@@ -49,7 +50,7 @@ class LM:
 
     def __init__(self, model: str, provider: str | None = None, base_url: str | None = None,
                  api_key: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
-                 max_retries: int = 3, timeout: float = 120.0) -> None:
+                 max_retries: int = DEFAULT_MAX_RETRIES, timeout: float = 120.0) -> None:
         if not isinstance(model, str):
             raise ConfigurationError(f"model must be a string, not {type(model).__name__}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -187,20 +188,20 @@ class LM:
             extra_body=dict(options.get("extra_body") or {}))
 
     def _complete(self, request: ChatRequest) -> LMResponse:
-        for attempt in retrying(self.max_retries):
+        for attempt in retrying(self.max_retries, self._provider.retry_rules):
             with attempt, malformed_as_error(self.provider):
                 return self._provider.complete(request)
         raise AssertionError("unreachable: tenacity reraises")
 
     async def _complete_async(self, request: ChatRequest) -> LMResponse:
-        async for attempt in async_retrying(self.max_retries):
+        async for attempt in async_retrying(self.max_retries, self._provider.retry_rules):
             with attempt, malformed_as_error(self.provider):
                 return await self._provider.complete_async(request)
         raise AssertionError("unreachable: tenacity reraises")
 
     def _open_stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
         """The provider's stream with its first piece already read, retried until then."""
-        for attempt in retrying(self.max_retries):
+        for attempt in retrying(self.max_retries, self._provider.retry_rules):
             with attempt, malformed_as_error(self.provider):
                 pieces = self._provider.stream(request)
                 first = next(pieces)
@@ -209,7 +210,7 @@ class LM:
             yield from pieces
 
     async def _open_stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
-        async for attempt in async_retrying(self.max_retries):
+        async for attempt in async_retrying(self.max_retries, self._provider.retry_rules):
             with attempt, malformed_as_error(self.provider):
                 pieces = self._provider.stream_async(request)
                 first = await anext(pieces)

@@ -7,6 +7,7 @@ complete only end-of-sequence is allowed, so the sequence ends with ``finish_rea
 ``max_tokens`` runs out first the output is cut (``length``), as with OpenAI.
 """
 
+import json
 import threading
 from typing import Any
 
@@ -16,15 +17,13 @@ import llguidance.numpy
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from synthd.engine.protocol import GuideError
+
 ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
 """The schema ``response_format: {"type": "json_object"}`` stands for."""
 
 
-class GrammarError(ValueError):
-    """The JSON schema cannot be compiled into a grammar; the message says why."""
-
-
-class Guide:
+class GuideMatcher:
     """One sequence's matcher: ``mask`` the next token's logits, then ``accept`` the token chosen."""
 
     def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int) -> None:
@@ -37,18 +36,24 @@ class Guide:
         llguidance.numpy.apply_token_bitmask_inplace(logits.numpy(), self.bitmask)
 
     def accept(self, token: int) -> None:
-        """Advance past ``token`` (one the mask allowed)."""
-        self.matcher.consume_token(token)
+        """Advance past ``token`` (one the mask allowed).
+
+        Raises:
+            RuntimeError: the matcher refused the token or is in an error state.
+        """
+        if not self.matcher.consume_token(token) or self.matcher.is_error():
+            raise RuntimeError(f"structured output: {self.matcher.get_error() or 'token not allowed'}")
 
 
 class GuidedDecoding:
     """Grammars for one tokenizer. Building the llguidance tokenizer takes about a second, so it is
-    built on first use and kept; safe to call from several threads."""
+    built on first use and kept, as are compiled grammars (by schema); safe from several threads."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
         self._ll_tokenizer: llguidance.LLTokenizer | None = None
         self._lock = threading.Lock()
+        self._grammars: dict[str, str] = {}
 
     def _ll(self) -> llguidance.LLTokenizer:
         with self._lock:
@@ -59,18 +64,28 @@ class GuidedDecoding:
     def compile(self, schema: dict[str, Any]) -> str:
         """The grammar for JSON matching ``schema`` (compact: no free whitespace between tokens).
 
-        Raises GrammarError: the schema is not one llguidance can compile (its message says why).
+        Raises:
+            GuideError: the schema is not one llguidance can compile (its message says why).
         """
+        key = json.dumps(schema, sort_keys=True)
+        if (cached := self._grammars.get(key)) is not None:
+            return cached
         try:
             grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
-        except ValueError as exc:
-            raise GrammarError(str(exc)) from None
+        except (ValueError, TypeError) as exc:
+            raise GuideError(f"Invalid JSON schema: {exc}") from None
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self._ll())
         if is_error:
-            raise GrammarError(messages[0] if messages else "invalid JSON schema")
+            raise GuideError(f"Invalid JSON schema: {messages[0] if messages else 'cannot be compiled'}")
+        with self._lock:
+            self._grammars[key] = grammar
         return grammar
 
-    def guide(self, grammar: str) -> Guide:
-        """A fresh matcher for ``grammar`` (from ``compile``), for one sequence."""
+    def matcher(self, schema: dict[str, Any]) -> GuideMatcher:
+        """A fresh matcher for JSON matching ``schema``, for one sequence.
+
+        Raises:
+            GuideError: the schema cannot be compiled.
+        """
         tokenizer = self._ll()
-        return Guide(llguidance.LLMatcher(tokenizer, grammar), tokenizer.vocab_size)
+        return GuideMatcher(llguidance.LLMatcher(tokenizer, self.compile(schema)), tokenizer.vocab_size)

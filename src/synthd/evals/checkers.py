@@ -28,13 +28,14 @@ class CheckResult:
     extracted: str | None = None
 
 
-def check_answer(case: Case, answer: str) -> CheckResult:
-    """Judge ``answer`` (the model's reply text) against ``case.check``."""
+def check_answer(case: Case, answer: str, *, unsafe_sandbox: bool = False) -> CheckResult:
+    """Judge ``answer`` (the model's reply text) against ``case.check``; ``unsafe_sandbox`` lets
+    code run under the audit-hook guard alone where bubblewrap cannot run (see ``check_code``)."""
     check = case.check
     if isinstance(check, MathCheck):
         return check_math(check, answer)
     if isinstance(check, CodeCheck):
-        return check_code(check, answer)
+        return check_code(check, answer, unsafe_sandbox=unsafe_sandbox)
     if isinstance(check, ExactCheck):
         return check_exact(check, answer)
     return check_constraints(check, answer)
@@ -124,8 +125,12 @@ def _format_number(value: float) -> str:
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:^[ \t]*```[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
 
 
-def check_code(check: CodeCheck, answer: str) -> CheckResult:
+def check_code(check: CodeCheck, answer: str, *, unsafe_sandbox: bool = False) -> CheckResult:
     """Pass when the answer's code followed by ``check.tests`` runs to the end in the sandbox.
+
+    The sandbox is bubblewrap plus an audit-hook guard (:mod:`synthd.evals.sandbox`); where
+    bubblewrap cannot run, the code is not run and the check fails saying so, unless
+    ``unsafe_sandbox``, which runs it under the guard alone.
 
     The code is the last ```` ```python ```` block (``py``/``python3`` too), else the last
     untagged fenced block, else the whole answer if it contains ``def <entry_point>``. A syntax
@@ -143,7 +148,8 @@ def check_code(check: CodeCheck, answer: str) -> CheckResult:
     if check.entry_point not in _top_level_names(tree):
         return CheckResult(passed=False, reason=missing, extracted=code)
     program = f"{_without_main_blocks(code, tree)}\n\n{check.tests}"
-    result = run_sandboxed(program, timeout_s=check.timeout_s, memory_mb=check.memory_mb)
+    result = run_sandboxed(program, timeout_s=check.timeout_s, memory_mb=check.memory_mb,
+                           unsafe_sandbox=unsafe_sandbox)
     if result.status == "ok":
         return CheckResult(passed=True, reason="all tests passed", extracted=code)
     return CheckResult(passed=False, reason=result.reason, extracted=code)

@@ -3,7 +3,8 @@
 Each (model, case, repeat) is one attempt: the model's reply is judged by the case's checker; a
 provider error (``LMError`` after the client's retries) is recorded as ``error``, apart from a
 wrong answer (``failed``). A model whose client cannot be built (no credentials, ambiguous name)
-or, on synthd, cannot be warmed up, is skipped with the reason and runs no attempt.
+or, on synthd, cannot be warmed up, is skipped with the reason and runs no attempt. Every reason
+goes through :func:`synthd.evals.redaction.redact_secrets` before it is recorded.
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from synthd.client import LM, APIConnectionError, ConfigurationError, LMError
 from synthd.client.routing import route
 from synthd.evals.battery import Case, Category
 from synthd.evals.checkers import check_answer
+from synthd.evals.redaction import redact_secrets
 
 Status = Literal["passed", "failed", "error"]
 
@@ -50,13 +52,16 @@ class Skipped(BaseModel):
 @dataclass(frozen=True)
 class EvalSettings:
     """How to ask: ``concurrency`` requests in flight across all models, each case ``repeats``
-    times, with ``temperature`` and ``max_tokens`` (a case's own ``max_tokens`` wins)."""
+    times, with ``temperature`` and ``max_tokens`` (a case's own ``max_tokens`` wins).
+    ``unsafe_sandbox``: where bubblewrap cannot run, run coding answers under the audit-hook
+    guard alone instead of failing them unrun."""
 
     concurrency: int = 4
     repeats: int = 1
     temperature: float | None = 0.0
     max_tokens: int = 512
     timeout_s: float = 300.0
+    unsafe_sandbox: bool = False
 
 
 def open_models(names: Sequence[str], *, synthd_base_url: str | None = None, warmup: bool = True,
@@ -72,16 +77,17 @@ def open_models(names: Sequence[str], *, synthd_base_url: str | None = None, war
             on_synthd = synthd_base_url is not None and route(name)[0] == "synthd"
             lm = LM(name, base_url=synthd_base_url if on_synthd else None, timeout=timeout_s)
         except ConfigurationError as exc:
-            skipped.append(Skipped(model=name, reason=str(exc)))
+            skipped.append(Skipped(model=name, reason=redact_secrets(str(exc))))
             continue
         if warmup and lm.provider == "synthd":
             try:
                 lm.warmup()
             except APIConnectionError as exc:
-                skipped.append(Skipped(model=name, reason=f"{exc}: start 'synthd serve' or set SYNTH_API_URL"))
+                skipped.append(Skipped(model=name, reason=redact_secrets(
+                    f"{exc}: start 'synthd serve' or set SYNTH_API_URL")))
                 continue
             except LMError as exc:
-                skipped.append(Skipped(model=name, reason=f"warmup failed: {exc}"))
+                skipped.append(Skipped(model=name, reason=redact_secrets(f"warmup failed: {exc}")))
                 continue
         models.append(lm)
     return models, skipped
@@ -113,11 +119,12 @@ async def _ask(lm: LM, case: Case, repeat: int, settings: EvalSettings) -> Attem
                                           temperature=settings.temperature,
                                           max_tokens=case.max_tokens or settings.max_tokens)
     except Exception as exc:  # noqa: BLE001  (one broken reply must not end the run; it is recorded)
-        return Attempt(**common, status="error", answer=None, reason=f"{type(exc).__name__}: {exc}",
+        return Attempt(**common, status="error", answer=None, reason=redact_secrets(f"{type(exc).__name__}: {exc}"),
                        finish_reason=None, latency_s=None, completion_tokens=None)
-    verdict = await asyncio.to_thread(check_answer, case, response.text)
+    verdict = await asyncio.to_thread(check_answer, case, response.text, unsafe_sandbox=settings.unsafe_sandbox)
     cut = not verdict.passed and response.finish_reason == "length"
+    reason = f"cut at max_tokens: {verdict.reason}" if cut else verdict.reason
     return Attempt(**common, status="passed" if verdict.passed else "failed", answer=response.text,
-                   reason=f"cut at max_tokens: {verdict.reason}" if cut else verdict.reason,
+                   reason=redact_secrets(reason),
                    finish_reason=response.finish_reason, latency_s=response.latency_s,
                    completion_tokens=response.usage.completion_tokens)

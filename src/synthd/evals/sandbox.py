@@ -1,21 +1,35 @@
-"""Run model-written Python in a separate, limited, audited child process.
+"""Run model-written Python in a separate, limited, audited child process, under bubblewrap.
 
-What this is, honestly: a guard against careless or runaway model code, not a security boundary
-against a determined attacker. The program never runs in the evaluating process; the child gets a
-fresh temporary working directory, a scrubbed environment (``PATH``, ``LANG``, and ``HOME`` and
-``TMPDIR`` pointing at that directory), no stdin, its own session (the whole process group is
-killed on timeout), ``resource`` limits (address space, CPU seconds, file size, open files, no
-core dumps) and a ``sys.addaudithook`` guard installed before the program runs. The guard ends
-the child with :data:`BLOCKED_EXIT_CODE` through ``os._exit``, so no ``except`` in the program
-can swallow it, on: opening for writing, creating, truncating, deleting, renaming or making
-directories outside the working directory (inside it they are allowed, so ``tempfile`` works);
-creating more than :data:`CREATED_FILES_LIMIT` files and directories, or creating one while the
-working directory already holds more than :data:`DISK_LIMIT_BYTES`; opening the report file or
-any ``/proc/<pid>/mem``; chmod, chown, hard and symbolic links anywhere; process creation
+Two layers. The outer one is bubblewrap (:mod:`synthd.evals.bubblewrap`): the child runs in new
+namespaces with no network (only its own loopback), its own PID namespace and ``/proc`` (no other
+process, the parent's ``/proc/<pid>/environ`` included, can be seen or signalled), an empty tmpfs
+home and ``/tmp``, a read-only system and Python, its run folder as the only writable place,
+no capabilities, a cleared environment, and no process that outlives the run: when the program
+ends (or times out) the sandbox's PID 1 is killed, which kills everything left in its namespace,
+and the parent waits for that before returning. When bubblewrap cannot run here
+(:func:`synthd.evals.bubblewrap.bubblewrap_support` says why), :func:`run_sandboxed` refuses
+(status ``error``) unless ``unsafe_sandbox=True``, which runs the child with the inner layer alone.
+
+The inner layer runs in either case. The child gets a fresh temporary working directory, a
+scrubbed environment (``PATH``, ``LANG``, and ``HOME`` and ``TMPDIR``; without bubblewrap these
+point at that directory), no stdin, its own session (the whole process group is killed on
+timeout), ``resource`` limits (address space, CPU seconds, file size, open files, no core dumps)
+and a ``sys.addaudithook`` guard installed before the program runs. The guard ends the child with
+:data:`BLOCKED_EXIT_CODE` through ``os._exit``, so no ``except`` in the program can swallow it, on:
+opening for writing, creating, truncating, deleting, renaming or making directories outside the
+working directory (inside it they are allowed, so ``tempfile`` works); creating more than
+:data:`CREATED_FILES_LIMIT` files and directories, or creating one while the working directory
+already holds more than :data:`DISK_LIMIT_BYTES`; opening the report file or any
+``/proc/<pid>/mem``; chmod, chown, hard and symbolic links anywhere; process creation
 (``subprocess``, ``os.system``, ``os.exec*``, ``os.spawn*``, ``os.posix_spawn``, ``os.fork``,
 ``os.forkpty``); ``os.kill``, ``os.killpg`` and ``signal.pthread_kill``; socket connect, bind,
 send-to and name lookups; any ``ctypes`` use beyond the ``dlopen(None)`` that ``import ctypes``
-itself does; and changing resource limits.
+itself does; changing resource limits; and subinterpreters. Audit hooks added with
+``sys.addaudithook`` belong to one interpreter, so code run in a subinterpreter would escape the
+guard: creating an interpreter (the ``cpython.PyInterpreterState_New`` event) and importing any
+of :data:`SUBINTERPRETER_MODULES` (by the last part of the name, so a renamed copy of the
+extension is caught too; ``_testcapi.run_in_subinterp`` creates one without raising that event)
+are blocked.
 
 How success is told apart from a program that merely claims it: the parent makes a random nonce
 per run (``secrets.token_hex``) and sends it through a pipe that the child's prelude reads and
@@ -31,27 +45,33 @@ status 0 and that exact last line; writing to inherited descriptors, ``os._exit(
 can be created, so a run can never write more than their product; in addition, a run whose
 working directory holds more than :data:`DISK_LIMIT_BYTES` when it ends is ``failed``.
 
-Known limits: PEP 578 itself warns that audit hooks are not a sandbox, since code that can run
-arbitrary Python can find ways around them. Deliberate attacks are out of scope, for instance:
-finding the nonce by frame inspection (``sys._getframe(1).f_locals`` reaches the prelude),
-through ``gc`` or by monkeypatching what ``os.path.realpath`` calls; calls that raise no audit
-event (``_posixsubprocess.fork_exec``, or ``os.open(name, ..., dir_fd=...)`` relative to a
-directory opened elsewhere, whose audit event omits ``dir_fd``; such files also escape the file
-count); writing many files first and filling them afterwards (bounded only by the product above
-until the check at the end); directories made unreadable with ``os.mkdir(name, 0)`` hide their
-contents from the size check. Reading files is allowed everywhere; ``os.putenv`` is allowed
-because ``import numpy`` calls it and no child process can see it; a synthd running as root
-lends the child root's privileges. Run evals on a machine or container you are willing to lose.
+Known limits of the guard, which is why bubblewrap is the boundary: PEP 578 itself warns that
+audit hooks are not a sandbox. Calls that raise no audit event pass it: ``_posixsubprocess.fork_exec``
+(which ``subprocess`` and ``asyncio`` need, so it cannot be blocked) starts an unguarded child,
+contained by bubblewrap alone; ``os.open(name, ..., dir_fd=...)`` relative to a directory opened
+elsewhere. The nonce can be found by frame inspection (``sys._getframe(1).f_locals`` reaches the
+prelude), through ``gc`` or by monkeypatching what ``os.path.realpath`` calls, so a deliberate
+attacker can forge a pass (a wrong verdict, not an escape). Writing many files first and filling
+them afterwards is bounded only by the product above until the check at the end; directories made
+unreadable with ``os.mkdir(name, 0)`` hide their contents from the size check. Reading files is
+allowed everywhere the sandbox can see; ``os.putenv`` is allowed because ``import numpy`` calls it.
+Under bubblewrap a program that exits with status 128+N reads as killed by signal N (bwrap reports
+signals that way). Without bubblewrap the child can read whatever the parent's user can (other
+processes' environments, home directories), reach the network through an unguarded child, and a
+synthd running as root lends it root's privileges: run ``--unsafe-sandbox`` evals on a machine or
+container you are willing to lose.
 Sources: PEP 578 (https://peps.python.org/pep-0578/), the audit events table
 (https://docs.python.org/3/library/audit_events.html), OpenAI human-eval's ``execution.py``
-(``reliability_guard``, which disables the same calls by monkeypatching).
+(``reliability_guard``, which disables the same calls by monkeypatching), bwrap(1).
 """
 
 import contextlib
 import inspect
+import json
 import math
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -59,9 +79,11 @@ import tempfile
 import textwrap
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Literal
+
+from synthd.evals.bubblewrap import LAUNCH_ENV, SANDBOX_DIR, Bubblewrap, bubblewrap_support
 
 BLOCKED_EXIT_CODE = 121
 """Exit status of a child stopped by the audit guard."""
@@ -86,10 +108,20 @@ CREATED_FILES_LIMIT = 64
 
 OPEN_FILES_LIMIT = 64
 
+SUBINTERPRETER_MODULES = frozenset({
+    "_xxsubinterpreters", "_xxinterpchannels", "_interpreters", "_interpchannels", "_interpqueues",
+    "interpreters", "_testcapi", "_testinternalcapi",
+})
+"""Modules whose import the guard blocks: they create subinterpreters, which the guard cannot see
+into (CPython 3.11 has ``_xxsubinterpreters`` and ``_testcapi.run_in_subinterp``; later versions
+rename them ``_interpreters`` and ``concurrent.interpreters``)."""
+
 SandboxStatus = Literal["ok", "failed", "timeout", "blocked", "error"]
+Isolation = Literal["bubblewrap", "guard only", "none"]
 
 _TAIL_BYTES = 4 * OUTPUT_TAIL_CHARS  # 4 bytes per character at most in UTF-8
 _READER_JOIN_S = 5.0
+_TEARDOWN_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +135,9 @@ class SandboxResult:
     child was killed for the timeout or never started; negative values are signal numbers.
     ``stdout``/``stderr`` keep their last :data:`OUTPUT_TAIL_CHARS` characters.
     ``blocked_event`` is the guard's description of the stopped call, e.g. ``os.remove('/tmp/x')``.
-    ``disk_bytes`` is what the working directory held when the program ended.
+    ``disk_bytes`` is what the working directory held when the program ended. ``isolation`` is
+    how it ran: under ``bubblewrap``, under the audit-hook ``guard only`` (``unsafe_sandbox``), or
+    ``none`` (refused: bubblewrap cannot run and unsafe runs were not allowed).
     """
 
     status: SandboxStatus
@@ -115,6 +149,7 @@ class SandboxResult:
     memory_mb: int
     blocked_event: str | None = None
     disk_bytes: int = 0
+    isolation: Isolation = "bubblewrap"
 
     @property
     def reason(self) -> str:
@@ -147,22 +182,29 @@ class SandboxResult:
         return last or f"exit status {self.returncode}"
 
 
-def run_sandboxed(source: str, *, timeout_s: float, memory_mb: int) -> SandboxResult:
+def run_sandboxed(source: str, *, timeout_s: float, memory_mb: int, unsafe_sandbox: bool = False) -> SandboxResult:
     """Run the Python program ``source`` in a sandboxed child interpreter and wait for it.
 
     ``timeout_s`` is wall-clock seconds (CPU seconds are limited to ``ceil(timeout_s) + 1``);
     ``memory_mb`` caps the child's address space in MiB. The program runs as ``__main__`` from
     ``program.py`` in a fresh temporary directory that is its working directory and is deleted
-    afterwards. Never raises for anything the program does; a failure to start the child is
-    status ``error``. Thread-safe: no ``preexec_fn`` (unsafe with threads); the child sets its
-    own limits before running the program.
+    afterwards. It runs under bubblewrap when bubblewrap can run here; otherwise it is not run
+    (status ``error``, isolation ``none``) unless ``unsafe_sandbox``, which runs it under the
+    audit-hook guard alone. Never raises for anything the program does; a failure to start the
+    child is status ``error``. Thread-safe: no ``preexec_fn`` (unsafe with threads); the child sets
+    its own limits before running the program. Returns after every process the program started
+    has ended (under bubblewrap; without it, only the program's process group is killed).
     """
+    support = bubblewrap_support()
+    if support.bubblewrap is None and not unsafe_sandbox:
+        return SandboxResult(status="error", returncode=None, stdout="", duration_s=0.0, timeout_s=float(timeout_s),
+                             stderr=f"not run: {support.reason}; unsafe_sandbox (--unsafe-sandbox) runs code "
+                                    "under the audit-hook guard alone", memory_mb=memory_mb, isolation="none")
     with tempfile.TemporaryDirectory(prefix="synthd-sandbox-", ignore_cleanup_errors=True) as root:
         root_dir = Path(root)
         work_dir = root_dir / "work"
         work_dir.mkdir()
-        program = work_dir / "program.py"
-        program.write_text(source, encoding="utf-8")
+        (work_dir / "program.py").write_text(source, encoding="utf-8")
         report = root_dir / "report"
         nonce = secrets.token_hex(16)
         nonce_read, nonce_write = os.pipe()  # not inheritable; pass_fds hands the read end over
@@ -170,40 +212,102 @@ def run_sandboxed(source: str, *, timeout_s: float, memory_mb: int) -> SandboxRe
             os.write(nonce_write, nonce.encode("ascii"))
         finally:
             os.close(nonce_write)
-        child_source = _child_source(str(program), str(report), nonce_read, memory_mb, timeout_s)
-        timed_out = False
-        start = time.monotonic()
         try:
-            process = subprocess.Popen(
-                [sys.executable, "-I", "-c", child_source], cwd=work_dir, env=_child_env(work_dir),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(nonce_read,), start_new_session=True,
-            )
+            if support.bubblewrap is not None:
+                process, sandbox_pid1 = _start_in_bubblewrap(support.bubblewrap, root, nonce_read, memory_mb,
+                                                             timeout_s)
+            else:
+                child_source = _child_source(str(work_dir / "program.py"), str(report), nonce_read, memory_mb,
+                                             timeout_s)
+                process = subprocess.Popen(
+                    [sys.executable, "-I", "-c", child_source], cwd=work_dir, env=_child_env(work_dir),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    pass_fds=(nonce_read,), start_new_session=True,
+                )
+                sandbox_pid1 = None
         except OSError as exc:
             return SandboxResult(status="error", returncode=None, stdout="",
                                  stderr=f"could not start the sandbox: {exc}", duration_s=0.0,
-                                 timeout_s=float(timeout_s), memory_mb=memory_mb)
+                                 timeout_s=float(timeout_s), memory_mb=memory_mb,
+                                 isolation="bubblewrap" if support.bubblewrap is not None else "guard only")
         finally:
             os.close(nonce_read)
-        assert process.stdout is not None and process.stderr is not None
-        stdout, stderr = bytearray(), bytearray()
-        readers = [threading.Thread(target=_drain, args=(stream, tail), daemon=True)
-                   for stream, tail in ((process.stdout, stdout), (process.stderr, stderr))]
-        for reader in readers:
-            reader.start()
-        try:
-            returncode: int | None = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(process.pid)
-            process.wait()
-            returncode = None
-        duration_s = time.monotonic() - start
-        for reader in readers:
-            reader.join(_READER_JOIN_S)
-        outcome = report.read_text(encoding="utf-8", errors="replace") if report.exists() else ""
-        return _result(outcome, nonce, returncode, timed_out, _decode_tail(stdout), _decode_tail(stderr),
-                       duration_s, timeout_s, memory_mb, _folder_bytes(work_dir))
+        isolation: Isolation = "bubblewrap" if support.bubblewrap is not None else "guard only"
+        return _wait(process, isolation, sandbox_pid1, report, nonce, work_dir, timeout_s, memory_mb)
+
+
+def _start_in_bubblewrap(bubblewrap: Bubblewrap, root: str, nonce_read: int, memory_mb: int,
+                         timeout_s: float) -> tuple[subprocess.Popen, int | None]:
+    """Start the child under ``bubblewrap``; returns it and a pidfd of the sandbox's PID 1 (``None``
+    if bwrap failed before reporting it). Raises ``OSError`` if bwrap cannot be started."""
+    inside = f"{SANDBOX_DIR}/work/program.py", f"{SANDBOX_DIR}/report"
+    child_source = _child_source(*inside, nonce_read, memory_mb, timeout_s)
+    info_read, info_write = os.pipe()
+    try:
+        process = subprocess.Popen(
+            bubblewrap.command(root, [sys.executable, "-I", "-c", child_source], info_fd=info_write),
+            cwd=root, env=LAUNCH_ENV, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(nonce_read, info_write), start_new_session=True,
+        )
+    except OSError:
+        os.close(info_read)
+        raise
+    finally:
+        os.close(info_write)
+    with open(info_read, "rb") as info:  # bwrap writes it and closes its end once the sandbox exists
+        text = info.read()
+    try:
+        pid1 = int(json.loads(text)["child-pid"])
+        return process, os.pidfd_open(pid1)
+    except (ValueError, KeyError, TypeError, OSError):
+        return process, None
+
+
+def _wait(process: subprocess.Popen, isolation: Isolation, sandbox_pid1: int | None, report: Path, nonce: str,
+          work_dir: Path, timeout_s: float, memory_mb: int) -> SandboxResult:
+    """Drain the child's output, wait for it (killing it at ``timeout_s``), end the sandbox, judge."""
+    assert process.stdout is not None and process.stderr is not None
+    start = time.monotonic()
+    stdout, stderr = bytearray(), bytearray()
+    readers = [threading.Thread(target=_drain, args=(stream, tail), daemon=True)
+               for stream, tail in ((process.stdout, stdout), (process.stderr, stderr))]
+    for reader in readers:
+        reader.start()
+    timed_out = False
+    try:
+        returncode: int | None = process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        returncode = None
+    finally:
+        _end(process, sandbox_pid1)
+    duration_s = time.monotonic() - start
+    for reader in readers:
+        reader.join(_READER_JOIN_S)
+    if isolation == "bubblewrap" and returncode is not None and 128 < returncode < 128 + signal.NSIG:
+        returncode = 128 - returncode  # bwrap exits 128+N for a child killed by signal N
+    outcome = report.read_text(encoding="utf-8", errors="replace") if report.exists() else ""
+    result = _result(outcome, nonce, returncode, timed_out, _decode_tail(stdout), _decode_tail(stderr),
+                     duration_s, timeout_s, memory_mb, _folder_bytes(work_dir))
+    last = _last_line(result.stderr)
+    if isolation == "bubblewrap" and result.status == "failed" and returncode == 1 and last.startswith("bwrap: "):
+        return replace(result, status="error", stderr=f"sandbox setup failed: {last}", isolation=isolation)
+    return replace(result, isolation=isolation)
+
+
+def _end(process: subprocess.Popen, sandbox_pid1: int | None) -> None:
+    """Kill whatever is left of the run and wait until it is gone. Under bubblewrap: the sandbox's
+    PID 1, whose death kills every process in its PID namespace (the kernel finishes that before
+    PID 1 itself is reported dead, which the pidfd tells). Then the child's process group, while
+    the child is not yet reaped (its pid is still that group's id, so no other group is hit)."""
+    if sandbox_pid1 is not None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(sandbox_pid1, signal.SIGKILL)
+        select.select([sandbox_pid1], [], [], _TEARDOWN_WAIT_S)
+        os.close(sandbox_pid1)
+    if process.returncode is None:
+        _kill_group(process.pid)
+    process.wait()
 
 
 def _result(outcome: str, nonce: str, returncode: int | None, timed_out: bool, stdout: str, stderr: str,
@@ -290,12 +394,12 @@ def _child_source(program: str, report: str, nonce_fd: int, memory_mb: int, time
     limits = [("RLIMIT_AS", memory_mb * 2**20), ("RLIMIT_CPU", _cpu_limit_s(timeout_s)),
               ("RLIMIT_FSIZE", FILE_SIZE_LIMIT_BYTES), ("RLIMIT_NOFILE", OPEN_FILES_LIMIT), ("RLIMIT_CORE", 0)]
     arguments = (program, report, nonce_fd, limits, BLOCKED_EXIT_CODE, SETUP_EXIT_CODE, CREATED_FILES_LIMIT,
-                 DISK_LIMIT_BYTES)
+                 DISK_LIMIT_BYTES, sorted(SUBINTERPRETER_MODULES))
     return f"{textwrap.dedent(inspect.getsource(_child_main))}\n_child_main(*{arguments!r})\n"
 
 
 def _child_main(program: str, report: str, nonce_fd: int, limits: list[tuple[str, int]], blocked_exit: int,
-                setup_exit: int, max_created: int, disk_limit: int) -> None:
+                setup_exit: int, max_created: int, disk_limit: int, subinterpreter_modules: list[str]) -> None:
     """Runs only inside the child, sent as source by ``run_sandboxed``: limit, guard, run.
 
     Reads the run's nonce from ``nonce_fd`` and closes it. ``limits`` pairs ``resource.RLIMIT_*``
@@ -348,6 +452,7 @@ def _child_main(program: str, report: str, nonce_fd: int, limits: list[tuple[str
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
     create_flag = os.O_CREAT
     created = [0]
+    no_import = frozenset(subinterpreter_modules)
     always_blocked = frozenset({
         "os.chmod", "os.chown", "os.chflags", "os.link", "os.symlink", "subprocess.Popen", "os.system",
         "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg",
@@ -356,8 +461,8 @@ def _child_main(program: str, report: str, nonce_fd: int, limits: list[tuple[str
         "resource.setrlimit", "resource.prlimit",
     })
     # How many leading audit arguments make a readable description; the rest are fds and flags.
-    shown_args = {"open": 2, "os.remove": 1, "os.rmdir": 1, "os.rename": 2, "shutil.rmtree": 1, "os.chmod": 2,
-                  "os.link": 2, "os.symlink": 2, "os.mkdir": 1, "os.truncate": 1, "subprocess.Popen": 2,
+    shown_args = {"import": 1, "open": 2, "os.remove": 1, "os.rmdir": 1, "os.rename": 2, "shutil.rmtree": 1,
+                  "os.chmod": 2, "os.link": 2, "os.symlink": 2, "os.mkdir": 1, "os.truncate": 1, "subprocess.Popen": 2,
                   "os.exec": 2, "os.posix_spawn": 2, "os.spawn": 3, "os.kill": 2, "os.killpg": 2,
                   "socket.connect": 2, "socket.bind": 2, "socket.sendto": 2, "socket.getaddrinfo": 2}
 
@@ -441,6 +546,11 @@ def _child_main(program: str, report: str, nonce_fd: int, limits: list[tuple[str
                 blocked = why is not None
         elif event == "os.truncate":
             blocked = not inside(args[0])
+        elif event == "import":
+            blocked = str(args[0]).rpartition(".")[2] in no_import
+            why = "subinterpreters are not allowed" if blocked else None
+        elif event == "cpython.PyInterpreterState_New":
+            blocked, why = True, "subinterpreters are not allowed"
         elif event.startswith("ctypes."):
             blocked = not (event == "ctypes.dlopen" and args == (None,))
         else:

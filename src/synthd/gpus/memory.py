@@ -25,6 +25,7 @@ from typing import Any
 
 GIB = 1024**3
 PURPOSES = ("inference", "sft", "dpo")
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 DEVICE_OVERHEAD_GIB = 1.0
 ADAM_MIXED_PRECISION_BYTES = 16
 
@@ -70,6 +71,10 @@ class ModelShape:
         per_layer = attention + mlp + 2 * h
         embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * per_layer + embeddings + h
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        """KV-cache bytes of one token: 2 (K and V) × layers × kv_heads × head_dim × dtype bytes."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
 
     def lora_parameters(self, rank: int) -> int:
         """Adapter parameters for LoRA of rank ``rank`` on q, k, v, o and the three MLP matrices."""
@@ -122,7 +127,7 @@ def estimate_memory(
     weights = params * dtype_bytes / GIB
     if purpose == "inference":
         tokens = (context or shape.max_position_embeddings) * batch
-        kv = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * dtype_bytes * tokens / GIB
+        kv = shape.kv_bytes_per_token(dtype_bytes) * tokens / GIB
         return MemoryEstimate(purpose, params, weights, kv, 0.0, 0.0, 0.1 * weights + DEVICE_OVERHEAD_GIB)
     seq = context or 1024
     rows = batch * (2 if purpose == "dpo" else 1)

@@ -1,18 +1,20 @@
 """Choosing where a model runs: a preference checked against the model's memory and the inventory.
 
-Outcomes (each an ``error`` with the HTTP status the API answers with):
-- the preference does not parse → 400 ``invalid_gpu_preference``;
-- no option in it has enough memory → 400 ``gpu_not_supported`` ("GPU type not supported for this
-  model"), giving needed and offered GiB;
-- fits but the deployment has no such devices → 409 ``gpu_unavailable``, naming what it has;
-- the devices exist but others hold them → 503 ``gpu_busy`` with ``retry_after_s``.
+Outcomes (each a ``SelectionError`` subclass; ``synthd.api.errors`` gives their HTTP statuses):
+- no option in the preference has enough memory → ``GPUNotSupported`` ("GPU type not supported for
+  this model"), giving needed and offered GiB;
+- fits but the deployment has no such devices → ``GPUUnavailable``, naming what it has;
+- the devices exist but others hold them → ``GPUBusy`` with ``retry_after_s``.
+A preference that does not parse is a ``GPUSpecError`` (``synthd.gpus.spec``).
 With no preference (``auto``) the cheapest fitting option available wins (price per hour × count,
 then fewer devices).
 """
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from synthd.errors import Conflict, InvalidRequest, Overloaded, SynthdError
 from synthd.gpus.catalog import CPU_NAME, VALID_COUNTS, lookup
 from synthd.gpus.inventory import Device, host_memory_gib
 from synthd.gpus.spec import GPUOption, GPUPreference
@@ -43,17 +45,36 @@ class Placement:
         return any(d.remote for d in self.devices)
 
 
-class SelectionError(Exception):
-    """A preference that cannot be met; ``status``/``code`` map to the API error."""
+class SelectionError(SynthdError):
+    """A preference that cannot be met; ``required_gib``/``offered_gib`` give the memory involved."""
 
-    def __init__(self, status: int, code: str, message: str, *, required_gib: float | None = None,
-                 offered_gib: float | None = None, retry_after_s: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+    code_name = "gpu_unavailable"
+
+    def __init__(self, message: str, *, required_gib: float | None = None, offered_gib: float | None = None) -> None:
+        SynthdError.__init__(self, message, param="gpu_preference", code=self.code_name)
         self.required_gib = required_gib
         self.offered_gib = offered_gib
+
+
+class GPUNotSupported(SelectionError, InvalidRequest):
+    """No option of the preference has enough memory for the model (``gpu_not_supported``)."""
+
+    code_name = "gpu_not_supported"
+
+
+class GPUUnavailable(SelectionError, Conflict):
+    """The option fits, but this deployment has no such devices (``gpu_unavailable``)."""
+
+    code_name = "gpu_unavailable"
+
+
+class GPUBusy(SelectionError, Overloaded):
+    """The devices exist but other work holds them (``gpu_busy``); retry after ``retry_after_s``."""
+
+    code_name = "gpu_busy"
+
+    def __init__(self, message: str, *, required_gib: float | None = None, retry_after_s: int = BUSY_RETRY_AFTER_S) -> None:
+        SelectionError.__init__(self, message, required_gib=required_gib)
         self.retry_after_s = retry_after_s
 
 
@@ -74,26 +95,28 @@ def describe_inventory(inventory: list[Device]) -> str:
 
 def select_placement(
     preference: GPUPreference,
-    required_gib: float,
+    required_gib: float | Callable[[GPUOption], float],
     inventory: list[Device],
     busy: set[str] | frozenset[str] = frozenset(),
 ) -> Placement:
-    """Pick devices for a model needing ``required_gib``; ``busy`` holds keys of devices in use.
+    """Pick devices for a model needing ``required_gib`` (a number, or a function of the option when
+    the need depends on the device, e.g. through the dtype it would load in); ``busy`` holds keys of
+    devices in use.
 
     Raises:
         SelectionError: see the module docstring.
     """
+    need = required_gib if callable(required_gib) else (lambda _option: required_gib)
     options = list(preference.options) or _auto_options(inventory)
-    fitting = [o for o in options if option_memory_gib(o, inventory) >= required_gib]
+    fitting = [o for o in options if option_memory_gib(o, inventory) >= need(o)]
+    required_gib = max(need(o) for o in options) if options else 0.0
     if not fitting:
         if preference.is_auto:
-            raise SelectionError(400, "gpu_not_supported",
-                                 f"No device in this deployment ({describe_inventory(inventory)}) has enough memory for "
+            raise GPUNotSupported(f"No device in this deployment ({describe_inventory(inventory)}) has enough memory for "
                                  f"this model: it needs {required_gib:.1f} GiB.", required_gib=required_gib)
         offered = max(option_memory_gib(o, inventory) for o in options)
         shown = ", ".join(f"{o} offers {option_memory_gib(o, inventory):.0f} GiB" for o in options)
-        raise SelectionError(400, "gpu_not_supported",
-                             f"GPU type not supported for this model: it needs {required_gib:.1f} GiB; {shown}.",
+        raise GPUNotSupported(f"GPU type not supported for this model: it needs {required_gib:.1f} GiB; {shown}.",
                              required_gib=required_gib, offered_gib=offered)
     if preference.is_auto:
         fitting.sort(key=lambda o: (_price(o, inventory), o.count))
@@ -111,11 +134,9 @@ def select_placement(
                 return Placement(option, tuple(group[:option.count]))
         saw_busy = True
     if saw_busy:
-        raise SelectionError(503, "gpu_busy",
-                             f"{', '.join(map(str, fitting))} exists in this deployment but is in use; retry later.",
-                             required_gib=required_gib, retry_after_s=BUSY_RETRY_AFTER_S)
-    raise SelectionError(409, "gpu_unavailable",
-                         f"{', '.join(map(str, fitting))} is not available in this deployment; "
+        raise GPUBusy(f"{', '.join(map(str, fitting))} exists in this deployment but is in use; retry later.",
+                             required_gib=required_gib)
+    raise GPUUnavailable(f"{', '.join(map(str, fitting))} is not available in this deployment; "
                          f"it has: {describe_inventory(inventory)}.", required_gib=required_gib)
 
 

@@ -6,11 +6,15 @@ COUNT is 1, 2, 4 or 8 (default 1). ``cpu`` takes no count other than 1.
 
 from dataclasses import dataclass
 
+from synthd.errors import InvalidRequest
 from synthd.gpus.catalog import CPU_NAME, VALID_COUNTS, GPUType, lookup, valid_types_text
 
 
-class GPUSpecError(ValueError):
+class GPUSpecError(InvalidRequest):
     """A preference string that does not parse; the message lists the valid types and counts."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="gpu_preference", code="invalid_gpu_preference")
 
 
 @dataclass(frozen=True)

@@ -14,20 +14,31 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-BASE_ADAPTER = "__base__"
+from synthd.errors import InvalidRequest
 
 
-class AdapterMismatch(ValueError):
+class UnsupportedAdapter(InvalidRequest):
+    """A LoRA adapter using a feature synthd cannot serve next to other adapters; the message names it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model", code="unsupported_adapter")
+
+
+class AdapterMismatch(InvalidRequest):
     """The adapter cannot run on this base (wrong type, modules or shapes); the message says which."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"The adapter does not match its base model: {message}", param="model", code="adapter_mismatch")
 
 
 @dataclass(frozen=True)
 class AdapterRef:
-    """A servable fine-tune: its id, base model id and adapter folder."""
+    """A servable fine-tune: its id, base model id, adapter folder and creation time (Unix seconds)."""
 
     model_id: str
     base_model: str
     path: Path
+    created: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,8 @@ def read_adapter_config(path: Path) -> AdapterInfo:
     """Parse ``adapter_config.json``.
 
     Raises:
-        AdapterMismatch: missing files, not LoRA, or no rank/targets.
+        AdapterMismatch: missing files or no rank/targets. UnsupportedAdapter: not LoRA, DoRA, or
+            ``modules_to_save``.
     """
     config_file = path / "adapter_config.json"
     if not config_file.is_file() or not (path / "adapter_model.safetensors").is_file():
@@ -53,7 +65,14 @@ def read_adapter_config(path: Path) -> AdapterInfo:
     except ValueError as exc:
         raise AdapterMismatch(f"{config_file}: invalid JSON ({exc})") from None
     if config.get("peft_type") != "LORA":
-        raise AdapterMismatch(f"only LoRA adapters can be served; this one is {config.get('peft_type')!r}")
+        raise UnsupportedAdapter(f"Only LoRA adapters can be served; this one is {config.get('peft_type')!r}.")
+    if config.get("use_dora"):
+        raise UnsupportedAdapter("DoRA adapters (use_dora: true) are not supported: their magnitude vectors cannot be "
+                                 "batched with other adapters. Merge it, or train a plain LoRA.")
+    if config.get("modules_to_save"):
+        raise UnsupportedAdapter(f"Adapters with modules_to_save ({config['modules_to_save']}) are not supported: they "
+                                 "replace whole base modules, which other adapters on the same base share. Train "
+                                 "without modules_to_save.")
     targets = config.get("target_modules")
     if isinstance(targets, str):
         targets = [targets]
@@ -66,7 +85,7 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
     """Validate an adapter against its base without loading weights (see module docstring).
 
     Raises:
-        AdapterMismatch: with the first problem found.
+        AdapterMismatch, UnsupportedAdapter: with the first problem found.
     """
     info = read_adapter_config(path)
     config = AutoConfig.from_pretrained(base_path)

@@ -1,72 +1,59 @@
-"""The one parser and formatter of fine-tuned model ids.
+"""The one format of fine-tuned model ids (``ft:``), after OpenAI's.
 
-Formats (OpenAI's, without the organisation field, which a self-hosted server does not have):
+- a job's model: ``ft:<base>:<suffix>:<job id>`` (``ft:<base>::<job id>`` without a suffix);
+- one of its checkpoints: ``ft:<base>:<suffix>:<job id>:ckpt-step-<N>``;
+- an adapter imported with ``synthd models import``: ``ft:<base>:<name>``.
 
-- a job's model: ``ft:<base>:<suffix>:<job id>`` (suffix may be empty: ``ft:<base>::<job id>``);
-- a checkpoint of it: ``ft:<base>:<suffix>:<job id>:ckpt-step-<N>`` (OpenAI's
-  ``fine_tuned_model_checkpoint``);
-- an imported adapter (``synthd models import``): ``ft:<base>:<name>``.
+``<base>`` is the base model's served id (it holds no ``:``).
 """
 
 import re
 from dataclasses import dataclass
 
-from synthd.errors import InvalidRequest
-
-PREFIX = "ft:"
-CHECKPOINT = re.compile(r"^ckpt-step-(\d+)$")
+FT_PREFIX = "ft:"
+CHECKPOINT_PATTERN = re.compile(r"ckpt-step-(\d+)")
 
 
 def is_fine_tune(model: str) -> bool:
     """True for ``ft:`` model ids."""
-    return model.startswith(PREFIX)
+    return model.startswith(FT_PREFIX)
 
 
 @dataclass(frozen=True)
 class FineTuneId:
-    """The parts of an ``ft:`` id.
-
-    Attributes:
-        base: the base model id.
-        suffix: the job's ``suffix`` (None or "" when none was given), or an imported adapter's name.
-        job_id: the ``ftjob-…`` that trained it (None for imported adapters).
-        checkpoint_step: the step of a checkpoint id (None for a job's final model).
-    """
+    """A parsed ``ft:`` id: ``base`` model, ``suffix`` (the name, for imports), the ``job_id`` that made
+    it (None for imports) and the ``checkpoint_step`` (None for a job's final model)."""
 
     base: str
-    suffix: str | None = None
+    suffix: str = ""
     job_id: str | None = None
     checkpoint_step: int | None = None
 
-    def format(self) -> str:
-        """The id string."""
-        if self.job_id is None:
-            return f"{PREFIX}{self.base}:{self.suffix or ''}"
-        text = f"{PREFIX}{self.base}:{self.suffix or ''}:{self.job_id}"
-        return text if self.checkpoint_step is None else f"{text}:ckpt-step-{self.checkpoint_step}"
+    def __str__(self) -> str:
+        parts = [FT_PREFIX.rstrip(":"), self.base, self.suffix]
+        if self.job_id is not None:
+            parts.append(self.job_id)
+        if self.checkpoint_step is not None:
+            parts.append(f"ckpt-step-{self.checkpoint_step}")
+        return ":".join(parts)
 
+    @property
     def final(self) -> "FineTuneId":
-        """The job's final model for a checkpoint id (itself otherwise)."""
+        """The job's final model this checkpoint belongs to (itself when not a checkpoint)."""
         return FineTuneId(self.base, self.suffix, self.job_id)
 
     @classmethod
-    def parse(cls, model: str) -> "FineTuneId":
-        """Split an ``ft:`` id.
-
-        Raises:
-            InvalidRequest: not an ``ft:`` id of one of the formats above (``param`` ``model``).
-        """
+    def parse(cls, model: str) -> "FineTuneId | None":
+        """The parts of ``model``, or None when it is not a well-formed ``ft:`` id."""
         if not is_fine_tune(model):
-            raise InvalidRequest(f"'{model}' is not a fine-tuned model id (ft:...).", param="model",
-                                 code="invalid_model_id")
-        parts = model[len(PREFIX):].split(":")
-        step = None
-        if len(parts) == 4 and (match := CHECKPOINT.match(parts[3])):
-            step = int(match.group(1))
-            parts = parts[:3]
-        if not parts[0] or len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2]):
-            raise InvalidRequest(f"'{model}' is not a fine-tuned model id: expected ft:<base>:<suffix>:<job id>"
-                                 "[:ckpt-step-N] or ft:<base>:<name>.", param="model", code="invalid_model_id")
+            return None
+        parts = model.split(":")[1:]
+        if len(parts) < 2 or not parts[0]:
+            return None
         if len(parts) == 2:
-            return cls(parts[0], parts[1])
-        return cls(parts[0], parts[1], parts[2], step)
+            return cls(parts[0], parts[1]) if parts[1] else None
+        if len(parts) == 3:
+            return cls(parts[0], parts[1], parts[2]) if parts[2] else None
+        if len(parts) == 4 and parts[2] and (match := CHECKPOINT_PATTERN.fullmatch(parts[3])):
+            return cls(parts[0], parts[1], parts[2], int(match.group(1)))
+        return None

@@ -1,371 +1,395 @@
-"""The models this process serves: placement, warmup, lazy loading, idle unload and LRU eviction.
+"""The models this process serves: replicas, warmup state, leases, idle unload and LRU eviction.
 
-Every model has a slot with a warmup status: ``cold → warming → warmed`` (or ``failed`` with the
-reason). Loads run in a worker thread; concurrent warmups or requests for one model share a single
-load. Inference on a cold model loads it first (the request waits). A model idle for longer than
-``idle_timeout_s`` is unloaded, and loading beyond ``max_loaded_models`` evicts the least recently
-used idle model.
+A base model runs as one or more **replicas**, each an engine on one placement (``cpu``, ``H100:2``):
+a request for the same model with another GPU preference gets (or starts) a replica there and never
+tears down one that streams are using. Each replica's state is a ``WarmupState``: ``cold →
+warming → warmed`` (or ``failed`` with the reason). Loads run in a worker thread; concurrent
+warmups or requests for one model share one load.
+
+A request holds a **lease** from acquire to its last token: a leased replica is never evicted (idle
+timeout or the ``max_loaded_models`` LRU cap), and a leased fine-tune's adapter is never unloaded.
+Deleting a fine-tune retires it at once (new requests get 404) and unloads its adapter once the
+requests holding it have finished. Fine-tunes share their base's replica; the engine loads their
+LoRA adapters on demand (``engine.generate(..., lora=...)``).
 """
 
 import asyncio
-import json
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
 
-from synthd.engine.native.detokenize import TextAssembler
-from synthd.engine.native.loaded import LoadedModel, load_model
-from synthd.engine.native.sampling import SamplerState, SamplingParams
-from synthd.engine.native.sequence import Sequence, SequenceEvent
-from synthd.gpus.inventory import Device
-from synthd.gpus.memory import MemoryEstimate, ModelShape, estimate_memory
-from synthd.gpus.selection import Placement, SelectionError, select_placement
+from synthd.engine.config import EngineConfig
+from synthd.engine.factory import create_engine
+from synthd.engine.protocol import Engine, LoRARef
+from synthd.errors import InvalidRequest, Overloaded
+from synthd.gpus.catalog import CPU_NAME
+from synthd.gpus.planner import PlacementPlanner
+from synthd.gpus.selection import GPUUnavailable, Placement
 from synthd.gpus.spec import AUTO, GPUPreference
-from synthd.models.adapters import AdapterRef
-from synthd.models.resolve import (
-    ModelNotFound,
-    ModelSource,
-    canonical_id,
-    resolve_model,
-)
+from synthd.models.adapters import AdapterRef, check_adapter
+from synthd.models.ids import is_fine_tune
+from synthd.models.registry import ModelRegistry
+from synthd.models.resolve import ModelNotFound, ModelSource
 
-COLD, WARMING, WARMED, FAILED = "cold", "warming", "warmed", "failed"
-FT_PREFIX = "ft:"
-AdapterLookup = Callable[[str], AdapterRef | None]
+log = logging.getLogger(__name__)
+POOL_FULL_RETRY_AFTER_S = 5
 
 
-def is_fine_tune(model: str) -> bool:
-    """True for ``ft:`` model ids."""
-    return model.startswith(FT_PREFIX)
+class WarmupState(StrEnum):
+    """A model's readiness, as ``/warmup/status`` reports it."""
+
+    COLD = "cold"
+    WARMING = "warming"
+    WARMED = "warmed"
+    FAILED = "failed"
 
 
-class ModelLoadError(RuntimeError):
-    """Loading a model failed; the message says why."""
+class ModelLoadFailed(InvalidRequest):
+    """The model could not be loaded (a broken folder, an unloadable adapter); the message says why."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"The model '{model}' failed to load: {reason}", param="model", code="model_load_failed")
 
 
-@dataclass
-class ModelSlot:
-    """One model's warmup state. Times are ``time.monotonic()`` seconds; ``load_seconds`` wall time."""
+class PoolFull(Overloaded):
+    """``max_loaded_models`` replicas are resident and every one is serving requests."""
+
+    def __init__(self, resident: int) -> None:
+        super().__init__(f"{resident} models are loaded (the server's maximum) and all are serving requests; "
+                         "retry shortly.", retry_after_s=POOL_FULL_RETRY_AFTER_S, param="model", code="pool_full")
+
+
+@dataclass(eq=False)
+class Replica:
+    """One engine of one base model on one placement. Times: ``time.monotonic()`` seconds, except
+    ``created`` (Unix seconds) and ``load_seconds`` (wall time of the load)."""
 
     model_id: str
-    status: str = COLD
-    placement: Placement | None = None
-    loaded: LoadedModel | None = None
+    source: ModelSource
+    placement: Placement
+    state: WarmupState = WarmupState.WARMING
+    engine: Engine | None = None
     load_seconds: float | None = None
     error: str | None = None
-    last_used: float = 0.0
+    leases: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    created: int = field(default_factory=lambda: int(time.time()))
     task: asyncio.Task | None = None
-    adapter: str | None = None
-
-    @property
-    def gpu(self) -> str | None:
-        """The placement label (``cpu``, ``H100:2``) once chosen."""
-        return self.placement.label if self.placement else None
-
-    @property
-    def in_flight(self) -> int:
-        """Sequences running or waiting in its engine."""
-        return self.loaded.engine.num_running + self.loaded.engine.num_waiting if self.loaded else 0
 
 
 @dataclass(frozen=True)
-class Served:
-    """What a request runs on: the resident base, its placement, and the adapter (None: base)."""
+class ModelStatus:
+    """What ``/warmup/status`` and ``/v1/models`` say of a model."""
 
-    loaded: LoadedModel
-    placement: Placement
+    model: str
+    state: WarmupState
+    gpu: str | None = None
+    node: str | None = None
+    load_seconds: float | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Lease:
+    """A request's hold on a replica (and, for a fine-tune, its adapter) until ``release``."""
+
+    replica: Replica
     model_id: str
-    adapter: str | None = None
+    lora: LoRARef | None
+    _release: Callable[["Lease"], None]
+    released: bool = False
+
+    @property
+    def engine(self) -> Engine:
+        """The engine to generate with."""
+        assert self.replica.engine is not None
+        return self.replica.engine
+
+    @property
+    def placement(self) -> Placement:
+        """Where it runs."""
+        return self.replica.placement
+
+    def release(self) -> None:
+        """Give the lease back (idempotent)."""
+        if not self.released:
+            self.released = True
+            self._release(self)
 
 
-class ModelManager:
-    """Resolves, places, loads and unloads models.
+class ModelPool:
+    """Replicas of base models and the leases on them (see the module docstring).
 
     Args:
-        models_dir: where converted models live (``$SYNTHD_HOME/models``).
-        inventory: the deployment's devices (see ``synthd.gpus.inventory``).
-        dtype, max_num_seqs, max_model_len: passed to ``load_model``.
-        idle_timeout_s: unload a model unused for this long (None: never).
-        max_loaded_models: most resident models; the least recently used idle one is evicted.
-        on_finish: called with (model id, sequence) once per finished sequence (metrics).
-        adapter_lookup: finds a fine-tune (``ft:`` id) → its base and adapter folder.
-        max_loaded_adapters: resident LoRA adapters per base; the least recently used idle one goes.
+        registry: what may be served. planner: where a replica may go.
+        engine_kind: ``native`` or ``vllm`` (already chosen). engine_config: how engines are built.
+        max_loaded_models: most replicas resident; the least recently used idle one is unloaded.
+        idle_timeout_s: unload a replica unused this long (None: never).
     """
 
-    def __init__(
-        self,
-        models_dir: Path,
-        inventory: list[Device],
-        *,
-        dtype: str = "auto",
-        max_num_seqs: int = 64,
-        max_model_len: int | None = None,
-        idle_timeout_s: float | None = None,
-        max_loaded_models: int = 4,
-        on_finish: Callable[[str, Sequence], None] | None = None,
-        adapter_lookup: AdapterLookup | None = None,
-        max_loaded_adapters: int = 8,
-    ) -> None:
-        self.models_dir = models_dir
-        self.inventory = inventory
-        self.dtype = dtype
-        self.max_num_seqs = max_num_seqs
-        self.max_model_len = max_model_len
-        self.idle_timeout_s = idle_timeout_s
+    def __init__(self, registry: ModelRegistry, planner: PlacementPlanner, *, engine_kind: str = "native",
+                 engine_config: EngineConfig = EngineConfig(), max_loaded_models: int = 4,
+                 idle_timeout_s: float | None = None) -> None:
+        self.registry = registry
+        self.planner = planner
+        self.engine_kind = engine_kind
+        self.engine_config = engine_config
         self.max_loaded_models = max_loaded_models
-        self._on_finish = on_finish
-        self.adapter_lookup = adapter_lookup
-        self.max_loaded_adapters = max_loaded_adapters
-        self._slots: dict[str, ModelSlot] = {}
+        self.idle_timeout_s = idle_timeout_s
+        self._replicas: list[Replica] = []
+        self._failed: dict[str, str] = {}
+        self._adapter_leases: dict[str, int] = {}
+        self._retired: dict[str, Callable[[], None]] = {}
+        self._checked_adapters: set[tuple[str, str, str]] = set()
+        self._fine_tune_warmups: dict[str, asyncio.Task] = {}
+        self._fine_tune_errors: dict[str, str] = {}
 
-    # --- lookups ---------------------------------------------------------------------------
-    def adapter(self, model: str) -> AdapterRef:
-        """The fine-tune ``model`` (an ``ft:`` id). Raises ModelNotFound."""
-        ref = self.adapter_lookup(model) if self.adapter_lookup else None
-        if ref is None:
-            raise ModelNotFound(f"The model '{model}' does not exist.")
-        return ref
+    # --- lookups ---------------------------------------------------------------------------------
+    def replicas(self, model: str | None = None) -> list[Replica]:
+        """Resident or loading replicas (of ``model``'s base id when given), oldest first."""
+        return [r for r in self._replicas if model is None or r.model_id == model]
 
-    def resolve(self, model: str) -> ModelSource:
-        """Local weights for ``model`` (a fine-tune's are its base's). Raises ModelNotFound."""
-        if is_fine_tune(model):
-            return resolve_model(self.adapter(model).base_model, self.models_dir)
-        return resolve_model(model, self.models_dir)
+    def busy_devices(self) -> set[str]:
+        """Keys of GPUs held by replicas (the CPU is shared, never busy)."""
+        return {d.key for r in self._replicas for d in r.placement.devices if d.gpu.name != CPU_NAME}
 
-    def slot(self, model: str) -> ModelSlot:
-        """The model's slot (a fresh ``cold`` one if never seen). A fine-tune whose base or
-        adapter has since been unloaded reads ``cold``."""
-        model_id = canonical_id(model)
-        slot = self._slots.get(model_id) or ModelSlot(model_id)
-        if slot.adapter and slot.status == WARMED and (
-                slot.loaded is None or slot.loaded not in self.resident() or slot.adapter not in slot.loaded.adapters):
-            slot.status, slot.loaded, slot.adapter, slot.placement = COLD, None, None, None
-        return slot
-
-    def resident(self) -> list[LoadedModel]:
-        """Loaded base models, in load order."""
-        return [s.loaded for s in self._slots.values() if s.loaded is not None and s.adapter is None]
-
-    def busy_devices(self, except_model: str | None = None) -> set[str]:
-        """Keys of devices held by resident or loading models other than ``except_model``."""
-        return {d.key for s in self._slots.values() if s.placement and s.model_id != except_model
-                and s.adapter is None and s.status in (WARMING, WARMED) for d in s.placement.devices}
-
-    def estimate(self, model: str, purpose: str = "inference") -> MemoryEstimate:
-        """Memory ``model`` needs for ``purpose``, from its ``config.json``. Raises ModelNotFound."""
-        source = self.resolve(model)
-        config = json.loads((source.path / "config.json").read_text())
-        shape = ModelShape.from_config(config)
-        dtype_bytes = 4 if self.dtype == "float32" else 2
-        context = min(shape.max_position_embeddings, self.max_model_len or shape.max_position_embeddings)
-        return estimate_memory(shape, purpose, dtype_bytes=dtype_bytes, context=context if purpose == "inference" else None)
-
-    def plan(self, model: str, preference: GPUPreference, purpose: str = "inference") -> tuple[Placement, MemoryEstimate]:
-        """Where ``model`` would run for ``preference``, without loading anything.
+    async def resolve(self, model: str) -> tuple[ModelSource, AdapterRef | None]:
+        """The base weights (and the adapter, for an ``ft:`` id) ``model`` names.
 
         Raises:
-            ModelNotFound: unknown model.
-            SelectionError: the preference cannot be met (see ``synthd.gpus.selection``).
+            InvalidRequest: malformed id. ModelNotFound: unknown, or a fine-tune being deleted.
         """
-        needed = self.estimate(model, purpose)
-        base = self.adapter(model).base_model if is_fine_tune(model) else model
-        busy = self.busy_devices(except_model=canonical_id(base))
-        return select_placement(preference, needed.total_gib, self.inventory, busy), needed
+        if is_fine_tune(model):
+            ref = await asyncio.to_thread(self.registry.fine_tune, model)
+            if ref.model_id in self._retired:
+                raise ModelNotFound(f"The model '{model}' does not exist.")
+            return await asyncio.to_thread(self.registry.base, ref.base_model), ref
+        return await asyncio.to_thread(self.registry.base, model), None
 
-    # --- warmup and use --------------------------------------------------------------------
-    async def warmup(self, model: str, preference: GPUPreference = AUTO) -> tuple[str, ModelSlot]:
-        """Start loading ``model`` in the background; returns (``warming`` | ``already_warming`` |
-        ``already_warmed``, slot).
+    def status(self, model_id: str) -> ModelStatus:
+        """The warmup state of a canonical model id (``cold`` when nothing is known of it)."""
+        if is_fine_tune(model_id):
+            return self._fine_tune_status(model_id)
+        replicas = self.replicas(model_id)
+        best = next((r for state in (WarmupState.WARMED, WarmupState.WARMING, WarmupState.FAILED)
+                     for r in replicas if r.state == state), None)
+        if best is None:
+            error = self._failed.get(model_id)
+            return ModelStatus(model_id, WarmupState.FAILED if error else WarmupState.COLD, error=error)
+        return ModelStatus(model_id, best.state, best.placement.label, best.placement.devices[0].node,
+                           best.load_seconds, best.error)
+
+    def _fine_tune_status(self, model_id: str) -> ModelStatus:
+        task = self._fine_tune_warmups.get(model_id)
+        holders = [r for r in self._replicas if r.engine is not None and model_id in r.engine.list_loras()]
+        if holders:
+            replica = holders[0]
+            return ModelStatus(model_id, WarmupState.WARMED, replica.placement.label,
+                               replica.placement.devices[0].node, replica.load_seconds)
+        if task is not None and not task.done():
+            return ModelStatus(model_id, WarmupState.WARMING)
+        if (error := self._fine_tune_errors.get(model_id)) is not None:
+            return ModelStatus(model_id, WarmupState.FAILED, error=error)
+        return ModelStatus(model_id, WarmupState.COLD)
+
+    # --- acquire and warm up ---------------------------------------------------------------------
+    async def acquire(self, model: str, preference: GPUPreference = AUTO) -> Lease:
+        """A lease on a warmed replica of ``model`` (a fine-tune: of its base, with its adapter)
+        meeting ``preference``, starting and awaiting a load when none exists.
 
         Raises:
-            ModelNotFound, SelectionError: recorded in the slot as ``failed`` and re-raised.
+            InvalidRequest, ModelNotFound: unknown or malformed model. ModelLoadFailed: the load or
+            the adapter check failed. SelectionError, GPUSpecError: the preference cannot be met.
+            PoolFull: no room for another replica.
         """
-        model_id = canonical_id(model)
-        if is_fine_tune(model):
-            return await self._warmup_fine_tune(model, preference)
-        slot = self._slots.setdefault(model_id, ModelSlot(model_id))
-        if slot.status == WARMING and self._satisfies(slot, preference):
-            return "already_warming", slot
-        if slot.status == WARMED and self._satisfies(slot, preference):
-            return "already_warmed", slot
+        source, adapter = await self.resolve(model)
+        replica = self._find(source.model_id, preference) or await self._start(source, preference)
+        replica.leases += 1
+        lease = Lease(replica, adapter.model_id if adapter else source.model_id,
+                      LoRARef(adapter.model_id, adapter.path) if adapter else None, self._release)
         try:
-            placement, _ = self.plan(model, preference)
-            if placement.remote:
-                raise SelectionError(409, "gpu_remote",
-                                     f"{placement.label} is a declared cluster device ({placement.devices[0].node}); "
-                                     "this process runs models only on its local devices.")
-        except ModelNotFound:
-            if slot.status == COLD and slot.loaded is None:
-                self._slots.pop(model_id, None)  # unknown ids leave nothing behind (answered 404)
+            if replica.task is not None and not replica.task.done():
+                await asyncio.shield(replica.task)
+            if replica.state != WarmupState.WARMED:
+                raise ModelLoadFailed(source.model_id, replica.error or "unknown error")
+            if adapter is not None:
+                await self._check_adapter(adapter, source)
+                if adapter.model_id in self._retired:
+                    raise ModelNotFound(f"The model '{adapter.model_id}' does not exist.")
+                self._adapter_leases[adapter.model_id] = self._adapter_leases.get(adapter.model_id, 0) + 1
+        except BaseException:
+            lease.lora = None
+            lease.release()
             raise
-        except SelectionError as exc:
-            if slot.loaded is None:
-                slot.status, slot.error = FAILED, str(exc)
-            raise
-        if slot.task is not None and not slot.task.done():
-            await asyncio.shield(slot.task)
-        previous, slot.status, slot.placement, slot.error, slot.load_seconds = slot.loaded, WARMING, placement, None, None
-        slot.task = asyncio.create_task(self._load(slot, model, placement, previous))
-        return "warming", slot
+        return lease
 
-    async def acquire(self, model: str, preference: GPUPreference = AUTO) -> Served:
-        """The model ready for inference on a placement meeting ``preference``, loading it if cold
-        (for a fine-tune: its base, then its adapter).
+    async def warmup(self, model: str, preference: GPUPreference = AUTO) -> tuple[str, ModelStatus]:
+        """Start loading ``model`` (a fine-tune: its base, then its adapter) in the background;
+        returns (``warming`` | ``already_warming`` | ``already_warmed``, status).
 
         Raises:
-            ModelNotFound, SelectionError: as for ``warmup``.
-            AdapterMismatch: a fine-tune's adapter does not fit its base.
-            ModelLoadError: the load failed.
+            as ``acquire``'s first steps: unknown model, unmet preference, no room.
         """
-        if is_fine_tune(model):
-            return await self._acquire_fine_tune(model, preference)
-        slot = self.slot(model)
-        if not (slot.status in (WARMING, WARMED) and self._satisfies(slot, preference)):
-            _, slot = await self.warmup(model, preference)
-        if slot.status == WARMING and slot.task is not None:
-            await asyncio.shield(slot.task)
-        if slot.status != WARMED or slot.loaded is None or slot.placement is None:
-            raise ModelLoadError(f"model '{slot.model_id}' failed to load: {slot.error}")
-        slot.last_used = time.monotonic()
-        return Served(slot.loaded, slot.placement, slot.model_id)
+        source, adapter = await self.resolve(model)
+        if adapter is not None:
+            return await self._warmup_fine_tune(adapter, source, preference)
+        replica = self._find(source.model_id, preference)
+        if replica is not None:
+            outcome = "already_warmed" if replica.state == WarmupState.WARMED else "already_warming"
+            return outcome, self.status(source.model_id)
+        await self._start(source, preference)
+        return "warming", self.status(source.model_id)
 
-    async def _acquire_fine_tune(self, model: str, preference: GPUPreference) -> Served:
-        ref = self.adapter(model)
-        slot = self._slots.setdefault(model, ModelSlot(model))
-        if slot.task is not None and not slot.task.done() and asyncio.current_task() is not slot.task:
-            await asyncio.shield(slot.task)
-        base = await self.acquire(ref.base_model, preference)
-        try:
-            name = await asyncio.to_thread(base.loaded.ensure_adapter, ref)
-        except Exception as exc:
-            slot.status, slot.error, slot.loaded, slot.adapter = FAILED, str(exc), None, None
-            raise
-        slot.status, slot.error, slot.placement, slot.loaded, slot.adapter = WARMED, None, base.placement, base.loaded, name
-        slot.last_used = time.monotonic()
-        return Served(base.loaded, base.placement, model, name)
-
-    async def _warmup_fine_tune(self, model: str, preference: GPUPreference) -> tuple[str, ModelSlot]:
-        ref = self.adapter(model)
-        slot = self.slot(model)
-        self._slots[model] = slot
-        if slot.status == WARMING:
-            return "already_warming", slot
-        if slot.status == WARMED and self._satisfies(slot, preference):
-            return "already_warmed", slot
-        placement, _ = self.plan(ref.base_model, preference)
-        started = time.perf_counter()
-        slot.status, slot.placement, slot.error = WARMING, placement, None
+    async def _warmup_fine_tune(self, adapter: AdapterRef, source: ModelSource,
+                                preference: GPUPreference) -> tuple[str, ModelStatus]:
+        current = self._fine_tune_status(adapter.model_id)
+        if current.state == WarmupState.WARMED and self._find(source.model_id, preference) is not None:
+            return "already_warmed", current
+        if current.state == WarmupState.WARMING:
+            return "already_warming", current
+        replica = self._find(source.model_id, preference) or await self._start(source, preference)
+        replica.leases += 1
 
         async def load() -> None:
+            lease = Lease(replica, adapter.model_id, None, self._release)
             try:
-                await self._acquire_fine_tune(model, preference)
-                slot.load_seconds = time.perf_counter() - started
-            except Exception as exc:  # recorded as the slot's reason
-                slot.status, slot.error = FAILED, f"{type(exc).__name__}: {exc}"
+                if replica.task is not None:
+                    await asyncio.shield(replica.task)
+                if replica.state != WarmupState.WARMED:
+                    raise ModelLoadFailed(source.model_id, replica.error or "unknown error")
+                await self._check_adapter(adapter, source)
+                await lease.engine.add_lora(LoRARef(adapter.model_id, adapter.path))
+                self._fine_tune_errors.pop(adapter.model_id, None)
+            except Exception as exc:  # recorded as the fine-tune's warmup error
+                self._fine_tune_errors[adapter.model_id] = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            finally:
+                lease.release()
 
-        slot.task = asyncio.create_task(load())
-        return "warming", slot
+        self._fine_tune_warmups[adapter.model_id] = asyncio.create_task(load())
+        return "warming", ModelStatus(adapter.model_id, WarmupState.WARMING, replica.placement.label)
 
-    def forget_fine_tune(self, model: str) -> None:
-        """Unload a fine-tune's adapter wherever it is resident and drop its slot.
+    def _find(self, model_id: str, preference: GPUPreference) -> Replica | None:
+        """A loading or warmed replica meeting ``preference``, least leased first."""
+        labels = {str(o) for o in preference.options}
+        fitting = [r for r in self.replicas(model_id) if r.state in (WarmupState.WARMING, WarmupState.WARMED)
+                   and (preference.is_auto or r.placement.label in labels)]
+        return min(fitting, key=lambda r: (r.state != WarmupState.WARMED, r.leases), default=None)
 
-        Raises:
-            AdapterBusy: requests are using it.
-        """
-        for loaded in self.resident():
-            loaded.remove_adapter(model)
-        self._slots.pop(model, None)
+    async def _start(self, source: ModelSource, preference: GPUPreference) -> Replica:
+        """Plan a placement and start loading a replica there. Planning runs in a thread; the
+        result is checked again afterwards, so two concurrent starts never share a GPU or load
+        one model twice."""
+        for _ in range(3):
+            try:
+                placement, _ = await asyncio.to_thread(self.planner.plan, source.path, preference, "inference",
+                                                       self.busy_devices())
+            except (OSError, ValueError) as exc:
+                self._failed[source.model_id] = f"cannot read its config.json: {exc}"
+                raise ModelLoadFailed(source.model_id, self._failed[source.model_id]) from None
+            if placement.remote:
+                raise GPUUnavailable(f"{placement.label} is a declared cluster device ({placement.devices[0].node}); "
+                                     "this process runs models only on its local devices.")
+            existing = self._find(source.model_id, preference)
+            if existing is not None:  # another request started one while we planned
+                return existing
+            if not {d.key for d in placement.devices} & self.busy_devices():
+                break
+        replica = Replica(source.model_id, source, placement)
+        self._replicas.append(replica)
+        try:
+            await self._make_room(keep=replica)
+        except PoolFull:
+            self._replicas.remove(replica)
+            raise
+        self._failed.pop(source.model_id, None)
+        replica.task = asyncio.create_task(self._load(replica))
+        return replica
+
+    async def _load(self, replica: Replica) -> None:
+        started = time.perf_counter()
+        devices = [d.index for d in replica.placement.devices if d.gpu.name != CPU_NAME]
+        memory = replica.placement.offered_gib * 1024**3
+        try:
+            replica.engine = await asyncio.to_thread(create_engine, self.engine_kind, replica.model_id,
+                                                     replica.source.path, self.engine_config, devices, memory)
+        except Exception as exc:  # any load failure becomes the replica's (and the model's) reason
+            log.warning("loading %s failed: %s", replica.model_id, exc)
+            replica.state, replica.error = WarmupState.FAILED, f"{type(exc).__name__}: {exc}"
+            self._failed[replica.model_id] = replica.error
+            self._replicas.remove(replica)
+            return
+        replica.state, replica.load_seconds = WarmupState.WARMED, time.perf_counter() - started
+        replica.last_used = time.monotonic()
+
+    async def _check_adapter(self, adapter: AdapterRef, source: ModelSource) -> None:
+        key = (adapter.model_id, str(adapter.path), str(source.path))
+        if key not in self._checked_adapters:
+            await asyncio.to_thread(check_adapter, adapter.path, source.path)
+            self._checked_adapters.add(key)
+
+    # --- release, retire, evict --------------------------------------------------------------------
+    def _release(self, lease: Lease) -> None:
+        lease.replica.leases -= 1
+        lease.replica.last_used = time.monotonic()
+        if lease.lora is None:
+            return
+        name = lease.lora.name
+        self._adapter_leases[name] -= 1
+        if self._adapter_leases[name] == 0:
+            del self._adapter_leases[name]
+            if name in self._retired:
+                asyncio.get_running_loop().create_task(self._drop_adapter(name))
+
+    async def retire_fine_tune(self, model_id: str, on_unloaded: Callable[[], None]) -> None:
+        """Stop serving a fine-tune: new requests get 404 at once; its adapter is unloaded (and then
+        ``on_unloaded`` called, e.g. to delete its folder) when the requests holding it end."""
+        self._retired[model_id] = on_unloaded
+        self._fine_tune_errors.pop(model_id, None)
+        if self._adapter_leases.get(model_id, 0) == 0:
+            await self._drop_adapter(model_id)
+
+    async def _drop_adapter(self, model_id: str) -> None:
+        for replica in list(self._replicas):
+            if replica.engine is not None:
+                await replica.engine.remove_lora(model_id)
+        on_unloaded = self._retired.pop(model_id, None)
+        self._checked_adapters = {k for k in self._checked_adapters if k[0] != model_id}
+        if on_unloaded is not None:
+            await asyncio.to_thread(on_unloaded)
 
     async def evict_idle(self) -> list[str]:
-        """Unload models idle longer than ``idle_timeout_s``; return their ids."""
+        """Unload warmed replicas unleased for longer than ``idle_timeout_s``; return their model ids."""
         if self.idle_timeout_s is None:
             return []
         now = time.monotonic()
-        idle = [s for s in self._slots.values() if s.adapter is None and s.status == WARMED
-                and s.in_flight == 0 and now - s.last_used > self.idle_timeout_s]
-        for slot in idle:
-            await self._unload(slot)
-        return [s.model_id for s in idle]
+        idle = [r for r in self._replicas if r.state == WarmupState.WARMED and r.leases == 0
+                and now - r.last_used > self.idle_timeout_s]
+        for replica in idle:
+            await self._unload(replica)
+        return [r.model_id for r in idle]
+
+    async def _make_room(self, keep: Replica) -> None:
+        while len(self._replicas) > self.max_loaded_models:
+            idle = [r for r in self._replicas if r is not keep and r.state == WarmupState.WARMED and r.leases == 0]
+            if not idle:
+                raise PoolFull(len(self._replicas) - 1)
+            await self._unload(min(idle, key=lambda r: r.last_used))
+
+    async def _unload(self, replica: Replica) -> None:
+        if replica in self._replicas:
+            self._replicas.remove(replica)
+        engine, replica.engine, replica.state = replica.engine, None, WarmupState.COLD
+        if engine is not None:
+            await engine.shutdown()
+        log.info("unloaded %s from %s", replica.model_id, replica.placement.label)
 
     async def close(self) -> None:
-        """Stop every engine."""
-        for slot in list(self._slots.values()):
-            if slot.task is not None and not slot.task.done():
-                slot.task.cancel()
-            await self._unload(slot)
-
-    def _satisfies(self, slot: ModelSlot, preference: GPUPreference) -> bool:
-        return preference.is_auto or slot.gpu in {str(o) for o in preference.options}
-
-    async def _load(self, slot: ModelSlot, model: str, placement: Placement, previous: LoadedModel | None) -> None:
-        if previous is not None:
-            slot.loaded = None
-            await asyncio.to_thread(previous.close)
-        started = time.perf_counter()
-        try:
-            await self._make_room(slot.model_id)
-            observer = partial(self._on_finish, slot.model_id) if self._on_finish else None
-            devices = [d.index for d in placement.devices if d.gpu.name != "cpu"]
-            slot.loaded = await asyncio.to_thread(
-                load_model, self.resolve(model), dtype=self.dtype, max_num_seqs=self.max_num_seqs,
-                max_model_len=self.max_model_len, on_finish=observer, gpu_indices=devices,
-                max_adapters=self.max_loaded_adapters,
-            )
-        except Exception as exc:  # any load failure becomes the slot's reason
-            slot.status, slot.error = FAILED, f"{type(exc).__name__}: {exc}"
-            return
-        slot.status, slot.load_seconds, slot.last_used = WARMED, time.perf_counter() - started, time.monotonic()
-
-    async def _make_room(self, model_id: str) -> None:
-        resident = [s for s in self._slots.values()
-                    if s.loaded is not None and s.adapter is None and s.model_id != model_id]
-        while len(resident) >= self.max_loaded_models:
-            idle = [s for s in resident if s.in_flight == 0]
-            if not idle:
-                raise ModelLoadError(f"{len(resident)} models are resident (max {self.max_loaded_models}) and all are busy")
-            victim = min(idle, key=lambda s: s.last_used)
-            await self._unload(victim)
-            resident.remove(victim)
-
-    async def _unload(self, slot: ModelSlot) -> None:
-        if slot.adapter is not None:  # a fine-tune shares its base's engine: only forget it
-            slot.loaded, slot.adapter, slot.status, slot.placement = None, None, COLD, None
-            return
-        loaded, slot.loaded = slot.loaded, None
-        if loaded is not None:
-            await asyncio.to_thread(loaded.close)
-        if slot.status == WARMED:
-            slot.status, slot.placement = COLD, None
-
-
-async def generate(loaded: LoadedModel, prompt_ids: list[int], params: SamplingParams,
-                   adapter: str | None = None) -> AsyncIterator[SequenceEvent]:
-    """Submit one sequence (on ``adapter``, or the base) and yield its events until the finishing one.
-
-    Closing the iterator early (a client that went away) cancels the sequence in the engine.
-    """
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[SequenceEvent] = asyncio.Queue()
-
-    def emit(event: SequenceEvent) -> None:
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
-    sequence = Sequence(
-        prompt_ids=prompt_ids,
-        sampler=SamplerState(params, guide=loaded.guided.guide(params.grammar) if params.grammar else None),
-        assembler=TextAssembler(loaded.tokenizer, params.stop),
-        emit=emit,
-        adapter=adapter,
-    )
-    loaded.engine.submit(sequence)
-    try:
-        while True:
-            event = await events.get()
-            yield event
-            if event.finish_reason is not None:
-                return
-    finally:
-        sequence.cancel()
+        """Stop every engine (loads in progress are cancelled)."""
+        for task in self._fine_tune_warmups.values():
+            task.cancel()
+        for replica in list(self._replicas):
+            if replica.task is not None and not replica.task.done():
+                replica.task.cancel()
+            await self._unload(replica)

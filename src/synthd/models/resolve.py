@@ -1,8 +1,10 @@
 """Turn a model id into a local Hugging Face folder, without touching the network."""
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from synthd.errors import InvalidRequest, NotFound
 from synthd.models.embedded import (
     EMBEDDED_HUB_ID,
     EMBEDDED_MODEL_ID,
@@ -11,8 +13,11 @@ from synthd.models.embedded import (
 )
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(NotFound):
     """No local copy of the model exists; the message says how to get one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model", code="model_not_found")
 
 
 @dataclass(frozen=True)
@@ -23,57 +28,76 @@ class ModelSource:
     path: Path
 
 
+MAX_MODEL_ID_CHARS = 256
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A folder name under ``models_dir``, or one half of a hub id (``org/name``)."""
+
+
 def canonical_id(model: str) -> str:
     """The id a model is served under: the embedded model's hub id maps to its short id."""
     return EMBEDDED_MODEL_ID if model in (EMBEDDED_MODEL_ID, EMBEDDED_HUB_ID) else model
 
 
-def resolve_model(model: str, models_dir: Path) -> ModelSource:
-    """Find the weights for ``model``.
-
-    Accepted: the embedded model (``SmolLM2-135M-Instruct`` or its hub id, once pulled), a local
-    folder with a ``config.json``, a folder name under ``models_dir``, or a hub id already in the
-    Hugging Face cache (looked up offline; nothing is downloaded).
+def check_model_id(model: str) -> None:
+    """Refuse ids no model can have: empty, too long, or with control characters.
 
     Raises:
-        ModelNotFound: none of these exist; the message names the fix.
+        InvalidRequest: the id is malformed (``param`` model).
     """
+    if not model or len(model) > MAX_MODEL_ID_CHARS or not model.isprintable():
+        raise InvalidRequest(f"Invalid model id: it must be 1 to {MAX_MODEL_ID_CHARS} printable characters.",
+                             param="model", code="invalid_model")
+
+
+def resolve_model(model: str, models_dir: Path) -> ModelSource:
+    """Find the weights for a model NAME, never a path: what the HTTP API may serve.
+
+    Accepted: the embedded model (``SmolLM2-135M-Instruct`` or its hub id, once pulled), a folder
+    name under ``models_dir`` (``[A-Za-z0-9][A-Za-z0-9._-]*``), or a hub id ``org/name`` already in
+    the Hugging Face cache (looked up offline; nothing is downloaded).
+
+    Raises:
+        InvalidRequest: a malformed id. ModelNotFound: none of these exist; the message names the fix.
+    """
+    check_model_id(model)
     model_id = canonical_id(model)
     if model_id == EMBEDDED_MODEL_ID:
         if not is_pulled(models_dir):
             raise ModelNotFound(f"model '{model}' is not pulled yet: run 'synthd models pull'")
         return ModelSource(model_id, embedded_model_dir(models_dir))
-    local = _local_folder(model, models_dir)
-    if local is not None:
-        return ModelSource(model, local)
-    cached = _hub_cache_snapshot(model)
-    if cached is not None:
-        return ModelSource(model, cached)
+    if NAME_PATTERN.fullmatch(model) and ".." not in model and (models_dir / model / "config.json").is_file():
+        return ModelSource(model, (models_dir / model).resolve())
+    parts = model.split("/")
+    if len(parts) == 2 and all(NAME_PATTERN.fullmatch(p) and ".." not in p for p in parts):
+        cached = _hub_cache_snapshot(model)
+        if cached is not None:
+            return ModelSource(model, cached)
     raise ModelNotFound(
-        f"model '{model}' not found: not a local folder with config.json and not in the Hugging Face "
-        f"cache (synthd does not download from the hub at run time; fetch it with "
-        f"'hf download {model}' where the hub is reachable)"
+        f"The model '{model}' does not exist: it is not served, not a folder under {models_dir.name}/ and not "
+        "in the Hugging Face cache (synthd does not download from the hub at run time)."
     )
 
 
-def _local_folder(model: str, models_dir: Path) -> Path | None:
-    """A folder with config.json named by ``model`` (a path, or a name under ``models_dir``)."""
-    candidates = [lambda: Path(model).expanduser()]
-    if "/" not in model:
-        candidates.append(lambda: models_dir / model)
-    for candidate in candidates:
-        try:
-            folder = candidate()
-            if (folder / "config.json").is_file():
-                return folder.resolve()
-        except (OSError, RuntimeError, ValueError):  # name too long, unknown ~user, NUL byte
-            continue
-    return None
+def resolve_operator_model(model: str, models_dir: Path) -> ModelSource:
+    """What an operator names with ``synthd serve --model``: a model name as ``resolve_model``
+    accepts, or a local folder with a ``config.json``, served under the folder's name.
+
+    Raises:
+        ModelNotFound: neither exists.
+    """
+    folder = Path(model).expanduser()
+    try:
+        if (folder / "config.json").is_file():
+            return ModelSource(canonical_id(folder.resolve().name), folder.resolve())
+    except (OSError, ValueError):  # name too long, NUL byte
+        pass
+    try:
+        return resolve_model(model, models_dir)
+    except InvalidRequest as exc:
+        raise ModelNotFound(str(exc)) from None
 
 
 def _hub_cache_snapshot(model: str) -> Path | None:
-    if model.count("/") != 1:
-        return None
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 

@@ -5,18 +5,50 @@ Requests forbid unknown fields so a parameter synthd does not implement is a 400
 silently ignored. Engine-specific extras sit at the end of each request, marked as such.
 """
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-StopField = str | Annotated[list[str], Field(max_length=4)] | None
-Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+MAX_STOP_CHARS = 256
+MAX_MESSAGES = 2048
+MAX_TOOLS = 128
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_SCHEMA_DEPTH = 32
+MAX_MODEL_ID_CHARS = 256
 MAX_SEQUENCES_PER_REQUEST = 128
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+StopField = StopString | Annotated[list[StopString], Field(max_length=4)] | None
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+ModelId = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_ID_CHARS)]
+LogitBias = dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], Annotated[float, Field(ge=-100.0, le=100.0)]]
+
+
+def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Bound a JSON schema for guided decoding: at most ``MAX_SCHEMA_BYTES`` as JSON and
+    ``MAX_SCHEMA_DEPTH`` levels deep, so compiling it cannot take unbounded time or memory.
+
+    Raises:
+        ValueError: too large or too deep (pydantic reports it as a 400 naming the field).
+    """
+    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise ValueError(f"the JSON schema is larger than {MAX_SCHEMA_BYTES // 1024} KiB")
+
+    def depth(value: Any) -> int:
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        return 1 + max((depth(c) for c in children), default=0)
+
+    if depth(schema) > MAX_SCHEMA_DEPTH:
+        raise ValueError(f"the JSON schema is nested deeper than {MAX_SCHEMA_DEPTH} levels")
+    return schema
+
+
+Schema = Annotated[dict[str, Any], AfterValidator(check_schema)]
 
 
 class StrictModel(BaseModel):
@@ -94,6 +126,7 @@ class SamplingFields(StrictModel):
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     seed: Seed | None = None
+    logit_bias: LogitBias | None = None
     user: str | None = None
     # --- synthd / vLLM extensions ---
     ignore_eos: StrictBool = Field(default=False, description="vLLM extension: keep generating past EOS.")
@@ -107,6 +140,10 @@ class SamplingFields(StrictModel):
             raise ValueError("stream_options is only allowed when stream is true")
         return self
 
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """``logit_bias`` as ``(token id, bias)`` pairs (empty when absent or ``{}``)."""
+        return tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items())
+
     def stop_list(self) -> tuple[str, ...]:
         """``stop`` as a tuple of non-empty strings."""
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -119,7 +156,7 @@ class JSONSchemaFormat(StrictModel):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     description: str | None = None
-    json_schema: dict[str, Any] = Field(alias="schema")
+    json_schema: Schema = Field(alias="schema")
     strict: StrictBool | None = None
 
 
@@ -141,7 +178,7 @@ class FunctionDefinition(StrictModel):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     description: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: Schema | None = None
     strict: StrictBool | None = None
 
 
@@ -171,11 +208,13 @@ class ChatCompletionRequest(SamplingFields):
     tool-call parser for the model's own format, which synthd does not have: it is a 400.
     """
 
-    model: str
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    model: ModelId
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: Annotated[list[ChatTool], Field(min_length=1, max_length=128)] | None = None
+    tools: Annotated[list[ChatTool], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
 
@@ -189,7 +228,13 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("tool_choice 'required' needs tools")
         if self.forced_tool_mode() is not None and self.output_schema() is not None:
             raise ValueError("response_format cannot be combined with a required or named tool_choice")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         return self
+
+    def logprobs_count(self) -> int | None:
+        """Alternatives per token the engine must return (None: no logprobs)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def forced_tool_mode(self) -> Literal["required", "named"] | None:
         """``required`` or ``named`` when the output must be tool calls; None for text."""
@@ -217,9 +262,10 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     """``POST /v1/completions`` body. ``prompt`` is a string or a list of strings."""
 
-    model: str
+    model: ModelId
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_SEQUENCES_PER_REQUEST)]
     max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
 
     @model_validator(mode="after")
     def _bounded_sequences(self) -> "CompletionRequest":
@@ -232,6 +278,14 @@ class CompletionRequest(SamplingFields):
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
+def _absent_when_none(value: Any) -> bool:
+    return value is None
+
+
+Optional = Field(default=None, exclude_if=_absent_when_none)
+"""A key OpenAI sends only when it has a value (``tool_calls``, a delta's ``role``/``content``)."""
+
+
 class Usage(BaseModel):
     """Token counts of one request: exact, from the model's tokenizer."""
 
@@ -240,12 +294,44 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    """One alternative token: its text, log-probability (natural log) and UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    """One output token's log-probability and the most likely alternatives (``top_logprobs``)."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """A chat choice's ``logprobs``: ``content`` (one entry per output token) and ``refusal``."""
+
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """A completion choice's ``logprobs`` (the legacy shape): per-token text, log-probability, the
+    top alternatives as ``{token: logprob}`` and each token's character offset in the text."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class AssistantMessage(BaseModel):
-    """The generated message: text, or (``content`` null) the tool calls."""
+    """The generated message: text, or (``content`` null) the tool calls. ``refusal`` is always null."""
 
     role: Literal["assistant"] = "assistant"
     content: str | None
-    tool_calls: list[ToolCall] = Field(default_factory=list)
+    refusal: None = None
+    tool_calls: list[ToolCall] | None = Optional
 
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -256,7 +342,7 @@ class ChatChoice(BaseModel):
 
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -282,57 +368,62 @@ class DeltaToolCall(BaseModel):
 
 
 class DeltaMessage(BaseModel):
-    """Incremental message content in a stream chunk."""
+    """Incremental message content in a stream chunk: only the keys that change are sent."""
 
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[DeltaToolCall] | None = None
+    role: Literal["assistant"] | None = Optional
+    content: str | None = Optional
+    tool_calls: list[DeltaToolCall] | None = Optional
 
 
 class ChatChunkChoice(BaseModel):
-    """One choice's delta in a ``chat.completion.chunk``."""
+    """One choice's delta in a ``chat.completion.chunk``; ``logprobs`` and ``finish_reason`` are
+    always sent (null while running), as OpenAI does."""
 
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):
-    """``chat.completion.chunk`` stream object; ``usage`` only on the last one when asked."""
+    """``chat.completion.chunk`` stream object. With ``stream_options.include_usage`` every chunk has
+    ``usage`` (null but on the last, which has no choices); without it the key is absent."""
 
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
+    system_fingerprint: str | None = None
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class CompletionChoice(BaseModel):
-    """One choice of a text completion."""
+    """One choice of a text completion (``finish_reason`` null while streaming)."""
 
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
 class Completion(BaseModel):
-    """``text_completion`` response or stream object."""
+    """``text_completion`` response or stream object (``usage`` as for chat chunks when streaming)."""
 
     id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
+    system_fingerprint: str | None = None
     choices: list[CompletionChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class ModelCard(BaseModel):
-    """An entry of ``/v1/models``: OpenAI's fields plus vLLM's ``root``, ``parent``, ``max_model_len``."""
+    """An entry of ``/v1/models``: OpenAI's fields, vLLM's ``root`` (the base model's id; never a
+    server path), ``parent`` (a fine-tune's base) and ``max_model_len``, and synthd's serving state:
+    ``status`` (cold | warming | warmed | failed), ``gpu`` (placement label), ``node``,
+    ``load_seconds``, ``error``, and ``requests_served`` / ``tokens_served`` (completion tokens)."""
 
     id: str
     object: Literal["model"] = "model"
@@ -341,6 +432,13 @@ class ModelCard(BaseModel):
     root: str
     parent: str | None = None
     max_model_len: int | None = None
+    status: Literal["cold", "warming", "warmed", "failed"] = "cold"
+    gpu: str | None = None
+    node: str | None = None
+    load_seconds: float | None = None
+    error: str | None = None
+    requests_served: int = 0
+    tokens_served: int = 0
 
 
 class ModelList(BaseModel):

@@ -1,24 +1,24 @@
-"""Chat completions and completions: request → prompt ids and sampling params → engine → response.
+"""Chat completions and completions: request → lease → prompt ids and sampling params → engine →
+OpenAI shapes.
 
-Routes call ``OpenAIServing``; it alone knows both the wire models and the engine's types.
+``OpenAIServing`` is the only code that knows both the wire models and the engine protocol. A
+request leases its model (and adapter) from the pool when it is prepared and gives the lease back
+when its last choice ends (``PreparedRequest.close``). Tokenization and schema compilation run off
+the event loop. Each choice is one ``engine.generate`` call; a request with ``n`` > 1 fans them in.
 """
 
 import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from synthd import __version__
-from synthd.api.errors import APIError, bad_request
-from synthd.engine.guided import GrammarError
-from synthd.engine.native.loaded import LoadedModel
-from synthd.engine.native.sampling import SamplingParams
-from synthd.engine.native.sequence import FINISH_ABORT, FINISH_ERROR
-from synthd.gpus.selection import Placement
+from synthd.engine.protocol import Guide, RequestOutput, SamplingParams, TokenLogprob
+from synthd.errors import InvalidRequest, Overloaded
 from synthd.gpus.spec import parse_gpu_preference
-from synthd.models.pool import ModelManager, Served, generate
+from synthd.models.pool import Lease, ModelPool
 from synthd.protocol.openai import (
     AssistantMessage,
     ChatChoice,
@@ -26,61 +26,79 @@ from synthd.protocol.openai import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChoiceLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     DeltaMessage,
     DeltaToolCall,
     SamplingFields,
+    TopLogprob,
     Usage,
 )
-from synthd.services.tool_calls import (
-    ToolMode,
-    forced_name,
-    parse_tool_calls,
-    template_messages,
-    tool_schema,
-)
-
-DONE = "data: [DONE]\n\n"
+from synthd.protocol.openai import TokenLogprob as WireTokenLogprob
+from synthd.services.tool_calls import ToolMode, forced_name, parse_tool_calls, template_messages, tool_schema
 
 
 @dataclass
 class ChoiceResult:
-    """The finished text of one choice."""
+    """One choice as it accumulates."""
 
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
+class RequestRecord:
+    """What one finished request reports to metrics: token counts, ``finish_reason`` (of its last
+    choice, or ``abort``), ``n`` choices, and ``time.perf_counter()`` times."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    n: int
+    arrival_s: float
+    scheduled_s: float | None
+    first_token_s: float | None
+    finished_s: float
+    max_choice_tokens: int
+
+
+RequestObserver = Callable[[RequestRecord], None]
+
+
+@dataclass(eq=False)
 class PreparedRequest:
-    """A validated request in engine terms: one entry per choice, in choice-index order."""
+    """A validated request in engine terms, holding its lease: one entry per choice."""
 
-    served: Served
+    lease: Lease
     prompt_ids: list[list[int]]
     params: list[SamplingParams]
     prompt_tokens: int
     request_id: str
-    created: int = field(default_factory=lambda: int(time.time()))
+    guide: Guide | None = None
     tool_mode: ToolMode | None = None
     tool_name: str | None = None
-
-    @property
-    def loaded(self) -> LoadedModel:
-        """The resident base model."""
-        return self.served.loaded
-
-    @property
-    def placement(self) -> Placement:
-        """Where it runs."""
-        return self.served.placement
+    created: int = field(default_factory=lambda: int(time.time()))
+    arrival_s: float = field(default_factory=time.perf_counter)
 
     @property
     def model_id(self) -> str:
         """The id answered under (a fine-tune's own ``ft:`` id)."""
-        return self.served.model_id
+        return self.lease.model_id
+
+    @property
+    def gpu(self) -> str:
+        """The placement label (``cpu``, ``H100:2``)."""
+        return self.lease.placement.label
+
+    def close(self) -> None:
+        """Give the model lease back (idempotent)."""
+        self.lease.release()
 
 
 def sse(payload: dict) -> str:
@@ -89,213 +107,227 @@ def sse(payload: dict) -> str:
 
 
 class OpenAIServing:
-    """Serves ``/v1/chat/completions`` and ``/v1/completions`` from a ``ModelManager``."""
+    """Serves ``/v1/chat/completions`` and ``/v1/completions`` from a ``ModelPool``.
 
-    def __init__(self, manager: ModelManager) -> None:
-        self.manager = manager
+    Args:
+        pool: the model pool. on_request: called once per finished request (metrics).
+    """
+
+    def __init__(self, pool: ModelPool, on_request: RequestObserver | None = None) -> None:
+        self.pool = pool
+        self.on_request = on_request
 
     @staticmethod
-    def fingerprint(prepared: "PreparedRequest") -> str:
+    def fingerprint(prepared: PreparedRequest) -> str:
         """``system_fingerprint``: synthd version, the device used (placement) and the dtype."""
-        dtype = str(prepared.loaded.dtype).removeprefix("torch.")
-        return f"synthd-{__version__}-{prepared.placement.label}-{dtype}"
+        return f"synthd-{__version__}-{prepared.gpu}-{prepared.lease.engine.dtype}"
 
-    async def acquire(self, model: str, body_preference: str | None, header_preference: str | None) -> Served:
-        """The model placed per the GPU preference (body wins over header), loaded if cold.
-
-        Raises:
-            GPUSpecError, SelectionError, ModelNotFound, ModelLoadError: mapped to API errors.
-        """
+    async def _lease(self, model: str, body_preference: str | None, header_preference: str | None) -> Lease:
+        """The model leased on a placement meeting the GPU preference (the body's wins over the header's)."""
         preference = parse_gpu_preference(body_preference if body_preference is not None else header_preference)
-        return await self.manager.acquire(model, preference)
+        return await self.pool.acquire(model, preference)
 
-    # --- chat completions -------------------------------------------------------------------
+    # --- chat completions -----------------------------------------------------------------------
     async def prepare_chat(self, request: ChatCompletionRequest, header_preference: str | None = None) -> PreparedRequest:
-        """Place, load if needed, validate and tokenise a chat request.
+        """Lease the model (loading it if cold), render and tokenize the messages, check the guide.
 
         Raises:
-            APIError: 400 no chat template, or ``context_length_exceeded``; the errors of ``acquire``.
+            InvalidRequest: ``tool_choice`` auto, no chat template, ``context_length_exceeded``, a bad
+                schema or logit bias; the errors of ``ModelPool.acquire``.
         """
         if request.wants_auto_tools():
-            raise bad_request("tool_choice 'auto' needs a tool-call parser for the model's own format, which "
-                              "synthd does not have: use 'required', a named function, or 'none'", "tool_choice")
-        served = await self.acquire(request.model, request.gpu_preference, header_preference)
-        loaded = served.loaded
-        messages = template_messages(request.messages, loaded.tokenizer.chat_template)
+            raise InvalidRequest("tool_choice 'auto' needs a tool-call parser for the model's own format, which "
+                                 "synthd does not have: use 'required', a named function, or 'none'",
+                                 param="tool_choice")
+        lease = await self._lease(request.model, request.gpu_preference, header_preference)
         try:
-            prompt = loaded.encode_chat(messages)
-        except ValueError as exc:
-            raise bad_request(str(exc), "messages") from None
-        except TypeError:
-            raise bad_request("The messages could not be tokenized (invalid Unicode?).", "messages") from None
-        param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
-        grammar = None
-        tools_schema = tool_schema(request)
-        if (schema := request.output_schema() or tools_schema) is not None:
-            try:
-                grammar = await asyncio.to_thread(loaded.guided.compile, schema)
-            except GrammarError as exc:
-                where = "tools" if tools_schema is not None else "response_format.json_schema.schema"
-                raise bad_request(f"Invalid JSON schema in {where}: {exc}", where) from None
-        prepared = self._prepare(served, [prompt], request, request.token_limit(), "messages", param, "chatcmpl",
-                                 grammar=grammar)
-        prepared.tool_mode, prepared.tool_name = request.forced_tool_mode(), forced_name(request)
-        return prepared
+            engine = lease.engine
+            messages = template_messages(request.messages, engine.tokenizer.chat_template)
+            prompt = await asyncio.to_thread(engine.render_chat, messages)
+            guide = None
+            tools_schema = tool_schema(request)
+            if (schema := request.output_schema() or tools_schema) is not None:
+                guide = Guide(schema)
+                try:
+                    await asyncio.to_thread(engine.check_guide, guide)
+                except InvalidRequest as exc:
+                    exc.param = "tools" if tools_schema is not None else "response_format.json_schema.schema"
+                    raise
+            param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+            prepared = self._prepare(lease, [prompt], request, request.token_limit(), "messages", param, "chatcmpl",
+                                     request.logprobs_count())
+            prepared.guide = guide
+            prepared.tool_mode, prepared.tool_name = request.forced_tool_mode(), forced_name(request)
+            return prepared
+        except BaseException:
+            lease.release()
+            raise
 
     async def chat(self, prepared: PreparedRequest) -> ChatCompletion:
         """Run every choice to the end and build the ``chat.completion``."""
         results = await self._collect(prepared)
-        return ChatCompletion(
-            id=prepared.request_id,
-            created=prepared.created,
-            model=prepared.model_id,
-            choices=[ChatChoice(index=i, **self._reply(prepared, r)) for i, r in enumerate(results)],
-            usage=self._usage(prepared, results),
-            system_fingerprint=self.fingerprint(prepared),
-        )
+        choices = []
+        for index, result in enumerate(results):
+            message, finish = self._reply(prepared, result)
+            choices.append(ChatChoice(index=index, message=message, finish_reason=finish,
+                                      logprobs=self._chat_logprobs(prepared, result.logprobs)))
+        return ChatCompletion(id=prepared.request_id, created=prepared.created, model=prepared.model_id,
+                              choices=choices, usage=self._usage(prepared, results),
+                              system_fingerprint=self.fingerprint(prepared))
 
     async def chat_stream(self, prepared: PreparedRequest, include_usage: bool) -> AsyncIterator[str]:
-        """SSE ``chat.completion.chunk`` events, then a usage chunk if asked, then ``[DONE]``."""
+        """SSE ``chat.completion.chunk`` events, then a usage chunk if asked (the router adds
+        ``[DONE]``). Tool calls of a forced ``tool_choice`` are sent whole once their JSON is complete.
+
+        Raises:
+            SynthdError: generation failed; the router turns it into an error event.
+        """
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-            body = ChatCompletionChunk(
-                id=prepared.request_id, created=prepared.created, model=prepared.model_id,
-                choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared),
-            )
-            return sse(body.model_dump(exclude_none=True))
+            body = ChatCompletionChunk(id=prepared.request_id, created=prepared.created, model=prepared.model_id,
+                                       choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared))
+            return sse(body.model_dump(exclude=None if include_usage else {"usage"}))
 
         for index in range(len(prepared.params)):
             yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
-        held: dict[int, str] = {}
-        async for index, text, finish, results in self._stream_events(prepared):
-            if isinstance(finish, APIError):
-                yield sse(finish.body())
-                break
+        held: dict[int, list[RequestOutput]] = {}
+        async for index, output, results in self._stream_outputs(prepared):
             if prepared.tool_mode is not None:
-                held[index] = held.get(index, "") + text
-                if finish is not None:
-                    reply = self._reply(prepared, ChoiceResult(text=held.pop(index), finish_reason=finish))
-                    message = reply["message"]
-                    calls = [DeltaToolCall(index=i, id=c.id, function=c.function)
-                             for i, c in enumerate(message.tool_calls)]
-                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=message.content,
-                                                                                 tool_calls=calls or None))])
-                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(),
-                                                 finish_reason=reply["finish_reason"])])
+                held.setdefault(index, []).append(output)
+                if output.finish_reason is None:
+                    continue
+                outputs = held.pop(index)
+                result = ChoiceResult("".join(o.text for o in outputs), output.completion_tokens,
+                                      output.finish_reason, [lp for o in outputs for lp in o.logprobs])
+                message, finish = self._reply(prepared, result)
+                calls = [DeltaToolCall(index=i, id=c.id, function=c.function) for i, c in enumerate(message.tool_calls or [])]
+                yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=message.content, tool_calls=calls or None),
+                                             logprobs=self._chat_logprobs(prepared, result.logprobs))])
+                yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(), finish_reason=finish)])
             else:
-                if text:
-                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=text))])
-                if finish is not None:
-                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(), finish_reason=finish)])
+                logprobs = self._chat_logprobs(prepared, list(output.logprobs))
+                if output.text or logprobs is not None:
+                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=output.text), logprobs=logprobs)])
+                if output.finish_reason is not None:
+                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(), finish_reason=output.finish_reason)])
             if results is not None and include_usage:
                 yield chunk([], self._usage(prepared, results))
-        yield DONE
 
     @staticmethod
-    def _reply(prepared: PreparedRequest, result: ChoiceResult) -> dict:
+    def _reply(prepared: PreparedRequest, result: ChoiceResult) -> tuple[AssistantMessage, str]:
         """``message`` and ``finish_reason`` of one choice: text, or the tool calls of a forced
         ``tool_choice`` (a reply cut by ``max_tokens`` or a ``stop`` string stays text)."""
-        text = {"message": AssistantMessage(content=result.text), "finish_reason": result.finish_reason}
+        text = AssistantMessage(content=result.text), result.finish_reason or "stop"
         if prepared.tool_mode is None or result.finish_reason != "stop":
             return text
         try:
             calls = parse_tool_calls(result.text, prepared.tool_mode, prepared.tool_name)
         except ValueError:
             return text
-        return {"message": AssistantMessage(content=None, tool_calls=calls),
-                "finish_reason": "tool_calls" if prepared.tool_mode == "required" else "stop"}
+        return (AssistantMessage(content=None, tool_calls=calls),
+                "tool_calls" if prepared.tool_mode == "required" else "stop")
 
-    # --- completions ------------------------------------------------------------------------
+    @staticmethod
+    def _chat_logprobs(prepared: PreparedRequest, logprobs: list[TokenLogprob]) -> ChoiceLogprobs | None:
+        if prepared.params[0].logprobs is None:
+            return None
+        if not logprobs:
+            return None
+        return ChoiceLogprobs(content=[
+            WireTokenLogprob(token=lp.token, logprob=lp.logprob, bytes=list(lp.bytes),
+                             top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(b)) for t, v, b in lp.top])
+            for lp in logprobs])
+
+    # --- completions ------------------------------------------------------------------------------
     async def prepare_completion(self, request: CompletionRequest, header_preference: str | None = None) -> PreparedRequest:
-        """Place, load if needed, validate and tokenise a completions request (one or more prompts).
+        """Lease the model (loading it if cold) and tokenize the prompts.
 
         Raises:
-            APIError: 400 empty prompt or ``context_length_exceeded``; the errors of ``acquire``.
+            InvalidRequest: empty prompt, ``context_length_exceeded``, a bad logit bias; the errors of
+                ``ModelPool.acquire``.
         """
-        served = await self.acquire(request.model, request.gpu_preference, header_preference)
-        loaded = served.loaded
+        lease = await self._lease(request.model, request.gpu_preference, header_preference)
         try:
-            prompts = [loaded.encode_text(text) for text in request.prompts()]
-        except TypeError:
-            raise bad_request("The prompt could not be tokenized (invalid Unicode?).", "prompt") from None
-        if any(not ids for ids in prompts):
-            raise bad_request("The prompt must not be empty.", "prompt")
-        return self._prepare(served, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl")
+            prompts = await asyncio.to_thread(lambda: [lease.engine.encode(text) for text in request.prompts()])
+            if any(not ids for ids in prompts):
+                raise InvalidRequest("The prompt must not be empty.", param="prompt")
+            return self._prepare(lease, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl",
+                                 request.logprobs)
+        except BaseException:
+            lease.release()
+            raise
 
     async def completion(self, prepared: PreparedRequest) -> Completion:
         """Run every choice to the end and build the ``text_completion``."""
         results = await self._collect(prepared)
         return Completion(
-            id=prepared.request_id,
-            created=prepared.created,
-            model=prepared.model_id,
-            choices=[CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason) for i, r in enumerate(results)],
-            usage=self._usage(prepared, results),
-            system_fingerprint=self.fingerprint(prepared),
+            id=prepared.request_id, created=prepared.created, model=prepared.model_id,
+            choices=[CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason,
+                                      logprobs=self._completion_logprobs(prepared, r.logprobs, 0))
+                     for i, r in enumerate(results)],
+            usage=self._usage(prepared, results), system_fingerprint=self.fingerprint(prepared),
         )
 
     async def completion_stream(self, prepared: PreparedRequest, include_usage: bool) -> AsyncIterator[str]:
-        """SSE ``text_completion`` events, then a usage event if asked, then ``[DONE]``."""
-        def event(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-            body = Completion(
-                id=prepared.request_id, created=prepared.created, model=prepared.model_id,
-                choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared),
-            )
-            return sse(body.model_dump(exclude_none=True))
+        """SSE ``text_completion`` events, then a usage event if asked (the router adds ``[DONE]``).
 
-        async for index, text, finish, results in self._stream_events(prepared):
-            if isinstance(finish, APIError):
-                yield sse(finish.body())
-                break
-            if text or finish is not None:
-                yield event([CompletionChoice(index=index, text=text, finish_reason=finish)])
+        Raises:
+            SynthdError: generation failed; the router turns it into an error event.
+        """
+        def event(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+            body = Completion(id=prepared.request_id, created=prepared.created, model=prepared.model_id,
+                              choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared))
+            return sse(body.model_dump(exclude=None if include_usage else {"usage"}))
+
+        offsets = [0] * len(prepared.params)
+        async for index, output, results in self._stream_outputs(prepared):
+            if output.text or output.finish_reason is not None:
+                logprobs = self._completion_logprobs(prepared, list(output.logprobs), offsets[index])
+                offsets[index] += len(output.text)
+                yield event([CompletionChoice(index=index, text=output.text, finish_reason=output.finish_reason,
+                                              logprobs=logprobs)])
             if results is not None and include_usage:
                 yield event([], self._usage(prepared, results))
-        yield DONE
 
-    # --- shared -------------------------------------------------------------------------------
-    def _prepare(
-        self,
-        served: Served,
-        prompts: list[list[int]],
-        request: SamplingFields,
-        token_limit: int | None,
-        prompt_param: str,
-        limit_param: str,
-        id_prefix: str,
-        grammar: str | None = None,
-    ) -> PreparedRequest:
-        context = served.loaded.max_model_len
+    @staticmethod
+    def _completion_logprobs(prepared: PreparedRequest, logprobs: list[TokenLogprob], offset: int) -> CompletionLogprobs | None:
+        if prepared.params[0].logprobs is None:
+            return None
+        offsets = []
+        for lp in logprobs:
+            offsets.append(offset)
+            offset += len(lp.token)
+        return CompletionLogprobs(tokens=[lp.token for lp in logprobs], token_logprobs=[lp.logprob for lp in logprobs],
+                                  top_logprobs=[{t: v for t, v, _ in lp.top} for lp in logprobs], text_offset=offsets)
+
+    # --- shared -----------------------------------------------------------------------------------
+    def _prepare(self, lease: Lease, prompts: list[list[int]], request: SamplingFields, token_limit: int | None,
+                 prompt_param: str, limit_param: str, id_prefix: str, logprobs: int | None) -> PreparedRequest:
+        context = lease.engine.max_model_len
         longest = max(len(ids) for ids in prompts)
         if longest >= context or (token_limit is not None and longest + token_limit > context):
             asked = f" + {token_limit} requested completion tokens" if token_limit is not None else ""
-            raise bad_request(
+            raise InvalidRequest(
                 f"This model's maximum context length is {context} tokens. However, you requested "
                 f"{longest} prompt tokens{asked}. Please reduce the length of the {prompt_param} or {limit_param}.",
-                prompt_param if token_limit is None else limit_param,
-                "context_length_exceeded",
-            )
+                param=prompt_param if token_limit is None else limit_param, code="context_length_exceeded")
+        bias = request.logit_bias_pairs()
+        vocab = len(lease.engine.tokenizer)
+        if any(token >= vocab for token, _ in bias):
+            raise InvalidRequest(f"logit_bias names a token id outside the vocabulary (0-{vocab - 1}).",
+                                 param="logit_bias", code="invalid_value")
         ids, params = [], []
         for prompt in prompts:
             for choice in range(request.n):
                 ids.append(prompt)
                 params.append(SamplingParams(
                     max_tokens=token_limit if token_limit is not None else context - len(prompt),
-                    temperature=request.temperature,
-                    top_p=request.top_p,
-                    stop=request.stop_list(),
+                    temperature=request.temperature, top_p=request.top_p, stop=request.stop_list(),
                     seed=None if request.seed is None else (request.seed + choice) % 2**64,
-                    presence_penalty=request.presence_penalty,
-                    frequency_penalty=request.frequency_penalty,
-                    ignore_eos=request.ignore_eos,
-                    grammar=grammar,
+                    presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
+                    logit_bias=bias, logprobs=logprobs, ignore_eos=request.ignore_eos,
                 ))
-        return PreparedRequest(
-            served=served,
-            prompt_ids=ids,
-            params=params,
-            prompt_tokens=sum(len(p) for p in prompts),
-            request_id=f"{id_prefix}-{uuid.uuid4().hex}",
-        )
+        return PreparedRequest(lease=lease, prompt_ids=ids, params=params, prompt_tokens=sum(len(p) for p in prompts),
+                               request_id=f"{id_prefix}-{uuid.uuid4().hex}")
 
     @staticmethod
     def _usage(prepared: PreparedRequest, results: list[ChoiceResult]) -> Usage:
@@ -304,53 +336,64 @@ class OpenAIServing:
                      total_tokens=prepared.prompt_tokens + completion)
 
     async def _collect(self, prepared: PreparedRequest) -> list[ChoiceResult]:
-        results = [ChoiceResult() for _ in prepared.params]
-        async for _index, _text, finish, _ in self._stream_events(prepared, results):
-            if isinstance(finish, APIError):
-                raise finish
+        results: list[ChoiceResult] = []
+        async for _index, _output, finished in self._stream_outputs(prepared):
+            if finished is not None:
+                results = finished
         return results
 
-    async def _stream_events(
-        self, prepared: PreparedRequest, results: list[ChoiceResult] | None = None
-    ) -> AsyncIterator[tuple[int, str, str | APIError | None, list[ChoiceResult] | None]]:
-        """Fan in all choices' events as ``(index, text, finish, results)``.
+    async def _stream_outputs(self, prepared: PreparedRequest
+                              ) -> AsyncIterator[tuple[int, RequestOutput, list[ChoiceResult] | None]]:
+        """Fan in every choice's outputs as ``(choice index, output, results)``; ``results`` (all
+        choices) comes with the last output. Records the request's metrics once it ends.
 
-        ``finish`` is a finish reason, None while running, or an ``APIError`` when the engine
-        failed. ``results`` is given once, with the last event, when every choice has finished.
+        Raises:
+            GenerationError: a choice failed in the engine. Overloaded: the engine aborted it
+                (shutting down).
         """
-        results = results if results is not None else [ChoiceResult() for _ in prepared.params]
-        queue: asyncio.Queue = asyncio.Queue()
+        results = [ChoiceResult() for _ in prepared.params]
+        queue: asyncio.Queue[tuple[int, RequestOutput | BaseException]] = asyncio.Queue()
+        engine = prepared.lease.engine
+        first_token_s: float | None = None
+        scheduled_s: float | None = None
 
         async def pump(index: int) -> None:
             try:
-                async for event in generate(prepared.loaded, prepared.prompt_ids[index], prepared.params[index],
-                                            prepared.served.adapter):
-                    await queue.put((index, event))
-            except Exception as exc:  # surfaced as this request's error instead of a silent hang
+                async for output in engine.generate(f"{prepared.request_id}-{index}", prepared.prompt_ids[index],
+                                                    prepared.params[index], prepared.lease.lora, prepared.guide):
+                    await queue.put((index, output))
+            except Exception as exc:  # surfaced as this request's error, never a silent hang
                 await queue.put((index, exc))
 
         tasks = [asyncio.create_task(pump(i)) for i in range(len(prepared.params))]
         pending = len(tasks)
+        finish_reason = "abort"
         try:
             while pending:
-                index, event = await queue.get()
-                if isinstance(event, Exception):
-                    yield index, "", APIError(500, f"Generation failed: {type(event).__name__}: {event}",
-                                              type="server_error"), None
-                    return
+                index, item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finish_reason == "abort":
+                    raise Overloaded("The request was aborted: the server is shutting down.", retry_after_s=5)
+                if scheduled_s is None:
+                    scheduled_s = item.scheduled_s
+                if first_token_s is None and item.token_ids:
+                    first_token_s = time.perf_counter()
                 result = results[index]
-                result.text += event.text
-                result.completion_tokens = event.completion_tokens
-                if event.finish_reason == FINISH_ERROR:
-                    yield index, "", APIError(500, f"Generation failed: {event.error}", type="server_error"), None
-                    return
-                if event.finish_reason == FINISH_ABORT:
-                    yield index, "", APIError(503, "The server is shutting down.", type="server_error"), None
-                    return
-                if event.finish_reason is not None:
-                    result.finish_reason = event.finish_reason
+                result.text += item.text
+                result.completion_tokens = item.completion_tokens
+                result.logprobs.extend(item.logprobs)
+                if item.finish_reason is not None:
+                    result.finish_reason = finish_reason = item.finish_reason
                     pending -= 1
-                yield index, event.text, event.finish_reason, results if pending == 0 else None
+                yield index, item, results if pending == 0 else None
         finally:
             for task in tasks:
                 task.cancel()
+            if self.on_request is not None:
+                self.on_request(RequestRecord(
+                    model=prepared.model_id, prompt_tokens=prepared.prompt_tokens,
+                    completion_tokens=sum(r.completion_tokens for r in results),
+                    finish_reason=finish_reason if pending == 0 else "abort", n=len(results),
+                    arrival_s=prepared.arrival_s, scheduled_s=scheduled_s, first_token_s=first_token_s,
+                    finished_s=time.perf_counter(), max_choice_tokens=max(r.completion_tokens for r in results)))

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from synthd.errors import Conflict, InvalidRequest, NotFound
+from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.spec import parse_gpu_preference
 from synthd.models.ids import FineTuneId, is_fine_tune
-from synthd.models.pool import ModelManager
-from synthd.models.resolve import ModelNotFound, canonical_id
+from synthd.models.registry import ModelRegistry
+from synthd.models.resolve import ModelNotFound
 from synthd.protocol.fine_tuning import (
     CheckpointList,
     CheckpointMetrics,
@@ -66,9 +67,10 @@ def _invalid(message: str, param: str | None = None, code: str | None = None) ->
 class FineTuningService:
     """Creates, lists, cancels, pauses and resumes jobs and reads their events and checkpoints."""
 
-    def __init__(self, repo: Repository, manager: ModelManager) -> None:
+    def __init__(self, repo: Repository, registry: ModelRegistry, planner: PlacementPlanner) -> None:
         self.repo = repo
-        self.manager = manager
+        self.registry = registry
+        self.planner = planner
         self.files = FilesService(repo)
 
     def create_job(self, body: FineTuningJobCreate) -> FineTuningJob:
@@ -86,7 +88,7 @@ class FineTuningService:
             origin, init_adapter, source = self._checkpoint(source)
             if is_fine_tune(body.model) and body.model != source:
                 raise _invalid("Give the model to continue either as 'model' or as 'from_checkpoint', not both.", "model")
-            if not is_fine_tune(body.model) and canonical_id(body.model) != origin:
+            if not is_fine_tune(body.model) and self.registry.canonical(body.model) != origin:
                 raise _invalid(f"'from_checkpoint' {source} was trained on '{origin}', not '{body.model}'.",
                                "from_checkpoint", "checkpoint_base_mismatch")
             if body.lora is not None:
@@ -96,9 +98,10 @@ class FineTuningService:
         else:
             model = body.model
         try:
-            base = canonical_id(self.manager.resolve(model).model_id)
+            source_model = self.registry.base(model)
         except ModelNotFound as exc:
             raise _invalid(str(exc), "model", "model_not_found") from None
+        base = source_model.model_id
         for param in ("training_file", "validation_file"):
             file_id = getattr(body, param)
             if file_id is None:
@@ -116,7 +119,7 @@ class FineTuningService:
         if body.n_evals is not None and body.validation_file is None:
             raise _invalid("'n_evals' needs a 'validation_file'.", "n_evals")
         purpose = "dpo" if method_type == "dpo" else "sft"
-        placement, _ = self.manager.plan(base, parse_gpu_preference(body.gpu_preference), purpose)
+        placement, _ = self.planner.plan(source_model.path, parse_gpu_preference(body.gpu_preference), purpose)
         if lora is None:
             lora_in = body.lora or LoRAIn()
             lora = LoRASettings(r=lora_in.r, alpha=lora_in.alpha, dropout=lora_in.dropout,
@@ -127,6 +130,7 @@ class FineTuningService:
             lora=lora.to_dict(), training_file=body.training_file, validation_file=body.validation_file,
             suffix=body.suffix, seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
             job_metadata=body.metadata, gpu_preference=body.gpu_preference, gpu=placement.label, created_at=now(),
+            model_path=str(source_model.path),
             integrations=[i.model_dump(exclude_none=True) for i in body.integrations] if body.integrations else None,
             from_checkpoint=source, init_adapter=init_adapter, n_checkpoints=body.n_checkpoints or DEFAULT_N_CHECKPOINTS,
             n_evals=body.n_evals,
@@ -206,8 +210,8 @@ class FineTuningService:
         rows, more = self.repo.list_checkpoints(job_id, after, limit) if job.status == JobStatus.SUCCEEDED else ([], False)
         data = [CheckpointObject(id=c.id, created_at=c.created_at, fine_tuning_job_id=job_id, step_number=c.step_number,
                                  metrics=CheckpointMetrics(**{**c.metrics, "step": c.step_number}),
-                                 fine_tuned_model_checkpoint=FineTuneId(job.model, job.suffix, job_id,
-                                                                        c.step_number).format())
+                                 fine_tuned_model_checkpoint=str(FineTuneId(job.model, job.suffix or "", job_id,
+                                                                            c.step_number)))
                 for c in rows]
         return CheckpointList(data=data, has_more=more, first_id=data[0].id if data else None,
                               last_id=data[-1].id if data else None)
@@ -231,7 +235,7 @@ class FineTuningService:
                                "from_checkpoint", "checkpoint_not_found")
             if step and not step.isdigit():
                 raise _invalid(f"'from_checkpoint' {source}: the step after ':' must be a number.", "from_checkpoint")
-            model_id = FineTuneId(job.model, job.suffix, job.id, int(step) if step else None).format()
+            model_id = str(FineTuneId(job.model, job.suffix or "", job.id, int(step) if step else None))
         record = self.repo.get_model(model_id)
         if record is None or not Path(record.adapter_path, "adapter_config.json").is_file():
             raise _invalid(f"'from_checkpoint' {source}: no such fine-tuned model or checkpoint.", "from_checkpoint",

@@ -1,10 +1,14 @@
-"""GPU report, preference validation and warmup, between the routes and the manager."""
+"""GPU report, preference validation and warmup, between the routes and the model pool."""
+
+import asyncio
 
 from synthd.gpus.catalog import CATALOG
-from synthd.gpus.selection import SelectionError
+from synthd.gpus.planner import PlacementPlanner
+from synthd.gpus.selection import GPUNotSupported, SelectionError
 from synthd.gpus.spec import GPUSpecError, parse_gpu_preference
-from synthd.models.pool import ModelManager
-from synthd.models.resolve import canonical_id
+from synthd.models.ids import is_fine_tune
+from synthd.models.pool import ModelPool
+from synthd.models.registry import ModelRegistry
 from synthd.protocol.gpus import (
     CatalogEntry,
     DeviceEntry,
@@ -16,27 +20,30 @@ from synthd.protocol.gpus import (
 )
 
 
-def gpu_report(manager: ModelManager) -> GPUReport:
-    """Catalog, inventory, and which model holds which device."""
+def gpu_report(pool: ModelPool) -> GPUReport:
+    """Catalog, inventory, and which model (or training job) holds which device."""
     holders: dict[str, list[str]] = {}
-    for loaded in manager.resident():
-        slot = manager.slot(loaded.model_id)
-        for device in slot.placement.devices if slot.placement else ():
-            holders.setdefault(device.key, []).append(loaded.model_id)
+    for replica in pool.replicas():
+        for device in replica.placement.devices:
+            holders.setdefault(device.key, []).append(replica.model_id)
+    for owner, keys in pool.planner.reservations.holders().items():
+        for key in keys:
+            holders.setdefault(key, []).append(owner)
     return GPUReport(
-        catalog=[CatalogEntry(name=g.name, memory_gib=g.memory_gib, price_per_hour=g.price_per_hour, aliases=list(g.aliases))
-                 for g in CATALOG],
+        catalog=[CatalogEntry(name=g.name, memory_gib=g.memory_gib, price_per_hour=g.price_per_hour,
+                              aliases=list(g.aliases)) for g in CATALOG],
         inventory=[DeviceEntry(key=d.key, type=d.gpu.name, memory_gib=d.gpu.memory_gib, node=d.node, remote=d.remote,
-                               in_use_by=holders.get(d.key, [])) for d in manager.inventory],
-        in_use={m.model_id: manager.slot(m.model_id).gpu or "" for m in manager.resident()},
+                               in_use_by=holders.get(d.key, [])) for d in pool.planner.inventory],
+        in_use={r.model_id: r.placement.label for r in pool.replicas()},
     )
 
 
-def validate_preference(manager: ModelManager, request: GPUValidateRequest) -> GPUValidateResponse:
-    """What selection would do for ``request``, without loading anything.
+def validate_preference(planner: PlacementPlanner, registry: ModelRegistry, request: GPUValidateRequest,
+                        serving_busy: set[str] | frozenset[str] = frozenset()) -> GPUValidateResponse:
+    """What placement would do for ``request``, without loading anything. Blocking.
 
     Raises:
-        ModelNotFound: unknown model (answered as 404).
+        ModelNotFound: unknown model. InvalidRequest: malformed model id.
     """
     answer = {"model": request.model, "purpose": request.purpose, "gpu_preference": request.gpu_preference or "auto"}
     try:
@@ -44,41 +51,46 @@ def validate_preference(manager: ModelManager, request: GPUValidateRequest) -> G
     except GPUSpecError as exc:
         return GPUValidateResponse(valid=False, fits=False, available=False, selected=None, required_gib=None,
                                    offered_gib=None, reason=str(exc), **answer)
+    source = registry.base(registry.fine_tune(request.model).base_model if is_fine_tune(request.model)
+                           else request.model)
     try:
-        placement, needed = manager.plan(request.model, preference, request.purpose)
+        placement, needed = planner.plan(source.path, preference, request.purpose, serving_busy)
     except SelectionError as exc:
-        fits = exc.code != "gpu_not_supported"
-        return GPUValidateResponse(valid=True, fits=fits, available=False, selected=None,
-                                   required_gib=_round(exc.required_gib), offered_gib=_round(exc.offered_gib),
-                                   reason=exc.message, **answer)
+        return GPUValidateResponse(valid=True, fits=not isinstance(exc, GPUNotSupported), available=False,
+                                   selected=None, required_gib=_round(exc.required_gib),
+                                   offered_gib=_round(exc.offered_gib), reason=exc.message, **answer)
     return GPUValidateResponse(valid=True, fits=True, available=True, selected=placement.label,
                                required_gib=_round(needed.total_gib), offered_gib=_round(placement.offered_gib),
                                reason=None, **answer)
 
 
-async def start_warmup(manager: ModelManager, model: str, body_preference: str | None,
+async def validate_on_pool(pool: ModelPool, request: GPUValidateRequest) -> GPUValidateResponse:
+    """``validate_preference`` against the pool's planner and busy devices, off the event loop."""
+    return await asyncio.to_thread(validate_preference, pool.planner, pool.registry, request, pool.busy_devices())
+
+
+async def start_warmup(pool: ModelPool, model: str, body_preference: str | None,
                        header_preference: str | None) -> WarmupResponse:
-    """Begin (or join) the background load of ``model``.
+    """Begin (or join) the background load of ``model`` (the body's preference wins over the header's).
 
     Raises:
-        GPUSpecError, ModelNotFound, SelectionError: the status then reads ``failed`` with the reason.
+        GPUSpecError, ModelNotFound, SelectionError, PoolFull: nothing is started.
     """
     preference = parse_gpu_preference(body_preference if body_preference is not None else header_preference)
-    status, slot = await manager.warmup(model, preference)
-    return WarmupResponse(status=status, model=slot.model_id, gpu=slot.gpu)
+    outcome, status = await pool.warmup(model, preference)
+    return WarmupResponse(status=outcome, model=status.model, gpu=status.gpu)
 
 
-def warmup_status(manager: ModelManager, model: str) -> WarmupStatus:
-    """The model's warmup state; an unknown model is a 404.
+async def warmup_status(pool: ModelPool, model: str) -> WarmupStatus:
+    """The model's warmup state.
 
     Raises:
-        ModelNotFound: never seen and not resolvable.
+        ModelNotFound: unknown model. InvalidRequest: malformed id.
     """
-    slot = manager.slot(model)
-    if slot.status == "cold":
-        manager.resolve(model)
-    return WarmupStatus(model=canonical_id(model), status=slot.status, gpu=slot.gpu,
-                        load_seconds=_round(slot.load_seconds), error=slot.error)
+    source, adapter = await pool.resolve(model)
+    status = pool.status(adapter.model_id if adapter else source.model_id)
+    return WarmupStatus(model=status.model, status=status.state.value, gpu=status.gpu,
+                        load_seconds=_round(status.load_seconds), error=status.error)
 
 
 def _round(value: float | None) -> float | None:

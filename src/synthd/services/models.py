@@ -1,71 +1,89 @@
-"""``/v1/models``: resident base models and every fine-tune, retrieve and delete."""
+"""``/v1/models``: every servable model with its serving state; retrieve; delete a fine-tune."""
 
+import asyncio
 import shutil
-from pathlib import Path
 
-from synthd.api.errors import bad_request
-from synthd.engine.native.loaded import LoadedModel
-from synthd.models.pool import ModelManager, is_fine_tune
-from synthd.models.resolve import ModelNotFound
+from synthd.errors import InvalidRequest
+from synthd.models.adapters import AdapterRef
+from synthd.models.ids import is_fine_tune
+from synthd.models.pool import ModelPool, ModelStatus
+from synthd.models.resolve import ModelNotFound, ModelSource
 from synthd.protocol.openai import ModelCard, ModelList
-from synthd.store.models import FineTunedModel
+from synthd.services.usage import UsageTally
 from synthd.store.repository import Repository
 
 
-def base_card(loaded: LoadedModel) -> ModelCard:
-    """Entry of a resident base model."""
-    return ModelCard(id=loaded.model_id, created=loaded.created, root=str(loaded.source.path),
-                     max_model_len=loaded.max_model_len)
-
-
-def fine_tune_card(record: FineTunedModel) -> ModelCard:
-    """Entry of a fine-tune: ``parent`` is its base, ``root`` its adapter folder (as vLLM lists LoRAs)."""
-    return ModelCard(id=record.id, created=record.created_at, owned_by="synthd", root=record.adapter_path,
-                     parent=record.base_model)
-
-
 class ModelsService:
-    """Lists, retrieves and deletes models."""
+    """Lists, retrieves and deletes models.
 
-    def __init__(self, manager: ModelManager, repo: Repository) -> None:
-        self.manager = manager
+    Args:
+        pool: the model pool (states, placements). repo: the store of fine-tunes.
+        usage: requests and tokens served per model.
+    """
+
+    def __init__(self, pool: ModelPool, repo: Repository, usage: UsageTally) -> None:
+        self.pool = pool
         self.repo = repo
+        self.usage = usage
 
-    def list(self) -> ModelList:
-        """Resident base models, then every fine-tune (listed as soon as its job succeeded)."""
-        return ModelList(data=[*map(base_card, self.manager.resident()), *map(fine_tune_card, self.repo.list_models())])
+    def _card(self, model_id: str, created: int, root: str, parent: str | None = None) -> ModelCard:
+        status: ModelStatus = self.pool.status(model_id)
+        replica = next((r for r in self.pool.replicas(parent or model_id) if r.engine is not None), None)
+        requests, tokens = self.usage.get(model_id)
+        return ModelCard(id=model_id, created=created, root=root, parent=parent,
+                         max_model_len=replica.engine.max_model_len if replica and replica.engine else None,
+                         status=status.state.value, gpu=status.gpu, node=status.node,
+                         load_seconds=None if status.load_seconds is None else round(status.load_seconds, 3),
+                         error=status.error, requests_served=requests, tokens_served=tokens)
 
-    def retrieve(self, model_id: str) -> ModelCard:
-        """One model; a known base that is not loaded is described from its folder.
+    def _base_card(self, source: ModelSource) -> ModelCard:
+        replicas = self.pool.replicas(source.model_id)
+        created = replicas[0].created if replicas else int(source.path.stat().st_mtime)
+        return self._card(source.model_id, created, source.model_id)
+
+    def _fine_tune_card(self, ref: AdapterRef) -> ModelCard:
+        return self._card(ref.model_id, ref.created, ref.base_model, ref.base_model)
+
+    async def list(self) -> ModelList:
+        """The operator's models (from the first moment, whatever their state), other loaded models,
+        the bases of fine-tunes, then every fine-tune: never a fine-tune without its parent."""
+        fine_tunes = await asyncio.to_thread(self.pool.registry.fine_tunes)
+        ids = [*self.pool.registry.served, *(r.model_id for r in self.pool.replicas()),
+               *(ref.base_model for ref in fine_tunes)]
+        bases: dict[str, ModelSource] = {}
+        for model_id in dict.fromkeys(ids):
+            try:
+                bases[model_id] = await asyncio.to_thread(self.pool.registry.base, model_id)
+            except (ModelNotFound, InvalidRequest):
+                continue
+        cards = [self._base_card(source) for source in bases.values()]
+        cards += [self._fine_tune_card(ref) for ref in fine_tunes if ref.base_model in bases]
+        return ModelList(data=cards)
+
+    async def retrieve(self, model_id: str) -> ModelCard:
+        """One model (ids may contain ``/``).
 
         Raises:
-            ModelNotFound: unknown id.
+            InvalidRequest: malformed id. ModelNotFound: unknown id.
         """
-        if is_fine_tune(model_id):
-            record = self.repo.get_model(model_id)
-            if record is None:
-                raise ModelNotFound(f"The model '{model_id}' does not exist.")
-            return fine_tune_card(record)
-        slot = self.manager.slot(model_id)
-        if slot.loaded is not None:
-            return base_card(slot.loaded)
-        source = self.manager.resolve(model_id)
-        return ModelCard(id=source.model_id, created=int(source.path.stat().st_mtime), root=str(source.path))
+        source, adapter = await self.pool.resolve(model_id)
+        return self._fine_tune_card(adapter) if adapter else self._base_card(source)
 
-    def delete(self, model_id: str) -> dict:
-        """Delete a fine-tune: unload its adapter, drop its record and its adapter folder.
+    async def delete(self, model_id: str) -> dict:
+        """Delete a fine-tune: new requests get 404 at once; requests already running finish; its
+        adapter is unloaded and its folder removed when they have.
 
         Raises:
-            APIError: 400 for a base model. ModelNotFound: unknown id. AdapterBusy: in use (409).
+            InvalidRequest: a base model. ModelNotFound: unknown id.
         """
         if not is_fine_tune(model_id):
-            self.manager.resolve(model_id)
-            raise bad_request(f"'{model_id}' is a base model; only fine-tuned models can be deleted.", "model",
-                              "model_not_deletable")
-        if self.repo.get_model(model_id) is None:
+            await self.pool.resolve(model_id)
+            raise InvalidRequest(f"'{model_id}' is a base model; only fine-tuned models can be deleted.",
+                                 param="model", code="model_not_deletable")
+        _, adapter = await self.pool.resolve(model_id)
+        assert adapter is not None
+        record = await asyncio.to_thread(self.repo.delete_model, model_id)
+        if record is None:
             raise ModelNotFound(f"The model '{model_id}' does not exist.")
-        self.manager.forget_fine_tune(model_id)
-        record = self.repo.delete_model(model_id)
-        if record is not None:
-            shutil.rmtree(Path(record.adapter_path), ignore_errors=True)
+        await self.pool.retire_fine_tune(model_id, lambda: shutil.rmtree(adapter.path, ignore_errors=True))
         return {"id": model_id, "object": "model", "deleted": True}

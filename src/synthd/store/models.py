@@ -67,6 +67,7 @@ class JobRecord(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(512))
+    model_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     status: Mapped[str] = mapped_column(String(32), index=True)
     method: Mapped[dict] = mapped_column(JSON)
     lora: Mapped[dict | None] = mapped_column(JSON, nullable=True)

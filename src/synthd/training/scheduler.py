@@ -35,18 +35,16 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from synthd.gpus.inventory import Device
-from synthd.gpus.memory import ModelShape, estimate_memory
-from synthd.gpus.reservations import Reservations
-from synthd.gpus.selection import Placement, select_placement
+from synthd.gpus.planner import PlacementPlanner
+from synthd.gpus.selection import Placement
 from synthd.gpus.spec import parse_gpu_preference
 from synthd.models.ids import FineTuneId
-from synthd.models.resolve import resolve_model
 from synthd.store.files import sweep_partial, write_atomic
 from synthd.store.models import FileRecord, JobRecord, JobStatus
 from synthd.store.repository import NewModel, Repository, new_id, now
@@ -54,7 +52,7 @@ from synthd.training.config import DEFAULT_N_CHECKPOINTS, Hyperparameters
 from synthd.training.data import load_jsonl
 from synthd.training.layout import JobLayout, latest_checkpoint
 from synthd.training.tracking import tracking_env
-from synthd.training.worker import EXIT_FOLDER_BUSY, PARENT_ENV
+from synthd.training.worker import EXIT_FOLDER_BUSY, PARENT_ENV, model_path
 
 log = logging.getLogger(__name__)
 S = JobStatus
@@ -133,19 +131,22 @@ class JobScheduler:
     Args:
         repo: the database.
         home: ``$SYNTHD_HOME`` (job folders, adapters, files, the scheduler lock).
-        models_dir: where base models are resolved.
-        inventory: the deployment's devices; ``reservations``: devices held by running work.
+        models_dir: where base models are resolved (jobs record their base model's folder).
+        planner: places jobs; its ``reservations`` hold the devices of running jobs.
+        serving_busy: devices serving holds (the model pool's ``busy_devices``), read on the loop.
         max_concurrent: jobs trained at once.
         env: extra environment for workers.
     """
 
-    def __init__(self, repo: Repository, home: Path, *, models_dir: Path, inventory: list[Device],
-                 reservations: Reservations, max_concurrent: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(self, repo: Repository, home: Path, *, models_dir: Path, planner: PlacementPlanner,
+                 serving_busy: Callable[[], set[str]] = set, max_concurrent: int = 1,
+                 env: dict[str, str] | None = None) -> None:
         self.repo = repo
         self.home = home
         self.models_dir = models_dir
-        self.inventory = inventory
-        self.reservations = reservations
+        self.planner = planner
+        self.reservations = planner.reservations
+        self.serving_busy = serving_busy
         self.max_concurrent = max_concurrent
         self.env = {**os.environ, **(env or {})}
         self.host = socket.gethostname()
@@ -179,7 +180,7 @@ class JobScheduler:
     async def tick(self) -> None:
         """One pass: database work in a thread, worker launches on the loop's thread (a worker's
         parent-death signal is tied to the thread that started it)."""
-        starts = await asyncio.to_thread(self._step)
+        starts = await asyncio.to_thread(self._step, set(self.serving_busy()))
         if self.leader and self._trained:
             self._keep_standby()
         for start in starts:
@@ -210,7 +211,7 @@ class JobScheduler:
                 worker.process.kill()
                 worker.process.wait()
 
-    def _step(self) -> list[Start]:
+    def _step(self, serving_busy: set[str]) -> list[Start]:
         if not self._lead():
             return []
         if time.monotonic() - self._heartbeat_at >= HEARTBEAT_S:
@@ -224,7 +225,7 @@ class JobScheduler:
             if worker.process.poll() is not None:
                 self._reap(worker)
         self._apply_requests()
-        return self._claim()
+        return self._claim(serving_busy)
 
     def _lead(self) -> bool:
         if not self.leader:
@@ -319,7 +320,7 @@ class JobScheduler:
                 worker.process.kill()
 
     # --- starting ------------------------------------------------------------------------------
-    def _claim(self) -> list[Start]:
+    def _claim(self, serving_busy: set[str]) -> list[Start]:
         starts: list[Start] = []
         for job in self.repo.jobs_with_status(S.QUEUED):
             if len(self._workers) + len(starts) >= self.max_concurrent:
@@ -327,7 +328,7 @@ class JobScheduler:
             if job.cancel_requested or job.pause_requested or self._folder_busy(job.id):
                 continue
             try:
-                placement = self._place(job)
+                placement = self._place(job, serving_busy)
             except Exception as exc:
                 if getattr(exc, "code", None) == "gpu_busy":
                     if job.id not in self._waiting_for_devices:
@@ -339,7 +340,7 @@ class JobScheduler:
                 continue
             self._waiting_for_devices.discard(job.id)
             gpus = [d for d in placement.devices if d.gpu.name != "cpu"]
-            self.reservations.reserve(job.id, [d.key for d in gpus])
+            self.reservations.reserve(job.id, {d.key for d in gpus})
             layout = JobLayout(self.home, job.id)
             resume = latest_checkpoint(layout.trainer_dir)
             message = f"Resuming from {resume.name}" if resume else "Fine-tuning job started"
@@ -355,14 +356,10 @@ class JobScheduler:
                                          **tracking_env(layout, job.integrations)}))
         return starts
 
-    def _place(self, job: JobRecord) -> Placement:
-        source = resolve_model(job.model, self.models_dir)
-        shape = ModelShape.from_config(json.loads((source.path / "config.json").read_text()))
-        hyper = job.method[job.method["type"]]["hyperparameters"]
+    def _place(self, job: JobRecord, serving_busy: set[str]) -> Placement:
         purpose = "dpo" if job.method["type"] == "dpo" else "sft"
-        needed = estimate_memory(shape, purpose, batch=int(hyper.get("batch_size", 1)), lora_rank=int(job.lora["r"]))
-        placement = select_placement(parse_gpu_preference(job.gpu_preference), needed.total_gib, self.inventory,
-                                     self.reservations.busy())
+        placement, _ = self.planner.plan(model_path(job, self.models_dir), parse_gpu_preference(job.gpu_preference),
+                                         purpose, serving_busy)
         if placement.remote:
             raise RuntimeError(f"{placement.label} is in a declared pool; training runs on this host's devices only")
         return placement
@@ -456,12 +453,12 @@ class JobScheduler:
 
     def _succeed(self, job: JobRecord, result: dict) -> None:
         layout = JobLayout(self.home, job.id)
-        fine_tuned = FineTuneId(job.model, job.suffix, job.id).format()
+        fine_tuned = str(FineTuneId(job.model, job.suffix or "", job.id))
         saved = self.repo.checkpoints(job.id)
         keep = job.n_checkpoints or DEFAULT_N_CHECKPOINTS
         kept, dropped = saved[:keep], saved[keep:]
         models = [NewModel(fine_tuned, job.model, str(layout.adapter))] + [
-            NewModel(FineTuneId(job.model, job.suffix, job.id, c.step_number).format(), job.model, c.adapter_path)
+            NewModel(str(FineTuneId(job.model, job.suffix or "", job.id, c.step_number)), job.model, c.adapter_path)
             for c in kept if c.adapter_path]
         result_file = self._result_file(job.id)
         won = self.repo.succeed(job.id, self.owner, "The job has successfully completed", models, result_file,

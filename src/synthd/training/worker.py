@@ -24,11 +24,13 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from synthd.config import get_settings
 from synthd.models.resolve import resolve_model
+from synthd.store.models import JobRecord
 from synthd.store import failpoints
 from synthd.store.db import open_database
 from synthd.store.files import write_atomic
@@ -46,6 +48,11 @@ and tracebacks), and OpenMP threads that sleep instead of spinning when they wai
 2-core machine under load (load average 15): a forward and backward pass of the embedded model on
 3×60 tokens took 50 s with torch's 2 threads spinning, 8 s with ``PASSIVE``; training shares its
 cores with the server's own engine, so spinning threads only burn the time others need."""
+
+
+def model_path(job: JobRecord, models_dir: Path) -> Path:
+    """The folder of a job's base model (recorded at creation; resolved by id for older jobs)."""
+    return Path(job.model_path) if job.model_path else resolve_model(job.model, models_dir).path
 
 
 def die_with_parent() -> bool:
@@ -88,7 +95,7 @@ def main(job_id: str) -> int:
         repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
         job = repo.get_job(job_id)
         assert job is not None, f"no job {job_id}"
-        outcome = run_job(repo, job_id, resolve_model(job.model, settings.models_dir).path, layout)
+        outcome = run_job(repo, job_id, model_path(job, settings.models_dir), layout)
         write_atomic(layout.result, json.dumps(outcome.__dict__).encode())
         return EXIT_OK
     except Exception as exc:  # reported to the scheduler; the server stays up

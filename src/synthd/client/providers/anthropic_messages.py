@@ -25,6 +25,7 @@ import anthropic
 from anthropic.types import Message, RawMessageStreamEvent
 
 from synthd.client.errors import ConfigurationError, ProviderError
+from synthd.client.retry import ANTHROPIC_RULES, RetryRules
 from synthd.client.providers.base import STREAM_FAILURES, Provider, StreamPiece
 from synthd.client.request import ChatRequest
 from synthd.client.response import FinishReason, FunctionCall, LMResponse, ToolCall, Usage
@@ -49,6 +50,7 @@ class AnthropicProvider(Provider):
     name: ClassVar[str] = "anthropic"
     key_env_var: ClassVar[str | None] = "ANTHROPIC_API_KEY"
     base_url_env_var: ClassVar[str | None] = "ANTHROPIC_BASE_URL"
+    retry_rules: ClassVar[RetryRules] = ANTHROPIC_RULES
 
     def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float) -> None:
         super().__init__(api_key=api_key, base_url=base_url, timeout=timeout)

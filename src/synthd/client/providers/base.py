@@ -11,6 +11,7 @@ import openai
 from synthd.client.errors import APIConnectionError, APITimeoutError, LMError, ProviderError, status_error
 from synthd.client.request import ChatRequest
 from synthd.client.response import LMResponse
+from synthd.client.retry import OPENAI_RULES, RetryRules
 
 StreamPiece = str | LMResponse
 """A provider stream yields text deltas (``""`` for a tool-call delta, so the first token can be
@@ -38,6 +39,7 @@ class Provider(ABC):
     ``key_env_var`` names the variable the API key comes from; ``needs_key`` is false for servers
     that may run without one (synthd, any OpenAI-compatible URL). ``default_base_url`` is used when
     neither ``base_url=`` nor ``base_url_env_var`` gives one; ``None`` leaves it to the SDK.
+    ``retry_rules``: where the provider's SDK retries differently from openai-python's.
     Timing, retries and structured-output validation belong to ``LM``, not to providers.
     """
 
@@ -46,6 +48,7 @@ class Provider(ABC):
     base_url_env_var: ClassVar[str | None] = None
     default_base_url: ClassVar[str | None] = None
     needs_key: ClassVar[bool] = True
+    retry_rules: ClassVar[RetryRules] = OPENAI_RULES
 
     def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float) -> None:
         self.api_key = api_key
@@ -113,13 +116,17 @@ class Provider(ABC):
         if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)):
             return APIConnectionError(f"cannot reach {self.base_url or 'the API'}: {exc.__cause__ or exc}",
                                       provider=self.name)
-        if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
-            status = self.status_of(exc)
-            return status_error(status, body_message(exc.body) or exc.message, provider=self.name,
-                                headers=exc.response.headers)
+        if isinstance(exc, openai.APIStatusError):
+            return status_error(self.status_of(exc), body_message(exc.body) or exc.message, provider=self.name,
+                                headers=exc.response.headers, code=exc.code, param=exc.param, type=exc.type)
+        if isinstance(exc, anthropic.APIStatusError):
+            return status_error(self.status_of(exc), body_message(exc.body) or exc.message, provider=self.name,
+                                headers=exc.response.headers, code=getattr(exc, "error_code", None),
+                                type=getattr(exc, "type", None))
         if isinstance(exc, (openai.APIError, anthropic.APIError)):
             return ProviderError(f"error inside the stream: {body_message(exc.body) or exc.message}",
-                                 provider=self.name)
+                                 provider=self.name, code=getattr(exc, "code", None),
+                                 param=getattr(exc, "param", None), type=getattr(exc, "type", None))
         if isinstance(exc, httpx2.HTTPError):
             return self.interrupted(exc, delivered=True)
         raise exc

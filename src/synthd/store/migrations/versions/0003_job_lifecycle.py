@@ -1,4 +1,4 @@
-"""Job lifecycle: pause flag, scheduler lease, integrations, result files, from_checkpoint, kept checkpoint adapters
+"""Job lifecycle: base model folder, pause flag, scheduler lease, integrations, result files, from_checkpoint, kept checkpoint adapters
 
 Revision ID: 0003
 Revises: 0002
@@ -15,6 +15,7 @@ depends_on = None
 def job_columns() -> tuple[sa.Column, ...]:
     """The new ``fine_tuning_jobs`` columns (fresh objects: a Column belongs to one table)."""
     return (
+        sa.Column("model_path", sa.Text(), nullable=True),
         sa.Column("pause_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("lease_owner", sa.String(length=128), nullable=True),
         sa.Column("lease_heartbeat_at", sa.Float(), nullable=True),

@@ -1,0 +1,402 @@
+"""synthd's own engine behind the ``Engine`` protocol: continuous batching in one engine thread.
+
+The engine thread loops: take the scheduler's ``StepPlan``, load any adapter a joining sequence
+needs, prefill the joiners, decode the batch one token, sample every row, and hand each request its
+new token ids. Requests live on the asyncio side: ``generate`` turns token ids into text with an
+``OutputProcessor`` (DecodeStream, stop strings) and tells the engine to stop a sequence whose stop
+string appeared. A request that fails alone (its adapter cannot load, its guide breaks) ends with a
+``GenerationError``; the batch goes on. Only a failed forward pass fails every sequence in it.
+
+LoRA residency is the engine's: adapters load on demand when a sequence that needs one joins, up to
+``max_loras`` resident; beyond it the least recently used adapter that no sequence uses is unloaded.
+"""
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from synthd.engine.guided import GuidedDecoding
+from synthd.engine.native.model_runner import ModelRunner
+from synthd.engine.native.output_processor import OutputProcessor
+from synthd.engine.native.sampler import Sample, SamplerState, sample_batch
+from synthd.engine.native.scheduler import Scheduler, Sequence
+from synthd.engine.protocol import (
+    EngineStats,
+    GenerationError,
+    Guide,
+    LoRARef,
+    RequestOutput,
+    SamplingParams,
+    TokenLogprob,
+)
+from synthd.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What the engine thread reports for one sequence after one step."""
+
+    token_ids: tuple[int, ...] = ()
+    samples: tuple[Sample, ...] = ()
+    finish_reason: str | None = None
+    error: str | None = None
+    scheduled_s: float | None = None
+
+
+@dataclass
+class _Request:
+    sequence: Sequence
+    loop: asyncio.AbstractEventLoop
+    queue: "asyncio.Queue[_Step]"
+
+
+class NativeEngine:
+    """Continuous batching on a Hugging Face causal LM (see the module docstring).
+
+    Args:
+        model_id: the id served. model, tokenizer: loaded, in eval mode, on their device.
+        dtype: torch's name of the weights' dtype. max_model_len: context in tokens.
+        eos_token_ids: ids that end a sequence (unless ``ignore_eos``).
+        max_num_seqs: most sequences per batch. max_kv_tokens: KV budget in tokens (see
+        ``Scheduler``). max_waiting: most waiting sequences. max_loras: resident adapters.
+    """
+
+    def __init__(self, model_id: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, dtype: str,
+                 max_model_len: int, eos_token_ids: set[int], max_num_seqs: int = 64, max_kv_tokens: int = 262144,
+                 max_waiting: int = 1024, max_loras: int = 8) -> None:
+        self.model_id = model_id
+        self.tokenizer = tokenizer
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.max_loras = max_loras
+        self._eos = frozenset(eos_token_ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_token_ids)
+        self._runner = ModelRunner(model, pad)
+        self._scheduler = Scheduler(max_num_seqs, max_kv_tokens, max_waiting)
+        self._guided = GuidedDecoding(tokenizer)
+        self._requests: dict[str, _Request] = {}
+        self._loras: OrderedDict[str, LoRARef] = OrderedDict()
+        self._retiring: set[str] = set()
+        self._commands: deque[Callable[[], None]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"synthd-engine-{model_id}", daemon=True)
+        self._thread.start()
+
+    # --- prompts -------------------------------------------------------------------------------
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """See ``Engine.render_chat``."""
+        if not self.tokenizer.chat_template:
+            raise InvalidRequest(f"model '{self.model_id}' has no chat template; use /v1/completions", param="messages")
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"The messages could not be rendered with the chat template: {exc}",
+                                 param="messages") from None
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def encode(self, text: str) -> list[int]:
+        """See ``Engine.encode``."""
+        try:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        except (TypeError, ValueError):
+            raise InvalidRequest("The prompt could not be tokenized (invalid Unicode?).", param="prompt") from None
+
+    def check_guide(self, guide: Guide) -> None:
+        """See ``Engine.check_guide``."""
+        self._guided.compile(guide.json_schema)
+
+    # --- generation ----------------------------------------------------------------------------
+    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                       lora: LoRARef | None = None, guide: Guide | None = None) -> AsyncIterator[RequestOutput]:
+        """See ``Engine.generate``.
+
+        Raises:
+            QueueFull: too many sequences wait. GuideError: the guide does not compile.
+            GenerationError: this sequence failed in the engine.
+        """
+        matcher = self._guided.matcher(guide.json_schema) if guide is not None else None
+        sequence = Sequence(request_id, list(prompt_token_ids), SamplerState(params, matcher),
+                            lora=lora.name if lora else None)
+        queue: asyncio.Queue[_Step] = asyncio.Queue()
+        with self._cond:
+            if self._closed:
+                raise GenerationError("The engine is shutting down.")
+            if request_id in self._requests:
+                raise InvalidRequest(f"request id '{request_id}' is already running")
+            if lora is not None:
+                self._commands.append(lambda: self._remember_lora(lora))
+            self._scheduler.add(sequence)
+            self._requests[request_id] = _Request(sequence, asyncio.get_running_loop(), queue)
+            self._cond.notify()
+        processor = OutputProcessor(self.tokenizer, params.stop)
+        finished = False
+        try:
+            while True:
+                step = await queue.get()
+                if step.error is not None:
+                    finished = True
+                    raise GenerationError(f"Generation failed: {step.error}")
+                text = processor.add(step.token_ids)
+                finish = step.finish_reason
+                if processor.stopped and finish is None:
+                    finish = "stop"
+                    self._abort_now(request_id)
+                elif finish is not None:
+                    text += processor.flush()
+                finished = finish is not None
+                yield RequestOutput(
+                    request_id=request_id, text=text, token_ids=step.token_ids,
+                    prompt_tokens=len(sequence.prompt_ids), completion_tokens=sequence.completion_tokens,
+                    finish_reason=finish, logprobs=self._logprobs(step.samples) if params.logprobs is not None else (),
+                    scheduled_s=step.scheduled_s,
+                )
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._abort_now(request_id)
+            with self._cond:
+                self._requests.pop(request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        """See ``Engine.abort``."""
+        self._abort_now(request_id)
+
+    def _abort_now(self, request_id: str) -> None:
+        with self._cond:
+            request = self._requests.get(request_id)
+            if request is not None:
+                request.sequence.aborted = True
+                self._cond.notify()
+
+    # --- LoRA ------------------------------------------------------------------------------------
+    async def add_lora(self, lora: LoRARef) -> None:
+        """See ``Engine.add_lora``."""
+        await self._run_command(lambda: self._ensure_lora(lora.name, self._remember_lora(lora)))
+
+    async def remove_lora(self, name: str) -> bool:
+        """See ``Engine.remove_lora``: unloads now if idle, else once its last sequence ends."""
+        return await self._run_command(lambda: self._retire_lora(name))
+
+    def list_loras(self) -> list[str]:
+        """See ``Engine.list_loras``."""
+        return [name for name in self._loras if name in self._runner.adapters]
+
+    async def _run_command(self, command: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def run() -> None:
+            try:
+                result = command()
+            except Exception as exc:  # reported to the caller, not to the engine loop
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, result, None)
+
+        with self._cond:
+            if self._closed:
+                raise GenerationError("The engine is shutting down.")
+            self._commands.append(run)
+            self._cond.notify()
+        return await done
+
+    def _remember_lora(self, lora: LoRARef) -> LoRARef:
+        self._retiring.discard(lora.name)
+        if lora.name not in self._loras:
+            self._loras[lora.name] = lora
+        return lora
+
+    def _ensure_lora(self, name: str, lora: LoRARef | None = None) -> None:
+        """Make an adapter resident (engine thread). Raises what PEFT raises."""
+        if name in self._runner.adapters:
+            self._loras.move_to_end(name)
+            return
+        ref = lora or self._loras[name]
+        self._runner.load_adapter(name, ref.path)
+        self._loras[name] = ref
+        self._loras.move_to_end(name)
+        in_use = self._loras_in_use()
+        idle = [n for n in self._loras if n not in in_use and n != name and n in self._runner.adapters]
+        for old in idle[: max(0, len(self._runner.adapters) - self.max_loras)]:
+            self._runner.delete_adapter(old)
+
+    def _retire_lora(self, name: str) -> bool:
+        if name not in self._loras:
+            return False
+        if name in self._loras_in_use():
+            self._retiring.add(name)
+        else:
+            self._drop_lora(name)
+        return True
+
+    def _drop_lora(self, name: str) -> None:
+        self._loras.pop(name, None)
+        self._retiring.discard(name)
+        if name in self._runner.adapters:
+            self._runner.delete_adapter(name)
+
+    def _loras_in_use(self) -> set[str]:
+        with self._cond:
+            return {s.lora for s in [*self._scheduler.running, *self._scheduler.waiting] if s.lora}
+
+    # --- stats and shutdown ----------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        """See ``Engine.stats``."""
+        with self._cond:
+            return EngineStats(running=len(self._scheduler.running), waiting=len(self._scheduler.waiting),
+                               kv_cache_usage=self._scheduler.kv_cache_usage)
+
+    async def shutdown(self) -> None:
+        """See ``Engine.shutdown``."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        await asyncio.to_thread(self._thread.join, 30)
+
+    # --- the engine thread -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cond:
+                while not self._closed and not self._commands and not self._scheduler.has_work:
+                    self._cond.wait()
+                if self._closed:
+                    break
+                commands = list(self._commands)
+                self._commands.clear()
+                plan = self._scheduler.schedule()
+            for command in commands:
+                command()
+            outputs: dict[str, _Step] = {s.request_id: _Step(finish_reason="abort") for s in plan.aborted}
+            try:
+                self._runner.remove(set(plan.aborted))
+                with torch.inference_mode():
+                    self._step(list(plan.prefill), outputs)
+            except Exception as exc:  # a failed forward pass fails its batch, never the thread
+                log.exception("engine step failed")
+                with self._cond:
+                    batch = list(self._scheduler.running)
+                for sequence in batch:
+                    outputs[sequence.request_id] = _Step(error=f"{type(exc).__name__}: {exc}")
+                    self._leave(sequence)
+                self._runner.reset()
+            for name in [n for n in self._retiring if n not in self._loras_in_use()]:
+                self._drop_lora(name)
+            self._deliver(outputs)
+        with self._cond:
+            remaining = self._scheduler.drain()
+        self._deliver({s.request_id: _Step(finish_reason="abort") for s in remaining})
+
+    def _step(self, joining: list[Sequence], outputs: dict[str, _Step]) -> None:
+        now = time.perf_counter()
+        prefill = []
+        for sequence in joining:
+            sequence.scheduled_s = now
+            try:
+                if sequence.lora is not None:
+                    self._ensure_lora(sequence.lora)
+            except Exception as exc:  # this adapter fails its own request only
+                log.warning("adapter %s failed to load: %s", sequence.lora, exc)
+                outputs[sequence.request_id] = _Step(error=f"adapter '{sequence.lora}' failed to load: {exc}",
+                                                     scheduled_s=now)
+                self._leave(sequence)
+                continue
+            prefill.append(sequence)
+        leaving: set[Sequence] = set()
+        if prefill:
+            samples = sample_batch(self._runner.prefill(prefill), [s.sampler for s in prefill])
+            self._runner.advance(self._accept(prefill, samples, outputs, leaving), len(self._runner.rows) - len(prefill))
+            self._deliver(outputs)  # first tokens go out now, not after the decode step (TTFT)
+            outputs.clear()
+        rows = [s for s in self._runner.rows if s not in leaving]
+        if rows:
+            self._runner.remove(leaving)
+            leaving = set()
+            samples = sample_batch(self._runner.decode(), [s.sampler for s in rows])
+            self._runner.advance(self._accept(rows, samples, outputs, leaving))
+        self._runner.remove(leaving)
+
+    def _accept(self, rows: list[Sequence], samples: list[Sample], outputs: dict[str, _Step],
+                leaving: set[Sequence]) -> list[int]:
+        """Record each row's sample; decide which sequences end; return the tokens to feed next."""
+        tokens = []
+        for sequence, sample in zip(rows, samples):
+            previous = outputs.get(sequence.request_id)
+            if sample.token is None:
+                outputs[sequence.request_id] = _Step(error=sample.error, scheduled_s=sequence.scheduled_s)
+                tokens.append(self._runner.pad_token_id)
+                leaving.add(sequence)
+                self._leave(sequence)
+                continue
+            tokens.append(sample.token)
+            params = sequence.sampler.params
+            finish = None
+            if sample.token in self._eos and not params.ignore_eos:
+                finish = "stop"
+            elif sequence.completion_tokens >= params.max_tokens:
+                finish = "length"
+            elif len(sequence.prompt_ids) + sequence.completion_tokens >= self.max_model_len:
+                finish = "length"
+            merged = (previous.token_ids if previous else ()) + (sample.token,)
+            merged_samples = (previous.samples if previous else ()) + (sample,)
+            outputs[sequence.request_id] = _Step(merged, merged_samples, finish, scheduled_s=sequence.scheduled_s)
+            if finish is not None:
+                leaving.add(sequence)
+                self._leave(sequence)
+        return tokens
+
+    def _leave(self, sequence: Sequence) -> None:
+        with self._cond:
+            self._scheduler.finish(sequence)
+
+    def _deliver(self, outputs: dict[str, _Step]) -> None:
+        with self._cond:
+            targets = [(self._requests.get(rid), step) for rid, step in outputs.items()]
+        for loop, group in itertools.groupby(sorted(((r.loop, r.queue, s) for r, s in targets if r is not None),
+                                                    key=lambda t: id(t[0])), key=lambda t: t[0]):
+            items = [(queue, step) for _, queue, step in group]
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_put_all, items)
+
+    def _logprobs(self, samples: tuple[Sample, ...]) -> tuple[TokenLogprob, ...]:
+        def entry(token_id: int) -> tuple[str, tuple[int, ...]]:
+            text = self.tokenizer.decode([token_id])
+            return text, tuple(text.encode("utf-8"))
+
+        result = []
+        for sample in samples:
+            if sample.token is None or sample.logprob is None:
+                continue
+            text, raw = entry(sample.token)
+            top = tuple((t, lp, b) for t, b, lp in ((*entry(i), lp) for i, lp in sample.top))
+            result.append(TokenLogprob(text, sample.logprob, raw, top))
+        return tuple(result)
+
+
+def _put_all(items: list[tuple[asyncio.Queue, _Step]]) -> None:
+    for queue, step in items:
+        queue.put_nowait(step)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

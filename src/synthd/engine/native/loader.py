@@ -1,0 +1,71 @@
+"""Load a Hugging Face causal LM folder into a ``NativeEngine``."""
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+
+from synthd.engine.config import EngineConfig, pick_dtype
+from synthd.engine.native.engine import NativeEngine
+from synthd.gpus.memory import DTYPE_BYTES, ModelShape
+
+log = logging.getLogger(__name__)
+KV_BUDGET_SHARE = 0.25
+"""Share of the device's free memory the native engine's KV reservations may take when
+``kv_cache_tokens`` is not set."""
+
+
+def load_native_engine(model_id: str, path: Path, config: EngineConfig, gpu_indices: list[int] | None = None,
+                       memory_bytes: float | None = None) -> NativeEngine:
+    """Load weights and tokenizer from ``path`` and start the engine thread.
+
+    ``gpu_indices`` are the CUDA ordinals the placement chose: none → CPU, one → that GPU, several →
+    layers spread over exactly those GPUs (accelerate's ``device_map="auto"`` limited by
+    ``max_memory``). ``memory_bytes`` is the placement's memory, used to size the KV budget.
+
+    Raises:
+        OSError, ValueError: the folder is not a loadable causal LM.
+    """
+    indices = gpu_indices or []
+    device = torch.device(f"cuda:{indices[0]}") if indices else torch.device("cpu")
+    dtype = pick_dtype(config.dtype, device.type)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if len(indices) > 1:
+        max_memory = {i: torch.cuda.get_device_properties(i).total_memory for i in indices}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), device_map="auto",
+                                                     max_memory=max_memory).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    max_model_len = min(context, config.max_model_len or context)
+    kv_tokens = config.kv_cache_tokens or _kv_budget_tokens(model, dtype, memory_bytes, max_model_len,
+                                                            config.max_num_seqs)
+    log.info("loaded %s from %s (%s on %s, KV budget %d tokens)", model_id, path, dtype, device, kv_tokens)
+    return NativeEngine(model_id, model, tokenizer, dtype=dtype, max_model_len=max_model_len,
+                        eos_token_ids=eos_token_ids(model.generation_config, tokenizer),
+                        max_num_seqs=config.max_num_seqs, max_kv_tokens=kv_tokens, max_waiting=config.max_waiting,
+                        max_loras=config.max_loras)
+
+
+def _kv_budget_tokens(model, dtype: str, memory_bytes: float | None, max_model_len: int, max_num_seqs: int) -> int:
+    """``KV_BUDGET_SHARE`` of the placement's memory in KV tokens, at least one full context, at most
+    every sequence at full context."""
+    ceiling = max_model_len * max_num_seqs
+    if not memory_bytes:
+        return ceiling
+    per_token = ModelShape.from_config(model.config).kv_bytes_per_token(DTYPE_BYTES[dtype])
+    tokens = int(memory_bytes * KV_BUDGET_SHARE / per_token)
+    return max(max_model_len, min(ceiling, tokens))
+
+
+def eos_token_ids(generation: GenerationConfig, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every id that ends a sequence: the generation config's, the tokenizer's, and ``<|endoftext|>``."""
+    configured = generation.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    if "<|endoftext|>" in vocab:
+        ids.add(vocab["<|endoftext|>"])
+    return ids

@@ -1,0 +1,68 @@
+"""What this server may serve, by name: the operator's models, named models on disk, fine-tunes.
+
+HTTP model ids are names, never paths: a base model is one the operator passed to ``synthd serve
+--model`` (a name or a folder, served under the folder's name), a folder name under
+``$SYNTHD_HOME/models``, or a hub id already in the Hugging Face cache (``resolve_model``); a
+fine-tune is an ``ft:`` id the store knows. Ids are canonicalised (the embedded model's hub id →
+its short id) so one model is loaded once.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+from synthd.models.adapters import AdapterRef
+from synthd.models.ids import is_fine_tune
+from synthd.models.resolve import ModelNotFound, ModelSource, canonical_id, check_model_id, resolve_model
+
+FineTuneLookup = Callable[[str], AdapterRef | None]
+FineTuneListing = Callable[[], list[AdapterRef]]
+
+
+class ModelRegistry:
+    """Resolves served names.
+
+    Args:
+        models_dir: ``$SYNTHD_HOME/models``.
+        served: the operator's models (``synthd serve --model``), already resolved.
+        find_fine_tune: the store's lookup of an ``ft:`` id (None when unknown). Blocking.
+        list_fine_tunes: every stored fine-tune. Blocking.
+    """
+
+    def __init__(self, models_dir: Path, served: list[ModelSource], find_fine_tune: FineTuneLookup,
+                 list_fine_tunes: FineTuneListing) -> None:
+        self.models_dir = models_dir
+        self.served = {source.model_id: source for source in served}
+        self._find_fine_tune = find_fine_tune
+        self._list_fine_tunes = list_fine_tunes
+
+    def canonical(self, model: str) -> str:
+        """The id ``model`` is served under."""
+        return canonical_id(model)
+
+    def base(self, model: str) -> ModelSource:
+        """The weights of a base model name. Blocking (may scan the hub cache).
+
+        Raises:
+            InvalidRequest: malformed id. ModelNotFound: not servable here.
+        """
+        check_model_id(model)
+        model_id = canonical_id(model)
+        if model_id in self.served:
+            return self.served[model_id]
+        return resolve_model(model, self.models_dir)
+
+    def fine_tune(self, model: str) -> AdapterRef:
+        """The stored fine-tune ``model``. Blocking (a database read).
+
+        Raises:
+            InvalidRequest: malformed id. ModelNotFound: unknown.
+        """
+        check_model_id(model)
+        ref = self._find_fine_tune(model) if is_fine_tune(model) else None
+        if ref is None:
+            raise ModelNotFound(f"The model '{model}' does not exist.")
+        return ref
+
+    def fine_tunes(self) -> list[AdapterRef]:
+        """Every stored fine-tune, oldest first. Blocking."""
+        return self._list_fine_tunes()

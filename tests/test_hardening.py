@@ -1,0 +1,182 @@
+"""Issue 13's serving-side reports, each as a test of its whole kind: response shapes as OpenAI sends
+them, logit_bias, metrics per request, models listed while loading, ids that are names, broken
+models, leases under concurrent deletes and preferences, bounded queues."""
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from conftest import MODEL, server_env
+from synthd.server_process import ServerProcess
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def sse_payloads(response: httpx.Response) -> list[dict]:
+    events = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_stream_chunks_carry_every_key_openai_always_sends(server: ServerProcess) -> None:
+    chat = httpx.post(server.base_url + "/chat/completions", timeout=60,
+                      json={"model": MODEL, "stream": True, "max_tokens": 5, "messages": HI})
+    chunks = sse_payloads(chat)
+    for chunk in chunks:
+        ChatCompletionChunk.model_validate(chunk)
+        assert {"id", "object", "created", "model", "choices", "system_fingerprint"} <= chunk.keys()
+        assert "usage" not in chunk  # only with stream_options.include_usage
+        for choice in chunk["choices"]:
+            assert {"index", "delta", "logprobs", "finish_reason"} <= choice.keys()
+    assert [c["choices"][0]["finish_reason"] for c in chunks][:-1] == [None] * (len(chunks) - 1)
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    with_usage = sse_payloads(httpx.post(server.base_url + "/chat/completions", timeout=60, json={
+        "model": MODEL, "stream": True, "max_tokens": 5, "messages": HI, "stream_options": {"include_usage": True}}))
+    assert all("usage" in c for c in with_usage) and [c["usage"] for c in with_usage[:-1]] == [None] * (len(with_usage) - 1)
+    assert with_usage[-1]["choices"] == [] and with_usage[-1]["usage"]["completion_tokens"] > 0
+    whole = httpx.post(server.base_url + "/chat/completions", timeout=60,
+                       json={"model": MODEL, "max_tokens": 5, "messages": HI}).json()
+    ChatCompletion.model_validate(whole)
+    assert {"index", "message", "logprobs", "finish_reason"} <= whole["choices"][0].keys()
+    assert {"role", "content", "refusal"} <= whole["choices"][0]["message"].keys()
+    assert "tool_calls" not in whole["choices"][0]["message"]
+    streamed = sse_payloads(httpx.post(server.base_url + "/completions", timeout=60,
+                                       json={"model": MODEL, "prompt": "Once upon", "max_tokens": 4, "stream": True}))
+    for chunk in streamed:
+        Completion.model_validate(chunk)
+        assert {"index", "text", "logprobs", "finish_reason"} <= chunk["choices"][0].keys()
+
+
+def test_logit_bias_absent_empty_or_null_alike_and_applied(client: openai.OpenAI, tokenizer) -> None:
+    def complete(**extra) -> str:
+        return client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=3,
+                                         temperature=0, **extra).choices[0].text
+
+    plain = complete()
+    assert complete(logit_bias={}) == plain
+    assert complete(extra_body={"logit_bias": None}) == plain
+    banana = tokenizer(" banana", add_special_tokens=False)["input_ids"][0]
+    assert complete(logit_bias={str(banana): 100}).startswith(" banana")
+    first = tokenizer(plain, add_special_tokens=False)["input_ids"][0]
+    assert not complete(logit_bias={str(first): -100}).startswith(tokenizer.decode([first]))
+
+
+def test_logprobs_on_chat_and_completions(client: openai.OpenAI) -> None:
+    chat = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4, temperature=0, logprobs=True,
+                                          top_logprobs=3)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 and t.logprob == t.top_logprobs[0].logprob for t in content)
+    assert "".join(t.token for t in content).startswith(chat.choices[0].message.content[:3])
+    text = client.completions.create(model=MODEL, prompt="One, two,", max_tokens=3, temperature=0, logprobs=2)
+    legacy = text.choices[0].logprobs
+    assert len(legacy.tokens) == 3 and len(legacy.token_logprobs) == 3 and all(len(t) <= 2 for t in legacy.top_logprobs)
+    assert legacy.text_offset[0] == 0 and "".join(legacy.tokens) == text.choices[0].text
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    text = httpx.get(server.root_url + "/metrics").text
+    pattern = re.compile(rf'^synthd:{re.escape(name)}\{{[^}}]*model_name="{re.escape(MODEL)}"[^}}]*\}} (\S+)$', re.M)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+def test_metrics_count_requests_not_sequences(server: ServerProcess, client: openai.OpenAI) -> None:
+    before = {n: metric(server, n) for n in ("request_success_total", "prompt_tokens_total",
+                                             "generation_tokens_total", "time_to_first_token_seconds_count",
+                                             "e2e_request_latency_seconds_count")}
+    reply = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4, n=2, temperature=1, seed=1)
+    after = {n: metric(server, n) for n in before}
+    assert after["request_success_total"] - before["request_success_total"] == 1
+    assert after["time_to_first_token_seconds_count"] - before["time_to_first_token_seconds_count"] == 1
+    assert after["e2e_request_latency_seconds_count"] - before["e2e_request_latency_seconds_count"] == 1
+    assert after["prompt_tokens_total"] - before["prompt_tokens_total"] == reply.usage.prompt_tokens
+    assert after["generation_tokens_total"] - before["generation_tokens_total"] == reply.usage.completion_tokens
+
+
+def test_model_cards_name_models_not_server_paths(client: openai.OpenAI, models_dir: Path) -> None:
+    cards = client.models.list().data
+    assert all(str(models_dir) not in json.dumps(card.model_dump()) for card in cards)
+    card = client.models.retrieve(MODEL)
+    assert card.model_extra["root"] == MODEL and card.model_extra["status"] == "warmed"
+    assert card.model_extra["gpu"] == "cpu"
+    for path in (str(models_dir / MODEL), f"../{models_dir.name}/{MODEL}", f"{MODEL}/../{MODEL}"):
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve(path)
+
+
+@pytest.fixture
+def odd_models(models_dir: Path, tmp_path: Path) -> Path:
+    """A models folder with the embedded model, a copy served as ``smol-copy`` (symlinks), and
+    ``broken`` whose config.json is truncated JSON."""
+    directory = tmp_path / "models"
+    directory.mkdir()
+    (directory / MODEL).symlink_to(models_dir / MODEL)
+    copy = directory / "smol-copy"
+    copy.mkdir()
+    for item in (models_dir / MODEL).iterdir():
+        (copy / item.name).symlink_to(item)
+    broken = directory / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "hidden_si')
+    return directory
+
+
+def test_broken_model_fails_its_warmup_with_the_reason(odd_models: Path, tmp_path: Path) -> None:
+    with ServerProcess(log_path=tmp_path / "server.log", env=server_env(tmp_path, odd_models)) as server:
+        root = server.root_url
+        warm = httpx.post(f"{root}/warmup/broken")
+        assert warm.status_code == 400 and warm.json()["error"]["code"] == "model_load_failed"
+        status = httpx.get(f"{root}/warmup/status/broken").json()
+        assert status["status"] == "failed" and "config.json" in status["error"]
+        chat = httpx.post(f"{server.base_url}/chat/completions", json={"model": "broken", "messages": HI})
+        assert chat.status_code == 400 and "config.json" in chat.json()["error"]["message"]
+        assert httpx.post(f"{server.base_url}/chat/completions", timeout=60,
+                          json={"model": MODEL, "messages": HI, "max_tokens": 2}).status_code == 200
+
+
+def test_concurrent_warmups_respect_max_loaded_models(odd_models: Path, tmp_path: Path) -> None:
+    env = server_env(tmp_path, odd_models, SYNTHD_MAX_LOADED_MODELS="1")
+    with ServerProcess(log_path=tmp_path / "server.log", env=env) as server:
+        root = server.root_url
+        answers = [httpx.post(f"{root}/warmup/smol-copy") for _ in range(3)]
+        loaded = httpx.get(f"{root}/ready").json()["models"]
+        assert len(loaded) <= 1
+        refused = [a for a in answers if a.status_code == 503]
+        assert all(a.headers.get("retry-after") for a in refused)
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{root}/warmup/status/smol-copy").json()["status"] == "warming" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(httpx.get(f"{root}/ready").json()["models"]) == 1
+
+
+def test_models_are_listed_from_the_first_answer(odd_models: Path, tmp_path: Path) -> None:
+    env = server_env(tmp_path, odd_models)
+    with ServerProcess(["--model", "smol-copy"], log_path=tmp_path / "server.log", env=env,
+                       ready_path="/health") as server:
+        listed = httpx.get(server.base_url + "/models").json()["data"]
+        assert [m["id"] for m in listed][:1] == ["smol-copy"]
+        assert listed[0]["status"] in ("cold", "warming", "warmed")
+
+
+def test_queue_beyond_its_bound_answers_429(models_dir: Path, tmp_path: Path) -> None:
+    env = server_env(tmp_path, models_dir, SYNTHD_MAX_NUM_SEQS="1", SYNTHD_MAX_WAITING="1")
+    with ServerProcess(log_path=tmp_path / "server.log", env=env) as server:
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as http:
+                body = {"model": MODEL, "messages": HI, "max_tokens": 40, "ignore_eos": True}
+                return await asyncio.gather(*(http.post(server.base_url + "/chat/completions", json=body)
+                                              for _ in range(6)))
+
+        answers = asyncio.run(burst())
+        codes = sorted(a.status_code for a in answers)
+        assert 200 in codes and 429 in codes and set(codes) <= {200, 429}
+        limited = next(a for a in answers if a.status_code == 429)
+        assert limited.headers["retry-after"] and limited.json()["error"]["type"] == "rate_limit_error"
