@@ -28,7 +28,7 @@ def run_once(seed: int) -> tuple[dict, float, int, list[str]]:
     with tempfile.TemporaryDirectory() as home:
         env = {"SYNTHD_HOME": home, "SYNTHD_MODELS_DIR": str(get_settings().models_dir), "SYNTHD_API_KEY": "",
                "SYNTH_API_KEY": "", "SYNTHD_DATABASE_URL": ""}
-        with ServerProcess(log_path=Path(home) / "server.log", env=env) as server:
+        with ServerProcess(log_path=Path(home) / "server.log", env=env, ready_timeout_s=900) as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=300)
             data = client.files.create(file=("facts.jsonl", (ROOT / "examples/sft_facts.jsonl").read_bytes()),
                                        purpose="fine-tune")

@@ -144,7 +144,7 @@ def main() -> None:
         home = Path(folder)
         env = {"SYNTHD_HOME": folder, "SYNTHD_MODELS_DIR": str(get_settings().models_dir), "SYNTHD_API_KEY": "",
                "SYNTH_API_KEY": "", "SYNTHD_DATABASE_URL": ""}
-        with ServerProcess(log_path=home / "server.log", env=env) as server:
+        with ServerProcess(log_path=home / "server.log", env=env, ready_timeout_s=900) as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=120)
             files = {m: client.files.create(file=(Path(RUNS[m]["file"]).name, (ROOT / RUNS[m]["file"]).read_bytes()),
                                             purpose="fine-tune").id for m in methods}

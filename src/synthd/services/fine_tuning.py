@@ -158,7 +158,7 @@ class FineTuningService:
             job = await asyncio.to_thread(self._job, job_id)
             raise Conflict(f"Job '{job_id}' has already {job.status}; it cannot be cancelled.", param="fine_tuning_job_id",
                            code="job_not_cancellable")
-        return await self._settle(job_id, lambda j: j.status.ended)
+        return await self._settle(job_id, lambda j: JobStatus(j.status).ended)
 
     async def pause_job(self, job_id: str) -> FineTuningJob:
         """Ask the scheduler to pause a queued or running job: a running one saves a checkpoint and
@@ -173,7 +173,7 @@ class FineTuningService:
             job = await asyncio.to_thread(self._job, job_id)
             raise Conflict(f"Job '{job_id}' is {job.status}; only queued or running jobs can be paused.",
                            param="fine_tuning_job_id", code="job_not_pausable")
-        return await self._settle(job_id, lambda j: j.status in (JobStatus.PAUSED, *(s for s in JobStatus if s.ended)))
+        return await self._settle(job_id, lambda j: j.status == JobStatus.PAUSED or JobStatus(j.status).ended)
 
     async def resume_job(self, job_id: str) -> FineTuningJob:
         """Lift a pause: the job is queued again and continues from its newest checkpoint.
