@@ -11,8 +11,8 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from conftest import MODEL, server_env
+
 from synthd.server_process import ServerProcess
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

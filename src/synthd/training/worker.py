@@ -30,10 +30,10 @@ from filelock import FileLock, Timeout
 
 from synthd.config import get_settings
 from synthd.models.resolve import resolve_model
-from synthd.store.models import JobRecord
 from synthd.store import failpoints
 from synthd.store.db import open_database
 from synthd.store.files import write_atomic
+from synthd.store.models import JobRecord
 from synthd.store.repository import Repository
 from synthd.training.data import DataFormatError
 from synthd.training.layout import JobLayout
