@@ -206,17 +206,18 @@ def test_second_server_on_the_same_home_never_takes_a_running_job(models_dir: Pa
     second = None
     try:
         client = sdk(first)
-        running = create(client, epochs=4, checkpoints=1)
-        wait_event(client, running.id, "Step 1/4")
+        running = create(client, epochs=50, checkpoints=1)
+        wait_event(client, running.id, "Step 1/50")
         second = start(tmp_path, models_dir)
         other = sdk(second)
         later = create(other, epochs=1, checkpoints=1)
         time.sleep(3)  # several scheduler ticks of the second server
         assert other.fine_tuning.jobs.retrieve(running.id).status == "running"
-        done = wait_for(other, running.id)
-        assert done.status == "succeeded" and done.error is None, done.error
         events = [e.message for e in other.fine_tuning.jobs.list_events(running.id, limit=100).data]
         assert not any("restarted" in m for m in events), events
+        other.fine_tuning.jobs.cancel(running.id)  # through the second server, applied by the first
+        done = wait_for(other, running.id)
+        assert done.status == "cancelled" and done.error is None, done.error
         assert wait_for(other, later.id).status == "succeeded"
     finally:
         if second is not None:
