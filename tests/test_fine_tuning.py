@@ -40,7 +40,7 @@ def upload(client: openai.OpenAI, content: bytes | Path, purpose: str = "fine-tu
     return client.files.create(file=(name, data), purpose=purpose).id
 
 
-def wait_for(client: openai.OpenAI, job_id: str, statuses=TERMINAL, timeout_s: float = 600):
+def wait_for(client: openai.OpenAI, job_id: str, statuses=TERMINAL, timeout_s: float = 1500):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.fine_tuning.jobs.retrieve(job_id)
@@ -93,6 +93,7 @@ def ft_server_home(server: ServerProcess) -> Path:
     return Path(server.env["SYNTHD_HOME"])
 
 
+@pytest.mark.timeout(1800)  # 18 real training steps: minutes on a quiet machine, more on a loaded one
 def test_sft_teaches_facts(ft_client: openai.OpenAI, ft_home: Path, base) -> None:
     from peft import PeftModel
 
@@ -149,6 +150,7 @@ def margin(model, tokenizer, pairs: list[dict]) -> float:
                - sequence_logprob(model, tokenizer, p["prompt"], p["rejected"]) for p in pairs) / len(pairs)
 
 
+@pytest.mark.timeout(1800)
 def test_dpo_raises_preference_margin(ft_client: openai.OpenAI, ft_home: Path, base) -> None:
     from peft import PeftModel
 
