@@ -149,7 +149,8 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", **e
                                config.max_model_len, Reservations())
     pool = ModelPool(registry, planner, engine_kind=engine_kind, engine_config=config,
                      max_loaded_models=settings.max_loaded_models, idle_timeout_s=settings.model_idle_timeout_s)
-    scheduler = JobScheduler(repo, settings.home / "training", max_concurrent=settings.max_concurrent_jobs)
+    scheduler = JobScheduler(repo, settings.home, models_dir=settings.models_dir, planner=planner,
+                             serving_busy=pool.busy_devices, max_concurrent=settings.max_concurrent_jobs)
     return Components(pool, repo, scheduler, ServingMetrics(), [s.model_id for s in served])
 
 
