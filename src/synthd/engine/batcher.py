@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from synthd.engine.kv_cache import GrowableLayer, new_cache, stack_caches
+from synthd.engine.kv_cache import GrowableLayer, cache_kwargs, new_cache, stack_caches
 from synthd.engine.sampling import sample_batch
 from synthd.engine.sequence import (
     FINISH_ABORT,
@@ -147,9 +147,9 @@ class BatchEngine:
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
-            cache=cache,
             use_cache=True,
             logits_to_keep=1,
+            **cache_kwargs(self.model, cache),
             **self._adapter_kwargs(group),
         )
         tokens = sample_batch(out.logits[:, -1].float().cpu(), [s.sampler for s in group])
@@ -174,8 +174,8 @@ class BatchEngine:
             input_ids=self._last_tokens[:, None],
             attention_mask=self._mask,
             position_ids=positions,
-            cache=self._cache,
             use_cache=True,
+            **cache_kwargs(self.model, self._cache),
             **self._adapter_kwargs(self._running),
         )
         tokens = sample_batch(out.logits[:, -1].float().cpu(), [s.sampler for s in self._running])
