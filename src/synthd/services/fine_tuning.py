@@ -20,6 +20,7 @@ from synthd.protocol.fine_tuning import (
     JobEventObject,
     LoRAIn,
 )
+from synthd.services.projects import OPERATOR, Principal, visible_or_raise
 from synthd.store.models import FileRecord, JobRecord
 from synthd.store.repository import Repository, new_id, now
 from synthd.training.config import DEFAULT_TARGET_MODULES, LoRASettings
@@ -69,8 +70,13 @@ class FineTuningService:
         self.registry = registry
         self.planner = planner
 
-    def create_job(self, body: FineTuningJobCreate) -> FineTuningJob:
-        """Validate references and settings, then store the job as ``validating_files``.
+    def visible_file(self, file_id: str, principal: Principal = OPERATOR) -> FileRecord:
+        """A file ``principal`` may see. Raises NotFound."""
+        return visible_or_raise(self.repo.get_file(file_id), principal, file_not_found(file_id))
+
+    def create_job(self, body: FineTuningJobCreate, principal: Principal = OPERATOR) -> FineTuningJob:
+        """Validate references and settings, then store the job as ``validating_files``, owned by
+        ``principal``'s project.
 
         Raises:
             InvalidRequest: unknown base model, unknown or wrong-purpose file, conflicting method fields.
@@ -88,7 +94,7 @@ class FineTuningService:
             if file_id is None:
                 continue
             record = self.repo.get_file(file_id)
-            if record is None:
+            if record is None or not principal.can_see(record.project):
                 raise _invalid(f"No file with id '{file_id}'.", param, "file_not_found")
             if record.purpose != FINE_TUNE_PURPOSE:
                 raise _invalid(f"File '{file_id}' has purpose '{record.purpose}'; fine-tuning needs "
@@ -105,25 +111,21 @@ class FineTuningService:
             lora=lora.to_dict(), training_file=body.training_file, validation_file=body.validation_file,
             suffix=body.suffix, seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
             job_metadata=body.metadata, gpu_preference=body.gpu_preference, gpu=placement.label, created_at=now(),
+            project=principal.project,
         )
         return job_object(self.repo.add_job(job))
 
-    def get_job(self, job_id: str) -> FineTuningJob:
-        """A job. Raises NotFound."""
-        job = self.repo.get_job(job_id)
-        if job is None:
-            raise job_not_found(job_id)
-        return job_object(job)
+    def get_job(self, job_id: str, principal: Principal = OPERATOR) -> FineTuningJob:
+        """A job ``principal`` may see. Raises NotFound."""
+        return job_object(visible_or_raise(self.repo.get_job(job_id), principal, job_not_found(job_id)))
 
-    def cancel_job(self, job_id: str) -> FineTuningJob:
+    def cancel_job(self, job_id: str, principal: Principal = OPERATOR) -> FineTuningJob:
         """Cancel: queued jobs at once; a running job stops at its next step (within seconds).
 
         Raises:
             NotFound: unknown job. InvalidRequest: it already ended.
         """
-        job = self.repo.get_job(job_id)
-        if job is None:
-            raise job_not_found(job_id)
+        job = visible_or_raise(self.repo.get_job(job_id), principal, job_not_found(job_id))
         if job.status in ("succeeded", "failed", "cancelled"):
             raise _invalid(f"Job '{job_id}' has already {job.status}; it cannot be cancelled.", "fine_tuning_job_id",
                               "job_not_cancellable")
@@ -134,18 +136,17 @@ class FineTuningService:
             job = self.repo.update_job(job_id, "Cancellation requested", cancel_requested=True)
         return job_object(job)
 
-    def events(self, job_id: str, after: str | None, limit: int) -> JobEventList:
+    def events(self, job_id: str, after: str | None, limit: int, principal: Principal = OPERATOR) -> JobEventList:
         """A page of events, newest first."""
-        self.get_job(job_id)
+        self.get_job(job_id, principal)
         events, more = self.repo.list_events(job_id, after, limit)
         return JobEventList(data=[JobEventObject(id=e.id, created_at=e.created_at, level=e.level, message=e.message,
                                                  data=e.data, type=e.type) for e in events], has_more=more)
 
-    def checkpoints(self, job_id: str, after: str | None, limit: int) -> CheckpointList:
+    def checkpoints(self, job_id: str, after: str | None, limit: int,
+                    principal: Principal = OPERATOR) -> CheckpointList:
         """A page of checkpoints, newest first."""
-        job = self.repo.get_job(job_id)
-        if job is None:
-            raise job_not_found(job_id)
+        job = visible_or_raise(self.repo.get_job(job_id), principal, job_not_found(job_id))
         rows, more = self.repo.list_checkpoints(job_id, after, limit)
         data = [CheckpointObject(id=c.id, created_at=c.created_at, fine_tuning_job_id=job_id, step_number=c.step_number,
                                  metrics={k: v for k, v in c.metrics.items() if v is not None},

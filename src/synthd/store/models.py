@@ -15,7 +15,8 @@ class Base(DeclarativeBase):
 
 
 class FileRecord(Base):
-    """An uploaded file (``file-…``); the bytes live at ``path`` under ``$SYNTHD_HOME/files``."""
+    """An uploaded file (``file-…``); the bytes live at ``path`` under ``$SYNTHD_HOME/files``.
+    ``project``: the creating key's project (see ``synthd.services.projects``)."""
 
     __tablename__ = "files"
 
@@ -25,10 +26,12 @@ class FileRecord(Base):
     bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(Integer, index=True)
     path: Mapped[str] = mapped_column(Text)
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class JobRecord(Base):
-    """A fine-tuning job (``ftjob-…``) in OpenAI's shape plus synthd's LoRA and GPU fields."""
+    """A fine-tuning job (``ftjob-…``) in OpenAI's shape plus synthd's LoRA and GPU fields.
+    ``project``: the creating key's project; its ``ft:`` models and checkpoints belong to it too."""
 
     __tablename__ = "fine_tuning_jobs"
 
@@ -54,6 +57,7 @@ class JobRecord(Base):
     estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class JobEvent(Base):

@@ -43,13 +43,13 @@ class Repository:
             yield session
 
     # --- files --------------------------------------------------------------------------------
-    def add_file(self, filename: str, purpose: str, content: bytes) -> FileRecord:
-        """Store bytes atomically, then record them."""
+    def add_file(self, filename: str, purpose: str, content: bytes, project: str | None = None) -> FileRecord:
+        """Store bytes atomically, then record them (owned by ``project``)."""
         file_id = new_id("file")
         path = self.files_dir / file_id
         write_atomic(path, content)
         record = FileRecord(id=file_id, filename=filename, purpose=purpose, bytes=len(content),
-                            created_at=now(), path=str(path))
+                            created_at=now(), path=str(path), project=project)
         with self.session() as session:
             session.add(record)
         return record
@@ -59,12 +59,14 @@ class Repository:
         with self.session() as session:
             return session.get(FileRecord, file_id)
 
-    def list_files(self, purpose: str | None = None) -> list[FileRecord]:
-        """Files, newest first."""
+    def list_files(self, purpose: str | None = None, project: str | None = None) -> list[FileRecord]:
+        """Files, newest first (only ``project``'s when given)."""
         with self.session() as session:
             query = select(FileRecord).order_by(FileRecord.created_at.desc(), FileRecord.id.desc())
             if purpose:
                 query = query.where(FileRecord.purpose == purpose)
+            if project is not None:
+                query = query.where(FileRecord.project == project)
             return list(session.scalars(query))
 
     def delete_file(self, file_id: str) -> bool:
@@ -95,17 +97,25 @@ class Repository:
         with self.session() as session:
             return session.get(JobRecord, job_id)
 
-    def list_jobs(self, after: str | None, limit: int, status: str | None = None) -> tuple[list[JobRecord], bool]:
-        """Jobs newest first, after the cursor ``after``; returns (page, has_more)."""
+    def list_jobs(self, after: str | None, limit: int, status: str | None = None,
+                  project: str | None = None) -> tuple[list[JobRecord], bool]:
+        """Jobs newest first, after the cursor ``after`` (only ``project``'s when given); returns (page, has_more)."""
         with self.session() as session:
             query = select(JobRecord).order_by(JobRecord.created_at.desc(), JobRecord.id.desc())
             if status:
                 query = query.where(JobRecord.status == status)
+            if project is not None:
+                query = query.where(JobRecord.project == project)
             jobs = list(session.scalars(query))
         if after:
             ids = [j.id for j in jobs]
             jobs = jobs[ids.index(after) + 1:] if after in ids else []
         return jobs[:limit], len(jobs) > limit
+
+    def job_projects(self) -> dict[str, str | None]:
+        """Every job's project, by job id."""
+        with self.session() as session:
+            return {job_id: project for job_id, project in session.execute(select(JobRecord.id, JobRecord.project))}
 
     def jobs_with_status(self, *statuses: str) -> list[JobRecord]:
         """Jobs in any of ``statuses``, oldest first (queue order)."""

@@ -6,11 +6,11 @@ Job statuses: ``validating_files → queued → running → succeeded | failed |
 
 import asyncio
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
+from synthd.environ import scrubbed_environ
 from synthd.store.repository import Repository, now
 from synthd.training.data import DataFormatError, load_jsonl
 from synthd.training.runner import latest_checkpoint
@@ -19,17 +19,20 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5
 CANCEL_GRACE_S = 20.0
 STDERR_TAIL_CHARS = 2000
+TRAINING_CREDENTIALS = ("WANDB_API_KEY",)
+"""Secrets a worker itself uses (Weights & Biases logging); every other one is kept from workers."""
 
 
 class JobScheduler:
-    """Owns worker processes. ``env`` is passed to them (``SYNTHD_HOME``, database URL, ...)."""
+    """Owns worker processes. They get the server's environment without its secrets (provider keys,
+    tokens: ``synthd.environ``) but for ``TRAINING_CREDENTIALS``, plus ``env``."""
 
     def __init__(self, repo: Repository, work_dir: Path, *, max_concurrent: int = 1,
                  env: dict[str, str] | None = None) -> None:
         self.repo = repo
         self.work_dir = work_dir
         self.max_concurrent = max_concurrent
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**scrubbed_environ(keep=TRAINING_CREDENTIALS), **(env or {})}
         self._workers: dict[str, asyncio.subprocess.Process] = {}
         self._stderr: dict[str, asyncio.Task[str]] = {}
         self._cancel_seen: dict[str, float] = {}
