@@ -66,7 +66,8 @@ async def retrieve_file(file_id: str, service: Service, principal: CallerPrincip
     return file_object(service.visible_file(file_id, principal))
 
 
-@router.get("/files/{file_id}/content", response_class=Response, responses=FOUND)
+@router.get("/files/{file_id}/content", responses={200: {"description": "The file's bytes.", "content": {
+    "application/octet-stream": {}}}, **FOUND})
 async def file_content(file_id: str, service: Service, principal: CallerPrincipal) -> Response:
     """The file's bytes."""
     record = service.visible_file(file_id, principal)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
@@ -220,7 +220,8 @@ async def ready(request: Request, pool: Pool) -> JSONResponse:
                         status_code=200 if is_ready else 503)
 
 
-@ops.get("/metrics", response_class=PlainTextResponse, responses=error_responses(401, 500))
+@ops.get("/metrics", responses={200: {"description": "Prometheus' text format.", "content": {"text/plain": {}}},
+                                 **error_responses(401, 500)})
 async def metrics(metrics: Metrics, pool: Pool) -> Response:
     """Prometheus metrics."""
     metrics.refresh(pool)
