@@ -8,6 +8,11 @@ JSON lines but not chat data, so each job fails in the scheduler's file validati
 competes for the CPU: what is left to slow the streams is the API's own work on uploads and job
 creation (parsing, disk, database). The target (issue 13) is busy TTFT p99 ≤ 2× idle TTFT p99.
 
+A probe also times ``GET /health`` every 50 ms in both phases: it does no work, so its latency is
+the event loop's responsiveness. A busy TTFT far above idle with a flat ``/health`` means the load
+took CPU from the engine (on a small machine the upload's parsing and the job's file validation
+share the cores), not that it blocked the loop.
+
 Usage: python benchmarks/event_loop.py [--streams 32] [--rounds 3] [--max-tokens 16] [--upload-mb 4]
        [--base-url URL --api-key KEY]   (default: starts its own server on a temporary home)
 """
@@ -60,6 +65,26 @@ async def rounds(client: openai.AsyncOpenAI, streams: int, count: int, max_token
     return samples
 
 
+async def probe_health(http: httpx.AsyncClient, stop: asyncio.Event, samples: list[float]) -> None:
+    """``GET /health`` every 50 ms until ``stop``, appending each latency (seconds)."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        (await http.get("/health")).raise_for_status()
+        samples.append(time.perf_counter() - started)
+        await asyncio.sleep(0.05)
+
+
+async def probed(http: httpx.AsyncClient, work: Awaitable[list[float]]) -> tuple[list[float], list[float]]:
+    """``work``'s TTFTs and the ``/health`` latencies seen while it ran."""
+    stop, health = asyncio.Event(), []
+    probe = asyncio.ensure_future(probe_health(http, stop, health))
+    try:
+        return await work, health
+    finally:
+        stop.set()
+        await probe
+
+
 async def background_load(http: httpx.AsyncClient, upload_mb: float, stop: asyncio.Event,
                           counts: dict[str, int]) -> None:
     """Upload a file and create a job on it, again and again, until ``stop``."""
@@ -82,13 +107,13 @@ async def measure(base_url: str, api_key: str, streams: int, count: int, max_tok
     root = base_url.removesuffix("/v1")
     async with httpx.AsyncClient(base_url=root, headers={"Authorization": f"Bearer {api_key}"}, timeout=600) as http:
         await rounds(client, streams, 1, max_tokens)  # warm the batch shapes
-        idle = await rounds(client, streams, count, max_tokens)
+        idle, idle_health = await probed(http, rounds(client, streams, count, max_tokens))
         stop, counts = asyncio.Event(), {"uploads": 0, "jobs": 0}
         load: list[Awaitable] = [background_load(http, upload_mb, stop, counts) for _ in range(loaders)]
         tasks = [asyncio.ensure_future(task) for task in load]
         await asyncio.sleep(1.0)  # let the load get going
         started = time.perf_counter()
-        busy = await rounds(client, streams, count, max_tokens)
+        busy, busy_health = await probed(http, rounds(client, streams, count, max_tokens))
         busy_s = time.perf_counter() - started
         stop.set()
         await asyncio.gather(*tasks)
@@ -96,7 +121,9 @@ async def measure(base_url: str, api_key: str, streams: int, count: int, max_tok
               "idle_ttft_p50_ms": percentile(idle, 0.5) * 1000, "idle_ttft_p99_ms": percentile(idle, 0.99) * 1000,
               "busy_ttft_p50_ms": percentile(busy, 0.5) * 1000, "busy_ttft_p99_ms": percentile(busy, 0.99) * 1000,
               "busy_uploads_per_s": counts["uploads"] / busy_s, "busy_jobs_per_s": counts["jobs"] / busy_s,
-              "idle_ttft_mean_ms": statistics.mean(idle) * 1000, "busy_ttft_mean_ms": statistics.mean(busy) * 1000}
+              "idle_ttft_mean_ms": statistics.mean(idle) * 1000, "busy_ttft_mean_ms": statistics.mean(busy) * 1000,
+              "idle_health_p99_ms": percentile(idle_health, 0.99) * 1000,
+              "busy_health_p99_ms": percentile(busy_health, 0.99) * 1000}
     result["p99_ratio"] = result["busy_ttft_p99_ms"] / result["idle_ttft_p99_ms"]
     return result
 
@@ -134,6 +161,7 @@ def main() -> None:
     print(f"TTFT idle: p50 {result['idle_ttft_p50_ms']:.0f} ms, p99 {result['idle_ttft_p99_ms']:.0f} ms")
     print(f"TTFT busy: p50 {result['busy_ttft_p50_ms']:.0f} ms, p99 {result['busy_ttft_p99_ms']:.0f} ms")
     print(f"p99 ratio busy/idle: {result['p99_ratio']:.2f} (target <= 2)")
+    print(f"GET /health p99: idle {result['idle_health_p99_ms']:.0f} ms, busy {result['busy_health_p99_ms']:.0f} ms")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -38,9 +38,9 @@ class ModelsService:
                          load_seconds=None if status.load_seconds is None else round(status.load_seconds, 3),
                          error=status.error, requests_served=requests, tokens_served=tokens)
 
-    def _base_card(self, source: ModelSource) -> ModelCard:
+    async def _base_card(self, source: ModelSource) -> ModelCard:
         replicas = self.pool.replicas(source.model_id)
-        created = replicas[0].created if replicas else int(source.path.stat().st_mtime)
+        created = replicas[0].created if replicas else int((await asyncio.to_thread(source.path.stat)).st_mtime)
         return self._card(source.model_id, created, source.model_id)
 
     def _fine_tune_card(self, ref: AdapterRef) -> ModelCard:
@@ -61,7 +61,7 @@ class ModelsService:
                 bases[model_id] = await asyncio.to_thread(self.pool.registry.base, model_id)
             except (ModelNotFound, InvalidRequest):
                 continue
-        cards = [self._base_card(source) for source in bases.values()]
+        cards = [await self._base_card(source) for source in bases.values()]
         cards += [self._fine_tune_card(ref) for ref in fine_tunes if ref.base_model in bases]
         return ModelList(data=cards)
 
@@ -73,7 +73,7 @@ class ModelsService:
         """
         await self.access.check(principal, model_id)
         source, adapter = await self.pool.resolve(model_id)
-        return self._fine_tune_card(adapter) if adapter else self._base_card(source)
+        return self._fine_tune_card(adapter) if adapter else await self._base_card(source)
 
     async def delete(self, model_id: str, principal: Principal = OPERATOR) -> dict:
         """Delete a fine-tune: new requests get 404 at once; requests already running finish; its
