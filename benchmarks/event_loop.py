@@ -66,7 +66,8 @@ async def rounds(client: openai.AsyncOpenAI, streams: int, count: int, max_token
 
 
 async def probe_health(http: httpx.AsyncClient, stop: asyncio.Event, samples: list[float]) -> None:
-    """``GET /health`` every 50 ms until ``stop``, appending each latency (seconds)."""
+    """``GET /health`` every 50 ms until ``stop``, appending each latency (seconds); ``http`` opens a
+    connection per probe (a kept-alive one can be closed by the server's idle timeout under load)."""
     while not stop.is_set():
         started = time.perf_counter()
         (await http.get("/health")).raise_for_status()
@@ -91,13 +92,17 @@ async def background_load(http: httpx.AsyncClient, upload_mb: float, stop: async
     line = json.dumps({"prompt": "p" * 200, "completion": "c" * 200}).encode() + b"\n"
     data = line * max(1, int(upload_mb * 1024 * 1024 / len(line)))
     while not stop.is_set():
-        uploaded = await http.post("/v1/files", files={"file": ("load.jsonl", data)}, data={"purpose": "fine-tune"})
-        uploaded.raise_for_status()
-        counts["uploads"] += 1
-        job = await http.post("/v1/fine_tuning/jobs", json={"model": EMBEDDED_MODEL_ID,
-                                                            "training_file": uploaded.json()["id"]})
-        job.raise_for_status()
-        counts["jobs"] += 1
+        try:
+            uploaded = await http.post("/v1/files", files={"file": ("load.jsonl", data)},
+                                       data={"purpose": "fine-tune"})
+            uploaded.raise_for_status()
+            counts["uploads"] += 1
+            job = await http.post("/v1/fine_tuning/jobs", json={"model": EMBEDDED_MODEL_ID,
+                                                                "training_file": uploaded.json()["id"]})
+            job.raise_for_status()
+            counts["jobs"] += 1
+        except httpx.TransportError:  # a kept-alive connection closed by the server's idle timeout
+            counts["transport_errors"] += 1
 
 
 async def measure(base_url: str, api_key: str, streams: int, count: int, max_tokens: int, upload_mb: float,
@@ -105,15 +110,17 @@ async def measure(base_url: str, api_key: str, streams: int, count: int, max_tok
     """Idle rounds, then the same rounds under ``loaders`` concurrent upload-and-create loops."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
     root = base_url.removesuffix("/v1")
-    async with httpx.AsyncClient(base_url=root, headers={"Authorization": f"Bearer {api_key}"}, timeout=600) as http:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=root, headers=headers, timeout=600) as http, \
+            httpx.AsyncClient(base_url=root, timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as probe:
         await rounds(client, streams, 1, max_tokens)  # warm the batch shapes
-        idle, idle_health = await probed(http, rounds(client, streams, count, max_tokens))
-        stop, counts = asyncio.Event(), {"uploads": 0, "jobs": 0}
+        idle, idle_health = await probed(probe, rounds(client, streams, count, max_tokens))
+        stop, counts = asyncio.Event(), {"uploads": 0, "jobs": 0, "transport_errors": 0}
         load: list[Awaitable] = [background_load(http, upload_mb, stop, counts) for _ in range(loaders)]
         tasks = [asyncio.ensure_future(task) for task in load]
         await asyncio.sleep(1.0)  # let the load get going
         started = time.perf_counter()
-        busy, busy_health = await probed(http, rounds(client, streams, count, max_tokens))
+        busy, busy_health = await probed(probe, rounds(client, streams, count, max_tokens))
         busy_s = time.perf_counter() - started
         stop.set()
         await asyncio.gather(*tasks)
