@@ -6,7 +6,7 @@ SYNTHD := $(VENV)/bin/synthd
 STAMP  := $(VENV)/.synthd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup bubblewrap model demo test bench bench-vllm clean
+.PHONY: setup bubblewrap browser model demo test bench bench-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,18 @@ bubblewrap:
 	  || echo "warning: could not install bubblewrap (apt-get install bubblewrap): the sandbox tests will skip" \
 	          "and 'synthd eval' refuses coding cases without --unsafe-sandbox"; }
 
-setup: $(STAMP) bubblewrap
+# Debian's Chromium for the console's browser tests (Playwright cannot download browsers here),
+# installed the same way; where that fails tests/test_console.py skips its browser tests, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt=apt-get; elif sudo -n true 2>/dev/null; then apt="sudo -n apt-get"; fi; \
+	  command -v apt-get >/dev/null 2>&1 && [ -n "$$apt" ] && \
+	  { DEBIAN_FRONTEND=noninteractive $$apt install -y -qq chromium >/dev/null 2>&1 || \
+	    { $$apt update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $$apt install -y -qq chromium >/dev/null 2>&1; }; } \
+	  && echo "installed chromium" \
+	  || echo "warning: could not install chromium (apt-get install chromium): the console browser tests will skip"; }
+
+setup: $(STAMP) bubblewrap browser
 
 model: setup
 	$(SYNTHD) models pull

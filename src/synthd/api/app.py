@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthd import __version__
 from synthd.api.auth import AuthMiddleware
+from synthd.api.console import PUBLIC_PAGES
+from synthd.api.console import router as console_router
 from synthd.api.errors import install_error_handlers
 from synthd.api.ft_routes import router as ft_router
 from synthd.api.limits import UPLOAD_ENVELOPE_BYTES, BodyLimitMiddleware, HostCheckMiddleware, SecurityConfig
@@ -140,11 +142,13 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
     app.include_router(warmup)
     app.include_router(ft_router)
     app.include_router(ops)
+    app.include_router(console_router)
     install_openapi(app, security.public_paths)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=security.max_body_bytes,
                        max_upload_bytes=security.max_file_bytes + UPLOAD_ENVELOPE_BYTES)
-    app.add_middleware(AuthMiddleware, keys=keys, limiter=limiter, public_paths=security.public_paths)
+    app.add_middleware(AuthMiddleware, keys=keys, limiter=limiter, public_paths=security.public_paths,
+                       public_pages=PUBLIC_PAGES)
     app.add_middleware(HostCheckMiddleware, allowed_hosts=security.allowed_hosts)
     return app
 
@@ -177,7 +181,8 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", **e
                                config.max_model_len, Reservations())
     pool = ModelPool(registry, planner, engine_kind=engine_kind, engine_config=config,
                      max_loaded_models=settings.max_loaded_models, idle_timeout_s=settings.model_idle_timeout_s)
-    scheduler = JobScheduler(repo, settings.home / "training", max_concurrent=settings.max_concurrent_jobs)
+    scheduler = JobScheduler(repo, settings.home, models_dir=settings.models_dir, planner=planner,
+                             serving_busy=pool.busy_devices, max_concurrent=settings.max_concurrent_jobs)
     return Components(pool, repo, scheduler, ServingMetrics(), [s.model_id for s in served])
 
 

@@ -8,6 +8,7 @@ it through the ``CallerPrincipal`` dependency and pass it to the services.
 
 import asyncio
 import math
+import re
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -51,16 +52,24 @@ class AuthMiddleware:
     Args:
         keys: the server's keys. limiter: per-key request/token windows.
         public_paths: answered without a key (``/health``).
+        public_pages: a pattern of further paths answered without a key (the console's pages,
+            which carry no data), matched against the whole path.
     """
 
-    def __init__(self, app: ASGIApp, keys: KeyService, limiter: RateLimiter, public_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyService, limiter: RateLimiter, public_paths: frozenset[str],
+                 public_pages: re.Pattern[str] | None = None) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
         self.public_paths = public_paths
+        self.public_pages = public_pages
+
+    def is_public(self, path: str) -> bool:
+        """Whether ``path`` is answered without a key."""
+        return path in self.public_paths or bool(self.public_pages and self.public_pages.fullmatch(path))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public_paths:
+        if scope["type"] != "http" or self.is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         try:

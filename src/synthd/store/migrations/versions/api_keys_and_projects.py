@@ -1,14 +1,14 @@
 """api_keys table (hashed secrets, per-key limits); project owner of files and fine-tuning jobs
 
 Revision ID: api_keys_and_projects
-Revises: 0002
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "api_keys_and_projects"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
