@@ -88,6 +88,21 @@ CHECKS = [not_a_server_error, openai_error_envelope, status_code_conformance, co
           response_schema_conformance, ignored_auth]
 
 
+def fuzzer(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMode,
+           statuses: Counter[tuple[str, int]]):
+    """A Hypothesis test sending ``mode`` inputs to ``operation`` and checking each answer."""
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+    def fuzz(case: schemathesis.Case) -> None:
+        cheap_generation(case)
+        response = case.call_and_validate(headers=AUTH, timeout=120, checks=CHECKS)
+        statuses[operation.path, response.status_code] += 1
+
+    return fuzz
+
+
 def test_every_route(api_schema) -> None:
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/files/{file_id}", "/health", "/metrics"}
@@ -95,16 +110,8 @@ def test_every_route(api_schema) -> None:
     failures = []
     for operation in operations:
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
-            def fuzz(case: schemathesis.Case, path: str = operation.path) -> None:
-                cheap_generation(case)
-                response = case.call_and_validate(headers=AUTH, timeout=120, checks=CHECKS)
-                statuses[path, response.status_code] += 1
-
             try:
-                fuzz()
+                fuzzer(operation, mode, statuses)()
             except Unsatisfiable:  # no invalid input exists (an operation without parameters)
                 continue
             except (AssertionError, FailureGroup) as exc:  # every operation is fuzzed; failures reported together

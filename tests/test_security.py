@@ -124,12 +124,15 @@ def test_host_header_must_name_the_server(keyed: ServerProcess) -> None:
         assert httpx.get(keyed.base_url + "/models", headers={**auth, "Host": host}).status_code == 200
 
 
-def test_every_route_but_health_needs_a_key(keyed: ServerProcess) -> None:
+def test_every_route_but_health_and_console_pages_needs_a_key(keyed: ServerProcess) -> None:
     for path in ("/ready", "/metrics", "/docs", "/openapi.json", "/v1/gpus", "/warmup/status/" + MODEL, "/nowhere"):
         response = httpx.get(keyed.root_url + path)
         assert response.status_code == 401, path
         assert response.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(keyed.root_url + "/health").status_code == 200
+    for page in ("/models", "/fine-tuning/ftjob-x", "/static/console.css"):  # the console's shells carry no data
+        assert httpx.get(keyed.root_url + page).status_code == 200, page
+    assert httpx.post(keyed.root_url + "/console/validate-file").status_code == 401
     schema = httpx.get(keyed.root_url + "/openapi.json", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
     assert schema["security"] == [{"bearerAuth": []}] and schema["paths"]["/health"]["get"]["security"] == []
 
