@@ -6,6 +6,7 @@ The pages are shells: the browser fetches everything from the public JSON API (`
 themselves carry no data and need no key (``PUBLIC_PAGES``, which the auth middleware lets through).
 """
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -93,7 +94,7 @@ async def validate_file(request: Request, file: Annotated[UploadFile, File()],
     """
     content = await read_upload(request, file)
     try:
-        dataset = load_jsonl(content, method)
+        dataset = await asyncio.to_thread(load_jsonl, content, method)  # parsing a large file: off the loop
     except DataFormatError as exc:
         return FileCheck(valid=False, method=method, problems=str(exc).split("; "))
     return FileCheck(valid=True, method=method, examples=len(dataset.rows))
