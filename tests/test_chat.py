@@ -261,4 +261,4 @@ def test_tool_call_cut_by_a_stop_string_stays_text(client: openai.OpenAI) -> Non
     named = {"type": "function", "function": {"name": "get_weather"}}
     choice = chat(client, messages=WEATHER_QUESTION, tools=[WEATHER], tool_choice=named, stop=['"city"'],
                   max_tokens=40).choices[0]
-    assert (choice.finish_reason, choice.message.content, choice.message.tool_calls) == ("stop", "{", [])
+    assert (choice.finish_reason, choice.message.content, choice.message.tool_calls) == ("stop", "{", None)
