@@ -91,6 +91,8 @@ def servers(args: argparse.Namespace) -> list[Server]:
     return [
         Server(REFERENCE, lambda out: vllm_server(args.vllm_venv, out)),
         Server("synthd", lambda out: synthd_server(out, "--engine", "native")),
+        Server("synthd-batch-invariant", lambda out: synthd_server(out, "--engine", "native", "--batch-invariant",
+                                                                 name="synthd-batch-invariant")),
     ]
 
 

@@ -179,14 +179,38 @@ def test_a_repeated_long_prefix_is_not_recomputed(engine: NativeEngine) -> None:
 
 def test_chunked_prefill_beside_a_running_stream_equals_solo(engine: NativeEngine, chunked: NativeEngine) -> None:
     question = LONG_CONTEXT + " Which stone is the 7th?"
-    solo = run(generate(engine, question, 16, "solo-long"))["text"], run(generate(engine, PROMPTS[1], 30, "solo-s"))["text"]
+    story_params = dict(max_tokens=60, ignore_eos=True)
+    solo = (run(generate(engine, question, 16, "solo-long"))["text"],
+            run(generate(engine, PROMPTS[1], request_id="solo-story", **story_params))["text"])
+    streamed = {"story": 0}
 
-    async def mixed():  # the long prompt (20+ chunks of 16 tokens) arrives while the story streams
-        return await asyncio.gather(generate(chunked, question, 16, "long", delay=0.3),
-                                    generate(chunked, PROMPTS[1], 30, "story"))
+    async def story() -> str:
+        text = ""
+        async for output in chunked.generate("story", chunked.render_chat([{"role": "user", "content": PROMPTS[1]}]),
+                                             SamplingParams(temperature=0.0, **story_params)):
+            text += output.text
+            streamed["story"] = output.completion_tokens
+        return text
 
-    long, story = run(mixed())
-    assert (long["text"], story["text"]) == solo
+    async def long() -> tuple[str, int]:
+        """The long prompt (20+ chunks of 16 tokens) arrives while the story streams; returns its text
+        and how many story tokens streamed between its arrival and its own first token."""
+        while streamed["story"] == 0:
+            await asyncio.sleep(0.01)
+        arrived, during = streamed["story"], None
+        text = ""
+        async for output in chunked.generate("long", chunked.render_chat([{"role": "user", "content": question}]),
+                                             SamplingParams(max_tokens=16, temperature=0.0)):
+            during = streamed["story"] - arrived if during is None else during
+            text += output.text
+        return text, during
+
+    async def mixed():
+        return await asyncio.gather(long(), story())
+
+    (long_text, during), story_text = run(mixed())
+    assert (long_text, story_text) == solo
+    assert during >= 15  # one story token per step of the prompt's prefill, not one stall for all of it
 
 
 def test_batch_invariant_greedy_output_is_the_same_alone_and_in_mixed_batches(models_dir: Path,
