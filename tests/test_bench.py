@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import httpx
+import openai
 import pytest
 
 from conftest import MODEL
-from synthd.bench.runner import BenchConfig, Goodput, RequestTiming, build_prompts
+from synthd.bench.runner import PROMPTS, BenchConfig, Goodput, RequestTiming, build_prompts
 from synthd.server_process import ServerProcess
 
 
@@ -39,9 +40,12 @@ def test_request_rate_with_goodput(server: ServerProcess, tmp_path) -> None:
     assert everyone.returncode == 0 and json.loads(out.read_text())[0]["goodput_share"] == 1.0
 
 
-def test_shared_prefix_reports_cold_and_warm_and_hits_the_prefix_cache(server: ServerProcess, tmp_path) -> None:
+def test_shared_prefix_reports_cold_and_warm_and_hits_the_prefix_cache(server: ServerProcess, client: openai.OpenAI,
+                                                                       tmp_path) -> None:
     out = tmp_path / "prefix.json"
-    hits = counter(server, "synthd:prefix_cache_hits_total")
+    probe = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}],
+                                           max_tokens=1).usage.prompt_tokens  # bench sends it first, to check the server
+    hits, queries = counter(server, "synthd:prefix_cache_hits_total"), counter(server, "synthd:prefix_cache_queries_total")
     result = synthd("bench", "--base-url", server.base_url, "--model", MODEL, "--dataset", "shared-prefix",
                     "--prefix-len", "300", "--concurrency", "1", "--requests", "4", "--max-tokens", "4",
                     "--json", str(out))
@@ -50,6 +54,7 @@ def test_shared_prefix_reports_cold_and_warm_and_hits_the_prefix_cache(server: S
     assert row["dataset"] == "shared-prefix" and row["completed"] == 4 and row["prompt_tokens_mean"] > 300
     assert row["ttft_cold_s"]["p50"] > 0 and row["ttft_warm_s"]["p50"] > 0
     assert counter(server, "synthd:prefix_cache_hits_total") - hits >= 2 * 300  # two warm requests reused it
+    assert counter(server, "synthd:prefix_cache_queries_total") - queries == probe + 4 * row["prompt_tokens_mean"]
 
 
 def test_shared_prefix_prompts_pair_up_and_are_new_each_run() -> None:
