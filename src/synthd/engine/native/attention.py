@@ -12,8 +12,10 @@ tokens meet: ``slot_attention`` writes each token's key and value into its seque
 position, then
 
 - single-token rows (decoding sequences) attend in one ``scaled_dot_product_attention`` call over
-  the cache rows ``0 … span-1``, each masked to its own length; the grouped query heads of one KV
-  head are laid out as that row's queries, so no KV head is repeated;
+  their own cache rows (gathered when the slots are not ``0 … D-1``: a slot index can be as high as
+  ``max_num_seqs``, and attending over every row up to it cost up to that many times the work), each
+  masked to its own length; the grouped query heads of one KV head are laid out as that row's
+  queries, so no KV head is repeated;
 - each longer chunk (a prompt, or part of one) attends causally over its own slot, one call each.
 
 ``StepAttention.per_sequence`` (batch-invariant mode) runs each decoding row over exactly its own
@@ -93,9 +95,9 @@ class StepAttention:
 
     ``write_slots``/``write_positions`` (``[T]``): where each token's key and value go. The first
     ``num_decode`` rows are single-token rows in slot order: ``decode_slots`` (``[D]``),
-    ``decode_lengths`` (positions each attends to), ``decode_span`` cache rows and ``decode_mask``
-    ``[span, 1, 1, max length]`` for the shared call (``decode_dense``: the slots are exactly
-    ``0 … D-1``, no scatter needed). ``prefills``: the longer chunks.
+    ``decode_lengths`` (positions each attends to) and ``decode_mask`` ``[D, 1, 1, max length]`` for
+    the shared call (``decode_dense``: the slots are exactly ``0 … D-1``, no gather needed).
+    ``prefills``: the longer chunks.
     """
 
     cache: SlotCache
@@ -104,7 +106,6 @@ class StepAttention:
     num_decode: int
     decode_slots: torch.Tensor
     decode_lengths: tuple[int, ...]
-    decode_span: int
     decode_mask: torch.Tensor | None
     decode_dense: bool
     prefills: tuple[PrefillSpan, ...]
@@ -135,15 +136,15 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
                     grouped[row:row + 1], keys[slot:slot + 1, :, :length], values[slot:slot + 1, :, :length],
                     scale=scaling).view(heads, head_dim)
         else:
-            span, length = step.decode_span, max(step.decode_lengths)
+            length = max(step.decode_lengths)
             if step.decode_dense:
-                queries = grouped
+                rows_keys, rows_values = keys[:decode, :, :length], values[:decode, :, :length]
             else:
-                queries = grouped.new_zeros((span, *grouped.shape[1:]))
-                queries[step.decode_slots] = grouped
-            result = F.scaled_dot_product_attention(queries, keys[:span, :, :length], values[:span, :, :length],
-                                                    attn_mask=step.decode_mask, scale=scaling)
-            out[:decode] = (result if step.decode_dense else result[step.decode_slots]).reshape(decode, heads, head_dim)
+                rows_keys = keys[:, :, :length].index_select(0, step.decode_slots)
+                rows_values = values[:, :, :length].index_select(0, step.decode_slots)
+            result = F.scaled_dot_product_attention(grouped, rows_keys, rows_values, attn_mask=step.decode_mask,
+                                                    scale=scaling)
+            out[:decode] = result.reshape(decode, heads, head_dim)
     for span in step.prefills:
         chunk = q[span.first:span.first + span.n].transpose(0, 1).unsqueeze(0)
         result = F.scaled_dot_product_attention(

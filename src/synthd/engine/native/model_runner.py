@@ -134,14 +134,10 @@ class ModelRunner:
                    prefills: list[PrefillSpan]) -> StepAttention:
         slots = [c.sequence.slot for c in decode]
         lengths = tuple(c.start + 1 for c in decode)
-        span = (slots[-1] + 1) if slots else 0
         mask = None
         if decode and not self.batch_invariant:
-            per_row = [1] * span
-            for slot, length in zip(slots, lengths):
-                per_row[slot] = length
             mask = (torch.arange(max(lengths), device=self.device)[None, :]
-                    < torch.tensor(per_row, device=self.device)[:, None])[:, None, None, :]
+                    < torch.tensor(lengths, device=self.device)[:, None])[:, None, None, :]
         return StepAttention(
             cache=self.cache,
             write_slots=torch.tensor(write_slots, device=self.device),
@@ -149,7 +145,6 @@ class ModelRunner:
             num_decode=len(decode),
             decode_slots=torch.tensor(slots, dtype=torch.long, device=self.device),
             decode_lengths=lengths,
-            decode_span=span,
             decode_mask=mask,
             decode_dense=slots == list(range(len(slots))),
             prefills=tuple(prefills),
