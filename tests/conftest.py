@@ -59,6 +59,18 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    config.addinivalue_line("markers", "native_only(reason): a claim about synthd's own engine; skipped, with the "
+                                       "reason, when SYNTHD_TEST_ENGINE is not native")
+    config.addinivalue_line("markers", "vllm_only(reason): a claim about the vLLM engine; runs only when "
+                                       "SYNTHD_TEST_ENGINE=vllm")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE != "native" and (marker := item.get_closest_marker("native_only")) is not None:
+            item.add_marker(pytest.mark.skip(reason=f"native engine only: {marker.args[0]}"))
+        if ENGINE != "vllm" and (marker := item.get_closest_marker("vllm_only")) is not None:
+            item.add_marker(pytest.mark.skip(reason=f"vLLM engine only (SYNTHD_TEST_ENGINE=vllm): {marker.args[0]}"))
 
 
 @dataclass
