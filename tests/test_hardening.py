@@ -169,6 +169,7 @@ def test_concurrent_warmups_respect_max_loaded_models(odd_models: Path, tmp_path
         assert len(httpx.get(f"{root}/ready").json()["models"]) == 1
 
 
+@pytest.mark.native_only("the listing comes from the registry before any engine is loaded")
 def test_models_are_listed_from_the_first_answer(odd_models: Path, tmp_path: Path) -> None:
     env = server_env(tmp_path, odd_models)
     with ServerProcess(["--model", "smol-copy"], log_path=tmp_path / "server.log", env=env,
