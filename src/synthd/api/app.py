@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synthd import __version__
 from synthd.api.errors import install_error_handlers
 from synthd.api.ft_routes import router as ft_router
+from synthd.api.lora_routes import router as lora_router
 from synthd.api.metrics import ServingMetrics
 from synthd.api.routes import ops, v1, warmup
 from synthd.engine.config import EngineConfig, pick_dtype
@@ -23,6 +24,7 @@ from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelSource
 from synthd.services.chat import OpenAIServing, RequestRecord
 from synthd.services.fine_tuning import FineTuningService
+from synthd.services.lora_adapters import LoRAAdapterService
 from synthd.services.models import ModelsService
 from synthd.services.usage import UsageTally
 from synthd.store.db import open_database
@@ -104,6 +106,7 @@ def create_app(parts: Components, *, api_key: str | None = None, max_file_bytes:
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
     app.state.pool = pool
     app.state.serving = OpenAIServing(pool, on_request)
+    app.state.lora_adapters = LoRAAdapterService(pool)
     app.state.fine_tuning = FineTuningService(parts.repo, pool.registry, pool.planner)
     app.state.models = ModelsService(pool, parts.repo, usage)
     app.state.max_file_bytes = max_file_bytes
@@ -114,6 +117,7 @@ def create_app(parts: Components, *, api_key: str | None = None, max_file_bytes:
     app.include_router(v1)
     app.include_router(warmup)
     app.include_router(ft_router)
+    app.include_router(lora_router)
     app.include_router(ops)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

@@ -46,8 +46,8 @@ class ModelsService:
 
     async def list(self) -> ModelList:
         """The operator's models (from the first moment, whatever their state), other loaded models,
-        the bases of fine-tunes, then every fine-tune: never a fine-tune without its parent."""
-        fine_tunes = await asyncio.to_thread(self.pool.registry.fine_tunes)
+        the bases of fine-tunes, then every fine-tune and runtime adapter: never one without its parent."""
+        fine_tunes = [*await asyncio.to_thread(self.pool.registry.fine_tunes), *self.pool.registry.runtime_adapters()]
         ids = [*self.pool.registry.served, *(r.model_id for r in self.pool.replicas()),
                *(ref.base_model for ref in fine_tunes)]
         bases: dict[str, ModelSource] = {}
@@ -74,8 +74,11 @@ class ModelsService:
         adapter is unloaded and its folder removed when they have.
 
         Raises:
-            InvalidRequest: a base model. ModelNotFound: unknown id.
+            InvalidRequest: a base model or a runtime adapter. ModelNotFound: unknown id.
         """
+        if self.pool.registry.runtime_adapter(model_id) is not None:
+            raise InvalidRequest(f"'{model_id}' is a runtime LoRA adapter; remove it with POST /v1/unload_lora_adapter.",
+                                 param="model", code="model_not_deletable")
         if not is_fine_tune(model_id):
             await self.pool.resolve(model_id)
             raise InvalidRequest(f"'{model_id}' is a base model; only fine-tuned models can be deleted.",
