@@ -8,12 +8,12 @@ import httpx
 import openai
 import pytest
 import torch
+from conftest import MODEL, server_env
 from peft import LoraConfig, PeftModel, get_peft_model
+from test_serving_fine_tunes import make_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import MODEL, server_env
 from synthd.server_process import ServerProcess
-from test_serving_fine_tunes import make_adapter
 
 PROMPT = [{"role": "user", "content": "What is the capital of Zorbania?"}]
 
