@@ -163,6 +163,18 @@ def test_cancel_mid_batch_keeps_finished_results(sdk: openai.OpenAI) -> None:
     assert sdk.chat.completions.create(**chat_body("Still there?")).choices[0].message.content
 
 
+def test_batch_waits_while_an_interactive_request_runs(sdk: openai.OpenAI) -> None:
+    stream = iter(sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell a story."}],
+                                              max_tokens=40, temperature=0, stream=True,
+                                              extra_body={"ignore_eos": True}))
+    next(stream)
+    created = submit(sdk, [line(f"w{i}", chat_body(f"Hi {i}")) for i in range(2)])
+    seen = [sdk.batches.retrieve(created.id).request_counts.completed for _chunk in stream]
+    assert len(seen) >= 35 and set(seen) == {0}  # no line ran beside the user's request
+    batch = wait(sdk, created.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 2
+
+
 def test_restart_mid_batch_resumes(server: ServerProcess, sdk: openai.OpenAI) -> None:
     lines = [line(f"r{i}", chat_body(f"Say {i}.", max_tokens=3)) for i in range(10)]
     created = submit(sdk, lines)

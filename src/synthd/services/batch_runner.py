@@ -8,11 +8,14 @@ completed``:
   resolved; every bad line becomes a record of the error file at once. A batch fails only when its
   file cannot be read, has no request line, more than ``MAX_BATCH_REQUESTS``, or no runnable line.
 - **in_progress**: runnable lines run in-process (no HTTP), at most ``max_in_flight`` at a time. A
-  line is handed to the engine only while no sequence waits in that engine's queue, and with
+  line is handed to the engine only once that engine has had no interactive sequence, waiting or
+  running (its ``stats()`` less the runner's own lines), for ``quiet_s``, and with
   ``BATCH_PRIORITY``, so the scheduler admits interactive requests first: a batch fills idle
-  capacity and never queues ahead of a user. Each answer (or error) is stored as the line's result
-  in the same transaction as its count, so a batch ``in_progress`` at shutdown resumes after a
-  restart with the lines that have no result yet. A transient refusal (``Overloaded``: a full
+  capacity, never queues ahead of a user, and adds no line while users are being served (lines
+  already running finish). The quiet period keeps lines from starting in the short gaps of a
+  stream of requests, where their prefill would delay the next request's first token. Each answer
+  (or error) is stored as the line's result in the same transaction as its count, so a batch
+  ``in_progress`` at shutdown resumes after a restart with the lines that have no result yet. A transient refusal (``Overloaded``: a full
   queue, a full pool) is retried after its ``retry_after_s``.
 - **cancel**: lines running are aborted, finished results are kept, and the batch ends
   ``cancelled`` with partial output and error files. Past ``expires_at`` the lines not yet run are
@@ -32,6 +35,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -79,19 +83,23 @@ class BatchRunner:
         store: the batches' rows and results. repo: input files in, output files out.
         serving: runs each line. error_reply: status and body for a failed line.
         max_in_flight: most lines running at once, over all batches.
-        gate_poll_s: how often a line waiting for the engine's queue to empty looks again (seconds).
+        quiet_s: how long an engine must have been free of interactive requests before a line starts.
+        gate_poll_s: how often a line waiting for that looks again (seconds).
     """
 
     def __init__(self, store: BatchStore, repo: Repository, serving: OpenAIServing, error_reply: ErrorReply, *,
-                 max_in_flight: int = 2, gate_poll_s: float = 0.02) -> None:
+                 max_in_flight: int = 2, quiet_s: float = 0.5, gate_poll_s: float = 0.02) -> None:
         self.store = store
         self.repo = repo
         self.serving = serving
         self.error_reply = error_reply
         self.max_in_flight = max_in_flight
+        self.quiet_s = quiet_s
         self.gate_poll_s = gate_poll_s
         self._wake = asyncio.Event()
         self._cancels: dict[str, asyncio.Event] = {}
+        self._own: dict[Engine, int] = {}
+        self._interactive_seen: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
         self._task: asyncio.Task | None = None
 
     # --- control, from the service and the app -----------------------------------------------------
@@ -180,8 +188,8 @@ class BatchRunner:
         model = next(line.request.model for line in lines if line.request is not None)
         await asyncio.to_thread(self.store.update, batch.id, total=len(lines), completed=0, failed=0, input_tokens=0,
                                 output_tokens=0, model=model)
-        for line, problem in problems:
-            await asyncio.to_thread(self.store.add_result, batch.id, line.number, False, self._error_record(line, problem))
+        await asyncio.to_thread(self.store.add_errors, batch.id,
+                                [(line.number, self._error_record(line, problem)) for line, problem in problems])
         await asyncio.to_thread(self.store.transition, batch.id, (BatchStatus.VALIDATING,), BatchStatus.IN_PROGRESS,
                                 in_progress_at=_now())
 
@@ -204,12 +212,15 @@ class BatchRunner:
 
     # --- in progress ---------------------------------------------------------------------------------
     async def _run(self, batch: BatchRecord) -> None:
+        cancelled = self._cancels.setdefault(batch.id, asyncio.Event())
+        if (await self._get(batch.id)).status != BatchStatus.IN_PROGRESS:  # cancelled before the event existed
+            cancelled.set()
         lines = await self._lines(batch)
         if lines is None:
+            self._cancels.pop(batch.id, None)
             return
         done = await asyncio.to_thread(self.store.done_lines, batch.id)
         todo = [line for line in lines if line.request is not None and line.number not in done]
-        cancelled = self._cancels.setdefault(batch.id, asyncio.Event())
         cancel_waiter = asyncio.create_task(cancelled.wait())
         running: set[asyncio.Task] = set()
         expired = False
@@ -271,16 +282,29 @@ class BatchRunner:
         prepared = await (self.serving.prepare_chat(request) if chat else self.serving.prepare_completion(request))
         try:
             prepared.params = [replace(params, priority=BATCH_PRIORITY) for params in prepared.params]
-            await self._gate(prepared.lease.engine)
-            result = await (self.serving.chat(prepared) if chat else self.serving.completion(prepared))
+            engine = prepared.lease.engine
+            await self._gate(engine)
+            self._own[engine] = self._own.get(engine, 0) + len(prepared.params)
+            try:
+                result = await (self.serving.chat(prepared) if chat else self.serving.completion(prepared))
+            finally:
+                self._own[engine] -= len(prepared.params)
+                if not self._own[engine]:
+                    del self._own[engine]
         finally:
             prepared.close()
         body = result.model_dump()
         return body, body["usage"]
 
     async def _gate(self, engine: Engine) -> None:
-        """Wait until no sequence waits in ``engine``'s queue: interactive requests go first."""
-        while engine.stats().waiting > 0:
+        """Wait until ``engine`` has run and queued no sequence but the runner's own for ``quiet_s``."""
+        while True:
+            now = time.monotonic()
+            stats = engine.stats()
+            if stats.waiting + stats.running > self._own.get(engine, 0):
+                self._interactive_seen[engine] = now
+            elif now - self._interactive_seen.get(engine, -self.quiet_s) >= self.quiet_s:
+                return
             await asyncio.sleep(self.gate_poll_s)
 
     async def _expire(self, batch: BatchRecord) -> None:

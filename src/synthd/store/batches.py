@@ -156,6 +156,13 @@ class BatchStore:
                 counter: counter + 1, BatchRecord.input_tokens: BatchRecord.input_tokens + input_tokens,
                 BatchRecord.output_tokens: BatchRecord.output_tokens + output_tokens}))
 
+    def add_errors(self, batch_id: str, records: list[tuple[int, dict]]) -> None:
+        """Record many failed lines (``(line, record)`` pairs) and count them, in one transaction."""
+        with self._session() as session:
+            session.add_all([BatchResult(batch_id=batch_id, line=line, ok=False, record=record) for line, record in records])
+            session.execute(update(BatchRecord).where(BatchRecord.id == batch_id)
+                            .values(failed=BatchRecord.failed + len(records)))
+
     def done_lines(self, batch_id: str) -> set[int]:
         """Line numbers that already have a result."""
         with self._session() as session:
