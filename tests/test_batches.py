@@ -1,5 +1,6 @@
 """The Batch API through the official SDK: bad lines reported per line, chat and completions,
-cancel keeps finished results, a restart resumes where the batch was."""
+cancel keeps finished results, a restart resumes where the batch was, batches private to the
+creating key's project."""
 
 import json
 import time
@@ -8,6 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 from conftest import MODEL, server_env
+from test_projects import create_key
 
 from synthd.server_process import ServerProcess
 
@@ -17,15 +19,26 @@ ENDED = ("completed", "failed", "cancelled", "expired")
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory) -> ServerProcess:
-    home = tmp_path_factory.mktemp("batches-home")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("batches-home")
+
+
+@pytest.fixture(scope="module")
+def keys(home: Path, models_dir: Path) -> dict[str, str]:
+    """Two projects' keys, made before the server starts (so every request needs one)."""
+    return {project: create_key(home, models_dir, "--project", project) for project in ("alpha", "beta")}
+
+
+@pytest.fixture(scope="module")
+def server(home: Path, models_dir: Path, keys: dict[str, str]) -> ServerProcess:
     with ServerProcess(["--dtype", "float32"], log_path=home / "server.log", env=server_env(home, models_dir)) as process:
         yield process
 
 
 @pytest.fixture(scope="module")
-def sdk(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+def sdk(server: ServerProcess, keys: dict[str, str]) -> openai.OpenAI:
+    """Project alpha's client."""
+    return openai.OpenAI(base_url=server.base_url, api_key=keys["alpha"], max_retries=0, timeout=120)
 
 
 def chat_body(text: str, max_tokens: int = 2, model: str = MODEL) -> dict:
@@ -144,6 +157,23 @@ def test_create_errors(sdk: openai.OpenAI) -> None:
         assert info.value.param == field
     with pytest.raises(openai.NotFoundError):
         sdk.batches.retrieve("batch_missing")
+
+
+def test_batches_are_private_to_their_project(server: ServerProcess, sdk: openai.OpenAI,
+                                              keys: dict[str, str]) -> None:
+    created = submit(sdk, [line("p1", chat_body("Hi"))])
+    beta = openai.OpenAI(base_url=server.base_url, api_key=keys["beta"], max_retries=0, timeout=120)
+    for call in (lambda: beta.batches.retrieve(created.id), lambda: beta.batches.cancel(created.id),
+                 lambda: beta.batches.create(input_file_id=created.input_file_id, endpoint=CHAT,
+                                             completion_window="24h")):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert created.id not in [b.id for b in beta.batches.list(limit=100)]
+    batch = wait(sdk, created.id)
+    assert batch.status == "completed" and set(records(sdk, batch.output_file_id)) == {"p1"}
+    with pytest.raises(openai.NotFoundError):
+        beta.files.content(batch.output_file_id)
+    assert created.id in [b.id for b in sdk.batches.list(limit=100)]
 
 
 def test_cancel_mid_batch_keeps_finished_results(sdk: openai.OpenAI) -> None:

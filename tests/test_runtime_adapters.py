@@ -1,4 +1,5 @@
-"""Runtime LoRA adapters, vLLM's routes: load → listed with its parent → served → unload → 404."""
+"""Runtime LoRA adapters, vLLM's routes: load → listed with its parent → served → unload → 404;
+admin keys only (the server's --api-key here), served to every project's key."""
 
 import json
 import shutil
@@ -10,12 +11,14 @@ import pytest
 import torch
 from conftest import MODEL, server_env
 from peft import LoraConfig, PeftModel, get_peft_model
+from test_projects import create_key
 from test_serving_fine_tunes import make_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from synthd.server_process import ServerProcess
 
 PROMPT = [{"role": "user", "content": "What is the capital of Zorbania?"}]
+ADMIN_KEY = "runtime-adapters-admin-key"
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +31,27 @@ def adapters_dir(models_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory) -> ServerProcess:
-    home = tmp_path_factory.mktemp("runtime-adapters-home")
-    with ServerProcess(["--dtype", "float32"], log_path=home / "server.log", env=server_env(home, models_dir)) as process:
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runtime-adapters-home")
+
+
+@pytest.fixture(scope="module")
+def project_key(home: Path, models_dir: Path) -> str:
+    """A key of project "alpha", not an admin key."""
+    return create_key(home, models_dir, "--project", "alpha")
+
+
+@pytest.fixture(scope="module")
+def server(home: Path, models_dir: Path, project_key: str) -> ServerProcess:
+    with ServerProcess(["--dtype", "float32", "--api-key", ADMIN_KEY], log_path=home / "server.log",
+                       env=server_env(home, models_dir), api_key=ADMIN_KEY) as process:
         yield process
 
 
 @pytest.fixture(scope="module")
 def sdk(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+    """The admin's client."""
+    return openai.OpenAI(base_url=server.base_url, api_key=ADMIN_KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +74,14 @@ def reference(models_dir: Path):
     return generate
 
 
-def load(server: ServerProcess, name: str, path: Path | str, **extra) -> httpx.Response:
+def load(server: ServerProcess, name: str, path: Path | str, key: str = ADMIN_KEY, **extra) -> httpx.Response:
     return httpx.post(f"{server.base_url}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path), **extra},
-                      timeout=120)
+                      headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
 
-def unload(server: ServerProcess, name: str) -> httpx.Response:
-    return httpx.post(f"{server.base_url}/unload_lora_adapter", json={"lora_name": name}, timeout=120)
+def unload(server: ServerProcess, name: str, key: str = ADMIN_KEY) -> httpx.Response:
+    return httpx.post(f"{server.base_url}/unload_lora_adapter", json={"lora_name": name},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
 
 def chat(sdk: openai.OpenAI, model: str, max_tokens: int = 12) -> str:
@@ -155,8 +171,26 @@ def test_names_that_collide_or_are_reserved_are_400(server: ServerProcess, sdk: 
     assert empty.status_code == 400
     assert empty.json()["error"]["message"] == "Both 'lora_name' and 'lora_path' must be provided."
     assert load(server, "inplace", adapters_dir / "alpha", load_inplace=True).status_code == 400
-    assert httpx.post(f"{server.base_url}/unload_lora_adapter", json={}).status_code == 400
+    assert httpx.post(f"{server.base_url}/unload_lora_adapter", json={},
+                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 400
     with pytest.raises(openai.BadRequestError) as info:
         sdk.models.delete("twice")
     assert "unload_lora_adapter" in info.value.message
     assert unload(server, "twice").status_code == 200
+
+
+def test_only_admin_keys_load_and_unload(server: ServerProcess, sdk: openai.OpenAI, adapters_dir: Path,
+                                         project_key: str) -> None:
+    refused = load(server, "gamma", adapters_dir / "alpha", key=project_key)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "insufficient_permissions"
+    assert "gamma" not in [m.id for m in sdk.models.list().data]
+    assert httpx.post(f"{server.base_url}/load_lora_adapter",
+                      json={"lora_name": "gamma", "lora_path": str(adapters_dir / "alpha")}).status_code == 401
+    assert load(server, "gamma", adapters_dir / "alpha").status_code == 200
+    project = openai.OpenAI(base_url=server.base_url, api_key=project_key, max_retries=0, timeout=120)
+    assert "gamma" in [m.id for m in project.models.list().data]  # the operator's adapter, served to every key
+    assert chat(project, "gamma", max_tokens=2)
+    assert unload(server, "gamma", key=project_key).status_code == 403
+    assert chat(project, "gamma", max_tokens=2)
+    assert unload(server, "gamma").status_code == 200

@@ -1,10 +1,16 @@
-"""The hook for routes only administrators may call (loading and unloading adapters)."""
+"""The dependency of routes only administrators may call (loading and unloading runtime adapters)."""
 
-from fastapi import Request
+from synthd.api.auth import CallerPrincipal
+from synthd.errors import PermissionDenied
 
 
-async def require_admin(request: Request) -> None:
-    """Pass every caller: until API keys with roles exist (issue #10) whoever passed
-    ``require_api_key`` administers the server. The security work replaces this body with the check
-    of the caller's key; the routes already depend on it.
+async def require_admin(principal: CallerPrincipal) -> None:
+    """Let through admin keys (``synthd keys create --admin``), the server's own ``--api-key`` and
+    every caller of a server without keys (auth off): those are the principals with ``is_admin``.
+
+    Raises:
+        PermissionDenied: a project key that is not an admin key (403 ``insufficient_permissions``).
     """
+    if not principal.is_admin:
+        raise PermissionDenied("Only an admin key may load or unload LoRA adapters.",
+                               code="insufficient_permissions")

@@ -45,13 +45,14 @@ from synthd.models.resolve import ModelNotFound
 from synthd.protocol.openai import ChatCompletionRequest
 from synthd.services.batch_lines import MAX_BATCH_REQUESTS, BatchLine, MalformedLine, parse_lines
 from synthd.services.chat import OpenAIServing
+from synthd.services.projects import Principal
 from synthd.store.batches import BatchRecord, BatchStatus, BatchStore
 from synthd.store.repository import Repository
 
 log = logging.getLogger(__name__)
 
 ErrorReply = Callable[[Exception], tuple[int, dict]]
-"""The HTTP status and JSON body the API answers for an exception (``api.errors.error_response``)."""
+"""The HTTP status and JSON body the API answers for an exception (``api.errors.error_reply``)."""
 
 SUCCESS_STATUS = 200
 """``response.status_code`` of an answered line in OpenAI's batch output format."""
@@ -70,6 +71,12 @@ def _reap(running: set[asyncio.Task]) -> None:
     for task in [t for t in running if t.done()]:
         running.discard(task)
         task.result()
+
+
+def batch_principal(batch: BatchRecord) -> Principal:
+    """Who a batch's lines run as: its project (the models that project may use), or the operator
+    for a batch created without a project (the server's ``--api-key``, auth off)."""
+    return Principal(key_id=None, project=batch.project, is_admin=batch.project is None)
 
 
 def _jsonl(records: list[dict]) -> bytes:
@@ -178,7 +185,8 @@ class BatchRunner:
                                          f"The input file has {len(lines)} requests; a batch holds at most "
                                          f"{MAX_BATCH_REQUESTS}."}])
             return
-        missing = await self._missing_models({line.request.model for line in lines if line.request is not None})
+        missing = await self._missing_models({line.request.model for line in lines if line.request is not None},
+                                              batch_principal(batch))
         problems = [(line, line.problem or missing[line.request.model]) for line in lines
                     if line.problem is not None or line.request.model in missing]
         if len(problems) == len(lines):
@@ -193,11 +201,14 @@ class BatchRunner:
         await asyncio.to_thread(self.store.transition, batch.id, (BatchStatus.VALIDATING,), BatchStatus.IN_PROGRESS,
                                 in_progress_at=_now())
 
-    async def _missing_models(self, models: set[str]) -> dict[str, Exception]:
-        """The models among ``models`` this server cannot serve, with the error a request would get."""
+    async def _missing_models(self, models: set[str], principal: Principal) -> dict[str, Exception]:
+        """The models among ``models`` this server cannot serve or ``principal`` may not use, with
+        the error a request would get."""
         missing: dict[str, Exception] = {}
         for model in models:
             try:
+                if self.serving.access is not None:
+                    await self.serving.access.check(principal, model)
                 await self.serving.pool.resolve(model)
             except (ModelNotFound, InvalidRequest) as exc:
                 missing[model] = exc
@@ -221,6 +232,7 @@ class BatchRunner:
             return
         done = await asyncio.to_thread(self.store.done_lines, batch.id)
         todo = [line for line in lines if line.request is not None and line.number not in done]
+        principal = batch_principal(batch)
         cancel_waiter = asyncio.create_task(cancelled.wait())
         running: set[asyncio.Task] = set()
         expired = False
@@ -234,7 +246,7 @@ class BatchRunner:
                 if _now() >= batch.expires_at:
                     expired = True
                     break
-                running.add(asyncio.create_task(self._run_line(batch.id, line)))
+                running.add(asyncio.create_task(self._run_line(batch.id, line, principal)))
             while running and not cancelled.is_set():
                 await asyncio.wait({*running, cancel_waiter}, return_when=asyncio.FIRST_COMPLETED)
                 _reap(running)
@@ -252,10 +264,11 @@ class BatchRunner:
             await asyncio.to_thread(self.store.transition, batch.id, (BatchStatus.IN_PROGRESS,), BatchStatus.FINALIZING,
                                     finalizing_at=_now())
 
-    async def _run_line(self, batch_id: str, line: BatchLine) -> None:
-        """Answer one line and store its result (the error the endpoint would answer, when it fails)."""
+    async def _run_line(self, batch_id: str, line: BatchLine, principal: Principal) -> None:
+        """Answer one line as ``principal`` and store its result (the error the endpoint would
+        answer, when it fails)."""
         try:
-            body, usage = await self._answer_with_retries(line)
+            body, usage = await self._answer_with_retries(line, principal)
         except Exception as exc:  # a failure answering one line fails that line only
             if not isinstance(exc, SynthdError):
                 log.exception("batch %s line %d failed", batch_id, line.number)
@@ -265,21 +278,22 @@ class BatchRunner:
                                 self._record(line, SUCCESS_STATUS, body), usage["prompt_tokens"],
                                 usage["completion_tokens"])
 
-    async def _answer_with_retries(self, line: BatchLine) -> tuple[dict, dict]:
+    async def _answer_with_retries(self, line: BatchLine, principal: Principal) -> tuple[dict, dict]:
         """``_answer``, again after ``retry_after_s`` while the server is transiently overloaded."""
         for _ in range(MAX_ATTEMPTS - 1):
             try:
-                return await self._answer(line)
+                return await self._answer(line, principal)
             except Overloaded as exc:
                 await asyncio.sleep(exc.retry_after_s)
-        return await self._answer(line)
+        return await self._answer(line, principal)
 
-    async def _answer(self, line: BatchLine) -> tuple[dict, dict]:
+    async def _answer(self, line: BatchLine, principal: Principal) -> tuple[dict, dict]:
         """The endpoint's JSON body for the line, and its usage."""
         request = line.request
         assert request is not None
         chat = isinstance(request, ChatCompletionRequest)
-        prepared = await (self.serving.prepare_chat(request) if chat else self.serving.prepare_completion(request))
+        prepared = await (self.serving.prepare_chat(request, principal=principal) if chat
+                          else self.serving.prepare_completion(request, principal=principal))
         try:
             prepared.params = [replace(params, priority=BATCH_PRIORITY) for params in prepared.params]
             engine = prepared.lease.engine
@@ -341,11 +355,11 @@ class BatchRunner:
         if batch.output_file_id is None:
             outputs = await asyncio.to_thread(self.store.results, batch.id, True)
             record = await asyncio.to_thread(self.repo.add_file, f"{batch.id}_output.jsonl", "batch_output",
-                                             _jsonl(outputs))
+                                             _jsonl(outputs), batch.project)
             files["output_file_id"] = record.id
         if batch.error_file_id is None and (errors := await asyncio.to_thread(self.store.results, batch.id, False)):
             record = await asyncio.to_thread(self.repo.add_file, f"{batch.id}_error.jsonl", "batch_output",
-                                             _jsonl(errors))
+                                             _jsonl(errors), batch.project)
             files["error_file_id"] = record.id
         if files:
             await asyncio.to_thread(self.store.update, batch.id, **files)

@@ -20,6 +20,8 @@ from synthd.protocol.batches import (
     BatchUsage,
 )
 from synthd.services.batch_runner import BatchRunner
+from synthd.services.files import file_not_found
+from synthd.services.projects import OPERATOR, Principal, visible_or_raise
 from synthd.store.batches import BatchRecord, BatchStatus, BatchStore, new_batch_id
 from synthd.store.repository import Repository
 
@@ -63,12 +65,13 @@ class BatchService:
         self.repo = repo
         self.runner = runner
 
-    async def create(self, body: BatchCreate) -> Batch:
-        """Store a new batch (``validating``) and wake the runner.
+    async def create(self, body: BatchCreate, principal: Principal = OPERATOR) -> Batch:
+        """Store a new batch (``validating``), owned by ``principal``'s project, and wake the runner.
 
         Raises:
             InvalidRequest: an endpoint synthd does not batch, a window other than ``24h``, an input
-                file whose purpose is not ``batch``. NotFound: unknown input file.
+                file whose purpose is not ``batch``. NotFound: unknown input file, or one
+                ``principal`` may not see.
         """
         if body.endpoint not in BATCH_ENDPOINTS:
             raise InvalidRequest(f"Invalid value for 'endpoint': '{body.endpoint}'; synthd batches run "
@@ -76,9 +79,8 @@ class BatchService:
         if body.completion_window != COMPLETION_WINDOW:
             raise InvalidRequest(f"Invalid value for 'completion_window': '{body.completion_window}'; only "
                                  f"'{COMPLETION_WINDOW}' is supported.", param="completion_window", code="invalid_value")
-        file = await asyncio.to_thread(self.repo.get_file, body.input_file_id)
-        if file is None:
-            raise NotFound(f"No file with id '{body.input_file_id}'.", param="input_file_id", code="file_not_found")
+        file = visible_or_raise(await asyncio.to_thread(self.repo.get_file, body.input_file_id), principal,
+                                file_not_found(body.input_file_id, "input_file_id"))
         if file.purpose != "batch":
             raise InvalidRequest(f"The input file '{file.id}' has purpose '{file.purpose}'; upload it with purpose "
                                  "'batch'.", param="input_file_id", code="invalid_value")
@@ -87,39 +89,38 @@ class BatchService:
                              completion_window=body.completion_window, status=BatchStatus.VALIDATING,
                              batch_metadata=body.metadata, total=0, completed=0, failed=0, input_tokens=0,
                              output_tokens=0, created_at=now, created_ns=time.time_ns(),
-                             expires_at=now + COMPLETION_WINDOW_S)
+                             expires_at=now + COMPLETION_WINDOW_S, project=principal.project)
         await asyncio.to_thread(self.store.add, record)
         self.runner.wake()
         return batch_object(record)
 
-    async def retrieve(self, batch_id: str) -> Batch:
+    async def _get(self, batch_id: str, principal: Principal) -> BatchRecord:
+        return visible_or_raise(await asyncio.to_thread(self.store.get, batch_id), principal, batch_not_found(batch_id))
+
+    async def retrieve(self, batch_id: str, principal: Principal = OPERATOR) -> Batch:
         """One batch.
 
         Raises:
-            NotFound: unknown id.
+            NotFound: unknown id, or a batch ``principal`` may not see.
         """
-        record = await asyncio.to_thread(self.store.get, batch_id)
-        if record is None:
-            raise batch_not_found(batch_id)
-        return batch_object(record)
+        return batch_object(await self._get(batch_id, principal))
 
-    async def list(self, after: str | None, limit: int) -> BatchList:
-        """Batches newest first, after the batch id ``after``."""
-        records, more = await asyncio.to_thread(self.store.page, after, limit)
+    async def list(self, after: str | None, limit: int, principal: Principal = OPERATOR) -> BatchList:
+        """Batches ``principal`` may see, newest first, after the batch id ``after``."""
+        records, more = await asyncio.to_thread(self.store.page, after, limit, principal.scope)
         data = [batch_object(r) for r in records]
         return BatchList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                          has_more=more)
 
-    async def cancel(self, batch_id: str) -> Batch:
+    async def cancel(self, batch_id: str, principal: Principal = OPERATOR) -> Batch:
         """Cancel a batch that is ``validating`` or ``in_progress`` (one already ``cancelling`` or
         ``finalizing`` is returned as it is).
 
         Raises:
-            NotFound: unknown id. Conflict: the batch has already ended.
+            NotFound: unknown id, or a batch ``principal`` may not see. Conflict: the batch has
+                already ended.
         """
-        record = await asyncio.to_thread(self.store.get, batch_id)
-        if record is None:
-            raise batch_not_found(batch_id)
+        await self._get(batch_id, principal)
         if await asyncio.to_thread(self.store.transition, batch_id, (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS),
                                    BatchStatus.CANCELLING, cancelling_at=int(time.time())):
             self.runner.cancel(batch_id)

@@ -56,6 +56,7 @@ class BatchRecord(Base):
     error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     errors: Mapped[list | None] = mapped_column(JSON, nullable=True)
     batch_metadata: Mapped[dict | None] = mapped_column("metadata", JSON, nullable=True)
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     total: Mapped[int] = mapped_column(Integer, default=0)
     completed: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -114,10 +115,13 @@ class BatchStore:
         with self._session() as session:
             return session.get(BatchRecord, batch_id)
 
-    def page(self, after: str | None, limit: int) -> tuple[list[BatchRecord], bool]:
-        """Batches newest first, after the cursor ``after`` (a batch id); returns (page, has_more)."""
+    def page(self, after: str | None, limit: int, project: str | None = None) -> tuple[list[BatchRecord], bool]:
+        """Batches newest first, after the cursor ``after`` (a batch id), only ``project``'s when
+        given; returns (page, has_more)."""
         with self._session() as session:
             query = select(BatchRecord).order_by(BatchRecord.created_ns.desc(), BatchRecord.id.desc())
+            if project is not None:
+                query = query.where(BatchRecord.project == project)
             if after:
                 cursor = session.get(BatchRecord, after)
                 if cursor is None:

@@ -1,14 +1,14 @@
-"""batches and batch_results: OpenAI's Batch API
+"""batches (owned by a project) and batch_results: OpenAI's Batch API
 
 Revision ID: batches_tables
-Revises: 0002
+Revises: api_keys_and_projects
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "batches_tables"
-down_revision = "0002"
+down_revision = "api_keys_and_projects"
 branch_labels = None
 depends_on = None
 
@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("error_file_id", sa.String(length=64), nullable=True),
         sa.Column("errors", sa.JSON(), nullable=True),
         sa.Column("metadata", sa.JSON(), nullable=True),
+        sa.Column("project", sa.String(length=64), nullable=True),
         sa.Column("total", sa.Integer(), nullable=False),
         sa.Column("completed", sa.Integer(), nullable=False),
         sa.Column("failed", sa.Integer(), nullable=False),
@@ -46,6 +47,7 @@ def upgrade() -> None:
     with op.batch_alter_table("batches", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_batches_status"), ["status"], unique=False)
         batch_op.create_index(batch_op.f("ix_batches_created_ns"), ["created_ns"], unique=False)
+        batch_op.create_index(batch_op.f("ix_batches_project"), ["project"], unique=False)
 
     op.create_table(
         "batch_results",
@@ -67,6 +69,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_batch_results_batch_id"))
     op.drop_table("batch_results")
     with op.batch_alter_table("batches", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_batches_project"))
         batch_op.drop_index(batch_op.f("ix_batches_created_ns"))
         batch_op.drop_index(batch_op.f("ix_batches_status"))
     op.drop_table("batches")
