@@ -31,7 +31,8 @@ def keys(home: Path, models_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(home: Path, models_dir: Path, keys: dict[str, str]) -> ServerProcess:
-    with ServerProcess(["--dtype", "float32"], log_path=home / "server.log", env=server_env(home, models_dir)) as process:
+    with ServerProcess(["--dtype", "float32"], log_path=home / "server.log", env=server_env(home, models_dir),
+                       api_key=keys["alpha"]) as process:
         yield process
 
 
