@@ -16,6 +16,8 @@ from synthd.protocol.lora import LoadLoRAAdapterRequest, UnloadLoRAAdapterReques
 from synthd.services.lora_adapters import LoRAAdapterService
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], responses={**COMMON_ERRORS, **error_responses(403)})
+SENTENCE = {200: {"description": "vLLM's plain-text sentence saying what was done.",
+                  "content": {"text/plain": {"schema": {"type": "string"}}}}}
 
 
 def get_adapters(request: Request) -> LoRAAdapterService:
@@ -26,13 +28,13 @@ def get_adapters(request: Request) -> LoRAAdapterService:
 Adapters = Annotated[LoRAAdapterService, Depends(get_adapters)]
 
 
-@router.post("/load_lora_adapter", response_class=PlainTextResponse)
+@router.post("/load_lora_adapter", responses=SENTENCE)
 async def load_lora_adapter(body: LoadLoRAAdapterRequest, adapters: Adapters) -> PlainTextResponse:
     """Validate a PEFT LoRA folder on the server and serve it under ``lora_name``."""
     return PlainTextResponse(await adapters.load(body.lora_name, body.lora_path, body.load_inplace))
 
 
-@router.post("/unload_lora_adapter", response_class=PlainTextResponse, responses=error_responses(404))
+@router.post("/unload_lora_adapter", responses={**SENTENCE, **error_responses(404)})
 async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, adapters: Adapters) -> PlainTextResponse:
     """Stop serving a runtime adapter; requests already running on it finish."""
     return PlainTextResponse(await adapters.unload(body.lora_name))
