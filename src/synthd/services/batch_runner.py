@@ -95,7 +95,7 @@ class BatchRunner:
     """
 
     def __init__(self, store: BatchStore, repo: Repository, serving: OpenAIServing, error_reply: ErrorReply, *,
-                 max_in_flight: int = 2, quiet_s: float = 0.5, gate_poll_s: float = 0.02) -> None:
+                 max_in_flight: int = 2, quiet_s: float = 2.0, gate_poll_s: float = 0.02) -> None:
         self.store = store
         self.repo = repo
         self.serving = serving
