@@ -28,7 +28,7 @@ document.addEventListener("alpine:init", () => {
     },
 
     firstError(batch) {
-      const first = batch.errors.data[0];
+      const first = batch.errors && batch.errors.data[0];
       return first ? `line ${first.line}: ${first.message}` : "";
     },
 
