@@ -99,7 +99,7 @@ def test_console_asks_for_the_api_key(browser: Browser, console_server: ServerPr
     expect(page).to_have_url(f"{console_server.root_url}/models")
     dialog = page.get_by_test_id("key-dialog")
     expect(dialog).to_be_visible()
-    expect(dialog).to_contain_text("Incorrect API key provided.")
+    expect(dialog).to_contain_text("You didn't provide an API key.")
     screenshot(page, "api-key")
 
     page.fill("input[name=api_key]", "sk-wrong")
