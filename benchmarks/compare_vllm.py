@@ -1,11 +1,12 @@
-"""Side-by-side serving benchmark: synthd and vLLM-CPU on the embedded model, same machine, one run.
+"""Side-by-side serving benchmark: synthd (on vLLM and on its own engine) and bare vLLM-CPU, one run.
 
-Every server in ``servers()`` is started once and stays up; the same ``synthd bench`` loads hit them
+The servers: bare vLLM-CPU (its own OpenAI server), ``synthd serve --engine vllm`` and ``synthd serve
+--engine native``. Every server in ``servers()`` is started once and stays up; the same ``synthd bench`` loads hit them
 in turn, interleaved (round after round, load after load, the servers' order alternating), so a
 burst of load from elsewhere on a shared machine falls on both alike. Only one server is under load
 at a time. Each figure is the median over the rounds, with its spread (min–max) beside it; the load
-average of the machine is printed at the start and the end. vLLM-CPU lives in its own venv
-(``--vllm-venv``, created by ``make bench`` if missing); it is never a synthd dependency.
+average of the machine is printed at the start and the end. vLLM-CPU and synthd's vLLM engine run
+from the vLLM venv (``--vllm-venv``, built by ``make vllm``).
 
 Loads (streamed chats, greedy, ``--max-tokens`` tokens each, ignore_eos, after a warm-up level):
 concurrency levels (``--concurrency``), Poisson arrivals (``--request-rate``) with ``--goodput``
@@ -80,17 +81,22 @@ def vllm_server(venv: Path, out: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def synthd_server(out: Path, *args: str, name: str = "synthd") -> Iterator[str]:
-    """``synthd serve`` on the embedded model with extra ``args`` (e.g. ``--engine``, ``vllm``)."""
-    with ServerProcess(list(args), log_path=out / f"{name}.log", ready_timeout_s=900) as server:
+def synthd_server(out: Path, *args: str, name: str = "synthd", python: Path | None = None) -> Iterator[str]:
+    """``synthd serve`` on the embedded model with extra ``args`` (e.g. ``--engine``, ``vllm``), run by
+    ``python`` (default: this interpreter)."""
+    with ServerProcess(list(args), log_path=out / f"{name}.log", ready_timeout_s=900,
+                       python=python or sys.executable) as server:
         yield server.base_url
 
 
 def servers(args: argparse.Namespace) -> list[Server]:
-    """The servers compared; add one line here for another engine (the first is the reference)."""
+    """The servers compared; add one line here for another engine (the first is the reference).
+    ``synthd --engine vllm`` runs from the vLLM venv, the native engine from this one."""
     return [
         Server(REFERENCE, lambda out: vllm_server(args.vllm_venv, out)),
-        Server("synthd", lambda out: synthd_server(out, "--engine", "native")),
+        Server("synthd-vllm", lambda out: synthd_server(out, "--engine", "vllm", name="synthd-vllm",
+                                                        python=args.vllm_venv / "bin" / "python")),
+        Server("synthd-native", lambda out: synthd_server(out, "--engine", "native", name="synthd-native")),
         Server("synthd-batch-invariant", lambda out: synthd_server(out, "--engine", "native", "--batch-invariant",
                                                                  name="synthd-batch-invariant")),
     ]
@@ -134,7 +140,7 @@ def markdown(rows: list[tuple[LevelResult, dict[str, tuple[float, float]]]], rou
         prefix = (f"{r.ttft_cold_s.p50 * 1000:.0f} / {r.ttft_warm_s.p50 * 1000:.0f}"
                   if r.ttft_warm_s is not None else "")
         good = f"{100 * r.goodput_share:.0f}" if r.goodput_share is not None else ""
-        lines.append(f"| {r.label} | {load_label(r)}{' ' + r.dataset if r.dataset != 'chat' else ''} | "
+        lines.append(f"| {r.label} | {load_label(r)} {r.dataset if r.dataset != 'chat' else ''} | "
                      f"{r.output_tokens_per_s:.1f} ({spread['output_tokens_per_s'][0]:.0f}–"
                      f"{spread['output_tokens_per_s'][1]:.0f}) | {r.ttft_s.p50 * 1000:.0f} ({ms('ttft_p50')}) | "
                      f"{r.tpot_s.p99 * 1000:.1f} ({ms('tpot_p99')}) | {r.itl_s.p99 * 1000:.0f} | {good} | {prefix} |")
@@ -154,21 +160,14 @@ def markdown(rows: list[tuple[LevelResult, dict[str, tuple[float, float]]]], rou
     return "\n".join(lines) + "\n"
 
 
-def write_runs(path: Path, runs: dict[tuple[str, int], list[LevelResult]], start_load: str) -> None:
-    """Every run so far, keyed ``server|plan index`` (rewritten after each round)."""
-    path.write_text(json.dumps(
-        {"load_average": [start_load, load_average()],
-         "runs": {f"{name}|{index}": [r.to_dict() for r in results] for (name, index), results in runs.items()}},
-        indent=2))
-
-
 def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vllm-venv", type=Path, default=Path.home() / ".cache" / "synthd" / "vllm-venv")
+    parser.add_argument("--vllm-venv", type=Path, default=Path(".venv-vllm"), help="A venv with vllm-cpu and synthd "
+                        "(make vllm).")
     parser.add_argument("--servers", default=None, help="Comma-separated names to run (default: all).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,8,32")
@@ -210,15 +209,12 @@ def main() -> None:
                     result = run_bench(replace(config, base_url=urls[server.name]), levels, [None], label=server.name,
                                        request_rates=rates, progress=console)[0]
                     runs.setdefault((server.name, index), []).append(result)
-                    console.print(f"  {server.name} {load_label(result)} {result.dataset}: "
-                                  f"{result.output_tokens_per_s:.1f} tok/s, TTFT p50 {result.ttft_s.p50 * 1000:.0f} ms, "
-                                  f"TPOT p99 {result.tpot_s.p99 * 1000:.1f} ms, failed {result.failed}"
-                                  + (f", TTFT cold/warm {result.ttft_cold_s.p50 * 1000:.0f}/"
-                                     f"{result.ttft_warm_s.p50 * 1000:.0f} ms" if result.ttft_warm_s else ""))
-            write_runs(args.out / "compare.json", runs, start_load)
     rows = [median_results(runs[(server.name, index)]) for index in range(len(plans)) for server in chosen]
-    console.print(results_table([r for r, _ in rows], "synthd vs vLLM-CPU (medians)"))
-    write_runs(args.out / "compare.json", runs, start_load)
+    console.print(results_table([r for r, _ in rows], "synthd (vLLM, native) vs vLLM-CPU (medians)"))
+    (args.out / "compare.json").write_text(json.dumps(
+        {"load_average": [start_load, load_average()],
+         "runs": {f"{name}|{index}": [r.to_dict() for r in results] for (name, index), results in runs.items()}},
+        indent=2))
     table = markdown(rows, args.rounds, (start_load, load_average()))
     (args.out / "compare.md").write_text(table)
     console.print(table)

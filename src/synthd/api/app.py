@@ -14,28 +14,35 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthd import __version__
 from synthd.api.auth import AuthMiddleware
+from synthd.api.batch_routes import router as batch_router
 from synthd.api.console import PUBLIC_PAGES
 from synthd.api.console import router as console_router
-from synthd.api.errors import install_error_handlers
+from synthd.api.errors import error_reply, install_error_handlers
 from synthd.api.ft_routes import router as ft_router
 from synthd.api.limits import UPLOAD_ENVELOPE_BYTES, BodyLimitMiddleware, HostCheckMiddleware, SecurityConfig
+from synthd.api.lora_routes import router as lora_router
 from synthd.api.metrics import ServingMetrics
 from synthd.api.openapi import install_openapi
 from synthd.api.routes import ops, v1, warmup
 from synthd.engine.config import EngineConfig, pick_dtype
+from synthd.engine.vllm.lora import max_lora_rank_for
 from synthd.gpus.inventory import build_inventory
 from synthd.gpus.planner import PlacementPlanner, Reservations
-from synthd.models.adapters import AdapterRef
+from synthd.models.adapters import AdapterRef, adapter_ranks
 from synthd.models.pool import ModelPool
 from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelSource
+from synthd.services.batch_runner import BatchRunner
+from synthd.services.batches import BatchService
 from synthd.services.chat import OpenAIServing, RequestRecord
 from synthd.services.fine_tuning import FineTuningService
 from synthd.services.keys import KeyService
+from synthd.services.lora_adapters import LoRAAdapterService
 from synthd.services.models import ModelsService
 from synthd.services.projects import ModelAccess
 from synthd.services.rate_limits import RateLimiter
 from synthd.services.usage import UsageTally
+from synthd.store.batches import BatchStore
 from synthd.store.db import open_database
 from synthd.store.keys import KeyStore
 from synthd.store.repository import Repository
@@ -119,17 +126,23 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
         parts.scheduler.recover()
         tasks = [asyncio.create_task(warm_all()), asyncio.create_task(evict_idle_forever()),
                  asyncio.create_task(parts.scheduler.run_forever())]
+        batches.runner.start()
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            await batches.runner.shutdown()
             await parts.scheduler.shutdown()
             await pool.close()
 
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
     app.state.pool = pool
     app.state.serving = OpenAIServing(pool, on_request, access)
+    batches = BatchService(BatchStore(parts.repo.sessions), parts.repo, BatchRunner(
+        BatchStore(parts.repo.sessions), parts.repo, app.state.serving, error_reply))
+    app.state.batches = batches
+    app.state.lora_adapters = LoRAAdapterService(pool)
     app.state.fine_tuning = FineTuningService(parts.repo, pool.registry, pool.planner)
     app.state.models = ModelsService(pool, parts.repo, usage, access)
     app.state.access = access
@@ -141,6 +154,8 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
     app.include_router(v1)
     app.include_router(warmup)
     app.include_router(ft_router)
+    app.include_router(batch_router)
+    app.include_router(lora_router)
     app.include_router(ops)
     app.include_router(console_router)
     install_openapi(app, security.public_paths)
@@ -155,7 +170,9 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
 
 def build_components(served: list[ModelSource], engine_kind: str = "native", **engine_options) -> Components:
     """A pool (inventory detected, plus ``SYNTHD_GPU_POOL_FILE``), the store, the job scheduler and
-    metrics, configured from settings; ``engine_options`` override ``EngineConfig`` fields.
+    metrics, configured from settings; ``engine_options`` override ``EngineConfig`` fields. A vLLM
+    engine's ``max_lora_rank`` is sized from the registered fine-tunes' adapters (vLLM reserves LoRA
+    buffers for it at start-up and refuses higher ranks).
 
     Raises:
         InventoryError: the declared GPU pool file is unreadable.
@@ -163,10 +180,6 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", **e
     from synthd.config import get_settings
 
     settings = get_settings()
-    config = EngineConfig(**{"kind": engine_kind, "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs,
-                             "max_model_len": settings.max_model_len, "max_loras": settings.max_loaded_adapters,
-                             "kv_cache_tokens": settings.kv_cache_tokens, "max_waiting": settings.max_waiting,
-                             **engine_options})
     repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
 
     def find(model_id: str) -> AdapterRef | None:
@@ -176,6 +189,12 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", **e
     def listing() -> list[AdapterRef]:
         return [AdapterRef(r.id, r.base_model, Path(r.adapter_path), r.created_at) for r in repo.list_models()]
 
+    if engine_kind == "vllm" and "max_lora_rank" not in engine_options:
+        engine_options["max_lora_rank"] = max_lora_rank_for(adapter_ranks(listing()))
+    config = EngineConfig(**{"kind": engine_kind, "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs,
+                             "max_model_len": settings.max_model_len, "max_loras": settings.max_loaded_adapters,
+                             "kv_cache_tokens": settings.kv_cache_tokens, "max_waiting": settings.max_waiting,
+                             **engine_options})
     registry = ModelRegistry(settings.models_dir, served, find, listing)
     planner = PlacementPlanner(build_inventory(settings.gpu_pool_file), lambda device: pick_dtype(config.dtype, device),
                                config.max_model_len, Reservations())

@@ -8,8 +8,8 @@ warmups or requests for one model share one load.
 
 A request holds a **lease** from acquire to its last token: a leased replica is never evicted (idle
 timeout or the ``max_loaded_models`` LRU cap), and a leased fine-tune's adapter is never unloaded.
-Deleting a fine-tune retires it at once (new requests get 404) and unloads its adapter once the
-requests holding it have finished. Fine-tunes share their base's replica; the engine loads their
+Deleting a fine-tune (or unloading a runtime adapter) retires it at once (new requests get 404)
+and unloads its adapter once the requests holding it have finished. Fine-tunes share their base's replica; the engine loads their
 LoRA adapters on demand (``engine.generate(..., lora=...)``).
 """
 
@@ -29,7 +29,6 @@ from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.selection import GPUUnavailable, Placement
 from synthd.gpus.spec import AUTO, GPUPreference
 from synthd.models.adapters import AdapterRef, check_adapter
-from synthd.models.ids import is_fine_tune
 from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelNotFound, ModelSource
 
@@ -77,6 +76,9 @@ class Replica:
     last_used: float = field(default_factory=time.monotonic)
     created: int = field(default_factory=lambda: int(time.time()))
     task: asyncio.Task | None = None
+    evicted: list[Engine] = field(default_factory=list)
+    """Engines of replicas unloaded to make room for this one, stopped by its load before it loads
+    (so their memory is free first, and the request that started it need not wait)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class ModelPool:
         self._replicas: list[Replica] = []
         self._failed: dict[str, str] = {}
         self._adapter_leases: dict[str, int] = {}
-        self._retired: dict[str, Callable[[], None]] = {}
+        self._retired: dict[str, Callable[[], None] | None] = {}
         self._checked_adapters: set[tuple[str, str, str]] = set()
         self._fine_tune_warmups: dict[str, asyncio.Task] = {}
         self._fine_tune_errors: dict[str, str] = {}
@@ -156,12 +158,12 @@ class ModelPool:
         return {d.key for r in self._replicas for d in r.placement.devices if d.gpu.name != CPU_NAME}
 
     async def resolve(self, model: str) -> tuple[ModelSource, AdapterRef | None]:
-        """The base weights (and the adapter, for an ``ft:`` id) ``model`` names.
+        """The base weights (and the adapter, for an ``ft:`` id or a runtime adapter) ``model`` names.
 
         Raises:
             InvalidRequest: malformed id. ModelNotFound: unknown, or a fine-tune being deleted.
         """
-        if is_fine_tune(model):
+        if self.registry.is_adapter(model):
             ref = await asyncio.to_thread(self.registry.fine_tune, model)
             if ref.model_id in self._retired:
                 raise ModelNotFound(f"The model '{model}' does not exist.")
@@ -170,7 +172,7 @@ class ModelPool:
 
     def status(self, model_id: str) -> ModelStatus:
         """The warmup state of a canonical model id (``cold`` when nothing is known of it)."""
-        if is_fine_tune(model_id):
+        if self.registry.is_adapter(model_id):
             return self._fine_tune_status(model_id)
         replicas = self.replicas(model_id)
         best = next((r for state in (WarmupState.WARMED, WarmupState.WARMING, WarmupState.FAILED)
@@ -301,15 +303,17 @@ class ModelPool:
         replica = Replica(source.model_id, source, placement)
         self._replicas.append(replica)
         try:
-            await self._make_room(keep=replica)
+            self._make_room(keep=replica)
         except PoolFull:
             self._replicas.remove(replica)
+            await self._stop_evicted(replica)
             raise
         self._failed.pop(source.model_id, None)
         replica.task = asyncio.create_task(self._load(replica))
         return replica
 
     async def _load(self, replica: Replica) -> None:
+        await self._stop_evicted(replica)
         started = time.perf_counter()
         devices = [d.index for d in replica.placement.devices if d.gpu.name != CPU_NAME]
         memory = replica.placement.offered_gib * 1024**3
@@ -347,9 +351,14 @@ class ModelPool:
             if name in self._retired:
                 asyncio.get_running_loop().create_task(self._drop_adapter(name))
 
-    async def retire_fine_tune(self, model_id: str, on_unloaded: Callable[[], None]) -> None:
-        """Stop serving a fine-tune: new requests get 404 at once; its adapter is unloaded (and then
-        ``on_unloaded`` called, e.g. to delete its folder) when the requests holding it end."""
+    def is_retiring(self, model_id: str) -> bool:
+        """True while a retired adapter waits for the requests holding it to end."""
+        return model_id in self._retired
+
+    async def retire_fine_tune(self, model_id: str, on_unloaded: Callable[[], None] | None = None) -> None:
+        """Stop serving a fine-tune or runtime adapter: new requests get 404 at once; its adapter is
+        unloaded (and then ``on_unloaded`` called, e.g. to delete its folder) when the requests
+        holding it end."""
         self._retired[model_id] = on_unloaded
         self._fine_tune_errors.pop(model_id, None)
         if self._adapter_leases.get(model_id, 0) == 0:
@@ -375,20 +384,39 @@ class ModelPool:
             await self._unload(replica)
         return [r.model_id for r in idle]
 
-    async def _make_room(self, keep: Replica) -> None:
+    def _make_room(self, keep: Replica) -> None:
+        """Unload least recently used idle replicas until ``keep`` fits; their engines go to
+        ``keep.evicted`` to be stopped before it loads.
+
+        Raises:
+            PoolFull: every other replica is loading or leased.
+        """
         while len(self._replicas) > self.max_loaded_models:
             idle = [r for r in self._replicas if r is not keep and r.state == WarmupState.WARMED and r.leases == 0]
             if not idle:
                 raise PoolFull(len(self._replicas) - 1)
-            await self._unload(min(idle, key=lambda r: r.last_used))
+            if (engine := self._detach(min(idle, key=lambda r: r.last_used))) is not None:
+                keep.evicted.append(engine)
 
     async def _unload(self, replica: Replica) -> None:
+        if (engine := self._detach(replica)) is not None:
+            await engine.shutdown()
+
+    async def _stop_evicted(self, replica: Replica) -> None:
+        while replica.evicted:
+            engine = replica.evicted.pop()
+            try:
+                await engine.shutdown()
+            except Exception:  # a failed stop must not fail the load that follows
+                log.exception("stopping the engine of %s failed", engine.model_id)
+
+    def _detach(self, replica: Replica) -> Engine | None:
+        """Take ``replica`` out of service; return its engine, still to be shut down."""
         if replica in self._replicas:
             self._replicas.remove(replica)
         engine, replica.engine, replica.state = replica.engine, None, WarmupState.COLD
-        if engine is not None:
-            await engine.shutdown()
         log.info("unloaded %s from %s", replica.model_id, replica.placement.label)
+        return engine
 
     async def close(self) -> None:
         """Stop every engine (loads in progress are cancelled)."""
@@ -397,4 +425,5 @@ class ModelPool:
         for replica in list(self._replicas):
             if replica.task is not None and not replica.task.done():
                 replica.task.cancel()
+            await self._stop_evicted(replica)
             await self._unload(replica)

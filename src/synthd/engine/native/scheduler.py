@@ -11,7 +11,8 @@ them for longer than one budget's worth of compute (chunked prefill, Agrawal et 
 "Sarathi-Serve"). A sequence whose prompt is complete after its chunk gets its first token sampled
 in that step; a partial chunk samples nothing.
 
-Admission is first come, first served, bounded by ``max_num_seqs`` and by a KV-cache budget in
+Admission is first come, first served within a priority (lower ``SamplingParams.priority`` first,
+as vLLM's priority policy: batch-API lines wait behind interactive requests), bounded by ``max_num_seqs`` and by a KV-cache budget in
 tokens: a sequence reserves ``prompt + max_tokens`` (its worst case) from admission to its end, so
 memory can never run out mid-generation; a sequence that does not fit waits. The waiting queue is
 bounded: beyond ``max_waiting`` a new sequence is refused (``QueueFull``). On admission the
@@ -126,7 +127,7 @@ class StepPlan:
 
 
 class Scheduler:
-    """First-come-first-served admission and chunked prefill under per-step and KV budgets.
+    """Admission by priority, then arrival, and chunked prefill under per-step and KV budgets.
 
     Args:
         max_num_seqs: most sequences in the running batch (vLLM's ``--max-num-seqs``).
@@ -160,14 +161,19 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def add(self, sequence: Sequence) -> None:
-        """Queue a sequence.
+        """Queue a sequence behind every waiting one of the same or a lower priority value.
 
         Raises:
             QueueFull: ``max_waiting`` sequences already wait.
         """
         if len(self.waiting) >= self.max_waiting:
             raise QueueFull(self.max_waiting)
-        self.waiting.append(sequence)
+        priority = sequence.sampler.params.priority
+        if not self.waiting or self.waiting[-1].sampler.params.priority <= priority:
+            self.waiting.append(sequence)
+            return
+        position = next(i for i, waiting in enumerate(self.waiting) if waiting.sampler.params.priority > priority)
+        self.waiting.insert(position, sequence)
 
     def schedule(self) -> StepPlan:
         """Plan the next step (see the module docstring) and count its tokens as computed.
