@@ -74,9 +74,23 @@ class DeviceEntry(BaseModel):
     in_use_by: list[str]
 
 
+class NodeEntry(BaseModel):
+    """One node (this host is ``local``; on a Ray cluster, each node): its device type, how many
+    devices it has, how many are free, and what holds the others (models and training jobs)."""
+
+    node: str
+    type: str
+    devices: int
+    free: int
+    in_use_by: list[str]
+
+
 class GPUReport(BaseModel):
-    """``GET /v1/gpus``."""
+    """``GET /v1/gpus``: ``in_use`` maps each served model to its placement label; ``replicas``
+    lists each replica's placement with node and device ids (``H100:2@gpu-a/0,1``)."""
 
     catalog: list[CatalogEntry]
     inventory: list[DeviceEntry]
+    nodes: list[NodeEntry]
     in_use: dict[str, str]
+    replicas: dict[str, list[str]]

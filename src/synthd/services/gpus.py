@@ -2,7 +2,8 @@
 
 import asyncio
 
-from synthd.gpus.catalog import CATALOG
+from synthd.gpus.catalog import CATALOG, CPU_NAME
+from synthd.gpus.inventory import Device
 from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.selection import GPUNotSupported, SelectionError
 from synthd.gpus.spec import GPUSpecError, parse_gpu_preference
@@ -15,6 +16,7 @@ from synthd.protocol.gpus import (
     GPUReport,
     GPUValidateRequest,
     GPUValidateResponse,
+    NodeEntry,
     WarmupResponse,
     WarmupStatus,
 )
@@ -29,13 +31,34 @@ def gpu_report(pool: ModelPool) -> GPUReport:
     for owner, keys in pool.planner.reservations.holders().items():
         for key in keys:
             holders.setdefault(key, []).append(owner)
+    inventory = list(pool.planner.inventory)
+    replicas: dict[str, list[str]] = {}
+    for replica in pool.replicas():
+        replicas.setdefault(replica.model_id, []).append(f"{replica.placement.where} ({replica.state.value})")
     return GPUReport(
         catalog=[CatalogEntry(name=g.name, memory_gib=g.memory_gib, price_per_hour=g.price_per_hour,
                               aliases=list(g.aliases)) for g in CATALOG],
         inventory=[DeviceEntry(key=d.key, type=d.gpu.name, memory_gib=d.gpu.memory_gib, node=d.node, remote=d.remote,
-                               in_use_by=holders.get(d.key, [])) for d in pool.planner.inventory],
+                               in_use_by=holders.get(d.key, [])) for d in inventory],
+        nodes=_nodes(inventory, holders),
         in_use={r.model_id: r.placement.label for r in pool.replicas()},
+        replicas=replicas,
     )
+
+
+def _nodes(inventory: list[Device], holders: dict[str, list[str]]) -> list[NodeEntry]:
+    """Per node and device type: how many devices, how many free (the CPU is shared: never held
+    whole), and who uses them."""
+    by_node: dict[tuple[str, str], list[Device]] = {}
+    for device in inventory:
+        by_node.setdefault((device.node, device.gpu.name), []).append(device)
+    entries = []
+    for (node, gpu), devices in by_node.items():
+        held = [d for d in devices if holders.get(d.key)] if gpu != CPU_NAME else []
+        users = sorted({owner for d in devices for owner in holders.get(d.key, [])})
+        entries.append(NodeEntry(node=node, type=gpu, devices=len(devices), free=len(devices) - len(held),
+                                 in_use_by=users))
+    return entries
 
 
 def validate_preference(planner: PlacementPlanner, registry: ModelRegistry, request: GPUValidateRequest,

@@ -1,5 +1,6 @@
-"""The fine-tuning queue inside the API server: validates files, starts worker processes up to a
-concurrency limit, notices crashed workers, enforces cancels, and recovers after a restart.
+"""The fine-tuning queue inside the API server: validates files, starts workers up to a
+concurrency limit (through a ``WorkerLauncher``: local processes, or Ray actors on a cluster),
+notices crashed workers, enforces cancels, and recovers after a restart.
 
 Job statuses: ``validating_files → queued → running → succeeded | failed | cancelled``.
 """
@@ -7,12 +8,13 @@ Job statuses: ``validating_files → queued → running → succeeded | failed |
 import asyncio
 import logging
 import os
-import sys
+import subprocess
 import time
 from pathlib import Path
 
 from synthd.store.repository import Repository, now
 from synthd.training.data import DataFormatError, load_jsonl
+from synthd.training.launcher import LocalLauncher, WorkerHandle, WorkerLauncher
 from synthd.training.runner import latest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -22,16 +24,17 @@ STDERR_TAIL_CHARS = 2000
 
 
 class JobScheduler:
-    """Owns worker processes. ``env`` is passed to them (``SYNTHD_HOME``, database URL, ...)."""
+    """Owns workers. ``env`` is passed to them (``SYNTHD_HOME``, database URL, ...); ``launcher``
+    starts them (default: local processes)."""
 
     def __init__(self, repo: Repository, work_dir: Path, *, max_concurrent: int = 1,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, launcher: WorkerLauncher | None = None) -> None:
         self.repo = repo
         self.work_dir = work_dir
         self.max_concurrent = max_concurrent
         self.env = {**os.environ, **(env or {})}
-        self._workers: dict[str, asyncio.subprocess.Process] = {}
-        self._stderr: dict[str, asyncio.Task[str]] = {}
+        self.launcher = launcher or LocalLauncher()
+        self._workers: dict[str, WorkerHandle] = {}
         self._cancel_seen: dict[str, float] = {}
 
     def recover(self) -> None:
@@ -62,7 +65,7 @@ class JobScheduler:
         for job in self.repo.jobs_with_status("validating_files"):
             await asyncio.to_thread(self._validate, job.id)
         for job_id, process in list(self._workers.items()):
-            if process.returncode is not None:
+            if process.poll() is not None:
                 await self._reap(job_id, process)
         self._enforce_cancels()
         for job in self.repo.jobs_with_status("queued"):
@@ -73,15 +76,14 @@ class JobScheduler:
     async def shutdown(self) -> None:
         """Stop workers; their jobs stay ``running`` and are recovered at the next start."""
         for process in self._workers.values():
-            if process.returncode is None:
+            if process.poll() is None:
                 process.terminate()
         for process in self._workers.values():
             try:
-                await asyncio.wait_for(process.wait(), timeout=15)
-            except TimeoutError:
+                await asyncio.to_thread(process.wait, 15)
+            except subprocess.TimeoutExpired:
                 process.kill()
         self._workers.clear()
-        self._stderr.clear()
 
     def _validate(self, job_id: str) -> None:
         job = self.repo.get_job(job_id)
@@ -106,26 +108,27 @@ class JobScheduler:
         self.repo.update_job(job_id, message, status="failed", finished_at=now(),
                              error={"code": code, "message": message, "param": param})
 
+    def _log_path(self, job_id: str) -> Path:
+        return self.work_dir / "logs" / f"{job_id}.log"
+
     async def _start(self, job_id: str) -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "synthd.training.worker", job_id, env=self.env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        self.repo.update_job(job_id, status="running", started_at=self.repo.get_job(job_id).started_at or now())
+        job = self.repo.get_job(job_id)
+        process = self.launcher.launch(job_id, self.env, self._log_path(job_id), job.gpu or "cpu")
+        self.repo.update_job(job_id, status="running", started_at=job.started_at or now())
         self._workers[job_id] = process
-        self._stderr[job_id] = asyncio.create_task(self._stderr_tail(process))
 
-    @staticmethod
-    async def _stderr_tail(process: asyncio.subprocess.Process) -> str:
-        assert process.stderr is not None
-        tail = b""
-        async for line in process.stderr:
-            tail = (tail + line)[-STDERR_TAIL_CHARS:]
-        return tail.decode(errors="replace")
+    def _stderr_tail(self, job_id: str) -> str:
+        try:
+            with open(self._log_path(job_id), "rb") as log_file:
+                log_file.seek(max(0, log_file.seek(0, os.SEEK_END) - STDERR_TAIL_CHARS))
+                return log_file.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
-    async def _reap(self, job_id: str, process: asyncio.subprocess.Process) -> None:
+    async def _reap(self, job_id: str, process: WorkerHandle) -> None:
         del self._workers[job_id]
         self._cancel_seen.pop(job_id, None)
-        stderr = await self._stderr.pop(job_id)
+        stderr = self._stderr_tail(job_id)
         job = self.repo.get_job(job_id)
         if job is None or job.status in ("succeeded", "failed", "cancelled"):
             return
@@ -139,7 +142,7 @@ class JobScheduler:
     def _enforce_cancels(self) -> None:
         for job_id, process in self._workers.items():
             job = self.repo.get_job(job_id)
-            if job is None or not job.cancel_requested or process.returncode is not None:
+            if job is None or not job.cancel_requested or process.poll() is not None:
                 continue
             first_seen = self._cancel_seen.setdefault(job_id, time.monotonic())
             if time.monotonic() - first_seen > CANCEL_GRACE_S:
