@@ -6,14 +6,16 @@ SYNTHD := $(VENV)/bin/synthd
 STAMP  := $(VENV)/.synthd-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup bubblewrap model demo test bench bench-vllm clean
+.PHONY: setup bubblewrap model demo demo-cluster test bench bench-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build; a looser pin would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	# ray: the cluster tests (tests/test_cluster.py) and make demo-cluster; synthd itself imports it
+	# only with --ray-address.
+	$(PY) -m pip install --quiet -e '.[test,ray]'
 	touch $(STAMP)
 
 # bubblewrap (bwrap) isolates the code `synthd eval` runs. Installed with apt-get when missing (as
@@ -36,6 +38,10 @@ model: setup
 
 demo: model
 	$(SYNTHD) demo
+
+# The seed's flow on a local three-node Ray cluster with declared GPUs (CPU head, 8 x H100, 2 x A100).
+demo-cluster: model
+	$(SYNTHD) demo --cluster
 
 test: model
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.exceptions import RayError
@@ -47,6 +48,9 @@ FORWARDED_ENV_PREFIXES = ("SYNTHD_", "SYNTH_", "HF_", "TRANSFORMERS_", "TOKENIZE
 PARENT_ENV = "SYNTHD_PARENT_PID"
 KILLED = -signal.SIGKILL
 POLL_S = 0.2
+NODE_DEATH_GRACE_S = 30.0
+"""After the actor dies, how long its node may still look alive before the death counts as the
+worker's own crash (Ray marks a node dead only once its health checks fail)."""
 PR_SET_PDEATHSIG = 1
 
 
@@ -106,6 +110,8 @@ class RayWorkerHandle:
         self._attempt = 0
         self._killed = False
         self._started = False
+        self._died_at: float | None = None
+        self._actor: Any = None
         self._submit(node)
 
     def _submit(self, preferred: str | None) -> None:
@@ -114,7 +120,7 @@ class RayWorkerHandle:
             where = f" other than {', '.join(sorted(self._lost))}" if self._lost else ""
             self._finish(1, f"no node of the Ray cluster{where} has {self._option}")
             return
-        self.node, self._started, self._attempt = node, False, self._attempt + 1
+        self.node, self._started, self._died_at, self._attempt = node, False, None, self._attempt + 1
         count = 0 if self._option.gpu_name == CPU_NAME else self._option.count
         resources = {f"accelerator_type:{node.ray_accelerator}": ACCELERATOR_SLIVER} if count and node.ray_accelerator else {}
         self._actor = ray.remote(TrainingWorker).options(
@@ -135,12 +141,14 @@ class RayWorkerHandle:
             code = int(ray.get(self._run))
         except RayError as exc:
             if self._killed:
-                code = KILLED
-            elif not self._launcher.alive(self.node):
+                return self._finish(KILLED)
+            if not self._launcher.alive(self.node):
                 return self._resume_elsewhere()
-            else:
-                return self._finish(1, f"the Ray actor running the worker on {self.node.name} died: "
-                                       f"{type(exc).__name__}")
+            self._died_at = self._died_at or time.monotonic()
+            if time.monotonic() - self._died_at < NODE_DEATH_GRACE_S:
+                return None
+            return self._finish(1, f"the Ray actor running the worker on {self.node.name} died: "
+                                   f"{type(exc).__name__}")
         return self._finish(code)
 
     def _note_start(self) -> None:
@@ -158,6 +166,7 @@ class RayWorkerHandle:
         lost = self.node.name
         self._lost.add(lost)
         self._launcher.ended(self._job_id)
+        self._actor = None
         checkpoint = latest_checkpoint(self._launcher.checkpoints_of(self._job_id))
         if checkpoint is None:
             return self._finish(1, f"node {lost} running the job left the Ray cluster before the job saved its "
@@ -169,6 +178,8 @@ class RayWorkerHandle:
 
     def _finish(self, code: int, reason: str | None = None) -> int:
         self.returncode, self.reason = code, reason
+        if self._actor is not None:
+            ray.kill(self._actor, no_restart=True)  # an actor holds its GPUs until it ends
         self._launcher.ended(self._job_id)
         if reason is not None:
             log.warning("job %s: %s", self._job_id, reason)
@@ -187,12 +198,12 @@ class RayWorkerHandle:
 
     def terminate(self) -> None:
         """See ``WorkerHandle.terminate``: SIGTERM to the worker through its actor."""
-        if self.returncode is None:
+        if self.returncode is None and self._actor is not None:
             self._actor.stop.remote()
 
     def kill(self) -> None:
         """See ``WorkerHandle.kill``: kill the actor (the worker dies with it)."""
-        if self.returncode is None:
+        if self.returncode is None and self._actor is not None:
             self._killed = True
             ray.kill(self._actor, no_restart=True)
 

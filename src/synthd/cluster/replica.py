@@ -62,7 +62,9 @@ class EngineReplica:
     def __init__(self, kind: str, model_id: str, path: str, config: EngineConfig, gpu_ids: list[int],
                  memory_bytes: float) -> None:
         import ray
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # the bars would stream into the server's log through Ray
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
         on_cuda = bool(gpu_ids) and _cuda_available()

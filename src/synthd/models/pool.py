@@ -315,7 +315,8 @@ class ModelPool:
                 lease.release()
 
         self._fine_tune_warmups[adapter.model_id] = asyncio.create_task(load())
-        return "warming", ModelStatus(adapter.model_id, WarmupState.WARMING, replica.placement.label)
+        return "warming", ModelStatus(adapter.model_id, WarmupState.WARMING, replica.placement.label,
+                                      replica.placement.node)
 
     def _find(self, model_id: str, preference: GPUPreference) -> Replica | None:
         """A loading or warmed replica meeting ``preference``, least leased first."""
@@ -455,7 +456,6 @@ class ModelPool:
             return
         self._replicas.remove(replica)
         replica.state, replica.error = WarmupState.FAILED, reason
-        replica.engine = None
         log.warning("replica of %s on %s lost: %s", replica.model_id, replica.placement.where, reason)
         asyncio.get_running_loop().create_task(engine.shutdown())
 

@@ -19,14 +19,17 @@ class WarmupResponse(BaseModel):
     status: Literal["warming", "already_warming", "already_warmed"]
     model: str
     gpu: str | None
+    node: str | None = None
 
 
 class WarmupStatus(BaseModel):
-    """``GET /warmup/status/{model}``: ``cold | warming | warmed | failed``."""
+    """``GET /warmup/status/{model}``: ``cold | warming | warmed | failed``; ``gpu`` is the placement
+    label and ``node`` where it runs (``local``, or a Ray node)."""
 
     model: str
     status: Literal["cold", "warming", "warmed", "failed"]
     gpu: str | None = None
+    node: str | None = None
     load_seconds: float | None = None
     error: str | None = None
 

@@ -101,7 +101,7 @@ async def start_warmup(pool: ModelPool, model: str, body_preference: str | None,
     """
     preference = parse_gpu_preference(body_preference if body_preference is not None else header_preference)
     outcome, status = await pool.warmup(model, preference)
-    return WarmupResponse(status=outcome, model=status.model, gpu=status.gpu)
+    return WarmupResponse(status=outcome, model=status.model, gpu=status.gpu, node=status.node)
 
 
 async def warmup_status(pool: ModelPool, model: str) -> WarmupStatus:
@@ -112,7 +112,7 @@ async def warmup_status(pool: ModelPool, model: str) -> WarmupStatus:
     """
     source, adapter = await pool.resolve(model)
     status = pool.status(adapter.model_id if adapter else source.model_id)
-    return WarmupStatus(model=status.model, status=status.state.value, gpu=status.gpu,
+    return WarmupStatus(model=status.model, status=status.state.value, gpu=status.gpu, node=status.node,
                         load_seconds=_round(status.load_seconds), error=status.error)
 
 
