@@ -326,7 +326,7 @@ def test_node_lost_mid_job_resumes_on_another_node(ray_cluster: LocalCluster, cl
     ray_cluster.add("a100-spare", num_gpus=2, resources={"accelerator_type:A100": 1})
     job = client.fine_tuning.jobs.create(
         model=MODEL, training_file=upload(client, "sft_facts.jsonl"), extra_body={"gpu_preference": "A100:2"},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 5}}})
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 5}}})
     first = wait_until(lambda: next((m for m in events_of(client, job.id) if "running on Ray node" in m), None),
                        240, "running")
     lost = "a100-node" if "a100-node" in first else "a100-spare"
@@ -338,3 +338,19 @@ def test_node_lost_mid_job_resumes_on_another_node(ray_cluster: LocalCluster, cl
     assert done.status == "succeeded", (done.error, messages)
     assert any(m.startswith(f"Node {lost} left the Ray cluster; resuming from checkpoint-") for m in messages)
     assert any(m.startswith(f"Training worker running on Ray node {other}") for m in messages)
+
+
+def test_node_lost_before_a_checkpoint_fails_the_job_with_the_reason(ray_cluster: LocalCluster,
+                                                                      client: openai.OpenAI) -> None:
+    [node] = [name for name in ray_cluster.nodes if name.startswith("a100-")]  # the one the last test left
+    wait_until(lambda: free_gpus(node) == 2, 60, "its A100s free from the last job")
+    job = client.fine_tuning.jobs.create(
+        model=MODEL, training_file=upload(client, "sft_facts.jsonl"), extra_body={"gpu_preference": "A100:2"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 5}}})
+    wait_until(lambda: any(m.startswith(f"Training worker running on Ray node {node}") for m in events_of(client, job.id)),
+               240, "running")
+    ray_cluster.remove(node)  # the worker is still loading: no checkpoint yet
+    done = wait_for_job(client, job.id, timeout_s=120)
+    assert done.status == "failed" and not client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert f"node {node} running the job left the Ray cluster before the job saved its first checkpoint" in \
+        done.error.message
