@@ -40,7 +40,7 @@ def upload(client: openai.OpenAI, content: bytes | Path, purpose: str = "fine-tu
     return client.files.create(file=(name, data), purpose=purpose).id
 
 
-def wait_for(client: openai.OpenAI, job_id: str, statuses=TERMINAL, timeout_s: float = 600):
+def wait_for(client: openai.OpenAI, job_id: str, statuses=TERMINAL, timeout_s: float = 1500):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.fine_tuning.jobs.retrieve(job_id)
@@ -81,9 +81,19 @@ def test_files_api(ft_client: openai.OpenAI, ft_server: ServerProcess) -> None:
     bad_purpose = httpx.post(ft_server.base_url + "/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "nope"})
     assert bad_purpose.status_code == 400 and bad_purpose.json()["error"]["param"] == "purpose"
     missing = httpx.post(ft_server.base_url + "/files", data={"purpose": "fine-tune"})
-    assert missing.status_code == 400
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
+    not_multipart = httpx.post(ft_server.base_url + "/files", json={"purpose": "fine-tune"})
+    assert not_multipart.status_code == 400 and not_multipart.json()["error"]["param"] == "file"
+    listed = {f.id for f in ft_client.files.list().data}
+    leftovers = [p.name for p in (ft_server_home(ft_server) / "files").iterdir() if p.name not in listed]
+    assert leftovers == [], leftovers  # refused uploads leave nothing on disk
 
 
+def ft_server_home(server: ServerProcess) -> Path:
+    return Path(server.env["SYNTHD_HOME"])
+
+
+@pytest.mark.timeout(1800)  # 18 real training steps: minutes on a quiet machine, more on a loaded one
 def test_sft_teaches_facts(ft_client: openai.OpenAI, ft_home: Path, base) -> None:
     from peft import PeftModel
 
@@ -108,8 +118,8 @@ def test_sft_teaches_facts(ft_client: openai.OpenAI, ft_home: Path, base) -> Non
     assert {s["step"] for s in steps} == set(range(1, 19))  # 15 rows / 5 per step x 6 epochs, one event per step
     assert all({"learning_rate", "epoch", "total_steps"} <= set(s) for s in steps)
     checkpoints = ft_client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert [c.step_number for c in checkpoints] == [18, 16, 12, 8, 4]
-    assert all(c.metrics.train_loss > 0 and 0 < c.metrics.model_extra["mean_token_accuracy"] <= 1 for c in checkpoints)
+    assert [c.step_number for c in checkpoints] == [18, 12, 6]  # n_checkpoints defaults to 3
+    assert all(c.metrics.train_loss > 0 and 0 < c.metrics.train_mean_token_accuracy <= 1 for c in checkpoints)
     assert checkpoints[0].metrics.train_loss < checkpoints[-1].metrics.train_loss
     listed = ft_client.fine_tuning.jobs.list(limit=50).data
     assert job.id in [j.id for j in listed]
@@ -140,6 +150,7 @@ def margin(model, tokenizer, pairs: list[dict]) -> float:
                - sequence_logprob(model, tokenizer, p["prompt"], p["rejected"]) for p in pairs) / len(pairs)
 
 
+@pytest.mark.timeout(1800)
 def test_dpo_raises_preference_margin(ft_client: openai.OpenAI, ft_home: Path, base) -> None:
     from peft import PeftModel
 
@@ -173,6 +184,17 @@ BAD_FILES = [
     ("empty file", "supervised", b"", "no examples"),
     ("bad role", "supervised", b'{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}\n',
      "line 1: 'messages[0].role'"),
+    ("integer past json's digit limit", "supervised", b'{"prompt": "a", "completion": "b", "n": ' + b"9" * 5000 + b"}\n",
+     "line 1: invalid JSON"),
+    ("nesting past the stack", "supervised", b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1: invalid JSON"),
+    ("fractional weight", "supervised", b'{"messages": [{"role": "user", "content": "q"}, '
+     b'{"role": "assistant", "content": "a", "weight": 0.5}]}\n', "line 1: 'messages[1].weight' must be 0 or 1, not 0.5"),
+    ("string weight", "supervised", b'{"messages": [{"role": "user", "content": "q"}, '
+     b'{"role": "assistant", "content": "a", "weight": "1"}]}\n', "line 1: 'messages[1].weight' must be 0 or 1, not \"1\""),
+    ("weight on a user message", "supervised", b'{"messages": [{"role": "user", "content": "q", "weight": 1}, '
+     b'{"role": "assistant", "content": "a"}]}\n', "line 1: 'messages[0].weight' is only allowed on assistant messages"),
+    ("nothing to train on", "supervised", b'{"messages": [{"role": "user", "content": "q"}, '
+     b'{"role": "assistant", "content": "a", "weight": 0}]}\n', "no trainable tokens"),
 ]
 
 
@@ -228,8 +250,9 @@ def test_older_and_synth_forms_and_listing(ft_client: openai.OpenAI) -> None:
     assert len(first.data) == 1 and first.has_more
     second = ft_client.fine_tuning.jobs.list(limit=1, after=first.data[0].id)
     assert second.data[0].id != first.data[0].id
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.ConflictError) as ended:
         ft_client.fine_tuning.jobs.cancel(synth.id)
+    assert ended.value.body["code"] == "job_not_cancellable"
 
 
 def test_cancel_mid_run(ft_client: openai.OpenAI) -> None:
@@ -243,33 +266,12 @@ def test_cancel_mid_run(ft_client: openai.OpenAI) -> None:
             break
         time.sleep(0.5)
     assert ft_client.fine_tuning.jobs.retrieve(job.id).status == "running"
-    asked = time.monotonic()
     ft_client.fine_tuning.jobs.cancel(job.id)
     done = wait_for(ft_client, job.id, timeout_s=60)
     assert done.status == "cancelled"
-    assert time.monotonic() - asked < 15
     assert done.fine_tuned_model is None
-
-
-def test_restart_mid_job_resumes_from_checkpoint(models_dir: Path, tmp_path: Path) -> None:
-    env = server_env(tmp_path, models_dir)
-    with ServerProcess(log_path=tmp_path / "server.log", env=env) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-        job = client.fine_tuning.jobs.create(
-            model=MODEL, training_file=upload(client, EXAMPLES / "sft_facts.jsonl"),
-            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 8, "batch_size": 5}}})
-        deadline = time.monotonic() + 300
-        while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
-            assert time.monotonic() < deadline, "no checkpoint"
-            time.sleep(0.3)
-        assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
-    with ServerProcess(log_path=tmp_path / "server.log", env=env) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-        done = wait_for(client, job.id)
-        assert done.status == "succeeded", done.error
-        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
-        assert any("resume" in m for m in messages), messages
-        assert (tmp_path / "adapters" / job.id / "adapter_model.safetensors").is_file()
+    assert not [m.id for m in ft_client.models.list().data if job.id in m.id]
+    assert ft_client.fine_tuning.jobs.checkpoints.list(job.id).data == []
 
 
 def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:

@@ -162,8 +162,7 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", ray
     if ray_address := ray_address or settings.ray_address:
         from synthd.cluster.wiring import join_cluster
 
-        cluster = join_cluster(ray_address, engine_kind, config, reservations, repo, settings.home / "training",
-                               settings.shared_dir)
+        cluster = join_cluster(ray_address, engine_kind, config, reservations, repo, settings.home, settings.shared_dir)
     inventory = cluster.cluster.inventory if cluster else build_inventory(settings.gpu_pool_file)
     planner = PlacementPlanner(inventory, lambda device: pick_dtype(config.dtype, device), config.max_model_len,
                                reservations)
@@ -173,7 +172,8 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", ray
                      engine_factory=cluster.engine_factory if cluster else None, autoscaling=autoscaling)
     if cluster is not None:
         cluster.engine_factory.on_lost = pool.lost
-    scheduler = JobScheduler(repo, settings.home / "training", max_concurrent=settings.max_concurrent_jobs,
+    scheduler = JobScheduler(repo, settings.home, models_dir=settings.models_dir, planner=planner,
+                             serving_busy=pool.busy_devices, max_concurrent=settings.max_concurrent_jobs,
                              launcher=cluster.launcher if cluster else None)
     return Components(pool, repo, scheduler, ServingMetrics(), [s.model_id for s in served], cluster)
 

@@ -1,12 +1,16 @@
-"""Routers for ``/v1/files`` and ``/v1/fine_tuning/jobs``: parse, dispatch, answer."""
+"""Routers for ``/v1/files`` and ``/v1/fine_tuning/jobs``: parse, dispatch, answer.
+
+Synchronous handlers run in FastAPI's thread pool, so their database and file work never blocks the
+event loop. The upload handler takes the raw request (no body parameters), so the API key
+dependency runs before a single byte of the body is read; the service parses the stream itself.
+"""
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
 
 from synthd.api.auth import require_api_key
-from synthd.api.errors import APIError, bad_request
 from synthd.protocol.fine_tuning import (
     CheckpointList,
     FileDeleted,
@@ -17,16 +21,10 @@ from synthd.protocol.fine_tuning import (
     FineTuningJobList,
     JobEventList,
 )
-from synthd.services.fine_tuning import (
-    FILE_PURPOSES,
-    FineTuningService,
-    file_not_found,
-    file_object,
-    job_object,
-)
+from synthd.services.files import file_object
+from synthd.services.fine_tuning import FineTuningService
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-UPLOAD_CHUNK = 1 << 20
 
 
 def get_service(request: Request) -> FineTuningService:
@@ -36,70 +34,58 @@ def get_service(request: Request) -> FineTuningService:
 
 Service = Annotated[FineTuningService, Depends(get_service)]
 Limit = Annotated[int, Query(ge=1, le=100)]
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"],
+    "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"type": "string"}}}}}}}
 
 
-@router.post("/files", response_model=FileObject)
-async def upload_file(request: Request, service: Service, file: Annotated[UploadFile, File()],
-                      purpose: Annotated[str, Form()]) -> FileObject:
+@router.post("/files", response_model=FileObject, openapi_extra=UPLOAD_BODY)
+async def upload_file(request: Request, service: Service) -> FileObject:
     """Upload a file (multipart ``file`` and ``purpose``)."""
-    if purpose not in FILE_PURPOSES:
-        raise bad_request(f"Invalid purpose '{purpose}'; expected one of {', '.join(FILE_PURPOSES)}.", "purpose")
-    limit = request.app.state.max_file_bytes
-    content = bytearray()
-    while chunk := await file.read(UPLOAD_CHUNK):
-        content += chunk
-        if len(content) > limit:
-            raise APIError(413, f"File is larger than the limit of {limit} bytes.", param="file", code="file_too_large")
-    return file_object(service.repo.add_file(file.filename or "upload.jsonl", purpose, bytes(content)))
+    return await service.files.upload(request.headers.get("content-type"), request.stream(),
+                                      request.app.state.max_file_bytes)
 
 
 @router.get("/files", response_model=FileList)
-async def list_files(service: Service, purpose: str | None = None) -> FileList:
+def list_files(service: Service, purpose: str | None = None) -> FileList:
     """List uploaded files, newest first."""
-    return FileList(data=[file_object(r) for r in service.repo.list_files(purpose)])
+    return FileList(data=service.files.list(purpose))
 
 
 @router.get("/files/{file_id}", response_model=FileObject)
-async def retrieve_file(file_id: str, service: Service) -> FileObject:
+def retrieve_file(file_id: str, service: Service) -> FileObject:
     """Retrieve a file's metadata."""
-    record = service.repo.get_file(file_id)
-    if record is None:
-        raise file_not_found(file_id)
-    return file_object(record)
+    return file_object(service.files.get(file_id))
 
 
 @router.get("/files/{file_id}/content")
-async def file_content(file_id: str, service: Service) -> Response:
+def file_content(file_id: str, service: Service) -> FileResponse:
     """The file's bytes."""
-    record = service.repo.get_file(file_id)
-    if record is None:
-        raise file_not_found(file_id)
-    return Response(service.repo.read_file(record), media_type="application/octet-stream")
+    return FileResponse(service.files.content_path(file_id), media_type="application/octet-stream")
 
 
 @router.delete("/files/{file_id}", response_model=FileDeleted)
-async def delete_file(file_id: str, service: Service) -> FileDeleted:
+def delete_file(file_id: str, service: Service) -> FileDeleted:
     """Delete a file and its bytes."""
-    if not service.repo.delete_file(file_id):
-        raise file_not_found(file_id)
+    service.files.delete(file_id)
     return FileDeleted(id=file_id)
 
 
 @router.post("/fine_tuning/jobs", response_model=FineTuningJob)
-async def create_job(body: FineTuningJobCreate, service: Service) -> FineTuningJob:
+def create_job(body: FineTuningJobCreate, service: Service) -> FineTuningJob:
     """Create a supervised (SFT) or DPO fine-tuning job with LoRA."""
     return service.create_job(body)
 
 
 @router.get("/fine_tuning/jobs", response_model=FineTuningJobList)
-async def list_jobs(service: Service, after: str | None = None, limit: Limit = 20) -> FineTuningJobList:
+def list_jobs(service: Service, after: str | None = None, limit: Limit = 20) -> FineTuningJobList:
     """List jobs, newest first."""
-    jobs, more = service.repo.list_jobs(after, limit)
-    return FineTuningJobList(data=[job_object(j) for j in jobs], has_more=more)
+    jobs, more = service.list_jobs(after, limit)
+    return FineTuningJobList(data=jobs, has_more=more)
 
 
 @router.get("/fine_tuning/jobs/{job_id}", response_model=FineTuningJob)
-async def retrieve_job(job_id: str, service: Service) -> FineTuningJob:
+def retrieve_job(job_id: str, service: Service) -> FineTuningJob:
     """Retrieve a job."""
     return service.get_job(job_id)
 
@@ -107,16 +93,28 @@ async def retrieve_job(job_id: str, service: Service) -> FineTuningJob:
 @router.post("/fine_tuning/jobs/{job_id}/cancel", response_model=FineTuningJob)
 async def cancel_job(job_id: str, service: Service) -> FineTuningJob:
     """Cancel a job."""
-    return service.cancel_job(job_id)
+    return await service.cancel_job(job_id)
+
+
+@router.post("/fine_tuning/jobs/{job_id}/pause", response_model=FineTuningJob)
+async def pause_job(job_id: str, service: Service) -> FineTuningJob:
+    """Pause a queued or running job (it keeps its newest checkpoint and frees its devices)."""
+    return await service.pause_job(job_id)
+
+
+@router.post("/fine_tuning/jobs/{job_id}/resume", response_model=FineTuningJob)
+async def resume_job(job_id: str, service: Service) -> FineTuningJob:
+    """Resume a paused job from its newest checkpoint."""
+    return await service.resume_job(job_id)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events", response_model=JobEventList)
-async def list_events(job_id: str, service: Service, after: str | None = None, limit: Limit = 20) -> JobEventList:
+def list_events(job_id: str, service: Service, after: str | None = None, limit: Limit = 20) -> JobEventList:
     """A job's events, newest first."""
     return service.events(job_id, after, limit)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints", response_model=CheckpointList)
-async def list_checkpoints(job_id: str, service: Service, after: str | None = None, limit: Limit = 10) -> CheckpointList:
+def list_checkpoints(job_id: str, service: Service, after: str | None = None, limit: Limit = 10) -> CheckpointList:
     """A job's checkpoints, newest first."""
     return service.checkpoints(job_id, after, limit)

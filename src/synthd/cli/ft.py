@@ -17,7 +17,6 @@ ft_app = typer.Typer(help="Create and follow fine-tuning jobs (SFT, DPO with LoR
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-
 def client(base_url: str | None, api_key: str | None) -> openai.OpenAI:
     """An SDK client for the server."""
     return openai.OpenAI(base_url=server_url(base_url), api_key=api_key or "none", max_retries=0)
@@ -54,6 +53,10 @@ def create(
     learning_rate_multiplier: Annotated[float | None, typer.Option(min=0.0)] = None,
     beta: Annotated[float | None, typer.Option(min=0.0, help="DPO only.")] = None,
     suffix: Annotated[str | None, typer.Option()] = None,
+    validation_file: Annotated[str | None, typer.Option(help="File id or local JSONL path: valid_loss during training.")] = None,
+    from_checkpoint: Annotated[str | None, typer.Option(help="Continue from a job (ftjob-…[:step]) or an ft: model.")] = None,
+    n_checkpoints: Annotated[int | None, typer.Option(min=1, help="Checkpoints kept (each a servable model).")] = None,
+    wandb_project: Annotated[str | None, typer.Option(help="Log the run to this Weights & Biases project.")] = None,
     gpu: Annotated[str | None, typer.Option(help="GPU preference, e.g. A100 or L40S:2.")] = None,
     wait: Annotated[bool, typer.Option(help="Follow the job with a progress bar and the loss.")] = False,
     base_url: BaseUrl = None, api_key: ApiKey = None,
@@ -62,15 +65,21 @@ def create(
     if method not in ("supervised", "dpo"):
         raise CLIError(f"--method must be supervised or dpo, not '{method}'")
     api = client(base_url, api_key)
-    file_id = training_file
-    if Path(training_file).is_file():
-        file_id = guarded(lambda: api.files.create(file=(Path(training_file).name, Path(training_file).read_bytes()),
-                                                   purpose="fine-tune")).id
+
+    def file_id(value: str) -> str:
+        if not Path(value).is_file():
+            return value
+        return guarded(lambda: api.files.create(file=(Path(value).name, Path(value).read_bytes()), purpose="fine-tune")).id
+
     hyper = {k: v for k, v in {"n_epochs": n_epochs, "batch_size": batch_size,
                                "learning_rate_multiplier": learning_rate_multiplier, "beta": beta}.items() if v is not None}
+    extra = {k: v for k, v in {"gpu_preference": gpu, "from_checkpoint": from_checkpoint,
+                               "n_checkpoints": n_checkpoints}.items() if v is not None}
+    integrations = [{"type": "wandb", "wandb": {"project": wandb_project}}] if wandb_project else openai.omit
     job = guarded(lambda: api.fine_tuning.jobs.create(
-        model=model, training_file=file_id, suffix=suffix, method={"type": method, method: {"hyperparameters": hyper}},
-        extra_body={"gpu_preference": gpu} if gpu else None))
+        model=model, training_file=file_id(training_file), suffix=suffix, integrations=integrations,
+        validation_file=file_id(validation_file) if validation_file else openai.omit,
+        method={"type": method, method: {"hyperparameters": hyper}}, extra_body=extra or None))
     console.print(f"{job.id}  status={job.status}  gpu={job.model_extra.get('gpu')}")
     if wait:
         follow(api, job.id)
@@ -84,7 +93,7 @@ def follow(api: openai.OpenAI, job_id: str) -> None:
         while True:
             job = guarded(lambda: api.fine_tuning.jobs.retrieve(job_id))
             events = guarded(lambda: api.fine_tuning.jobs.list_events(job_id, limit=10)).data
-            latest = next((e.data for e in events if e.data and "total_steps" in e.data), None)
+            latest = next((e.data for e in events if e.data and "train_loss" in e.data and "total_steps" in e.data), None)
             if latest:
                 progress.update(task, total=latest["total_steps"], completed=latest["step"],
                                 description=f"{job.status} loss={latest['train_loss']:.4f}")
@@ -129,3 +138,30 @@ def cancel(job_id: str, base_url: BaseUrl = None, api_key: ApiKey = None) -> Non
     """Cancel a job."""
     job = guarded(lambda: client(base_url, api_key).fine_tuning.jobs.cancel(job_id))
     console.print(f"{job.id}  status={job.status}")
+
+
+@ft_app.command("pause")
+def pause(job_id: str, base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Pause a job: it saves a checkpoint and frees its devices. Example: synthd ft pause ftjob-…"""
+    job = guarded(lambda: client(base_url, api_key).fine_tuning.jobs.pause(job_id))
+    console.print(f"{job.id}  status={job.status}")
+
+
+@ft_app.command("resume")
+def resume(job_id: str, base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """Resume a paused job from its newest checkpoint."""
+    job = guarded(lambda: client(base_url, api_key).fine_tuning.jobs.resume(job_id))
+    console.print(f"{job.id}  status={job.status}")
+
+
+@ft_app.command("checkpoints")
+def checkpoints(job_id: str, base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+    """A succeeded job's checkpoints, newest first: each is a model you can chat with."""
+    page = guarded(lambda: client(base_url, api_key).fine_tuning.jobs.checkpoints.list(job_id, limit=100)).data
+    table = Table("step", "fine_tuned_model_checkpoint", "train_loss", "valid_loss")
+    for item in page:
+        m = item.metrics
+        table.add_row(str(item.step_number), item.fine_tuned_model_checkpoint,
+                      f"{m.train_loss:.4f}" if m.train_loss is not None else "",
+                      f"{m.valid_loss:.4f}" if m.valid_loss is not None else "")
+    console.print(table)

@@ -40,7 +40,7 @@ from synthd.gpus.catalog import CPU_NAME
 from synthd.gpus.inventory import Device
 from synthd.gpus.planner import Reservations
 from synthd.gpus.spec import GPUOption, parse_gpu_preference
-from synthd.training.runner import latest_checkpoint
+from synthd.training.layout import latest_checkpoint
 
 log = logging.getLogger(__name__)
 FORWARDED_ENV_PREFIXES = ("SYNTHD_", "SYNTH_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "WANDB_")

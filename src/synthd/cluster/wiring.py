@@ -11,6 +11,7 @@ from synthd.cluster.runtime import RayCluster, connect
 from synthd.engine.config import EngineConfig
 from synthd.gpus.planner import Reservations
 from synthd.store.repository import Repository
+from synthd.training.layout import JobLayout
 
 
 @dataclass
@@ -24,9 +25,9 @@ class ClusterParts:
 
 
 def join_cluster(address: str, engine_kind: str, config: EngineConfig, reservations: Reservations,
-                 repo: Repository, training_dir: Path, shared_dir: Path | None) -> ClusterParts:
+                 repo: Repository, home: Path, shared_dir: Path | None) -> ClusterParts:
     """Connect to the cluster at ``address`` and build the parts; jobs' checkpoints are looked for
-    in ``training_dir/<job id>`` (where the worker writes them).
+    in their folder under ``home`` (``JobLayout.trainer_dir``, where the worker writes them).
 
     Raises:
         ClusterUnavailable: no cluster answers at ``address``.
@@ -34,5 +35,5 @@ def join_cluster(address: str, engine_kind: str, config: EngineConfig, reservati
     connect(address)
     cluster = RayCluster()
     factory = RayEngineFactory(cluster, engine_kind, config, shared_dir)
-    launcher = RayLauncher(cluster, lambda job_id: training_dir / job_id, reservations, repo.add_event)
+    launcher = RayLauncher(cluster, lambda job_id: JobLayout(home, job_id).trainer_dir, reservations, repo.add_event)
     return ClusterParts(cluster, factory, launcher)

@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StrictInt, model_validator
 
 from synthd.protocol.openai import Seed, StrictModel
+from synthd.store.models import JobStatus
 
 Auto = Literal["auto"]
 Epochs = Annotated[StrictInt, Field(ge=1, le=50)]
@@ -80,9 +81,25 @@ class LoRAIn(StrictModel):
     target_modules: list[str] | None = None
 
 
+class WandbSettings(StrictModel):
+    """``integrations[].wandb``: the Weights & Biases run (OpenAI's fields)."""
+
+    project: Annotated[str, Field(min_length=1, max_length=128)]
+    name: Annotated[str, Field(max_length=128)] | None = None
+    entity: Annotated[str, Field(max_length=128)] | None = None
+    tags: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=20)] | None = None
+
+
+class Integration(StrictModel):
+    """One of ``integrations``: only ``wandb`` (OpenAI's one type)."""
+
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
+
 class FineTuningJobCreate(StrictModel):
     """``POST /v1/fine_tuning/jobs`` body: OpenAI's fields, the older top-level ``hyperparameters``,
-    and the Synth form ``training_type``."""
+    the Synth form ``training_type``, and Together's ``from_checkpoint``, ``n_checkpoints``, ``n_evals``."""
 
     model: str
     training_file: str
@@ -92,11 +109,14 @@ class FineTuningJobCreate(StrictModel):
     metadata: dict[str, str] | None = None
     method: Method | None = None
     hyperparameters: HyperparametersIn | None = None
-    integrations: list | None = None
+    integrations: Annotated[list[Integration], Field(max_length=5)] | None = None
     # --- synthd extensions ---
     training_type: Literal["sft", "dpo"] | None = None
     lora: LoRAIn | None = None
     gpu_preference: str | None = None
+    from_checkpoint: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    n_checkpoints: Annotated[StrictInt, Field(ge=1, le=100)] | None = None
+    n_evals: Annotated[StrictInt, Field(ge=1, le=1000)] | None = None
 
 
 class JobError(BaseModel):
@@ -121,7 +141,7 @@ class FineTuningJob(BaseModel):
     organization_id: str = "synthd"
     result_files: list[str] = Field(default_factory=list)
     seed: int
-    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     trained_tokens: int | None = None
     training_file: str
     validation_file: str | None = None
@@ -133,6 +153,9 @@ class FineTuningJob(BaseModel):
     lora: dict | None = None
     gpu: str | None = None
     gpu_preference: str | None = None
+    from_checkpoint: str | None = None
+    n_checkpoints: int | None = None
+    n_evals: int | None = None
 
 
 class FineTuningJobList(BaseModel):
@@ -163,6 +186,16 @@ class JobEventList(BaseModel):
     has_more: bool
 
 
+class CheckpointMetrics(BaseModel):
+    """A checkpoint's ``metrics`` (OpenAI's names; absent values are omitted)."""
+
+    step: int
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+
+
 class CheckpointObject(BaseModel):
     """``fine_tuning.job.checkpoint``."""
 
@@ -171,7 +204,7 @@ class CheckpointObject(BaseModel):
     created_at: int
     fine_tuned_model_checkpoint: str
     fine_tuning_job_id: str
-    metrics: dict
+    metrics: CheckpointMetrics
     step_number: int
 
 

@@ -5,9 +5,36 @@ Times are Unix seconds (int), as in OpenAI's objects. JSON columns hold OpenAI-s
 """
 
 import time
+from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class JobStatus(StrEnum):
+    """A fine-tuning job's status: OpenAI's values plus ``paused`` (``jobs.pause`` / ``jobs.resume``).
+
+    ``validating_files → queued → running → succeeded``; ``running → paused → queued``; any active
+    status → ``failed`` or ``cancelled``. Only the job scheduler writes it, each change a conditional
+    update (``Repository.transition``).
+    """
+
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        """True for ``succeeded``, ``failed`` and ``cancelled``."""
+        return self in ENDED
+
+
+ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+ACTIVE = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
 
 
 class Base(DeclarativeBase):
@@ -28,12 +55,19 @@ class FileRecord(Base):
 
 
 class JobRecord(Base):
-    """A fine-tuning job (``ftjob-…``) in OpenAI's shape plus synthd's LoRA and GPU fields."""
+    """A fine-tuning job (``ftjob-…``) in OpenAI's shape plus synthd's LoRA and GPU fields.
+
+    ``cancel_requested`` / ``pause_requested`` are what the API asks for; the scheduler acts on them.
+    ``lease_owner`` (``host:pid:nonce`` of the scheduler running it) and ``lease_heartbeat_at`` (Unix
+    seconds) say who holds a running job; ``init_adapter`` is the adapter a ``from_checkpoint`` job
+    starts from.
+    """
 
     __tablename__ = "fine_tuning_jobs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(512))
+    model_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     status: Mapped[str] = mapped_column(String(32), index=True)
     method: Mapped[dict] = mapped_column(JSON)
     lora: Mapped[dict | None] = mapped_column(JSON, nullable=True)
@@ -54,6 +88,16 @@ class JobRecord(Base):
     estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    pause_requested: Mapped[bool] = mapped_column(default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    integrations: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    result_files: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    from_checkpoint: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    init_adapter: Mapped[str | None] = mapped_column(Text, nullable=True)
+    n_checkpoints: Mapped[int] = mapped_column(Integer, default=3)
+    n_evals: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class JobEvent(Base):
@@ -72,7 +116,11 @@ class JobEvent(Base):
 
 
 class Checkpoint(Base):
-    """A saved training checkpoint (``ftckpt-…``) with OpenAI's metrics names."""
+    """A saved training checkpoint (``ftckpt-…``) with OpenAI's metrics names.
+
+    ``path`` is the trainer's resumable folder (removed once the job ends), ``adapter_path`` the kept
+    copy of its LoRA adapter, served as ``ft:…:ckpt-step-N`` once the job succeeded.
+    """
 
     __tablename__ = "fine_tuning_checkpoints"
 
@@ -82,6 +130,7 @@ class Checkpoint(Base):
     step_number: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict] = mapped_column(JSON)
     path: Mapped[str] = mapped_column(Text)
+    adapter_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class FineTunedModel(Base):

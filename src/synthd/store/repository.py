@@ -6,17 +6,25 @@ server, the scheduler and training workers (other processes) can share the datab
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from synthd.store.files import write_atomic
-from synthd.store.models import Checkpoint, FileRecord, FineTunedModel, JobEvent, JobRecord
+from synthd.store.files import Upload
+from synthd.store.models import Checkpoint, FileRecord, FineTunedModel, JobEvent, JobRecord, JobStatus
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+
+@dataclass(frozen=True)
+class NewModel:
+    """A fine-tune to register: its ``ft:`` id, base model id and adapter folder."""
+
+    id: str
+    base_model: str
+    adapter_path: str
 
 
 def new_id(prefix: str) -> str:
@@ -43,12 +51,21 @@ class Repository:
             yield session
 
     # --- files --------------------------------------------------------------------------------
-    def add_file(self, filename: str, purpose: str, content: bytes) -> FileRecord:
-        """Store bytes atomically, then record them."""
+    def open_upload(self, limit_bytes: int) -> Upload:
+        """A locked partial file under ``files_dir`` to stream an upload into (see ``commit_upload``)."""
+        return Upload(self.files_dir, limit_bytes)
+
+    def commit_upload(self, upload: Upload, filename: str, purpose: str) -> FileRecord:
+        """Rename a finished upload into place, then record it (a crash in between leaves an
+        unlisted file, never a listed partial one)."""
         file_id = new_id("file")
         path = self.files_dir / file_id
-        write_atomic(path, content)
-        record = FileRecord(id=file_id, filename=filename, purpose=purpose, bytes=len(content),
+        upload.commit(path)
+        return self.add_file_record(file_id, filename, purpose, path)
+
+    def add_file_record(self, file_id: str, filename: str, purpose: str, path: Path) -> FileRecord:
+        """Record bytes already in place at ``path``."""
+        record = FileRecord(id=file_id, filename=filename, purpose=purpose, bytes=path.stat().st_size,
                             created_at=now(), path=str(path))
         with self.session() as session:
             session.add(record)
@@ -113,21 +130,83 @@ class Repository:
             query = select(JobRecord).where(JobRecord.status.in_(statuses)).order_by(JobRecord.created_ns)
             return list(session.scalars(query))
 
-    def update_job(self, job_id: str, message: str | None = None, data: dict | None = None, **fields) -> JobRecord:
-        """Set ``fields`` on a job and optionally add an event, in one transaction."""
+    def transition(self, job_id: str, source: Iterable[JobStatus], target: JobStatus, message: str | None = None, *,
+                   owner: str | None = None, level: str = "info", **fields) -> bool:
+        """Move a job from any of ``source`` to ``target`` and set ``fields``, in one conditional
+        ``UPDATE … WHERE id = … AND status IN (…)`` (and ``lease_owner = owner`` when given), adding
+        the event ``message`` only if it applied. Returns whether this call won."""
         with self.session() as session:
-            job = session.get(JobRecord, job_id)
-            assert job is not None, job_id
-            for name, value in fields.items():
-                setattr(job, name, value)
-            if message:
-                session.add(self._event(job_id, message, data, "metrics" if data else "message"))
-            return job
+            won = self._conditional(session, job_id, source, owner, status=target, **fields)
+            if won and message:
+                session.add(self._event(job_id, message, level=level))
+            return won
+
+    def succeed(self, job_id: str, owner: str, message: str, models: list[NewModel], result_file: FileRecord | None,
+                **fields) -> bool:
+        """``running → succeeded`` unless a cancel was asked first, registering ``models`` and the
+        result file in the same transaction: a cancel that won leaves no model behind, and one that
+        comes after finds the job ended. Returns whether it won."""
+        with self.session() as session:
+            won = self._conditional(session, job_id, [JobStatus.RUNNING], owner, extra=[~JobRecord.cancel_requested],
+                                    status=JobStatus.SUCCEEDED, **fields)
+            if not won:
+                return False
+            for model in models:
+                session.merge(FineTunedModel(id=model.id, base_model=model.base_model, job_id=job_id,
+                                             adapter_path=model.adapter_path, created_at=now()))
+            if result_file is not None:
+                session.add(result_file)
+            session.add(self._event(job_id, message))
+            return True
+
+    def request_flag(self, job_id: str, flag: str, value: bool, statuses: Iterable[JobStatus]) -> bool:
+        """Set ``cancel_requested`` or ``pause_requested`` on a job in one of ``statuses`` (not
+        cancelled before); returns whether it applied."""
+        assert flag in ("cancel_requested", "pause_requested"), flag
+        with self.session() as session:
+            return self._conditional(session, job_id, statuses, None, extra=[~JobRecord.cancel_requested],
+                                     **{flag: value})
+
+    def claim(self, job_id: str, owner: str, **fields) -> bool:
+        """``queued → running`` under ``owner``'s lease (heartbeat now); returns whether it won."""
+        with self.session() as session:
+            return self._conditional(session, job_id, [JobStatus.QUEUED], None, extra=[~JobRecord.cancel_requested,
+                                     ~JobRecord.pause_requested], status=JobStatus.RUNNING, lease_owner=owner,
+                                     lease_heartbeat_at=time.time(), **fields)
+
+    def heartbeat(self, owner: str) -> None:
+        """Renew ``owner``'s lease on every running job it holds."""
+        with self.session() as session:
+            session.execute(update(JobRecord).where(JobRecord.lease_owner == owner, JobRecord.status == JobStatus.RUNNING)
+                            .values(lease_heartbeat_at=time.time()).execution_options(synchronize_session=False))
+
+    def job_flags(self, job_id: str) -> tuple[bool, bool]:
+        """``(cancel_requested, pause_requested)`` of a job (both False if unknown)."""
+        with self.session() as session:
+            row = session.execute(select(JobRecord.cancel_requested, JobRecord.pause_requested)
+                                  .where(JobRecord.id == job_id)).first()
+        return (bool(row[0]), bool(row[1])) if row else (False, False)
+
+    def set_fields(self, job_id: str, **fields) -> None:
+        """Set non-status fields (``worker_pid``, ``estimated_finish``, resolved hyperparameters)."""
+        assert "status" not in fields, "status changes go through transition()"
+        with self.session() as session:
+            session.execute(update(JobRecord).where(JobRecord.id == job_id).values(**fields)
+                            .execution_options(synchronize_session=False))
 
     def add_event(self, job_id: str, message: str, data: dict | None = None, level: str = "info") -> None:
         """Append an event (``type`` ``metrics`` when ``data`` is given)."""
         with self.session() as session:
             session.add(self._event(job_id, message, data, "metrics" if data else "message", level))
+
+    def add_events(self, job_id: str, events: list[tuple[str, dict | None]], **fields) -> None:
+        """Append several ``(message, data)`` events and set non-status ``fields``, in one transaction."""
+        assert "status" not in fields, "status changes go through transition()"
+        with self.session() as session:
+            session.add_all(self._event(job_id, m, d, "metrics" if d else "message") for m, d in events)
+            if fields:
+                session.execute(update(JobRecord).where(JobRecord.id == job_id).values(**fields)
+                                .execution_options(synchronize_session=False))
 
     def list_events(self, job_id: str, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
         """Events newest first (OpenAI's order), after the cursor ``after``; returns (page, has_more)."""
@@ -141,18 +220,39 @@ class Repository:
             events = list(session.scalars(query.limit(limit + 1)))
         return events[:limit], len(events) > limit
 
-    def add_checkpoint(self, job_id: str, step: int, metrics: dict, path: str) -> None:
-        """Record a checkpoint and its event."""
+    def add_checkpoint(self, job_id: str, step: int, metrics: dict, path: str, adapter_path: str) -> None:
+        """Record a checkpoint (replacing one of the same step from an earlier attempt) and its event."""
         with self.session() as session:
+            for old in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id,
+                                                                Checkpoint.step_number == step)):
+                session.delete(old)
             session.add(Checkpoint(id=new_id("ftckpt"), job_id=job_id, created_at=now(), step_number=step,
-                                   metrics=metrics, path=path))
+                                   metrics=metrics, path=path, adapter_path=adapter_path))
             session.add(self._event(job_id, f"Checkpoint saved at step {step}", {"step": step, **metrics}, "metrics"))
+
+    def checkpoints(self, job_id: str) -> list[Checkpoint]:
+        """Every checkpoint of a job, newest first."""
+        with self.session() as session:
+            return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
+                                        .order_by(Checkpoint.step_number.desc())))
+
+    def delete_checkpoints(self, ids: Iterable[str]) -> None:
+        """Drop checkpoint records."""
+        with self.session() as session:
+            for checkpoint_id in ids:
+                record = session.get(Checkpoint, checkpoint_id)
+                if record is not None:
+                    session.delete(record)
+
+    def metric_events(self, job_id: str) -> list[JobEvent]:
+        """A job's ``metrics`` events, oldest first."""
+        with self.session() as session:
+            return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+                                        .order_by(JobEvent.seq)))
 
     def list_checkpoints(self, job_id: str, after: str | None, limit: int) -> tuple[list[Checkpoint], bool]:
         """Checkpoints newest first; returns (page, has_more)."""
-        with self.session() as session:
-            rows = list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
-                                        .order_by(Checkpoint.step_number.desc())))
+        rows = self.checkpoints(job_id)
         if after:
             ids = [c.id for c in rows]
             rows = rows[ids.index(after) + 1:] if after in ids else []
@@ -182,6 +282,15 @@ class Repository:
             if record is not None:
                 session.delete(record)
             return record
+
+    @staticmethod
+    def _conditional(session: Session, job_id: str, source: Iterable[JobStatus], owner: str | None,
+                     extra: list | None = None, **values) -> bool:
+        query = update(JobRecord).where(JobRecord.id == job_id, JobRecord.status.in_(list(source)), *(extra or []))
+        if owner is not None:
+            query = query.where(JobRecord.lease_owner == owner)
+        result = session.execute(query.values(**values).execution_options(synchronize_session=False))
+        return result.rowcount == 1
 
     @staticmethod
     def _event(job_id: str, message: str, data: dict | None = None, type: str = "message", level: str = "info") -> JobEvent:

@@ -3,13 +3,17 @@
 Accepted formats (one JSON object per line):
 
 - SFT, OpenAI chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
-  with at least one assistant turn; TRL "prompt-completion": ``{"prompt": str, "completion": str}``.
+  with at least one assistant turn; an assistant message may carry OpenAI's ``"weight": 0 | 1``
+  (0: not trained on; default 1). TRL "prompt-completion": ``{"prompt": str, "completion": str}``.
 - DPO, OpenAI preference: ``{"input": {"messages": [...]}, "preferred_output": [assistant msg],
   "non_preferred_output": [assistant msg]}``; TRL preference: ``{"prompt", "chosen", "rejected"}``
   with strings or message lists.
 
-Rows are normalised to TRL's conversational formats: SFT ``{"messages": [...]}`` or
-``{"prompt": [...], "completion": [...]}``, DPO ``{"prompt": [...], "chosen": [...], "rejected": [...]}``.
+Rows are normalised to conversational form: SFT ``{"messages": [...]}`` (a prompt-completion row
+becomes a user and an assistant message) with ``weight`` on every assistant message, DPO TRL's
+``{"prompt": [...], "chosen": [...], "rejected": [...]}``. Supervised training computes the loss on
+assistant messages of weight 1 only, as OpenAI does; a file with no such message has "no trainable
+tokens" and is refused.
 """
 
 import json
@@ -48,6 +52,9 @@ def load_jsonl(content: bytes, method: str) -> Dataset:
         except json.JSONDecodeError as exc:
             problems.append(f"line {number}: invalid JSON ({exc.msg})")
             continue
+        except (ValueError, RecursionError) as exc:  # e.g. integers over 4300 digits, nesting past the stack
+            problems.append(f"line {number}: invalid JSON ({type(exc).__name__}: {str(exc)[:120]})")
+            continue
         try:
             rows.append(_sft_row(record) if method == "supervised" else _dpo_row(record))
         except ValueError as exc:
@@ -58,12 +65,20 @@ def load_jsonl(content: bytes, method: str) -> Dataset:
         raise DataFormatError("; ".join(problems))
     if not rows:
         raise DataFormatError("the file has no examples")
+    if method == "supervised" and not any(trainable(row) for row in rows):
+        raise DataFormatError("no trainable tokens: every assistant message has weight 0")
     return Dataset(rows, method)
 
 
-def _messages(value: object, where: str) -> list[dict]:
+def trainable(row: dict) -> bool:
+    """True when a normalised SFT row has an assistant message of weight 1."""
+    return any(m["role"] == "assistant" and m["weight"] for m in row["messages"])
+
+
+def _messages(value: object, where: str, weights: bool = False) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise ValueError(f"'{where}' must be a non-empty list of messages")
+    out = []
     for index, message in enumerate(value):
         if not isinstance(message, dict):
             raise ValueError(f"'{where}[{index}]' must be an object with 'role' and 'content'")
@@ -71,14 +86,24 @@ def _messages(value: object, where: str) -> list[dict]:
             raise ValueError(f"'{where}[{index}].role' must be one of {', '.join(ROLES)}, not {message.get('role')!r}")
         if not isinstance(message.get("content"), str):
             raise ValueError(f"'{where}[{index}].content' must be a string")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+        clean = {"role": message["role"], "content": message["content"]}
+        if "weight" in message:
+            if not weights or message["role"] != "assistant":
+                raise ValueError(f"'{where}[{index}].weight' is only allowed on assistant messages of supervised data")
+            weight = message["weight"]
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight not in (0, 1):
+                raise ValueError(f"'{where}[{index}].weight' must be 0 or 1, not {json.dumps(weight)}")
+        if weights and message["role"] == "assistant":
+            clean["weight"] = message.get("weight", 1)
+        out.append(clean)
+    return out
 
 
 def _sft_row(record: object) -> dict:
     if not isinstance(record, dict):
         raise ValueError("each line must be a JSON object")
     if "messages" in record:
-        messages = _messages(record["messages"], "messages")
+        messages = _messages(record["messages"], "messages", weights=True)
         if not any(m["role"] == "assistant" for m in messages):
             raise ValueError("'messages' has no assistant turn to learn from")
         return {"messages": messages}
@@ -87,8 +112,8 @@ def _sft_row(record: object) -> dict:
             raise ValueError("'prompt' and 'completion' must be strings")
         if not record["completion"]:
             raise ValueError("'completion' is empty")
-        return {"prompt": [{"role": "user", "content": record["prompt"]}],
-                "completion": [{"role": "assistant", "content": record["completion"]}]}
+        return {"messages": [{"role": "user", "content": record["prompt"]},
+                             {"role": "assistant", "content": record["completion"], "weight": 1}]}
     raise ValueError("expected {'messages': [...]} or {'prompt': ..., 'completion': ...} for supervised fine-tuning")
 
 
