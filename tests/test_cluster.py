@@ -326,12 +326,13 @@ def test_node_lost_mid_job_resumes_on_another_node(ray_cluster: LocalCluster, cl
     ray_cluster.add("a100-spare", num_gpus=2, resources={"accelerator_type:A100": 1})
     job = client.fine_tuning.jobs.create(
         model=MODEL, training_file=upload(client, "sft_facts.jsonl"), extra_body={"gpu_preference": "A100:2"},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 5}}})
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}})
     first = wait_until(lambda: next((m for m in events_of(client, job.id) if "running on Ray node" in m), None),
                        240, "running")
     lost = "a100-node" if "a100-node" in first else "a100-spare"
     other = "a100-spare" if lost == "a100-node" else "a100-node"
-    wait_until(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, 300, "a checkpoint")
+    wait_until(lambda: any(m.startswith("Checkpoint saved at step") for m in events_of(client, job.id)), 300,
+               "a checkpoint")
     ray_cluster.remove(lost)
     done = wait_for_job(client, job.id)
     messages = events_of(client, job.id)
