@@ -248,11 +248,8 @@ class ModelPool:
             PoolFull: no room for another replica.
         """
         source, adapter = await self.resolve(model)
-        replica = self._find(source.model_id, preference)
-        if replica is None:
-            replica = await self._start(source, preference)
-        else:
-            self._scale_out(source, replica)
+        replica = self._find(source.model_id, preference) or await self._start(source, preference)
+        self._scale_out(source, replica)
         replica.leases += 1
         lease = Lease(replica, adapter.model_id if adapter else source.model_id,
                       LoRARef(adapter.model_id, adapter.path) if adapter else None, self._release)
