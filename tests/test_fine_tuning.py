@@ -186,7 +186,7 @@ BAD_FILES = [
      "line 1: 'messages[0].role'"),
     ("integer past json's digit limit", "supervised", b'{"prompt": "a", "completion": "b", "n": ' + b"9" * 5000 + b"}\n",
      "line 1: invalid JSON"),
-    ("nesting past the stack", "supervised", b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1: invalid JSON"),
+    ("nesting past the stack", "supervised", b"[" * 20_000 + b"]" * 20_000 + b"\n", "line 1: invalid JSON"),
     ("fractional weight", "supervised", b'{"messages": [{"role": "user", "content": "q"}, '
      b'{"role": "assistant", "content": "a", "weight": 0.5}]}\n', "line 1: 'messages[1].weight' must be 0 or 1, not 0.5"),
     ("string weight", "supervised", b'{"messages": [{"role": "user", "content": "q"}, '

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthd import __version__
+from synthd.api.console import router as console_router
 from synthd.api.errors import install_error_handlers
 from synthd.api.ft_routes import router as ft_router
 from synthd.api.metrics import ServingMetrics
@@ -125,6 +126,7 @@ def create_app(parts: Components, *, api_key: str | None = None, max_file_bytes:
     app.include_router(warmup)
     app.include_router(ft_router)
     app.include_router(ops)
+    app.include_router(console_router)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 

@@ -7,10 +7,11 @@ dependency runs before a single byte of the body is read; the service parses the
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from synthd.api.auth import require_api_key
+from synthd.errors import PayloadTooLarge
 from synthd.protocol.fine_tuning import (
     CheckpointList,
     FileDeleted,
@@ -30,6 +31,24 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 def get_service(request: Request) -> FineTuningService:
     """The app's ``FineTuningService``."""
     return request.app.state.fine_tuning
+
+
+async def read_upload(request: Request, file: UploadFile) -> bytes:
+    """An already-parsed form file's bytes, read in 1 MiB chunks up to the app's ``max_file_bytes``
+    (for routes that need the content in memory, e.g. the console's file check; ``/v1/files``
+    streams to disk instead).
+
+    Raises:
+        PayloadTooLarge: over the limit (``file_too_large``).
+    """
+    limit = request.app.state.max_file_bytes
+    content = bytearray()
+    while chunk := await file.read(1 << 20):
+        content += chunk
+        if len(content) > limit:
+            raise PayloadTooLarge(f"File is larger than the limit of {limit} bytes.", param="file",
+                                  code="file_too_large")
+    return bytes(content)
 
 
 Service = Annotated[FineTuningService, Depends(get_service)]

@@ -73,8 +73,8 @@ def resolve_model(model: str, models_dir: Path) -> ModelSource:
         if cached is not None:
             return ModelSource(model, cached)
     raise ModelNotFound(
-        f"The model '{model}' does not exist: it is not served, not a folder under {models_dir.name}/ and not "
-        "in the Hugging Face cache (synthd does not download from the hub at run time)."
+        f"The model '{model}' does not exist: not found among the served models, the folders under "
+        f"{models_dir.name}/ or the Hugging Face cache (synthd does not download from the hub at run time)."
     )
 
 

@@ -86,7 +86,8 @@ class NativeEngine:
         self._scheduler = Scheduler(max_num_seqs, max_kv_tokens, max_waiting)
         self._guided = GuidedDecoding(tokenizer)
         self._requests: dict[str, _Request] = {}
-        self._loras: OrderedDict[str, LoRARef] = OrderedDict()
+        self._loras: dict[str, LoRARef] = {}
+        self._resident: OrderedDict[str, None] = OrderedDict()
         self._retiring: set[str] = set()
         self._commands: deque[Callable[[], None]] = deque()
         self._cond = threading.Condition()
@@ -101,7 +102,9 @@ class NativeEngine:
             raise InvalidRequest(f"model '{self.model_id}' has no chat template; use /v1/completions", param="messages")
         try:
             ids = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
-        except (TypeError, ValueError) as exc:
+        except TypeError:
+            raise InvalidRequest("The messages could not be tokenized (invalid Unicode?).", param="messages") from None
+        except ValueError as exc:
             raise InvalidRequest(f"The messages could not be rendered with the chat template: {exc}",
                                  param="messages") from None
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
@@ -194,7 +197,8 @@ class NativeEngine:
 
     def list_loras(self) -> list[str]:
         """See ``Engine.list_loras``."""
-        return [name for name in self._loras if name in self._runner.adapters]
+        with self._cond:
+            return list(self._resident)
 
     async def _run_command(self, command: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -216,38 +220,46 @@ class NativeEngine:
         return await done
 
     def _remember_lora(self, lora: LoRARef) -> LoRARef:
-        self._retiring.discard(lora.name)
-        if lora.name not in self._loras:
+        with self._cond:
+            self._retiring.discard(lora.name)
             self._loras[lora.name] = lora
         return lora
 
     def _ensure_lora(self, name: str, lora: LoRARef | None = None) -> None:
-        """Make an adapter resident (engine thread). Raises what PEFT raises."""
-        if name in self._runner.adapters:
-            self._loras.move_to_end(name)
-            return
-        ref = lora or self._loras[name]
+        """Make an adapter resident (engine thread; the slow PEFT load runs outside the lock).
+        Raises what PEFT raises."""
+        with self._cond:
+            if name in self._resident:
+                self._resident.move_to_end(name)
+                return
+            ref = lora or self._loras[name]
         self._runner.load_adapter(name, ref.path)
-        self._loras[name] = ref
-        self._loras.move_to_end(name)
-        in_use = self._loras_in_use()
-        idle = [n for n in self._loras if n not in in_use and n != name and n in self._runner.adapters]
-        for old in idle[: max(0, len(self._runner.adapters) - self.max_loras)]:
-            self._runner.delete_adapter(old)
+        with self._cond:
+            self._loras[name] = ref
+            self._resident[name] = None
+            in_use = self._loras_in_use()
+            idle = [n for n in self._resident if n not in in_use and n != name]
+            evict = idle[: max(0, len(self._resident) - self.max_loras)]
+        for old in evict:
+            self._unload_lora(old)
 
     def _retire_lora(self, name: str) -> bool:
-        if name not in self._loras:
-            return False
-        if name in self._loras_in_use():
-            self._retiring.add(name)
-        else:
-            self._drop_lora(name)
+        with self._cond:
+            if name not in self._loras:
+                return False
+            if name in self._loras_in_use():
+                self._retiring.add(name)
+                return True
+            self._loras.pop(name, None)
+        self._unload_lora(name)
         return True
 
-    def _drop_lora(self, name: str) -> None:
-        self._loras.pop(name, None)
-        self._retiring.discard(name)
-        if name in self._runner.adapters:
+    def _unload_lora(self, name: str) -> None:
+        with self._cond:
+            self._retiring.discard(name)
+            resident = name in self._resident
+            self._resident.pop(name, None)
+        if resident:
             self._runner.delete_adapter(name)
 
     def _loras_in_use(self) -> set[str]:
@@ -295,8 +307,12 @@ class NativeEngine:
                     outputs[sequence.request_id] = _Step(error=f"{type(exc).__name__}: {exc}")
                     self._leave(sequence)
                 self._runner.reset()
-            for name in [n for n in self._retiring if n not in self._loras_in_use()]:
-                self._drop_lora(name)
+            with self._cond:
+                idle = [n for n in self._retiring if n not in self._loras_in_use()]
+                for name in idle:
+                    self._loras.pop(name, None)
+            for name in idle:
+                self._unload_lora(name)
             self._deliver(outputs)
         with self._cond:
             remaining = self._scheduler.drain()

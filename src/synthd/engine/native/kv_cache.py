@@ -6,6 +6,9 @@ writes into a preallocated buffer ``[batch, kv_heads, capacity, head_dim]`` whos
 when full (amortised O(1) per token), and exposes the filled part as ``keys``/``values`` views.
 """
 
+import functools
+import inspect
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -86,6 +89,24 @@ def new_cache(num_layers: int) -> Cache:
 def stack_caches(top: Cache, bottom: Cache) -> Cache:
     """A cache with ``top``'s rows then ``bottom``'s (see ``GrowableLayer.stacked``)."""
     return Cache(layers=[GrowableLayer.stacked(a, b) for a, b in zip(top.layers, bottom.layers)])
+
+
+def cache_kwargs(model: torch.nn.Module, cache: Cache) -> dict[str, Cache]:
+    """``cache`` as the keyword argument ``model``'s forward takes it.
+
+    transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name is deprecated
+    there until 5.40); vLLM 0.32 caps transformers below 5.20, so synthd supports both names. An
+    unknown keyword is silently swallowed by forward's ``**kwargs`` and the model then runs without
+    a cache, so the name is read from the signature rather than guessed. A PEFT model forwards its
+    keyword arguments to its base model, whose signature decides.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {_cache_keyword(type(base)): cache}
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _empty_like(states: torch.Tensor, capacity: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from synthd.engine.native.kv_cache import GrowableLayer, new_cache, stack_caches
+from synthd.engine.native.kv_cache import GrowableLayer, cache_kwargs, new_cache, stack_caches
 from synthd.engine.native.scheduler import Sequence
 
 BASE_ADAPTER = "__base__"
@@ -57,7 +57,8 @@ class ModelRunner:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = new_cache(self.model.config.num_hidden_layers)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1,
+                         position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1,
+                         **cache_kwargs(self.model, cache),
                          **self._adapter_kwargs(group))
         self._merge(group, cache, mask.to(self.device))
         return out.logits[:, -1].float().cpu()
@@ -69,7 +70,7 @@ class ModelRunner:
         self._mask = torch.cat([self._mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], dim=1)
         positions = self._mask.sum(dim=1, keepdim=True) - 1
         out = self.model(input_ids=torch.tensor(self._last, device=self.device)[:, None], attention_mask=self._mask,
-                         position_ids=positions, cache=self._cache, use_cache=True,
+                         position_ids=positions, use_cache=True, **cache_kwargs(self.model, self._cache),
                          **self._adapter_kwargs(self.rows))
         return out.logits[:, -1].float().cpu()
 
