@@ -191,6 +191,8 @@ def test_warmup_creates_a_replica_on_the_named_node(server: ServerProcess) -> No
 
     status = wait_until(warmed, 180, "warmed")
     assert seen <= {"warming", "warmed"} and (status["gpu"], status["node"]) == ("A100-40GB:2", "a100-node")
+    elsewhere = httpx.get(f"{root}/warmup/status/{COPY}", headers={"X-GPU-Preference": "H100:8"}).json()
+    assert elsewhere["status"] == "cold"  # the status of the placements the header names
     assert replicas(server, COPY) == ["A100-40GB:2@a100-node/0,1 (warmed)"]
     wait_until(lambda: not replicas(server, COPY), 60, "unloaded after the idle timeout")
     assert wait_until(lambda: free_gpus("a100-node") == 2, 30, "freed on Ray")

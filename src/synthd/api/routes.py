@@ -184,9 +184,9 @@ async def warm_model(model: str, pool: Pool, body: WarmupRequest | None = None,
 
 @warmup.get("/warmup/status/{model:path}", response_model=WarmupStatus)
 @warmup.get("/v1/warmup/status/{model:path}", response_model=WarmupStatus, include_in_schema=False)
-async def warm_status(model: str, pool: Pool) -> WarmupStatus:
-    """Warmup state of a model: cold, warming, warmed or failed."""
-    return await warmup_status(pool, model)
+async def warm_status(model: str, pool: Pool, gpu: GPUHeader = None) -> WarmupStatus:
+    """Warmup state of a model: cold, warming, warmed or failed (on the GPUs X-GPU-Preference names)."""
+    return await warmup_status(pool, model, gpu)
 
 
 @ops.get("/health")

@@ -44,9 +44,10 @@ class ClusterDemo(Demo):
         root = self.server.root_url
         started = httpx.post(f"{root}/warmup/{MODEL}", json={"gpu_preference": "A100:2"}, timeout=60).json()
         self.console.print(f"  POST /warmup/{MODEL} {{gpu_preference: A100:2}} → {started}")
-        while (status := httpx.get(f"{root}/warmup/status/{MODEL}").json())["status"] == "warming":
+        on_a100 = {"X-GPU-Preference": "A100:2"}
+        while (status := httpx.get(f"{root}/warmup/status/{MODEL}", headers=on_a100).json())["status"] == "warming":
             time.sleep(0.3)
-        self.console.print(f"  GET /warmup/status → {status}")
+        self.console.print(f"  GET /warmup/status (X-GPU-Preference: A100:2) → {status}")
         return status["status"] == "warmed", f"{status['status']} on {status['gpu']} at node {status['node']}"
 
     def chat_on(self, preference: str) -> tuple[bool, str]:

@@ -211,11 +211,13 @@ class ModelPool:
             return await asyncio.to_thread(self.registry.base, ref.base_model), ref
         return await asyncio.to_thread(self.registry.base, model), None
 
-    def status(self, model_id: str) -> ModelStatus:
-        """The warmup state of a canonical model id (``cold`` when nothing is known of it)."""
+    def status(self, model_id: str, preference: GPUPreference = AUTO) -> ModelStatus:
+        """The warmup state of a canonical model id (``cold`` when nothing is known of it), over its
+        replicas on placements ``preference`` names (all of them for ``auto``)."""
         if is_fine_tune(model_id):
             return self._fine_tune_status(model_id)
-        replicas = self.replicas(model_id)
+        labels = {str(o) for o in preference.options}
+        replicas = [r for r in self.replicas(model_id) if preference.is_auto or r.placement.label in labels]
         best = next((r for state in (WarmupState.WARMED, WarmupState.WARMING, WarmupState.FAILED)
                      for r in replicas if r.state == state), None)
         if best is None:

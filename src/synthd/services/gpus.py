@@ -104,14 +104,15 @@ async def start_warmup(pool: ModelPool, model: str, body_preference: str | None,
     return WarmupResponse(status=outcome, model=status.model, gpu=status.gpu, node=status.node)
 
 
-async def warmup_status(pool: ModelPool, model: str) -> WarmupStatus:
-    """The model's warmup state.
+async def warmup_status(pool: ModelPool, model: str, header_preference: str | None = None) -> WarmupStatus:
+    """The model's warmup state, on the placements ``header_preference`` names (any when absent).
 
     Raises:
-        ModelNotFound: unknown model. InvalidRequest: malformed id.
+        ModelNotFound: unknown model. InvalidRequest: malformed id. GPUSpecError: a bad preference.
     """
+    preference = parse_gpu_preference(header_preference)
     source, adapter = await pool.resolve(model)
-    status = pool.status(adapter.model_id if adapter else source.model_id)
+    status = pool.status(adapter.model_id if adapter else source.model_id, preference)
     return WarmupStatus(model=status.model, status=status.state.value, gpu=status.gpu, node=status.node,
                         load_seconds=_round(status.load_seconds), error=status.error)
 
