@@ -290,7 +290,8 @@ def test_sft_job_from_the_form_draws_its_loss_curve(page: Page, sdk: openai.Open
     assert counts == sorted(counts), counts
 
     events = sdk.fine_tuning.jobs.list_events(job_id, limit=100).data
-    train = {e.data["step"]: e.data["train_loss"] for e in events if e.type == "metrics" and "total_steps" in e.data}
+    train = {e.data["step"]: e.data["train_loss"] for e in events
+             if e.type == "metrics" and "train_loss" in e.data and "total_steps" in e.data}
     valid = {e.data["step"]: e.data["valid_loss"] for e in events
              if e.type == "metrics" and "valid_loss" in e.data and "train_loss" not in e.data}
     checkpoints = sdk.fine_tuning.jobs.checkpoints.list(job_id).data

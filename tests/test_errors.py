@@ -124,7 +124,8 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
 @pytest.fixture(scope="module")
 def keyed_server(models_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("keyed")
-    with ServerProcess(["--api-key", "s3cret"], log_path=home / "server.log", env=server_env(home, models_dir)) as process:
+    with ServerProcess(["--api-key", "s3cret"], log_path=home / "server.log", env=server_env(home, models_dir),
+                       api_key="s3cret") as process:
         yield process
 
 

@@ -4,24 +4,20 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Typed settings; every field can be set as ``SYNTHD_<NAME>`` in the environment.
 
-    ``api_key`` is also read from ``SYNTH_API_KEY`` (the name the hosted Synth platform uses).
+    The server's admin key is an option of ``synthd serve`` (``--api-key``, from ``SYNTHD_API_KEY`` or
+    ``SYNTH_API_KEY``), not a setting.
     """
 
     model_config = SettingsConfigDict(env_prefix="SYNTHD_", extra="ignore")
 
     home: Path = Field(default=Path.home() / ".synthd", description="Root of all synthd data.")
-    api_key: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("SYNTHD_API_KEY", "SYNTH_API_KEY"),
-        description="When set, /v1 routes require 'Authorization: Bearer <api_key>'.",
-    )
     dtype: str = Field(default="auto", description="auto | bfloat16 | float32")
     max_num_seqs: int = Field(default=64, ge=1, description="Most sequences decoded in one batch.")
     max_model_len: int | None = Field(
@@ -41,6 +37,8 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in $SYNTHD_HOME.")
     max_file_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest upload accepted (413 beyond).")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest request body on any route "
+                                "but the upload (413 beyond, checked while the body is read).")
     max_concurrent_jobs: int = Field(default=1, ge=1, description="Fine-tuning jobs trained at once.")
     models_dir: Path | None = Field(default=None, description="Converted models; default $SYNTHD_HOME/models.")
     ray_address: str | None = Field(default=None, description="Ray cluster to serve and train on: 'auto', "

@@ -27,6 +27,14 @@ class InvalidRequest(SynthdError):
     """The request cannot be served as asked (bad or unsupported input): the caller must change it."""
 
 
+class Unauthenticated(SynthdError):
+    """The request carries no valid API key (missing, unknown or revoked)."""
+
+
+class PermissionDenied(SynthdError):
+    """The caller's key may see the object but not do this to it (a project key deleting an operator's model)."""
+
+
 class NotFound(SynthdError):
     """The named object (model, file, job, batch) does not exist, or is not visible to the caller."""
 

@@ -24,17 +24,21 @@ def free_port() -> int:
 class ServerProcess:
     """``with ServerProcess(args) as server:`` starts ``synthd serve`` and waits for ``/ready``.
 
-    ``server.base_url`` is ``http://127.0.0.1:PORT/v1``. The log goes to ``log_path``.
+    ``server.base_url`` is ``http://127.0.0.1:PORT/v1``. The log goes to ``log_path``. ``api_key``
+    is the key the readiness poll sends (``/ready`` needs one when the server has keys); by default
+    the server's own from ``env`` (``SYNTHD_API_KEY``, ``SYNTH_API_KEY``).
     """
 
     def __init__(self, args: list[str] | None = None, *, port: int = 0, log_path: Path | None = None,
-                 env: dict[str, str] | None = None, ready_timeout_s: float = 180.0, ready_path: str = "/ready") -> None:
+                 env: dict[str, str] | None = None, ready_timeout_s: float = 180.0, ready_path: str = "/ready",
+                 api_key: str | None = None) -> None:
         self.port = port or free_port()
         self.args = args or []
         self.log_path = log_path or Path(os.devnull)
         self.env = {**os.environ, **(env or {})}
         self.ready_timeout_s = ready_timeout_s
         self.ready_path = ready_path
+        self.api_key = api_key or self.env.get("SYNTHD_API_KEY") or self.env.get("SYNTH_API_KEY") or None
         self.process: subprocess.Popen | None = None
 
     @property
@@ -70,7 +74,8 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise ServerStartError(f"synthd serve exited with {self.process.returncode}: {self._tail()}")
             try:
-                if httpx.get(f"{self.root_url}{self.ready_path}", timeout=2).status_code == 200:
+                headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+                if httpx.get(f"{self.root_url}{self.ready_path}", headers=headers, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

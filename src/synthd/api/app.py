@@ -1,4 +1,7 @@
-"""The FastAPI application: wiring of the model pool, services, metrics, auth and error handling."""
+"""The FastAPI application: wiring of the model pool, services, metrics, auth, limits and error handling.
+
+Every request passes, outermost first: the Host check, authentication and rate limits (headers
+only), the body-size cap (counted while read), the request counter, then FastAPI's routing."""
 
 import asyncio
 import logging
@@ -11,10 +14,14 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthd import __version__
+from synthd.api.auth import AuthMiddleware
+from synthd.api.console import PUBLIC_PAGES
 from synthd.api.console import router as console_router
 from synthd.api.errors import install_error_handlers
 from synthd.api.ft_routes import router as ft_router
+from synthd.api.limits import UPLOAD_ENVELOPE_BYTES, BodyLimitMiddleware, HostCheckMiddleware, SecurityConfig
 from synthd.api.metrics import ServingMetrics
+from synthd.api.openapi import install_openapi
 from synthd.api.routes import ops, v1, warmup
 from synthd.engine.config import EngineConfig, pick_dtype
 from synthd.gpus.inventory import build_inventory
@@ -26,9 +33,13 @@ from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelSource
 from synthd.services.chat import OpenAIServing, RequestRecord
 from synthd.services.fine_tuning import FineTuningService
+from synthd.services.keys import KeyService
 from synthd.services.models import ModelsService
+from synthd.services.projects import ModelAccess
+from synthd.services.rate_limits import RateLimiter
 from synthd.services.usage import UsageTally
 from synthd.store.db import open_database
+from synthd.store.keys import KeyStore
 from synthd.store.repository import Repository
 from synthd.training.scheduler import JobScheduler
 
@@ -72,16 +83,30 @@ class Components:
     cluster: "ClusterParts | None" = None
 
 
-def create_app(parts: Components, *, api_key: str | None = None, max_file_bytes: int = 512 * 1024 * 1024) -> FastAPI:
+def create_app(parts: Components, *, api_key: str | None = None, security: SecurityConfig | None = None) -> FastAPI:
     """Build the app. The served models are warmed up at start-up in the background (``/ready``
     says when); any other servable model loads on its first request or warmup. The fine-tuning
-    scheduler recovers interrupted jobs and then runs the queue."""
+    scheduler recovers interrupted jobs and then runs the queue.
+
+    Args:
+        api_key: the server's admin key (``--api-key``); with it, or once any key exists in the
+            store (``synthd keys create``), every route but ``/health`` needs a key.
+        security: Host names, body caps, public metrics (default: loopback names, 8 MiB).
+
+    Raises:
+        InvalidRequest: ``api_key`` is an empty string.
+    """
     pool, metrics = parts.pool, parts.metrics
+    security = security or SecurityConfig()
     usage = UsageTally()
+    keys = KeyService(KeyStore(parts.repo.sessions), api_key)
+    limiter = RateLimiter()
+    access = ModelAccess(parts.repo)
 
     def on_request(record: RequestRecord) -> None:
         metrics.observe_request(record)
         usage.record(record)
+        limiter.record_tokens(record.key_id, record.prompt_tokens + record.completion_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -114,12 +139,13 @@ def create_app(parts: Components, *, api_key: str | None = None, max_file_bytes:
 
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
     app.state.pool = pool
-    app.state.serving = OpenAIServing(pool, on_request)
+    app.state.serving = OpenAIServing(pool, on_request, access)
     app.state.fine_tuning = FineTuningService(parts.repo, pool.registry, pool.planner)
-    app.state.models = ModelsService(pool, parts.repo, usage)
-    app.state.max_file_bytes = max_file_bytes
+    app.state.models = ModelsService(pool, parts.repo, usage, access)
+    app.state.access = access
+    app.state.keys = keys
+    app.state.max_file_bytes = security.max_file_bytes
     app.state.metrics = metrics
-    app.state.api_key = api_key
     app.state.ready = False
     install_error_handlers(app)
     app.include_router(v1)
@@ -127,7 +153,13 @@ def create_app(parts: Components, *, api_key: str | None = None, max_file_bytes:
     app.include_router(ft_router)
     app.include_router(ops)
     app.include_router(console_router)
+    install_openapi(app, security.public_paths)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=security.max_body_bytes,
+                       max_upload_bytes=security.max_file_bytes + UPLOAD_ENVELOPE_BYTES)
+    app.add_middleware(AuthMiddleware, keys=keys, limiter=limiter, public_paths=security.public_paths,
+                       public_pages=PUBLIC_PAGES)
+    app.add_middleware(HostCheckMiddleware, allowed_hosts=security.allowed_hosts)
     return app
 
 
@@ -180,10 +212,14 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", ray
     return Components(pool, repo, scheduler, ServingMetrics(), [s.model_id for s in served], cluster)
 
 
-def build_app(served: list[ModelSource], api_key: str | None = None, engine_kind: str = "native",
-              ray_address: str | None = None, **engine_options) -> FastAPI:
-    """``create_app`` over ``build_components`` with the settings' upload limit."""
+def build_app(served: list[ModelSource], api_key: str | None = None, engine_kind: str = "native", *,
+              security: SecurityConfig | None = None, ray_address: str | None = None, **engine_options) -> FastAPI:
+    """``create_app`` over ``build_components`` (on the Ray cluster at ``ray_address``, if any);
+    ``security`` defaults to loopback names and the settings' body and upload caps."""
     from synthd.config import get_settings
 
+    settings = get_settings()
+    security = security or SecurityConfig(max_body_bytes=settings.max_body_bytes,
+                                          max_file_bytes=settings.max_file_bytes)
     return create_app(build_components(served, engine_kind, ray_address, **engine_options), api_key=api_key,
-                      max_file_bytes=get_settings().max_file_bytes)
+                      security=security)

@@ -3,24 +3,28 @@
 
 The pages are shells: the browser fetches everything from the public JSON API (``/v1/...``,
 ``/warmup/...``) with the user's key, so the console never sees more than the key allows. Pages
-themselves carry no data and need no key.
+themselves carry no data and need no key (``PUBLIC_PAGES``, which the auth middleware lets through).
 """
 
+import asyncio
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
 from synthd import __version__
-from synthd.api.auth import require_api_key
+from synthd.api.errors import COMMON_ERRORS
 from synthd.api.ft_routes import read_upload
 from synthd.training.data import DataFormatError, load_jsonl
 
 CONSOLE_DIR = Path(__file__).resolve().parents[1] / "console"
+PUBLIC_PAGES = re.compile(r"/(models|playground|fine-tuning(/[^/]+)?|gpus|static/.+)?")
+"""The pages and their static files (full match of the path), served without a key."""
 
 templates = Jinja2Templates(directory=CONSOLE_DIR / "templates")
 router = APIRouter()
@@ -79,7 +83,7 @@ class FileCheck(BaseModel):
     problems: list[str] = []
 
 
-@router.post("/console/validate-file", response_model=FileCheck, dependencies=[Depends(require_api_key)])
+@router.post("/console/validate-file", response_model=FileCheck, responses=COMMON_ERRORS)
 async def validate_file(request: Request, file: Annotated[UploadFile, File()],
                         method: Annotated[Literal["supervised", "dpo"], Form()]) -> FileCheck:
     """Check a fine-tuning JSONL file as a job would (``synthd.training.data.load_jsonl``), without
@@ -90,7 +94,7 @@ async def validate_file(request: Request, file: Annotated[UploadFile, File()],
     """
     content = await read_upload(request, file)
     try:
-        dataset = load_jsonl(content, method)
+        dataset = await asyncio.to_thread(load_jsonl, content, method)  # parsing a large file: off the loop
     except DataFormatError as exc:
         return FileCheck(valid=False, method=method, problems=str(exc).split("; "))
     return FileCheck(valid=True, method=method, examples=len(dataset.rows))

@@ -9,6 +9,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from synthd.errors import (
@@ -17,13 +18,17 @@ from synthd.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    PermissionDenied,
     ServerFault,
     SynthdError,
     TooManyRequests,
+    Unauthenticated,
 )
 
 STATUS_BY_KIND: tuple[tuple[type[SynthdError], int, str], ...] = (
     (InvalidRequest, 400, "invalid_request_error"),
+    (Unauthenticated, 401, "authentication_error"),
+    (PermissionDenied, 403, "permission_error"),
     (NotFound, 404, "not_found_error"),
     (Conflict, 409, "invalid_request_error"),
     (PayloadTooLarge, 413, "invalid_request_error"),
@@ -34,6 +39,44 @@ STATUS_BY_KIND: tuple[tuple[type[SynthdError], int, str], ...] = (
 """Domain error kind → HTTP status and OpenAI error ``type``; the first matching kind wins."""
 
 log = logging.getLogger(__name__)
+
+
+class ErrorObject(BaseModel):
+    """OpenAI's error object."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope, the body of every 4xx and 5xx answer."""
+
+    error: ErrorObject
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid or unsupported request (the field is named in `param`).",
+    401: "Missing, unknown or revoked API key.",
+    403: "The key may not do this.",
+    404: "No such object, or not visible to this key's project.",
+    409: "The object's state forbids the action.",
+    413: "The request body or file is larger than the server accepts.",
+    429: "Rate limit or a full queue: retry after `Retry-After` seconds.",
+    500: "The server failed while serving the request.",
+    503: "Temporarily unable to serve (loading, overloaded or shutting down).",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses=`` entries documenting ``statuses`` with the envelope's schema."""
+    return {status: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+COMMON_ERRORS = error_responses(400, 401, 413, 429, 500)
+"""What any authenticated route can answer: bad input, no key, a body over the cap, a rate limit,
+an unexpected failure."""
 
 
 class APIError(Exception):
@@ -92,9 +135,17 @@ def domain_error(exc: SynthdError) -> APIError:
     status, kind = next(((status, kind) for cls, status, kind in STATUS_BY_KIND if isinstance(exc, cls)),
                         (500, "server_error"))
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
-    if status in (400, 404, 409, 413):  # retrying cannot help: tell clients that follow openai-python's rules
+    if status in (400, 401, 403, 404, 409, 413):  # retrying cannot help: tell clients that follow openai-python's rules
         headers = {**(headers or {}), "x-should-retry": "false"}
     return APIError(status, exc.message, type=kind, param=exc.param, code=exc.code, headers=headers)
+
+
+def error_response(exc: SynthdError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The envelope response for ``exc`` (used by the ASGI middlewares, which answer before FastAPI's
+    handlers run), with extra ``headers``."""
+    mapped = domain_error(exc)
+    return JSONResponse(mapped.body(), status_code=mapped.status_code, headers={**(mapped.headers or {}),
+                                                                                  **(headers or {})})
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
-from synthd.api.auth import require_api_key
-from synthd.api.errors import domain_error
+from synthd.api.auth import CallerPrincipal
+from synthd.api.errors import COMMON_ERRORS, domain_error, error_responses
 from synthd.api.metrics import ServingMetrics
 from synthd.errors import SynthdError
 from synthd.models.pool import ModelPool
@@ -27,14 +27,20 @@ from synthd.protocol.openai import ChatCompletionRequest, CompletionRequest, Mod
 from synthd.services.chat import OpenAIServing, PreparedRequest, sse
 from synthd.services.gpus import gpu_report, start_warmup, validate_on_pool, warmup_status
 from synthd.services.models import ModelsService
+from synthd.services.projects import ModelAccess
 
 T = TypeVar("T")
 GPU_HEADER = "X-GPU-Preference"
 SELECTED_HEADER = "X-GPU-Selected"
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-warmup = APIRouter(dependencies=[Depends(require_api_key)])
+v1 = APIRouter(prefix="/v1", responses=COMMON_ERRORS)
+warmup = APIRouter(responses=COMMON_ERRORS)
 ops = APIRouter()
+LOADING = error_responses(404, 409, 503)
+"""A route that may load a model: unknown or hidden model, a GPU preference that cannot be met, a
+busy or overloaded pool."""
+GENERATION = {200: {"description": "A JSON object, or server-sent events when `stream` is true.",
+                    "content": {"text/event-stream": {}}}, **LOADING}
 
 
 def get_serving(request: Request) -> OpenAIServing:
@@ -57,10 +63,16 @@ def get_metrics(request: Request) -> ServingMetrics:
     return request.app.state.metrics
 
 
+def get_access(request: Request) -> ModelAccess:
+    """The app's ``ModelAccess``."""
+    return request.app.state.access
+
+
 Serving = Annotated[OpenAIServing, Depends(get_serving)]
 Pool = Annotated[ModelPool, Depends(get_pool)]
 Models = Annotated[ModelsService, Depends(get_models)]
 Metrics = Annotated[ServingMetrics, Depends(get_metrics)]
+Access = Annotated[ModelAccess, Depends(get_access)]
 GPUHeader = Annotated[str | None, Header(alias=GPU_HEADER)]
 
 
@@ -121,41 +133,41 @@ async def json_reply(request: Request, prepared: PreparedRequest, work: Awaitabl
 
 
 @v1.get("/models", response_model=ModelList)
-async def list_models(models: Models) -> ModelList:
+async def list_models(models: Models, principal: CallerPrincipal) -> ModelList:
     """List every servable model with its warmup status; fine-tunes after their base."""
-    return await models.list()
+    return await models.list(principal)
 
 
-@v1.get("/models/{model_id:path}", response_model=ModelCard)
-async def retrieve_model(model_id: str, models: Models) -> ModelCard:
+@v1.get("/models/{model_id:path}", response_model=ModelCard, responses=error_responses(404))
+async def retrieve_model(model_id: str, models: Models, principal: CallerPrincipal) -> ModelCard:
     """Retrieve one model; ids may contain '/'."""
-    return await models.retrieve(model_id)
+    return await models.retrieve(model_id, principal)
 
 
-@v1.delete("/models/{model_id:path}")
-async def delete_model(model_id: str, models: Models) -> dict:
+@v1.delete("/models/{model_id:path}", responses=error_responses(403, 404, 409))
+async def delete_model(model_id: str, models: Models, principal: CallerPrincipal) -> dict:
     """Delete a fine-tuned model; requests already running on it finish first."""
-    return await models.delete(model_id)
+    return await models.delete(model_id, principal)
 
 
-@v1.post("/chat/completions", response_model=None)
+@v1.post("/chat/completions", response_model=None, responses=GENERATION)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, serving: Serving,
-                                 gpu: GPUHeader = None) -> Response:
+                                 principal: CallerPrincipal, gpu: GPUHeader = None) -> Response:
     """Create a chat completion (streamed as SSE when ``stream`` is true)."""
     request.state.model_name = body.model
-    prepared = await until_disconnected(request, serving.prepare_chat(body, gpu))
+    prepared = await until_disconnected(request, serving.prepare_chat(body, gpu, principal))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return LeasedStreamingResponse(serving.chat_stream(prepared, include_usage), prepared)
     return await json_reply(request, prepared, serving.chat(prepared))
 
 
-@v1.post("/completions", response_model=None)
+@v1.post("/completions", response_model=None, responses=GENERATION)
 async def create_completion(body: CompletionRequest, request: Request, serving: Serving,
-                            gpu: GPUHeader = None) -> Response:
+                            principal: CallerPrincipal, gpu: GPUHeader = None) -> Response:
     """Create a text completion (streamed as SSE when ``stream`` is true)."""
     request.state.model_name = body.model
-    prepared = await until_disconnected(request, serving.prepare_completion(body, gpu))
+    prepared = await until_disconnected(request, serving.prepare_completion(body, gpu, principal))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return LeasedStreamingResponse(serving.completion_stream(prepared, include_usage), prepared)
@@ -168,24 +180,29 @@ async def list_gpus(pool: Pool) -> GPUReport:
     return gpu_report(pool)
 
 
-@v1.post("/gpus/validate", response_model=GPUValidateResponse)
-async def validate_gpus(body: GPUValidateRequest, pool: Pool) -> GPUValidateResponse:
+@v1.post("/gpus/validate", response_model=GPUValidateResponse, responses=error_responses(404))
+async def validate_gpus(body: GPUValidateRequest, pool: Pool, access: Access,
+                        principal: CallerPrincipal) -> GPUValidateResponse:
     """Check a GPU preference for a model and purpose without loading anything."""
+    await access.check(principal, body.model)
     return await validate_on_pool(pool, body)
 
 
-@warmup.post("/warmup/{model:path}", response_model=WarmupResponse)
+@warmup.post("/warmup/{model:path}", response_model=WarmupResponse, responses=LOADING)
 @warmup.post("/v1/warmup/{model:path}", response_model=WarmupResponse, include_in_schema=False)
-async def warm_model(model: str, pool: Pool, body: WarmupRequest | None = None,
-                     gpu: GPUHeader = None) -> WarmupResponse:
+async def warm_model(model: str, pool: Pool, access: Access, principal: CallerPrincipal,
+                     body: WarmupRequest | None = None, gpu: GPUHeader = None) -> WarmupResponse:
     """Start loading a model in the background, on the preferred GPU."""
+    await access.check(principal, model)
     return await start_warmup(pool, model, body.gpu_preference if body else None, gpu)
 
 
-@warmup.get("/warmup/status/{model:path}", response_model=WarmupStatus)
+@warmup.get("/warmup/status/{model:path}", response_model=WarmupStatus, responses=error_responses(404))
 @warmup.get("/v1/warmup/status/{model:path}", response_model=WarmupStatus, include_in_schema=False)
-async def warm_status(model: str, pool: Pool, gpu: GPUHeader = None) -> WarmupStatus:
+async def warm_status(model: str, pool: Pool, access: Access, principal: CallerPrincipal,
+                      gpu: GPUHeader = None) -> WarmupStatus:
     """Warmup state of a model: cold, warming, warmed or failed (on the GPUs X-GPU-Preference names)."""
+    await access.check(principal, model)
     return await warmup_status(pool, model, gpu)
 
 
@@ -195,7 +212,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@ops.get("/ready")
+@ops.get("/ready", responses={503: {"description": "Still loading the served models."}, **error_responses(401, 500)})
 async def ready(request: Request, pool: Pool) -> JSONResponse:
     """Readiness: 200 once the served models are loaded, else 503."""
     models = sorted({r.model_id for r in pool.replicas() if r.engine is not None})
@@ -204,7 +221,8 @@ async def ready(request: Request, pool: Pool) -> JSONResponse:
                         status_code=200 if is_ready else 503)
 
 
-@ops.get("/metrics")
+@ops.get("/metrics", responses={200: {"description": "Prometheus' text format.", "content": {"text/plain": {}}},
+                                 **error_responses(401, 500)})
 async def metrics(metrics: Metrics, pool: Pool) -> Response:
     """Prometheus metrics."""
     metrics.refresh(pool)

@@ -9,6 +9,7 @@ from synthd.cli.demo import demo
 from synthd.cli.eval import eval_
 from synthd.cli.ft import files_app, ft_app
 from synthd.cli.gpus import gpus_app
+from synthd.cli.keys import keys_app
 from synthd.cli.models import models_app
 from synthd.cli.serve import serve
 from synthd.cli.warmup import warmup
@@ -19,6 +20,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(files_app, name="files")
 app.add_typer(ft_app, name="ft")
 app.add_typer(gpus_app, name="gpus")
+app.add_typer(keys_app, name="keys")
 app.command()(serve)
 app.command()(chat)
 app.command()(bench)

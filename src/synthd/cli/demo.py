@@ -143,7 +143,7 @@ class Demo:
         seen = 0
         while (job := self.client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
             events = self.client.fine_tuning.jobs.list_events(job.id, limit=5).data
-            step = next((e.data for e in events if e.data and "total_steps" in e.data), None)
+            step = next((e.data for e in events if e.data and "train_loss" in e.data and "total_steps" in e.data), None)
             if step and step["step"] != seen:
                 seen = step["step"]
                 self.console.print(f"  step {step['step']}/{step['total_steps']} loss {step['train_loss']:.3f}", highlight=False)

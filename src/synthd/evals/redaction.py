@@ -3,9 +3,9 @@
 A reason can quote a provider's error message ("Incorrect API key provided: sk-...") or the last
 line of a traceback, and reports get shared. Replaced with :data:`REDACTED`, in this order:
 
-1. the value of every environment variable of this process whose name ends in one of
-   :data:`SECRET_NAME_SUFFIXES` (``OPENAI_API_KEY``, ``HF_TOKEN``, ``AWS_SECRET``…) and whose
-   value has at least :data:`MIN_SECRET_CHARS` characters;
+1. the value of every environment variable of this process whose name says it holds a secret
+   (``synthd.environ.is_secret_name``: ``OPENAI_API_KEY``, ``HF_TOKEN``, ``AWS_SECRET``…) and
+   whose value has at least :data:`MIN_SECRET_CHARS` characters;
 2. well-known key formats: OpenAI (``sk-``, ``sk-proj-``), Anthropic (``sk-ant-``), GitHub
    (``ghp_``, ``github_pat_``…), Hugging Face (``hf_``), Slack (``xox?-``), AWS access key ids
    (``AKIA``), Google API keys (``AIza``); the token after ``Bearer`` / ``Basic``;
@@ -21,9 +21,9 @@ import os
 import re
 from collections.abc import Mapping
 
-REDACTED = "[REDACTED]"
+from synthd.environ import is_secret_name
 
-SECRET_NAME_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
+REDACTED = "[REDACTED]"
 
 MIN_SECRET_CHARS = 8
 """Shorter variable values (``1``, ``true``) are not redacted: they would match everywhere."""
@@ -48,7 +48,7 @@ def redact_secrets(text: str, environ: Mapping[str, str] | None = None) -> str:
     docstring); ``environ`` defaults to ``os.environ``."""
     environment = os.environ if environ is None else environ
     values = {value for name, value in environment.items()
-              if name.upper().endswith(SECRET_NAME_SUFFIXES) and len(value) >= MIN_SECRET_CHARS}
+              if is_secret_name(name) and len(value) >= MIN_SECRET_CHARS}
     for value in sorted(values, key=len, reverse=True):  # a longer value may contain a shorter one
         text = text.replace(value, REDACTED)
     text = _KEY_FORMATS.sub(REDACTED, text)

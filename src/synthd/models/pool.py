@@ -251,8 +251,14 @@ class ModelPool:
         """
         source, adapter = await self.resolve(model)
         replica = self._find(source.model_id, preference) or await self._start(source, preference)
+        if adapter is not None and adapter.model_id in self._retired:
+            raise ModelNotFound(f"The model '{adapter.model_id}' does not exist.")
+        # Both leases are taken here, with no await since the retired check: a delete from now on
+        # waits for this request before its adapter is unloaded and its folder removed.
         self._scale_out(source, replica)
         replica.leases += 1
+        if adapter is not None:
+            self._adapter_leases[adapter.model_id] = self._adapter_leases.get(adapter.model_id, 0) + 1
         lease = Lease(replica, adapter.model_id if adapter else source.model_id,
                       LoRARef(adapter.model_id, adapter.path) if adapter else None, self._release)
         try:
@@ -262,11 +268,7 @@ class ModelPool:
                 raise ModelLoadFailed(source.model_id, replica.error or "unknown error")
             if adapter is not None:
                 await self._check_adapter(adapter, source)
-                if adapter.model_id in self._retired:
-                    raise ModelNotFound(f"The model '{adapter.model_id}' does not exist.")
-                self._adapter_leases[adapter.model_id] = self._adapter_leases.get(adapter.model_id, 0) + 1
         except BaseException:
-            lease.lora = None
             lease.release()
             raise
         return lease
@@ -398,7 +400,10 @@ class ModelPool:
     async def _check_adapter(self, adapter: AdapterRef, source: ModelSource) -> None:
         key = (adapter.model_id, str(adapter.path), str(source.path))
         if key not in self._checked_adapters:
-            await asyncio.to_thread(check_adapter, adapter.path, source.path)
+            try:
+                await asyncio.to_thread(check_adapter, adapter.path, source.path)
+            except OSError as exc:  # the folder went away or is unreadable
+                raise ModelLoadFailed(adapter.model_id, f"its adapter folder cannot be read ({exc})") from None
             self._checked_adapters.add(key)
 
     # --- release, retire, evict --------------------------------------------------------------------

@@ -38,6 +38,7 @@ from synthd.protocol.openai import (
     Usage,
 )
 from synthd.protocol.openai import TokenLogprob as WireTokenLogprob
+from synthd.services.projects import OPERATOR, ModelAccess, Principal
 from synthd.services.tool_calls import ToolMode, forced_name, parse_tool_calls, template_messages, tool_schema
 
 
@@ -53,8 +54,9 @@ class ChoiceResult:
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """What one finished request reports to metrics: token counts, ``finish_reason`` (of its last
-    choice, or ``abort``), ``n`` choices, and ``time.perf_counter()`` times."""
+    """What one finished request reports to metrics and rate limits: token counts, ``finish_reason``
+    (of its last choice, or ``abort``), ``n`` choices, ``time.perf_counter()`` times, and the API
+    key that asked (None: the server's own key, or auth off)."""
 
     model: str
     prompt_tokens: int
@@ -66,6 +68,7 @@ class RequestRecord:
     first_token_s: float | None
     finished_s: float
     max_choice_tokens: int
+    key_id: str | None = None
 
 
 RequestObserver = Callable[[RequestRecord], None]
@@ -83,6 +86,7 @@ class PreparedRequest:
     guide: Guide | None = None
     tool_mode: ToolMode | None = None
     tool_name: str | None = None
+    key_id: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     arrival_s: float = field(default_factory=time.perf_counter)
 
@@ -111,25 +115,33 @@ class OpenAIServing:
     """Serves ``/v1/chat/completions`` and ``/v1/completions`` from a ``ModelPool``.
 
     Args:
-        pool: the model pool. on_request: called once per finished request (metrics).
+        pool: the model pool. on_request: called once per finished request (metrics, token limits).
+        access: which ``ft:`` models each caller may use (None: every model to everyone).
     """
 
-    def __init__(self, pool: ModelPool, on_request: RequestObserver | None = None) -> None:
+    def __init__(self, pool: ModelPool, on_request: RequestObserver | None = None,
+                 access: ModelAccess | None = None) -> None:
         self.pool = pool
         self.on_request = on_request
+        self.access = access
 
     @staticmethod
     def fingerprint(prepared: PreparedRequest) -> str:
         """``system_fingerprint``: synthd version, the devices used (placement, node) and the dtype."""
         return f"synthd-{__version__}-{prepared.gpu}-{prepared.lease.engine.dtype}"
 
-    async def _lease(self, model: str, body_preference: str | None, header_preference: str | None) -> Lease:
-        """The model leased on a placement meeting the GPU preference (the body's wins over the header's)."""
+    async def _lease(self, model: str, body_preference: str | None, header_preference: str | None,
+                     principal: Principal) -> Lease:
+        """The model leased on a placement meeting the GPU preference (the body's wins over the
+        header's), if ``principal`` may use it (else ``ModelNotFound``, as for an unknown id)."""
         preference = parse_gpu_preference(body_preference if body_preference is not None else header_preference)
+        if self.access is not None:
+            await self.access.check(principal, model)
         return await self.pool.acquire(model, preference)
 
     # --- chat completions -----------------------------------------------------------------------
-    async def prepare_chat(self, request: ChatCompletionRequest, header_preference: str | None = None) -> PreparedRequest:
+    async def prepare_chat(self, request: ChatCompletionRequest, header_preference: str | None = None,
+                           principal: Principal = OPERATOR) -> PreparedRequest:
         """Lease the model (loading it if cold), render and tokenize the messages, check the guide.
 
         Raises:
@@ -140,7 +152,7 @@ class OpenAIServing:
             raise InvalidRequest("tool_choice 'auto' needs a tool-call parser for the model's own format, which "
                                  "synthd does not have: use 'required', a named function, or 'none'",
                                  param="tool_choice")
-        lease = await self._lease(request.model, request.gpu_preference, header_preference)
+        lease = await self._lease(request.model, request.gpu_preference, header_preference, principal)
         try:
             engine = lease.engine
             messages = template_messages(request.messages, engine.tokenizer.chat_template)
@@ -159,6 +171,7 @@ class OpenAIServing:
                                      request.logprobs_count())
             prepared.guide = guide
             prepared.tool_mode, prepared.tool_name = request.forced_tool_mode(), forced_name(request)
+            prepared.key_id = principal.key_id
             return prepared
         except BaseException:
             lease.release()
@@ -239,20 +252,23 @@ class OpenAIServing:
             for lp in logprobs])
 
     # --- completions ------------------------------------------------------------------------------
-    async def prepare_completion(self, request: CompletionRequest, header_preference: str | None = None) -> PreparedRequest:
+    async def prepare_completion(self, request: CompletionRequest, header_preference: str | None = None,
+                                 principal: Principal = OPERATOR) -> PreparedRequest:
         """Lease the model (loading it if cold) and tokenize the prompts.
 
         Raises:
             InvalidRequest: empty prompt, ``context_length_exceeded``, a bad logit bias; the errors of
                 ``ModelPool.acquire``.
         """
-        lease = await self._lease(request.model, request.gpu_preference, header_preference)
+        lease = await self._lease(request.model, request.gpu_preference, header_preference, principal)
         try:
             prompts = await asyncio.to_thread(lambda: [lease.engine.encode(text) for text in request.prompts()])
             if any(not ids for ids in prompts):
                 raise InvalidRequest("The prompt must not be empty.", param="prompt")
-            return self._prepare(lease, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl",
-                                 request.logprobs)
+            prepared = self._prepare(lease, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl",
+                                     request.logprobs)
+            prepared.key_id = principal.key_id
+            return prepared
         except BaseException:
             lease.release()
             raise
@@ -397,4 +413,5 @@ class OpenAIServing:
                     completion_tokens=sum(r.completion_tokens for r in results),
                     finish_reason=finish_reason if pending == 0 else "abort", n=len(results),
                     arrival_s=prepared.arrival_s, scheduled_s=scheduled_s, first_token_s=first_token_s,
-                    finished_s=time.perf_counter(), max_choice_tokens=max(r.completion_tokens for r in results)))
+                    finished_s=time.perf_counter(), max_choice_tokens=max(r.completion_tokens for r in results),
+                    key_id=prepared.key_id))

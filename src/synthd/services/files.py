@@ -15,6 +15,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from synthd.errors import InvalidRequest, NotFound, PayloadTooLarge
 from synthd.protocol.fine_tuning import FileObject
+from synthd.services.projects import OPERATOR, Principal, visible_or_raise
 from synthd.store.files import Upload
 from synthd.store.models import FileRecord
 from synthd.store.repository import Repository
@@ -130,8 +131,10 @@ class FilesService:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
 
-    async def upload(self, content_type: str | None, body: AsyncIterator[bytes], limit_bytes: int) -> FileObject:
-        """Stream a multipart upload (``file``, ``purpose``) to disk and record it.
+    async def upload(self, content_type: str | None, body: AsyncIterator[bytes], limit_bytes: int,
+                     principal: Principal = OPERATOR) -> FileObject:
+        """Stream a multipart upload (``file``, ``purpose``) to disk and record it, owned by
+        ``principal``'s project.
 
         Raises:
             InvalidRequest: bad purpose, no file, malformed body. PayloadTooLarge: over ``limit_bytes``.
@@ -148,28 +151,26 @@ class FilesService:
                                      param="purpose")
             if form.filename is None:
                 raise InvalidRequest("No file: send it as the multipart field 'file'.", param="file")
-            record = await asyncio.to_thread(self.repo.commit_upload, upload, form.filename, purpose)
+            record = await asyncio.to_thread(self.repo.commit_upload, upload, form.filename, purpose,
+                                             principal.project)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(upload.abort))
             raise
         return file_object(record)
 
-    def list(self, purpose: str | None) -> list[FileObject]:
-        """Files, newest first."""
-        return [file_object(r) for r in self.repo.list_files(purpose)]
+    def list(self, purpose: str | None, principal: Principal = OPERATOR) -> list[FileObject]:
+        """Files ``principal`` may see, newest first."""
+        return [file_object(r) for r in self.repo.list_files(purpose, principal.scope)]
 
-    def get(self, file_id: str) -> FileRecord:
-        """A file record. Raises NotFound."""
-        record = self.repo.get_file(file_id)
-        if record is None:
-            raise file_not_found(file_id)
-        return record
+    def get(self, file_id: str, principal: Principal = OPERATOR) -> FileRecord:
+        """A file record ``principal`` may see. Raises NotFound."""
+        return visible_or_raise(self.repo.get_file(file_id), principal, file_not_found(file_id))
 
-    def content_path(self, file_id: str) -> Path:
+    def content_path(self, file_id: str, principal: Principal = OPERATOR) -> Path:
         """Where a file's bytes are. Raises NotFound."""
-        return Path(self.get(file_id).path)
+        return Path(self.get(file_id, principal).path)
 
-    def delete(self, file_id: str) -> None:
+    def delete(self, file_id: str, principal: Principal = OPERATOR) -> None:
         """Delete a file and its bytes. Raises NotFound."""
-        if not self.repo.delete_file(file_id):
+        if not self.repo.delete_file(self.get(file_id, principal).id):
             raise file_not_found(file_id)

@@ -31,6 +31,7 @@ from synthd.protocol.fine_tuning import (
     LoRAIn,
 )
 from synthd.services.files import FilesService
+from synthd.services.projects import OPERATOR, ModelAccess, Principal, visible_or_raise
 from synthd.store.models import ACTIVE, JobRecord, JobStatus
 from synthd.store.repository import Repository, new_id, now
 from synthd.training.config import DEFAULT_N_CHECKPOINTS, DEFAULT_TARGET_MODULES, LoRASettings
@@ -73,8 +74,9 @@ class FineTuningService:
         self.planner = planner
         self.files = FilesService(repo)
 
-    def create_job(self, body: FineTuningJobCreate) -> FineTuningJob:
-        """Validate references and settings, then store the job as ``validating_files``.
+    def create_job(self, body: FineTuningJobCreate, principal: Principal = OPERATOR) -> FineTuningJob:
+        """Validate references and settings, then store the job as ``validating_files``, owned by
+        ``principal``'s project (its files and ``from_checkpoint`` must be visible to it).
 
         Raises:
             InvalidRequest: unknown base model, unknown or wrong-purpose file, conflicting method
@@ -85,7 +87,7 @@ class FineTuningService:
         source = body.from_checkpoint or (body.model if is_fine_tune(body.model) else None)
         init_adapter, lora = None, None
         if source is not None:
-            origin, init_adapter, source = self._checkpoint(source)
+            origin, init_adapter, source = self._checkpoint(source, principal)
             if is_fine_tune(body.model) and body.model != source:
                 raise _invalid("Give the model to continue either as 'model' or as 'from_checkpoint', not both.", "model")
             if not is_fine_tune(body.model) and self.registry.canonical(body.model) != origin:
@@ -107,7 +109,7 @@ class FineTuningService:
             if file_id is None:
                 continue
             record = self.repo.get_file(file_id)
-            if record is None:
+            if record is None or not principal.can_see(record.project):
                 raise _invalid(f"No file with id '{file_id}'.", param, "file_not_found")
             if record.purpose != FINE_TUNE_PURPOSE:
                 raise _invalid(f"File '{file_id}' has purpose '{record.purpose}'; fine-tuning needs "
@@ -133,41 +135,42 @@ class FineTuningService:
             model_path=str(source_model.path),
             integrations=[i.model_dump(exclude_none=True) for i in body.integrations] if body.integrations else None,
             from_checkpoint=source, init_adapter=init_adapter, n_checkpoints=body.n_checkpoints or DEFAULT_N_CHECKPOINTS,
-            n_evals=body.n_evals,
+            n_evals=body.n_evals, project=principal.project,
         )
         return job_object(self.repo.add_job(job))
 
-    def get_job(self, job_id: str) -> FineTuningJob:
-        """A job. Raises NotFound."""
-        return job_object(self._job(job_id))
+    def get_job(self, job_id: str, principal: Principal = OPERATOR) -> FineTuningJob:
+        """A job ``principal`` may see. Raises NotFound."""
+        return job_object(self._job(job_id, principal))
 
-    def list_jobs(self, after: str | None, limit: int) -> tuple[list[FineTuningJob], bool]:
-        """A page of jobs, newest first."""
-        jobs, more = self.repo.list_jobs(after, limit)
+    def list_jobs(self, after: str | None, limit: int,
+                  principal: Principal = OPERATOR) -> tuple[list[FineTuningJob], bool]:
+        """A page of the jobs ``principal`` may see, newest first."""
+        jobs, more = self.repo.list_jobs(after, limit, project=principal.scope)
         return [job_object(j) for j in jobs], more
 
-    async def cancel_job(self, job_id: str) -> FineTuningJob:
+    async def cancel_job(self, job_id: str, principal: Principal = OPERATOR) -> FineTuningJob:
         """Ask the scheduler to cancel: a running job stops at its next step. Waits up to
         ``REQUEST_WAIT_S`` for it to apply and returns the job.
 
         Raises:
             NotFound: unknown job. Conflict: it already ended (``job_not_cancellable``).
         """
-        job = await asyncio.to_thread(self._job, job_id)
+        job = await asyncio.to_thread(self._job, job_id, principal)
         if not await asyncio.to_thread(self.repo.request_flag, job_id, "cancel_requested", True, ACTIVE):
             job = await asyncio.to_thread(self._job, job_id)
             raise Conflict(f"Job '{job_id}' has already {job.status}; it cannot be cancelled.", param="fine_tuning_job_id",
                            code="job_not_cancellable")
         return await self._settle(job_id, lambda j: JobStatus(j.status).ended)
 
-    async def pause_job(self, job_id: str) -> FineTuningJob:
+    async def pause_job(self, job_id: str, principal: Principal = OPERATOR) -> FineTuningJob:
         """Ask the scheduler to pause a queued or running job: a running one saves a checkpoint and
         frees its devices. Waits up to ``REQUEST_WAIT_S`` for it to apply.
 
         Raises:
             NotFound: unknown job. Conflict: not queued or running (``job_not_pausable``).
         """
-        await asyncio.to_thread(self._job, job_id)
+        await asyncio.to_thread(self._job, job_id, principal)
         if not await asyncio.to_thread(self.repo.request_flag, job_id, "pause_requested", True,
                                        (JobStatus.QUEUED, JobStatus.RUNNING)):
             job = await asyncio.to_thread(self._job, job_id)
@@ -175,13 +178,13 @@ class FineTuningService:
                            param="fine_tuning_job_id", code="job_not_pausable")
         return await self._settle(job_id, lambda j: j.status == JobStatus.PAUSED or JobStatus(j.status).ended)
 
-    async def resume_job(self, job_id: str) -> FineTuningJob:
+    async def resume_job(self, job_id: str, principal: Principal = OPERATOR) -> FineTuningJob:
         """Lift a pause: the job is queued again and continues from its newest checkpoint.
 
         Raises:
             NotFound: unknown job. Conflict: it is not paused (``job_not_paused``).
         """
-        await asyncio.to_thread(self._job, job_id)
+        await asyncio.to_thread(self._job, job_id, principal)
         if not await asyncio.to_thread(self.repo.request_flag, job_id, "pause_requested", False, (JobStatus.PAUSED,)):
             job = await asyncio.to_thread(self._job, job_id)
             raise Conflict(f"Job '{job_id}' is {job.status}, not paused.", param="fine_tuning_job_id",
@@ -196,17 +199,18 @@ class FineTuningService:
             job = await asyncio.to_thread(self._job, job_id)
         return job_object(job)
 
-    def events(self, job_id: str, after: str | None, limit: int) -> JobEventList:
+    def events(self, job_id: str, after: str | None, limit: int, principal: Principal = OPERATOR) -> JobEventList:
         """A page of events, newest first."""
-        self._job(job_id)
+        self._job(job_id, principal)
         events, more = self.repo.list_events(job_id, after, limit)
         return JobEventList(data=[JobEventObject(id=e.id, created_at=e.created_at, level=e.level, message=e.message,
                                                  data=e.data, type=e.type) for e in events], has_more=more)
 
-    def checkpoints(self, job_id: str, after: str | None, limit: int) -> CheckpointList:
+    def checkpoints(self, job_id: str, after: str | None, limit: int,
+                    principal: Principal = OPERATOR) -> CheckpointList:
         """A page of checkpoints, newest first. Listed once the job succeeded: each is then a
         servable ``ft:…:ckpt-step-N`` model (as on OpenAI, where checkpoints come with success)."""
-        job = self._job(job_id)
+        job = self._job(job_id, principal)
         rows, more = self.repo.list_checkpoints(job_id, after, limit) if job.status == JobStatus.SUCCEEDED else ([], False)
         data = [CheckpointObject(id=c.id, created_at=c.created_at, fine_tuning_job_id=job_id, step_number=c.step_number,
                                  metrics=CheckpointMetrics(**{**c.metrics, "step": c.step_number}),
@@ -216,21 +220,21 @@ class FineTuningService:
         return CheckpointList(data=data, has_more=more, first_id=data[0].id if data else None,
                               last_id=data[-1].id if data else None)
 
-    def _job(self, job_id: str) -> JobRecord:
-        job = self.repo.get_job(job_id)
-        if job is None:
-            raise job_not_found(job_id)
-        return job
+    def _job(self, job_id: str, principal: Principal = OPERATOR) -> JobRecord:
+        return visible_or_raise(self.repo.get_job(job_id), principal, job_not_found(job_id))
 
-    def _checkpoint(self, source: str) -> tuple[str, str, str]:
-        """``(base model, adapter folder, canonical id)`` of a ``from_checkpoint`` value: an ``ft:``
-        model (checkpoints included), or a job id with an optional ``:step``."""
+    def _checkpoint(self, source: str, principal: Principal) -> tuple[str, str, str]:
+        """``(base model, adapter folder, canonical id)`` of a ``from_checkpoint`` value ``principal``
+        may use: an ``ft:`` model (checkpoints included), or a job id with an optional ``:step``."""
         if is_fine_tune(source):
             model_id = source
+            if not ModelAccess(self.repo).visible(principal, model_id):
+                raise _invalid(f"'from_checkpoint' {source}: no such fine-tuned model or checkpoint.",
+                               "from_checkpoint", "checkpoint_not_found")
         else:
             job_id, _, step = source.partition(":")
             job = self.repo.get_job(job_id)
-            if job is None or job.status != JobStatus.SUCCEEDED:
+            if job is None or not principal.can_see(job.project) or job.status != JobStatus.SUCCEEDED:
                 raise _invalid(f"'from_checkpoint' {source}: no succeeded fine-tuning job '{job_id}'.",
                                "from_checkpoint", "checkpoint_not_found")
             if step and not step.isdigit():

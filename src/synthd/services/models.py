@@ -9,6 +9,7 @@ from synthd.models.ids import is_fine_tune
 from synthd.models.pool import ModelPool, ModelStatus
 from synthd.models.resolve import ModelNotFound, ModelSource
 from synthd.protocol.openai import ModelCard, ModelList
+from synthd.services.projects import OPERATOR, ModelAccess, Principal
 from synthd.services.usage import UsageTally
 from synthd.store.repository import Repository
 
@@ -18,13 +19,14 @@ class ModelsService:
 
     Args:
         pool: the model pool (states, placements). repo: the store of fine-tunes.
-        usage: requests and tokens served per model.
+        usage: requests and tokens served per model. access: which fine-tunes each caller may see.
     """
 
-    def __init__(self, pool: ModelPool, repo: Repository, usage: UsageTally) -> None:
+    def __init__(self, pool: ModelPool, repo: Repository, usage: UsageTally, access: ModelAccess) -> None:
         self.pool = pool
         self.repo = repo
         self.usage = usage
+        self.access = access
 
     def _card(self, model_id: str, created: int, root: str, parent: str | None = None) -> ModelCard:
         status: ModelStatus = self.pool.status(model_id)
@@ -36,18 +38,21 @@ class ModelsService:
                          load_seconds=None if status.load_seconds is None else round(status.load_seconds, 3),
                          error=status.error, requests_served=requests, tokens_served=tokens)
 
-    def _base_card(self, source: ModelSource) -> ModelCard:
+    async def _base_card(self, source: ModelSource) -> ModelCard:
         replicas = self.pool.replicas(source.model_id)
-        created = replicas[0].created if replicas else int(source.path.stat().st_mtime)
+        created = replicas[0].created if replicas else int((await asyncio.to_thread(source.path.stat)).st_mtime)
         return self._card(source.model_id, created, source.model_id)
 
     def _fine_tune_card(self, ref: AdapterRef) -> ModelCard:
         return self._card(ref.model_id, ref.created, ref.base_model, ref.base_model)
 
-    async def list(self) -> ModelList:
+    async def list(self, principal: Principal = OPERATOR) -> ModelList:
         """The operator's models (from the first moment, whatever their state), other loaded models,
-        the bases of fine-tunes, then every fine-tune: never a fine-tune without its parent."""
+        the bases of fine-tunes, then every fine-tune ``principal`` may see: never a fine-tune
+        without its parent."""
         fine_tunes = await asyncio.to_thread(self.pool.registry.fine_tunes)
+        visible = await asyncio.to_thread(self.access.visible_ids, principal, [ref.model_id for ref in fine_tunes])
+        fine_tunes = [ref for ref in fine_tunes if ref.model_id in visible]
         ids = [*self.pool.registry.served, *(r.model_id for r in self.pool.replicas()),
                *(ref.base_model for ref in fine_tunes)]
         bases: dict[str, ModelSource] = {}
@@ -56,26 +61,29 @@ class ModelsService:
                 bases[model_id] = await asyncio.to_thread(self.pool.registry.base, model_id)
             except (ModelNotFound, InvalidRequest):
                 continue
-        cards = [self._base_card(source) for source in bases.values()]
+        cards = [await self._base_card(source) for source in bases.values()]
         cards += [self._fine_tune_card(ref) for ref in fine_tunes if ref.base_model in bases]
         return ModelList(data=cards)
 
-    async def retrieve(self, model_id: str) -> ModelCard:
+    async def retrieve(self, model_id: str, principal: Principal = OPERATOR) -> ModelCard:
         """One model (ids may contain ``/``).
 
         Raises:
-            InvalidRequest: malformed id. ModelNotFound: unknown id.
+            InvalidRequest: malformed id. ModelNotFound: unknown id, or not visible to ``principal``.
         """
+        await self.access.check(principal, model_id)
         source, adapter = await self.pool.resolve(model_id)
-        return self._fine_tune_card(adapter) if adapter else self._base_card(source)
+        return self._fine_tune_card(adapter) if adapter else await self._base_card(source)
 
-    async def delete(self, model_id: str) -> dict:
+    async def delete(self, model_id: str, principal: Principal = OPERATOR) -> dict:
         """Delete a fine-tune: new requests get 404 at once; requests already running finish; its
         adapter is unloaded and its folder removed when they have.
 
         Raises:
-            InvalidRequest: a base model. ModelNotFound: unknown id.
+            InvalidRequest: a base model. ModelNotFound: unknown id, or not visible to ``principal``.
+            PermissionDenied: an imported adapter and a project key.
         """
+        await self.access.check_deletable(principal, model_id)
         if not is_fine_tune(model_id):
             await self.pool.resolve(model_id)
             raise InvalidRequest(f"'{model_id}' is a base model; only fine-tuned models can be deleted.",

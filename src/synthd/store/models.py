@@ -42,7 +42,8 @@ class Base(DeclarativeBase):
 
 
 class FileRecord(Base):
-    """An uploaded file (``file-…``); the bytes live at ``path`` under ``$SYNTHD_HOME/files``."""
+    """An uploaded file (``file-…``); the bytes live at ``path`` under ``$SYNTHD_HOME/files``.
+    ``project``: the creating key's project (``synthd.services.projects``)."""
 
     __tablename__ = "files"
 
@@ -52,6 +53,7 @@ class FileRecord(Base):
     bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(Integer, index=True)
     path: Mapped[str] = mapped_column(Text)
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class JobRecord(Base):
@@ -60,7 +62,8 @@ class JobRecord(Base):
     ``cancel_requested`` / ``pause_requested`` are what the API asks for; the scheduler acts on them.
     ``lease_owner`` (``host:pid:nonce`` of the scheduler running it) and ``lease_heartbeat_at`` (Unix
     seconds) say who holds a running job; ``init_adapter`` is the adapter a ``from_checkpoint`` job
-    starts from.
+    starts from. ``project``: the creating key's project; its ``ft:`` models, checkpoints and result
+    files belong to it too.
     """
 
     __tablename__ = "fine_tuning_jobs"
@@ -88,6 +91,7 @@ class JobRecord(Base):
     estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     pause_requested: Mapped[bool] = mapped_column(default=False)
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)

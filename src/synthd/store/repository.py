@@ -55,18 +55,19 @@ class Repository:
         """A locked partial file under ``files_dir`` to stream an upload into (see ``commit_upload``)."""
         return Upload(self.files_dir, limit_bytes)
 
-    def commit_upload(self, upload: Upload, filename: str, purpose: str) -> FileRecord:
-        """Rename a finished upload into place, then record it (a crash in between leaves an
-        unlisted file, never a listed partial one)."""
+    def commit_upload(self, upload: Upload, filename: str, purpose: str, project: str | None = None) -> FileRecord:
+        """Rename a finished upload into place, then record it, owned by ``project`` (a crash in
+        between leaves an unlisted file, never a listed partial one)."""
         file_id = new_id("file")
         path = self.files_dir / file_id
         upload.commit(path)
-        return self.add_file_record(file_id, filename, purpose, path)
+        return self.add_file_record(file_id, filename, purpose, path, project)
 
-    def add_file_record(self, file_id: str, filename: str, purpose: str, path: Path) -> FileRecord:
-        """Record bytes already in place at ``path``."""
+    def add_file_record(self, file_id: str, filename: str, purpose: str, path: Path,
+                        project: str | None = None) -> FileRecord:
+        """Record bytes already in place at ``path``, owned by ``project``."""
         record = FileRecord(id=file_id, filename=filename, purpose=purpose, bytes=path.stat().st_size,
-                            created_at=now(), path=str(path))
+                            created_at=now(), path=str(path), project=project)
         with self.session() as session:
             session.add(record)
         return record
@@ -76,12 +77,14 @@ class Repository:
         with self.session() as session:
             return session.get(FileRecord, file_id)
 
-    def list_files(self, purpose: str | None = None) -> list[FileRecord]:
-        """Files, newest first."""
+    def list_files(self, purpose: str | None = None, project: str | None = None) -> list[FileRecord]:
+        """Files, newest first (only ``project``'s when given)."""
         with self.session() as session:
             query = select(FileRecord).order_by(FileRecord.created_at.desc(), FileRecord.id.desc())
             if purpose:
                 query = query.where(FileRecord.purpose == purpose)
+            if project is not None:
+                query = query.where(FileRecord.project == project)
             return list(session.scalars(query))
 
     def delete_file(self, file_id: str) -> bool:
@@ -112,17 +115,25 @@ class Repository:
         with self.session() as session:
             return session.get(JobRecord, job_id)
 
-    def list_jobs(self, after: str | None, limit: int, status: str | None = None) -> tuple[list[JobRecord], bool]:
-        """Jobs newest first, after the cursor ``after``; returns (page, has_more)."""
+    def list_jobs(self, after: str | None, limit: int, status: str | None = None,
+                  project: str | None = None) -> tuple[list[JobRecord], bool]:
+        """Jobs newest first, after the cursor ``after`` (only ``project``'s when given); returns (page, has_more)."""
         with self.session() as session:
             query = select(JobRecord).order_by(JobRecord.created_at.desc(), JobRecord.id.desc())
             if status:
                 query = query.where(JobRecord.status == status)
+            if project is not None:
+                query = query.where(JobRecord.project == project)
             jobs = list(session.scalars(query))
         if after:
             ids = [j.id for j in jobs]
             jobs = jobs[ids.index(after) + 1:] if after in ids else []
         return jobs[:limit], len(jobs) > limit
+
+    def job_projects(self) -> dict[str, str | None]:
+        """Every job's project, by job id."""
+        with self.session() as session:
+            return {job_id: project for job_id, project in session.execute(select(JobRecord.id, JobRecord.project))}
 
     def jobs_with_status(self, *statuses: str) -> list[JobRecord]:
         """Jobs in any of ``statuses``, oldest first (queue order)."""

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from synthd.environ import scrubbed_environ
 from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.selection import Placement
 from synthd.gpus.spec import parse_gpu_preference
@@ -65,6 +66,8 @@ LOG_TAIL_BYTES = 4096
 STANDBY_RETRY_S = 30.0
 RESULT_PURPOSE = "fine-tune-results"
 STEP_METRICS_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
+TRAINING_CREDENTIALS = ("WANDB_API_KEY",)
+"""Secrets a worker itself uses (Weights & Biases logging); every other one is kept from workers."""
 
 
 @dataclass
@@ -137,7 +140,8 @@ class JobScheduler:
         planner: places jobs; its ``reservations`` hold the devices of running jobs.
         serving_busy: devices serving holds (the model pool's ``busy_devices``), read on the loop.
         max_concurrent: jobs trained at once.
-        env: extra environment for workers.
+        env: extra environment for workers, on top of the server's without its secrets (provider
+            keys, tokens: ``synthd.environ``) but for ``TRAINING_CREDENTIALS``.
         launcher: starts workers (default: local processes; ``synthd.cluster.jobs.RayLauncher`` on a
             Ray cluster).
     """
@@ -152,7 +156,7 @@ class JobScheduler:
         self.reservations = planner.reservations
         self.serving_busy = serving_busy
         self.max_concurrent = max_concurrent
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**scrubbed_environ(keep=TRAINING_CREDENTIALS), **(env or {})}
         self.launcher = launcher or LocalLauncher()
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -465,7 +469,7 @@ class JobScheduler:
         models = [NewModel(fine_tuned, job.model, str(layout.adapter))] + [
             NewModel(str(FineTuneId(job.model, job.suffix or "", job.id, c.step_number)), job.model, c.adapter_path)
             for c in kept if c.adapter_path]
-        result_file = self._result_file(job.id)
+        result_file = self._result_file(job.id, job.project)
         won = self.repo.succeed(job.id, self.owner, "The job has successfully completed", models, result_file,
                                 fine_tuned_model=fine_tuned, trained_tokens=int(result.get("trained_tokens", 0)),
                                 finished_at=now(), estimated_finish=None, result_files=[result_file.id],
@@ -480,14 +484,14 @@ class JobScheduler:
                 shutil.rmtree(checkpoint.adapter_path, ignore_errors=True)
         shutil.rmtree(layout.trainer_dir, ignore_errors=True)
 
-    def _result_file(self, job_id: str) -> FileRecord:
+    def _result_file(self, job_id: str, project: str | None) -> FileRecord:
         events = [e.data for e in self.repo.metric_events(job_id) if e.data]
         file_id = new_id("file")
         path = self.repo.files_dir / file_id
         content = step_metrics_csv(events)
         write_atomic(path, content)
         return FileRecord(id=file_id, filename="step_metrics.csv", purpose=RESULT_PURPOSE, bytes=len(content),
-                          created_at=now(), path=str(path))
+                          created_at=now(), path=str(path), project=project)
 
     def _end(self, job_id: str, status: JobStatus, message: str) -> None:
         if self.repo.transition(job_id, [S.RUNNING], status, message, owner=self.owner, finished_at=now(),

@@ -1,0 +1,179 @@
+"""Request limits checked before any route runs, as pure ASGI middlewares (no body is read):
+
+- ``HostCheckMiddleware``: the ``Host`` header must name this server (Starlette's
+  ``TrustedHostMiddleware`` rules), so a web page cannot reach a loopback server through DNS
+  rebinding; 400 ``invalid_host`` otherwise.
+- ``BodyLimitMiddleware``: the body is counted while it is read; a declared ``Content-Length`` over
+  the cap is refused at once, a streamed body as soon as it passes the cap (413), without reading
+  the rest. ``POST /v1/files`` has its own, larger cap.
+
+Early answers use OpenAI's error envelope, and ``Connection: close`` when a body may be pending so
+the server does not go on receiving it. The order of the stack is in ``synthd.api.app``.
+
+Starlette's ``RequestBodyLimitMiddleware`` (and FastAPI's ``max_body_size``) count the same way but
+raise into the route and, when a route answers without reading, replace its answer with a
+plain-text 413; the cap here answers a declared oversize body at once, in the envelope, and takes
+the per-route cap (the upload's) from settings at run time.
+"""
+
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from synthd.api.errors import error_response
+from synthd.errors import InvalidRequest, PayloadTooLarge, SynthdError
+
+MIB = 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 8 * MIB
+UPLOAD_ENVELOPE_BYTES = MIB
+"""Multipart overhead allowed on top of the file limit for ``POST /v1/files`` (the files service
+checks the file part itself, exactly)."""
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+WILDCARD_BINDS = ("0.0.0.0", "::", "")
+
+
+def default_allowed_hosts(bind_host: str) -> list[str]:
+    """Loopback names, the bound host, and for a wildcard bind (``0.0.0.0``) this machine's names."""
+    names = [*LOOPBACK_HOSTS]
+    if bind_host in WILDCARD_BINDS:
+        names += [socket.gethostname(), socket.getfqdn()]
+    else:
+        names.append(bind_host.strip("[]"))
+    return list(dict.fromkeys(name.lower() for name in names if name))
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """The request limits and checks of one server.
+
+    Args:
+        allowed_hosts: ``Host`` names accepted (``*.example.com`` patterns; ``["*"]``: any).
+        max_body_bytes: largest request body (413 beyond), any route but the upload.
+        max_file_bytes: largest uploaded file; ``POST /v1/files`` bodies may be
+            ``UPLOAD_ENVELOPE_BYTES`` larger.
+        public_metrics: serve ``/metrics`` without a key.
+
+    Raises:
+        InvalidRequest: a malformed host pattern.
+    """
+
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_file_bytes: int = 512 * MIB
+    public_metrics: bool = False
+
+    def __post_init__(self) -> None:
+        for pattern in self.allowed_hosts:  # TrustedHostMiddleware's own rule, checked before the first request
+            if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
+                raise InvalidRequest(f"Invalid allowed host '{pattern}': a wildcard must be '*' or lead "
+                                     "'*.example.com'.", param="allowed_hosts")
+
+    @property
+    def public_paths(self) -> frozenset[str]:
+        """Paths answered without a key."""
+        return frozenset({"/health", *(["/metrics"] if self.public_metrics else [])})
+
+
+def may_have_body(scope: Scope) -> bool:
+    """Whether the request declares a body (a non-zero length, or chunked)."""
+    headers = Headers(scope=scope)
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+
+
+async def answer_early(scope: Scope, receive: Receive, send: Send, exc: SynthdError,
+                       headers: dict[str, str] | None = None) -> None:
+    """Answer ``exc`` in the envelope before (or instead of) the route, closing the connection
+    when a request body may still be coming."""
+    extra = {**(headers or {}), **({"Connection": "close"} if may_have_body(scope) else {})}
+    await error_response(exc, extra)(scope, receive, send)
+
+
+class HostCheckMiddleware:
+    """``TrustedHostMiddleware``'s host matching, answered with OpenAI's envelope (400 ``invalid_host``)."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str]) -> None:
+        self.app = app
+        self.trusted = TrustedHostMiddleware(self._trusted, allowed_hosts=list(allowed_hosts), www_redirect=False)
+
+    async def _trusted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["synthd.trusted_host"] = True
+        await self.app(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_or_refuse(message: Message) -> None:
+            if scope.get("synthd.trusted_host"):
+                await send(message)
+            elif message["type"] == "http.response.start":  # TrustedHostMiddleware's plain-text refusal
+                host = Headers(scope=scope).get("host", "")
+                await answer_early(scope, receive, send, InvalidRequest(
+                    f"Invalid Host header '{host[:100]}': this server answers to its own names only "
+                    "(synthd serve --allowed-hosts).", code="invalid_host"))
+
+        await self.trusted(scope, receive, send_or_refuse)
+
+
+class BodyLimitMiddleware:
+    """Caps request bodies while they are read.
+
+    Over the cap, the middleware answers 413 itself and tells the route the client went away (an
+    ``http.disconnect``), dropping whatever the route answers after that.
+
+    Args:
+        max_body_bytes: cap of every route but the upload. max_upload_bytes: cap of ``POST /v1/files``.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    def limit(self, scope: Scope) -> int:
+        """The cap for this request."""
+        upload = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files"
+        return self.max_upload_bytes if upload else self.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit(scope)
+        too_large = PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.",
+                                    code="request_too_large")
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await answer_early(scope, receive, send, too_large)
+            return
+        received = 0
+        refused = started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    if not started:
+                        await answer_early(scope, receive, send, too_large)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)
