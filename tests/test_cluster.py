@@ -19,8 +19,11 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
-import ray
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: 'make setup' installs it (pip install -e '.[test,ray]')")
+
 from conftest import MODEL, server_env
 from ray._private.state import available_resources_per_node
 from ray.cluster_utils import Cluster
@@ -34,6 +37,7 @@ COPY = "smol-copy"
 MB = 1024**2
 NODE = {"object_store_memory": 80 * MB, "memory": 4 * 1024**3, "num_cpus": 2}
 IDLE_TIMEOUT_S = 5
+NODE_SECRET = ("SYNTHD_TEST_NODE_TOKEN", "node-secret")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -59,10 +63,11 @@ class LocalCluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[LocalCluster]:
-    """Head (CPU), ``h100-node`` (8 x H100), ``a100-node`` (2 x A100); this process joins as a
-    driver to inspect and kill actors and nodes."""
+    """Head (CPU), ``h100-node`` (8 x H100), ``a100-node`` (2 x A100), each with a secret in its
+    environment (``NODE_SECRET``); this process joins as a driver to inspect and kill actors and nodes."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_memory_monitor_refresh_ms", "0")
+        patch.setenv(*NODE_SECRET)
         local = LocalCluster(Cluster(initialize_head=True, head_node_args={
             "include_dashboard": False, "labels": {NODE_NAME_LABEL: "head"}, **NODE}))
         try:
@@ -316,8 +321,13 @@ def test_cancel_ends_the_ray_work(server: ServerProcess, client: openai.OpenAI) 
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}})
     wait_until(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=5).data),
                300, "training steps")
-    assert actors(f"synthd-job-{job.id}")
+    [name] = actors(f"synthd-job-{job.id}")
     assert wait_until(lambda: free_gpus("h100-node") == 7, 30, "one H100 held by the job")
+    _, gpu_ids, actor_pid = ray.get(ray.get_actor(name, namespace="synthd").where.remote(), timeout=30)
+    [worker] = psutil.Process(actor_pid).children()
+    environ = worker.environ()
+    assert environ["CUDA_VISIBLE_DEVICES"] == str(gpu_ids[0]) and environ["SYNTHD_HOME"]
+    assert NODE_SECRET[0] not in environ  # the node's secrets stay out of the worker, as on one machine
     client.fine_tuning.jobs.cancel(job.id)
     assert wait_for_job(client, job.id, timeout_s=60).status == "cancelled"
     wait_until(lambda: not actors(f"synthd-job-{job.id}"), 30, "the job's actor gone")

@@ -36,6 +36,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from synthd.cluster.inventory import ClusterNode
 from synthd.cluster.remote_engine import ACCELERATOR_SLIVER
 from synthd.cluster.runtime import RayCluster
+from synthd.environ import scrubbed_environ
 from synthd.gpus.catalog import CPU_NAME
 from synthd.gpus.inventory import Device
 from synthd.gpus.planner import Reservations
@@ -71,9 +72,11 @@ class TrainingWorker:
         return ray.get_runtime_context().get_node_id(), [int(i) for i in ray.get_gpu_ids()], os.getpid()
 
     async def run(self, job_id: str, env: dict[str, str], log_path: str) -> int:
-        """Run ``python -m synthd.training.worker job_id``; return its exit code."""
+        """Run ``python -m synthd.training.worker job_id``; return its exit code. Its environment is
+        this node's without secrets (``synthd.environ``) plus ``env``, which carries the credentials
+        the server lets workers have."""
         gpu_ids = ",".join(str(int(i)) for i in ray.get_gpu_ids())
-        full_env = {**os.environ, **env, "CUDA_VISIBLE_DEVICES": gpu_ids, PARENT_ENV: str(os.getpid())}
+        full_env = {**scrubbed_environ(), **env, "CUDA_VISIBLE_DEVICES": gpu_ids, PARENT_ENV: str(os.getpid())}
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             self._process = await asyncio.create_subprocess_exec(
