@@ -99,9 +99,10 @@ def home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(ray_cluster: LocalCluster, models: Path, home: Path) -> Iterator[ServerProcess]:
     """``synthd serve --ray-address`` with up to 2 replicas per model and GPU type (one request in
-    flight each) and replicas unloaded after 5 idle seconds."""
+    flight each), replicas unloaded after 5 idle seconds and one adapter resident per replica."""
     env = server_env(home, models, SYNTHD_MAX_REPLICAS="2", SYNTHD_TARGET_ONGOING_REQUESTS="1",
-                     SYNTHD_MODEL_IDLE_TIMEOUT_S=str(IDLE_TIMEOUT_S), SYNTHD_MAX_LOADED_MODELS="6")
+                     SYNTHD_MODEL_IDLE_TIMEOUT_S=str(IDLE_TIMEOUT_S), SYNTHD_MAX_LOADED_MODELS="6",
+                     SYNTHD_MAX_LOADED_ADAPTERS="1")
     with ServerProcess(["--ray-address", ray_cluster.address, "--log-level", "info"], log_path=home / "server.log", env=env,
                        ready_timeout_s=300) as process:
         yield process
@@ -156,6 +157,13 @@ def test_inventory_is_the_clusters_nodes(server: ServerProcess, ray_cluster: Loc
     listed = {(n["node"], n["type"]): n for n in json.loads(cli.stdout)["nodes"]}
     assert listed["a100-node", "A100-40GB"]["devices"] == 2 and listed["h100-node", "H100"]["devices"] == 8
     assert listed["head", "cpu"]["free"] is None  # the CPU is shared, not counted out
+
+
+def test_auto_takes_the_cheapest_option_the_cpu_head(server: ServerProcess) -> None:
+    """With no replica yet (an existing one of any placement would serve ``auto``)."""
+    reply = chat(server, None)
+    assert reply.status_code == 200 and reply.headers["X-GPU-Selected"] == "cpu@head"
+    assert "cpu@head" in reply.json()["system_fingerprint"]
 
 
 def test_h100_8_runs_on_the_h100_node_with_all_eight(server: ServerProcess, client: openai.OpenAI) -> None:
@@ -351,6 +359,25 @@ def test_node_lost_mid_job_resumes_on_another_node(ray_cluster: LocalCluster, cl
     assert done.status == "succeeded", (done.error, messages)
     assert any(m.startswith(f"Node {lost} left the Ray cluster; resuming from checkpoint-") for m in messages)
     assert any(m.startswith(f"Training worker running on Ray node {other}") for m in messages)
+
+
+def test_a_replica_keeps_its_adapters_least_recently_used_up_to_the_cap(server: ServerProcess,
+                                                                        client: openai.OpenAI) -> None:
+    """Two fine-tunes (from the jobs above) on one H100 replica holding one adapter at a time."""
+    tuned = sorted(j.fine_tuned_model for j in client.fine_tuning.jobs.list(limit=50).data if j.status == "succeeded")
+    assert len(tuned) == 2
+
+    def status(model: str) -> dict:
+        return httpx.get(f"{server.root_url}/warmup/status/{model}").json()
+
+    for model in (*tuned, tuned[0]):
+        reply = chat(server, "H100", model=model)
+        assert reply.status_code == 200 and reply.json()["model"] == model
+        assert reply.headers["X-GPU-Selected"].startswith("H100@h100-node/")
+        other = tuned[1] if model == tuned[0] else tuned[0]
+        wait_until(lambda: (status(model)["status"], status(model)["node"]) == ("warmed", "h100-node")
+                   and status(other)["status"] == "cold", 30, f"only {model} resident")  # the other unloaded
+    assert len(replicas(server)) == 1
 
 
 def test_node_lost_before_a_checkpoint_fails_the_job_with_the_reason(ray_cluster: LocalCluster,
