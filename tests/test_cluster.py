@@ -375,8 +375,8 @@ def test_a_replica_keeps_its_adapters_least_recently_used_up_to_the_cap(server: 
         assert reply.status_code == 200 and reply.json()["model"] == model
         assert reply.headers["X-GPU-Selected"].startswith("H100@h100-node/")
         other = tuned[1] if model == tuned[0] else tuned[0]
-        wait_until(lambda: (status(model)["status"], status(model)["node"]) == ("warmed", "h100-node")
-                   and status(other)["status"] == "cold", 30, f"only {model} resident")  # the other unloaded
+        wait_until(lambda model=model, other=other: (status(model)["status"], status(model)["node"]) == (
+            "warmed", "h100-node") and status(other)["status"] == "cold", 30, f"only {model} resident")
     assert len(replicas(server)) == 1
 
 
