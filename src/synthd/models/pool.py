@@ -286,9 +286,9 @@ class ModelPool:
         replica = self._find(source.model_id, preference)
         if replica is not None:
             outcome = "already_warmed" if replica.state == WarmupState.WARMED else "already_warming"
-            return outcome, self.status(source.model_id)
+            return outcome, self.status(source.model_id, preference)
         await self._start(source, preference)
-        return "warming", self.status(source.model_id)
+        return "warming", self.status(source.model_id, preference)
 
     async def _warmup_fine_tune(self, adapter: AdapterRef, source: ModelSource,
                                 preference: GPUPreference) -> tuple[str, ModelStatus]:
