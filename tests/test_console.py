@@ -99,7 +99,7 @@ def test_console_asks_for_the_api_key(browser: Browser, console_server: ServerPr
     expect(page).to_have_url(f"{console_server.root_url}/models")
     dialog = page.get_by_test_id("key-dialog")
     expect(dialog).to_be_visible()
-    expect(dialog).to_contain_text("Incorrect API key provided.")
+    expect(dialog).to_contain_text("You didn't provide an API key.")
     screenshot(page, "api-key")
 
     page.fill("input[name=api_key]", "sk-wrong")
@@ -360,3 +360,27 @@ def test_cancel_a_job_from_its_page(page: Page, sdk: openai.OpenAI) -> None:
 def test_unknown_job_page_says_so(page: Page) -> None:
     page.goto("/fine-tuning/ftjob-doesnotexist")
     expect(page.locator(".banner.error").first).to_contain_text("No fine-tuning job with id 'ftjob-doesnotexist'.")
+
+
+def test_batches_page_lists_and_cancels(page: Page, sdk: openai.OpenAI) -> None:
+    def upload(lines: int, max_tokens: int) -> str:
+        rows = [json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                            "body": {"model": MODEL, "max_tokens": max_tokens, "temperature": 0,
+                                     "messages": [{"role": "user", "content": f"Count to {i}."}]}})
+                for i in range(lines)]
+        return sdk.files.create(file=("batch.jsonl", "\n".join(rows).encode()), purpose="batch").id
+
+    done = sdk.batches.create(input_file_id=upload(1, 2), endpoint="/v1/chat/completions", completion_window="24h")
+    long = sdk.batches.create(input_file_id=upload(200, 16), endpoint="/v1/chat/completions", completion_window="24h")
+    page.goto("/batches")
+    finished = page.locator(f"tr[data-batch='{done.id}']")
+    expect(finished.locator(".badge")).to_have_text("completed", timeout=STREAM_TIMEOUT_MS)
+    expect(finished).to_contain_text("1 / 1")
+    expect(finished).to_contain_text(sdk.batches.retrieve(done.id).output_file_id)
+    expect(finished.locator("text=Cancel")).to_be_hidden()
+    running = page.locator(f"tr[data-batch='{long.id}']")
+    expect(running.locator(".badge")).to_have_text("in progress", timeout=STREAM_TIMEOUT_MS)
+    running.locator("text=Cancel").click()
+    expect(running.locator(".badge")).to_have_text("cancelled", timeout=STREAM_TIMEOUT_MS)
+    assert sdk.batches.retrieve(long.id).status == "cancelled"
+    screenshot(page, "batches")

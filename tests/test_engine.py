@@ -15,7 +15,7 @@ from synthd.engine.native.loader import load_native_engine
 from synthd.engine.native.output_processor import OutputProcessor
 from synthd.engine.native.sampler import SamplerState
 from synthd.engine.native.scheduler import QueueFull, Scheduler, Sequence
-from synthd.engine.protocol import GenerationError, Guide, LoRARef, SamplingParams
+from synthd.engine.protocol import BATCH_PRIORITY, GenerationError, Guide, LoRARef, SamplingParams
 from synthd.models.embedded import EMBEDDED_MODEL_ID
 
 PROMPTS = [
@@ -165,6 +165,20 @@ def test_scheduler_admits_in_order_under_seq_and_kv_limits() -> None:
     b.aborted = True
     plan = scheduler.schedule()
     assert plan.aborted == (b,) and scheduler.running == [c]
+
+
+def test_scheduler_admits_interactive_sequences_before_waiting_batch_lines() -> None:
+    scheduler = Scheduler(max_num_seqs=1, max_kv_tokens=1000, max_waiting=8)
+    first, line1, line2 = (Sequence(n, [1], SamplerState(SamplingParams(max_tokens=1, priority=p)))
+                           for n, p in (("first", 0), ("line1", BATCH_PRIORITY), ("line2", BATCH_PRIORITY)))
+    for s in (first, line1, line2):
+        scheduler.add(s)
+    assert scheduler.schedule().prefill == (first,)
+    chat = sequence("chat", 1, 1)
+    scheduler.add(chat)
+    assert list(scheduler.waiting) == [chat, line1, line2]  # ahead of the batch lines, which keep their order
+    scheduler.finish(first)
+    assert scheduler.schedule().prefill == (chat,)
 
 
 def test_scheduler_admits_an_oversized_sequence_alone() -> None:

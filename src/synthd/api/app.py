@@ -15,11 +15,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthd import __version__
 from synthd.api.auth import AuthMiddleware
+from synthd.api.batch_routes import router as batch_router
 from synthd.api.console import PUBLIC_PAGES
 from synthd.api.console import router as console_router
-from synthd.api.errors import install_error_handlers
+from synthd.api.errors import error_reply, install_error_handlers
 from synthd.api.ft_routes import router as ft_router
 from synthd.api.limits import UPLOAD_ENVELOPE_BYTES, BodyLimitMiddleware, HostCheckMiddleware, SecurityConfig
+from synthd.api.lora_routes import router as lora_router
 from synthd.api.metrics import ServingMetrics
 from synthd.api.openapi import install_openapi
 from synthd.api.routes import ops, v1, warmup
@@ -31,13 +33,17 @@ from synthd.models.autoscaling import AutoscalingConfig
 from synthd.models.pool import ModelPool
 from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelSource
+from synthd.services.batch_runner import BatchRunner
+from synthd.services.batches import BatchService
 from synthd.services.chat import OpenAIServing, RequestRecord
 from synthd.services.fine_tuning import FineTuningService
 from synthd.services.keys import KeyService
+from synthd.services.lora_adapters import LoRAAdapterService
 from synthd.services.models import ModelsService
 from synthd.services.projects import ModelAccess
 from synthd.services.rate_limits import RateLimiter
 from synthd.services.usage import UsageTally
+from synthd.store.batches import BatchStore
 from synthd.store.db import open_database
 from synthd.store.keys import KeyStore
 from synthd.store.repository import Repository
@@ -127,11 +133,13 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
                  asyncio.create_task(parts.scheduler.run_forever())]
         if parts.cluster is not None:
             tasks.append(asyncio.create_task(parts.cluster.cluster.watch(pool)))
+        batches.runner.start()
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            await batches.runner.shutdown()
             await parts.scheduler.shutdown()
             await pool.close()
             if parts.cluster is not None:
@@ -140,6 +148,10 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
     app.state.pool = pool
     app.state.serving = OpenAIServing(pool, on_request, access)
+    batches = BatchService(BatchStore(parts.repo.sessions), parts.repo, BatchRunner(
+        BatchStore(parts.repo.sessions), parts.repo, app.state.serving, error_reply))
+    app.state.batches = batches
+    app.state.lora_adapters = LoRAAdapterService(pool)
     app.state.fine_tuning = FineTuningService(parts.repo, pool.registry, pool.planner)
     app.state.models = ModelsService(pool, parts.repo, usage, access)
     app.state.access = access
@@ -151,6 +163,8 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
     app.include_router(v1)
     app.include_router(warmup)
     app.include_router(ft_router)
+    app.include_router(batch_router)
+    app.include_router(lora_router)
     app.include_router(ops)
     app.include_router(console_router)
     install_openapi(app, security.public_paths)

@@ -23,7 +23,7 @@ from synthd.api.ft_routes import read_upload
 from synthd.training.data import DataFormatError, load_jsonl
 
 CONSOLE_DIR = Path(__file__).resolve().parents[1] / "console"
-PUBLIC_PAGES = re.compile(r"/(models|playground|fine-tuning(/[^/]+)?|gpus|static/.+)?")
+PUBLIC_PAGES = re.compile(r"/(models|playground|fine-tuning(/[^/]+)?|batches|gpus|static/.+)?")
 """The pages and their static files (full match of the path), served without a key."""
 
 templates = Jinja2Templates(directory=CONSOLE_DIR / "templates")
@@ -59,6 +59,12 @@ async def playground_page(request: Request) -> HTMLResponse:
 async def jobs_page(request: Request) -> HTMLResponse:
     """Fine-tuning jobs and the form that starts one."""
     return render(request, "jobs.html", "Fine-tuning")
+
+
+@router.get("/batches", response_class=HTMLResponse, include_in_schema=False)
+async def batches_page(request: Request) -> HTMLResponse:
+    """Batches: status, progress, result files; cancel."""
+    return render(request, "batches.html", "Batches")
 
 
 @router.get("/gpus", response_class=HTMLResponse, include_in_schema=False)

@@ -9,7 +9,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from synthd.errors import (
@@ -160,6 +160,19 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         return bad_request("We could not parse the JSON body of your request.", None, "invalid_json")
     message = first.get("msg", "invalid value")
     return bad_request(f"Invalid value for '{param}': {message}." if param else f"Invalid request: {message}.", param, "invalid_value")
+
+
+def error_reply(exc: Exception) -> tuple[int, dict]:
+    """The HTTP status and JSON body a route answers for ``exc``: a domain error as
+    ``domain_error`` maps it, a pydantic ``ValidationError`` of a request body as a 400 naming the
+    field, anything else a 500. For answers given outside a route (a batch line's result)."""
+    if isinstance(exc, SynthdError):
+        error = domain_error(exc)
+    elif isinstance(exc, ValidationError):
+        error = _validation_error(RequestValidationError(exc.errors()))
+    else:
+        error = APIError(500, f"Internal server error: {type(exc).__name__}", type="server_error")
+    return error.status_code, error.body()
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -31,7 +31,9 @@ class SamplingParams:
     reproducible. ``logit_bias`` adds a bias (−100…100) to token ids' logits before sampling, as
     OpenAI defines it. ``logprobs``: None for none, else how many top alternatives to return per
     output token besides the chosen one (0 … 20). ``ignore_eos`` (vLLM's extension) keeps generating
-    past end-of-sequence tokens.
+    past end-of-sequence tokens. ``priority`` orders admission among waiting sequences: lower values
+    first, arrival order within one value (vLLM's ``priority`` scheduling policy); interactive
+    requests use 0, batch-API lines ``BATCH_PRIORITY``.
     """
 
     max_tokens: int
@@ -44,6 +46,11 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     logprobs: int | None = None
     ignore_eos: bool = False
+    priority: int = 0
+
+
+BATCH_PRIORITY = 10
+"""``SamplingParams.priority`` of batch-API lines: admitted after every waiting interactive sequence."""
 
 
 @dataclass(frozen=True)

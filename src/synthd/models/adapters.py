@@ -43,11 +43,13 @@ class AdapterRef:
 
 @dataclass(frozen=True)
 class AdapterInfo:
-    """What ``adapter_config.json`` says: rank, alpha and target module names."""
+    """What ``adapter_config.json`` says: rank, alpha, target module names and the base it was
+    trained on (``base_model_name_or_path``: a hub id or a folder, None when absent)."""
 
     r: int
     alpha: float
     target_modules: tuple[str, ...]
+    base_model_name_or_path: str | None = None
 
 
 def read_adapter_config(path: Path) -> AdapterInfo:
@@ -78,7 +80,9 @@ def read_adapter_config(path: Path) -> AdapterInfo:
         targets = [targets]
     if not targets or not config.get("r"):
         raise AdapterMismatch("adapter_config.json has no 'r' or 'target_modules'")
-    return AdapterInfo(r=int(config["r"]), alpha=float(config.get("lora_alpha", config["r"])), target_modules=tuple(targets))
+    base = config.get("base_model_name_or_path")
+    return AdapterInfo(r=int(config["r"]), alpha=float(config.get("lora_alpha", config["r"])), target_modules=tuple(targets),
+                       base_model_name_or_path=base if isinstance(base, str) and base else None)
 
 
 def check_adapter(path: Path, base_path: Path) -> AdapterInfo:

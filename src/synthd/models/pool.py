@@ -8,8 +8,8 @@ warmups or requests for one model share one load.
 
 A request holds a **lease** from acquire to its last token: a leased replica is never evicted (idle
 timeout or the ``max_loaded_models`` LRU cap), and a leased fine-tune's adapter is never unloaded.
-Deleting a fine-tune retires it at once (new requests get 404) and unloads its adapter once the
-requests holding it have finished. Fine-tunes share their base's replica; the engine loads their
+Deleting a fine-tune (or unloading a runtime adapter) retires it at once (new requests get 404)
+and unloads its adapter once the requests holding it have finished. Fine-tunes share their base's replica; the engine loads their
 LoRA adapters on demand (``engine.generate(..., lora=...)``).
 
 Replicas of one model on one placement label scale between ``AutoscalingConfig.min_replicas`` and
@@ -39,7 +39,6 @@ from synthd.gpus.selection import GPUUnavailable, Placement
 from synthd.gpus.spec import AUTO, GPUPreference
 from synthd.models.adapters import AdapterRef, check_adapter
 from synthd.models.autoscaling import AutoscalingConfig
-from synthd.models.ids import is_fine_tune
 from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelNotFound, ModelSource
 
@@ -184,7 +183,7 @@ class ModelPool:
         self._replicas: list[Replica] = []
         self._failed: dict[str, str] = {}
         self._adapter_leases: dict[str, int] = {}
-        self._retired: dict[str, Callable[[], None]] = {}
+        self._retired: dict[str, Callable[[], None] | None] = {}
         self._checked_adapters: set[tuple[str, str, str]] = set()
         self._fine_tune_warmups: dict[str, asyncio.Task] = {}
         self._fine_tune_errors: dict[str, str] = {}
@@ -199,12 +198,12 @@ class ModelPool:
         return {d.key for r in self._replicas for d in r.placement.devices if d.gpu.name != CPU_NAME}
 
     async def resolve(self, model: str) -> tuple[ModelSource, AdapterRef | None]:
-        """The base weights (and the adapter, for an ``ft:`` id) ``model`` names.
+        """The base weights (and the adapter, for an ``ft:`` id or a runtime adapter) ``model`` names.
 
         Raises:
             InvalidRequest: malformed id. ModelNotFound: unknown, or a fine-tune being deleted.
         """
-        if is_fine_tune(model):
+        if self.registry.is_adapter(model):
             ref = await asyncio.to_thread(self.registry.fine_tune, model)
             if ref.model_id in self._retired:
                 raise ModelNotFound(f"The model '{model}' does not exist.")
@@ -214,7 +213,7 @@ class ModelPool:
     def status(self, model_id: str, preference: GPUPreference = AUTO) -> ModelStatus:
         """The warmup state of a canonical model id (``cold`` when nothing is known of it), over its
         replicas on placements ``preference`` names (all of them for ``auto``)."""
-        if is_fine_tune(model_id):
+        if self.registry.is_adapter(model_id):
             return self._fine_tune_status(model_id)
         labels = {str(o) for o in preference.options}
         replicas = [r for r in self.replicas(model_id) if preference.is_auto or r.placement.label in labels]
@@ -419,9 +418,14 @@ class ModelPool:
             if name in self._retired:
                 asyncio.get_running_loop().create_task(self._drop_adapter(name))
 
-    async def retire_fine_tune(self, model_id: str, on_unloaded: Callable[[], None]) -> None:
-        """Stop serving a fine-tune: new requests get 404 at once; its adapter is unloaded (and then
-        ``on_unloaded`` called, e.g. to delete its folder) when the requests holding it end."""
+    def is_retiring(self, model_id: str) -> bool:
+        """True while a retired adapter waits for the requests holding it to end."""
+        return model_id in self._retired
+
+    async def retire_fine_tune(self, model_id: str, on_unloaded: Callable[[], None] | None = None) -> None:
+        """Stop serving a fine-tune or runtime adapter: new requests get 404 at once; its adapter is
+        unloaded (and then ``on_unloaded`` called, e.g. to delete its folder) when the requests
+        holding it end."""
         self._retired[model_id] = on_unloaded
         self._fine_tune_errors.pop(model_id, None)
         if self._adapter_leases.get(model_id, 0) == 0:

@@ -7,7 +7,6 @@ from synthd.gpus.inventory import Device
 from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.selection import GPUNotSupported, SelectionError
 from synthd.gpus.spec import GPUSpecError, parse_gpu_preference
-from synthd.models.ids import is_fine_tune
 from synthd.models.pool import ModelPool
 from synthd.models.registry import ModelRegistry
 from synthd.protocol.gpus import (
@@ -74,7 +73,7 @@ def validate_preference(planner: PlacementPlanner, registry: ModelRegistry, requ
     except GPUSpecError as exc:
         return GPUValidateResponse(valid=False, fits=False, available=False, selected=None, required_gib=None,
                                    offered_gib=None, reason=str(exc), **answer)
-    source = registry.base(registry.fine_tune(request.model).base_model if is_fine_tune(request.model)
+    source = registry.base(registry.fine_tune(request.model).base_model if registry.is_adapter(request.model)
                            else request.model)
     try:
         placement, needed = planner.plan(source.path, preference, request.purpose, serving_busy)

@@ -48,11 +48,11 @@ class ModelsService:
 
     async def list(self, principal: Principal = OPERATOR) -> ModelList:
         """The operator's models (from the first moment, whatever their state), other loaded models,
-        the bases of fine-tunes, then every fine-tune ``principal`` may see: never a fine-tune
-        without its parent."""
+        the bases of fine-tunes, then every fine-tune ``principal`` may see and every runtime adapter
+        (the operator's, like imported fine-tunes): never one without its parent."""
         fine_tunes = await asyncio.to_thread(self.pool.registry.fine_tunes)
         visible = await asyncio.to_thread(self.access.visible_ids, principal, [ref.model_id for ref in fine_tunes])
-        fine_tunes = [ref for ref in fine_tunes if ref.model_id in visible]
+        fine_tunes = [*(ref for ref in fine_tunes if ref.model_id in visible), *self.pool.registry.runtime_adapters()]
         ids = [*self.pool.registry.served, *(r.model_id for r in self.pool.replicas()),
                *(ref.base_model for ref in fine_tunes)]
         bases: dict[str, ModelSource] = {}
@@ -80,10 +80,13 @@ class ModelsService:
         adapter is unloaded and its folder removed when they have.
 
         Raises:
-            InvalidRequest: a base model. ModelNotFound: unknown id, or not visible to ``principal``.
-            PermissionDenied: an imported adapter and a project key.
+            InvalidRequest: a base model or a runtime adapter. ModelNotFound: unknown id, or not
+            visible to ``principal``. PermissionDenied: an imported adapter and a project key.
         """
         await self.access.check_deletable(principal, model_id)
+        if self.pool.registry.runtime_adapter(model_id) is not None:
+            raise InvalidRequest(f"'{model_id}' is a runtime LoRA adapter; remove it with POST /v1/unload_lora_adapter.",
+                                 param="model", code="model_not_deletable")
         if not is_fine_tune(model_id):
             await self.pool.resolve(model_id)
             raise InvalidRequest(f"'{model_id}' is a base model; only fine-tuned models can be deleted.",

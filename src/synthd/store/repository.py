@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from synthd.store.files import Upload
+from synthd.store.files import Upload, write_atomic
 from synthd.store.models import Checkpoint, FileRecord, FineTunedModel, JobEvent, JobRecord, JobStatus
 
 
@@ -61,6 +61,14 @@ class Repository:
         file_id = new_id("file")
         path = self.files_dir / file_id
         upload.commit(path)
+        return self.add_file_record(file_id, filename, purpose, path, project)
+
+    def add_file(self, filename: str, purpose: str, content: bytes, project: str | None = None) -> FileRecord:
+        """Store bytes written by synthd itself (a batch's output) atomically, then record them,
+        owned by ``project``."""
+        file_id = new_id("file")
+        path = self.files_dir / file_id
+        write_atomic(path, content)
         return self.add_file_record(file_id, filename, purpose, path, project)
 
     def add_file_record(self, file_id: str, filename: str, purpose: str, path: Path,

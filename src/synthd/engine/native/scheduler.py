@@ -2,9 +2,10 @@
 
 After vLLM v1's ``Scheduler.schedule()``: every step it returns a ``StepPlan``: the waiting
 sequences admitted this step (prefilled whole, then decoded with the batch) and the running ones
-that decode one token. Admission is first come, first served, bounded by ``max_num_seqs`` and by a
-KV-cache budget in tokens: a sequence reserves ``prompt + max_tokens`` (its worst case) from
-admission to its end, so memory can never run out mid-generation; a sequence that does not fit
+that decode one token. Admission is first come, first served within a priority (lower
+``SamplingParams.priority`` first, as vLLM's priority policy: batch-API lines wait behind
+interactive requests), bounded by ``max_num_seqs`` and by a KV-cache budget in tokens: a sequence
+reserves ``prompt + max_tokens`` (its worst case) from admission to its end, so memory can never run out mid-generation; a sequence that does not fit
 waits. The waiting queue itself is bounded: beyond ``max_waiting`` a new sequence is refused
 (``QueueFull``), so a flood of requests cannot grow memory without bound.
 
@@ -71,7 +72,7 @@ class StepPlan:
 
 
 class Scheduler:
-    """First-come-first-served admission under a sequence cap and a KV-token budget.
+    """Admission by priority, then arrival, under a sequence cap and a KV-token budget.
 
     Args:
         max_num_seqs: most sequences in the running batch (vLLM's ``--max-num-seqs``).
@@ -93,17 +94,22 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def add(self, sequence: Sequence) -> None:
-        """Queue a sequence.
+        """Queue a sequence behind every waiting one of the same or a lower priority value.
 
         Raises:
             QueueFull: ``max_waiting`` sequences already wait.
         """
         if len(self.waiting) >= self.max_waiting:
             raise QueueFull(self.max_waiting)
-        self.waiting.append(sequence)
+        priority = sequence.sampler.params.priority
+        if not self.waiting or self.waiting[-1].sampler.params.priority <= priority:
+            self.waiting.append(sequence)
+            return
+        position = next(i for i, waiting in enumerate(self.waiting) if waiting.sampler.params.priority > priority)
+        self.waiting.insert(position, sequence)
 
     def schedule(self) -> StepPlan:
-        """Plan the next step: drop aborted sequences, then admit waiting ones in arrival order
+        """Plan the next step: drop aborted sequences, then admit waiting ones in queue order
         while the batch has room and their reservation fits the budget. A sequence larger than the
         whole budget is admitted alone into an empty batch (it was already checked against the
         model's context), so it cannot wait forever."""
