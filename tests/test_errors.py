@@ -121,6 +121,9 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
     assert info.value.code == "context_length_exceeded"
 
 
+API_KEYS_BEFORE_ENGINES = "API keys are checked before a request reaches any engine"
+
+
 @pytest.fixture(scope="module")
 def keyed_server(models_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("keyed")
@@ -129,6 +132,7 @@ def keyed_server(models_dir, tmp_path_factory):
         yield process
 
 
+@pytest.mark.native_only(API_KEYS_BEFORE_ENGINES)
 def test_api_key_required_when_configured(keyed_server: ServerProcess) -> None:
     wrong = openai.OpenAI(base_url=keyed_server.base_url, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -141,6 +145,7 @@ def test_api_key_required_when_configured(keyed_server: ServerProcess) -> None:
     assert httpx.get(keyed_server.root_url + "/health").status_code == 200
 
 
+@pytest.mark.native_only(API_KEYS_BEFORE_ENGINES)
 def test_api_key_from_environment(models_dir, tmp_path) -> None:
     env = server_env(tmp_path, models_dir, SYNTH_API_KEY="from-env")
     del env["SYNTHD_API_KEY"]  # SYNTHD_API_KEY would take precedence over the Synth platform's name

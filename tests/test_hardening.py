@@ -102,6 +102,17 @@ def test_metrics_count_requests_not_sequences(server: ServerProcess, client: ope
     assert after["generation_tokens_total"] - before["generation_tokens_total"] == reply.usage.completion_tokens
 
 
+def test_engine_gauges_while_a_request_streams(server: ServerProcess, client: openai.OpenAI) -> None:
+    stream = iter(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=200, stream=True,
+                                                 extra_body={"ignore_eos": True}))
+    next(stream), next(stream)
+    assert metric(server, "num_requests_running") == 1
+    assert metric(server, "num_requests_waiting") == 0
+    assert 0 < metric(server, "kv_cache_usage_perc") <= 1
+    assert list(stream)[-1].choices[0].finish_reason == "length"
+    assert metric(server, "num_requests_running") == 0
+
+
 def test_model_cards_name_models_not_server_paths(client: openai.OpenAI, models_dir: Path) -> None:
     cards = client.models.list().data
     assert all(str(models_dir) not in json.dumps(card.model_dump()) for card in cards)
@@ -158,6 +169,7 @@ def test_concurrent_warmups_respect_max_loaded_models(odd_models: Path, tmp_path
         assert len(httpx.get(f"{root}/ready").json()["models"]) == 1
 
 
+@pytest.mark.native_only("the listing comes from the registry before any engine is loaded")
 def test_models_are_listed_from_the_first_answer(odd_models: Path, tmp_path: Path) -> None:
     env = server_env(tmp_path, odd_models)
     with ServerProcess(["--model", "smol-copy"], log_path=tmp_path / "server.log", env=env,

@@ -168,6 +168,8 @@ def test_mismatched_adapter_is_400(fp32_server: ServerProcess, sdk: openai.OpenA
     assert chat(sdk, MODEL)  # the server keeps serving
 
 
+@pytest.mark.native_only("trains a fine-tune for minutes (training does not depend on the serving engine); the "
+                         "vLLM leg serves the imported PEFT adapters above")
 def test_trained_fine_tune_listed_answers_and_deleted(sdk: openai.OpenAI, home: Path, reference) -> None:
     data = sdk.files.create(file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
     job = sdk.fine_tuning.jobs.create(model=MODEL, training_file=data.id, suffix="facts", seed=7, method={

@@ -24,14 +24,18 @@ def free_port() -> int:
 class ServerProcess:
     """``with ServerProcess(args) as server:`` starts ``synthd serve`` and waits for ``/ready``.
 
-    ``server.base_url`` is ``http://127.0.0.1:PORT/v1``. The log goes to ``log_path``. ``api_key``
-    is the key the readiness poll sends (``/ready`` needs one when the server has keys); by default
-    the server's own from ``env`` (``SYNTHD_API_KEY``, ``SYNTH_API_KEY``).
+    ``server.base_url`` is ``http://127.0.0.1:PORT/v1``. The log goes to ``log_path``. ``python`` is
+    the interpreter that runs synthd (another venv's, e.g. ``.venv-vllm/bin/python``). The default
+    ``ready_timeout_s`` allows for a vLLM engine, whose start spawns two processes that each import
+    torch and vLLM (two minutes measured on a loaded 2-core machine). ``api_key`` is the key the
+    readiness poll sends (``/ready`` needs one when the server has keys); by default the server's own
+    from ``env`` (``SYNTHD_API_KEY``, ``SYNTH_API_KEY``).
     """
 
     def __init__(self, args: list[str] | None = None, *, port: int = 0, log_path: Path | None = None,
-                 env: dict[str, str] | None = None, ready_timeout_s: float = 180.0, ready_path: str = "/ready",
-                 api_key: str | None = None) -> None:
+                 env: dict[str, str] | None = None, ready_timeout_s: float = 600.0, ready_path: str = "/ready",
+                 api_key: str | None = None, python: str | Path = sys.executable) -> None:
+        self.python = str(python)
         self.port = port or free_port()
         self.args = args or []
         self.log_path = log_path or Path(os.devnull)
@@ -65,7 +69,7 @@ class ServerProcess:
         Raises:
             ServerStartError: it exited early or was not ready within ``ready_timeout_s``.
         """
-        command = [sys.executable, "-m", "synthd.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        command = [self.python, "-m", "synthd.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--log-level", "warning", *self.args]
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
@@ -84,12 +88,12 @@ class ServerProcess:
         raise ServerStartError(f"synthd serve not ready after {self.ready_timeout_s:.0f}s: {self._tail()}")
 
     def stop(self) -> None:
-        """Terminate the process (SIGTERM, then SIGKILL after 15 s)."""
+        """Terminate the process (SIGTERM, then SIGKILL after 30 s: a vLLM engine stops its processes first)."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
         try:
-            self.process.wait(timeout=15)
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

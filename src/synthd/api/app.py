@@ -26,9 +26,10 @@ from synthd.api.metrics import ServingMetrics
 from synthd.api.openapi import install_openapi
 from synthd.api.routes import ops, v1, warmup
 from synthd.engine.config import EngineConfig, pick_dtype
+from synthd.engine.vllm.lora import max_lora_rank_for
 from synthd.gpus.inventory import build_inventory
 from synthd.gpus.planner import PlacementPlanner, Reservations
-from synthd.models.adapters import AdapterRef
+from synthd.models.adapters import AdapterRef, adapter_ranks
 from synthd.models.autoscaling import AutoscalingConfig
 from synthd.models.pool import ModelPool
 from synthd.models.registry import ModelRegistry
@@ -182,7 +183,9 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", ray
     """A pool (inventory detected, plus ``SYNTHD_GPU_POOL_FILE``), the store, the job scheduler and
     metrics, configured from settings; ``engine_options`` override ``EngineConfig`` fields. With
     ``ray_address`` (else ``SYNTHD_RAY_ADDRESS``) the inventory is that Ray cluster's, replicas and
-    training workers run as Ray actors on its nodes (``synthd.cluster``).
+    training workers run as Ray actors on its nodes (``synthd.cluster``). A vLLM
+    engine's ``max_lora_rank`` is sized from the registered fine-tunes' adapters (vLLM reserves LoRA
+    buffers for it at start-up and refuses higher ranks).
 
     Raises:
         InventoryError: the declared GPU pool file is unreadable.
@@ -191,10 +194,6 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", ray
     from synthd.config import get_settings
 
     settings = get_settings()
-    config = EngineConfig(**{"kind": engine_kind, "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs,
-                             "max_model_len": settings.max_model_len, "max_loras": settings.max_loaded_adapters,
-                             "kv_cache_tokens": settings.kv_cache_tokens, "max_waiting": settings.max_waiting,
-                             **engine_options})
     repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
 
     def find(model_id: str) -> AdapterRef | None:
@@ -204,6 +203,12 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", ray
     def listing() -> list[AdapterRef]:
         return [AdapterRef(r.id, r.base_model, Path(r.adapter_path), r.created_at) for r in repo.list_models()]
 
+    if engine_kind == "vllm" and "max_lora_rank" not in engine_options:
+        engine_options["max_lora_rank"] = max_lora_rank_for(adapter_ranks(listing()))
+    config = EngineConfig(**{"kind": engine_kind, "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs,
+                             "max_model_len": settings.max_model_len, "max_loras": settings.max_loaded_adapters,
+                             "kv_cache_tokens": settings.kv_cache_tokens, "max_waiting": settings.max_waiting,
+                             **engine_options})
     registry = ModelRegistry(settings.models_dir, served, find, listing)
     reservations = Reservations()
     cluster = None

@@ -41,7 +41,8 @@ def choose_engine(kind: str, cuda_available: bool) -> tuple[str, str]:
 def create_engine(kind: str, model_id: str, path: Path, config: EngineConfig, gpu_indices: list[int],
                   memory_bytes: float | None = None) -> Engine:
     """Load ``path`` into a ``kind`` engine (``native`` or ``vllm``) on the given CUDA ordinals (none:
-    CPU). Blocking: call it from a worker thread.
+    CPU); ``memory_bytes`` (the placement's memory) sizes the KV cache where nothing else does.
+    Blocking: call it from a worker thread.
 
     Raises:
         OSError, ValueError, RuntimeError: the model cannot be loaded.
@@ -49,7 +50,7 @@ def create_engine(kind: str, model_id: str, path: Path, config: EngineConfig, gp
     if kind == "vllm":
         from synthd.engine.vllm.engine import load_vllm_engine
 
-        return load_vllm_engine(model_id, path, config, gpu_indices)
+        return load_vllm_engine(model_id, path, config, gpu_indices, memory_bytes)
     from synthd.engine.native.loader import load_native_engine
 
     return load_native_engine(model_id, path, config, gpu_indices, memory_bytes)

@@ -113,3 +113,15 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
             if shape != expected:
                 raise AdapterMismatch(f"adapter weight {key} has shape {shape}; the base model needs {expected}")
     return info
+
+
+def adapter_ranks(adapters: list[AdapterRef]) -> list[int]:
+    """The LoRA rank ``r`` of every adapter whose ``adapter_config.json`` can be read (the others fail
+    with their reason when requested)."""
+    ranks = []
+    for adapter in adapters:
+        try:
+            ranks.append(read_adapter_config(adapter.path).r)
+        except InvalidRequest:
+            continue
+    return ranks

@@ -113,6 +113,9 @@ class Replica:
     last_used: float = field(default_factory=time.monotonic)
     created: int = field(default_factory=lambda: int(time.time()))
     task: asyncio.Task | None = None
+    evicted: list[Engine] = field(default_factory=list)
+    """Engines of replicas unloaded to make room for this one, stopped by its load before it loads
+    (so their memory is free first, and the request that started it need not wait)."""
 
 
 @dataclass(frozen=True)
@@ -374,15 +377,17 @@ class ModelPool:
         replica = Replica(source.model_id, source, placement)
         self._replicas.append(replica)
         try:
-            await self._make_room(keep=replica)
+            self._make_room(keep=replica)
         except PoolFull:
             self._replicas.remove(replica)
+            await self._stop_evicted(replica)
             raise
         self._failed.pop(source.model_id, None)
         replica.task = asyncio.create_task(self._load(replica))
         return replica
 
     async def _load(self, replica: Replica) -> None:
+        await self._stop_evicted(replica)
         started = time.perf_counter()
         try:
             replica.engine, replica.placement = await asyncio.to_thread(
@@ -467,20 +472,39 @@ class ModelPool:
         log.warning("replica of %s on %s lost: %s", replica.model_id, replica.placement.where, reason)
         asyncio.get_running_loop().create_task(engine.shutdown())
 
-    async def _make_room(self, keep: Replica) -> None:
+    def _make_room(self, keep: Replica) -> None:
+        """Unload least recently used idle replicas until ``keep`` fits; their engines go to
+        ``keep.evicted`` to be stopped before it loads.
+
+        Raises:
+            PoolFull: every other replica is loading or leased.
+        """
         while len(self._replicas) > self.max_loaded_models:
             idle = [r for r in self._replicas if r is not keep and r.state == WarmupState.WARMED and r.leases == 0]
             if not idle:
                 raise PoolFull(len(self._replicas) - 1)
-            await self._unload(min(idle, key=lambda r: r.last_used))
+            if (engine := self._detach(min(idle, key=lambda r: r.last_used))) is not None:
+                keep.evicted.append(engine)
 
     async def _unload(self, replica: Replica) -> None:
+        if (engine := self._detach(replica)) is not None:
+            await engine.shutdown()
+
+    async def _stop_evicted(self, replica: Replica) -> None:
+        while replica.evicted:
+            engine = replica.evicted.pop()
+            try:
+                await engine.shutdown()
+            except Exception:  # a failed stop must not fail the load that follows
+                log.exception("stopping the engine of %s failed", engine.model_id)
+
+    def _detach(self, replica: Replica) -> Engine | None:
+        """Take ``replica`` out of service; return its engine, still to be shut down."""
         if replica in self._replicas:
             self._replicas.remove(replica)
         engine, replica.engine, replica.state = replica.engine, None, WarmupState.COLD
-        if engine is not None:
-            await engine.shutdown()
         log.info("unloaded %s from %s", replica.model_id, replica.placement.label)
+        return engine
 
     async def close(self) -> None:
         """Stop every engine (loads in progress are cancelled)."""
@@ -489,4 +513,5 @@ class ModelPool:
         for replica in list(self._replicas):
             if replica.task is not None and not replica.task.done():
                 replica.task.cancel()
+            await self._stop_evicted(replica)
             await self._unload(replica)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from synthd.engine import prompts
 from synthd.engine.guided import GuidedDecoding
 from synthd.engine.native.model_runner import ModelRunner
 from synthd.engine.native.output_processor import OutputProcessor
@@ -98,25 +99,11 @@ class NativeEngine:
     # --- prompts -------------------------------------------------------------------------------
     def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """See ``Engine.render_chat``."""
-        if not self.tokenizer.chat_template:
-            raise InvalidRequest(f"model '{self.model_id}' has no chat template; use /v1/completions", param="messages")
-        try:
-            ids = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
-        except TypeError:
-            raise InvalidRequest("The messages could not be tokenized (invalid Unicode?).", param="messages") from None
-        except ValueError as exc:
-            raise InvalidRequest(f"The messages could not be rendered with the chat template: {exc}",
-                                 param="messages") from None
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
+        return prompts.render_chat(self.tokenizer, self.model_id, messages, tools)
 
     def encode(self, text: str) -> list[int]:
         """See ``Engine.encode``."""
-        try:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        except (TypeError, ValueError):
-            raise InvalidRequest("The prompt could not be tokenized (invalid Unicode?).", param="prompt") from None
+        return prompts.encode(self.tokenizer, text)
 
     def check_guide(self, guide: Guide) -> None:
         """See ``Engine.check_guide``."""
