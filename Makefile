@@ -16,14 +16,16 @@ VLLM_STAMP := $(VLLM_VENV)/.synthd-installed
 CONTRACT_TESTS := tests/test_chat.py tests/test_completions.py tests/test_errors.py tests/test_hardening.py \
                   tests/test_ops.py tests/test_serving_fine_tunes.py tests/test_vllm_engine.py
 
-.PHONY: setup bubblewrap browser model demo test test-vllm bench vllm clean
+.PHONY: setup bubblewrap browser model demo demo-cluster test test-vllm bench vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build; a looser pin would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	# ray: the cluster tests (tests/test_cluster.py) and make demo-cluster; synthd itself imports it
+	# only with --ray-address.
+	$(PY) -m pip install --quiet -e '.[test,ray]'
 	touch $(STAMP)
 
 # bubblewrap (bwrap) isolates the code `synthd eval` runs. Installed with apt-get when missing (as
@@ -71,6 +73,10 @@ model: setup
 
 demo: model
 	$(SYNTHD) demo
+
+# The seed's flow on a local three-node Ray cluster with declared GPUs (CPU head, 8 x H100, 2 x A100).
+demo-cluster: model
+	$(SYNTHD) demo --cluster
 
 # Two legs: every test on the native engine (.venv), then the serving contract on vLLM (.venv-vllm).
 test: model

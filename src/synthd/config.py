@@ -41,6 +41,14 @@ class Settings(BaseSettings):
                                 "but the upload (413 beyond, checked while the body is read).")
     max_concurrent_jobs: int = Field(default=1, ge=1, description="Fine-tuning jobs trained at once.")
     models_dir: Path | None = Field(default=None, description="Converted models; default $SYNTHD_HOME/models.")
+    ray_address: str | None = Field(default=None, description="Ray cluster to serve and train on: 'auto', "
+                                    "'HOST:PORT', 'ray://HOST:PORT', or 'local' (a private Ray on this machine).")
+    shared_dir: Path | None = Field(default=None, description="A folder every Ray node reads at the same path; "
+                                    "adapters under it reach replicas by path, others through Ray's object store.")
+    min_replicas: int = Field(default=0, ge=0, description="Replicas kept per model and GPU type however idle.")
+    max_replicas: int = Field(default=1, ge=1, description="Most replicas per model and GPU type (autoscaling).")
+    target_ongoing_requests: int = Field(default=2, ge=1, description="Requests in flight per replica before "
+                                         "another replica is started (up to max_replicas).")
 
     @model_validator(mode="after")
     def _default_models_dir(self) -> "Settings":

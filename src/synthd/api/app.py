@@ -8,6 +8,7 @@ import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +30,7 @@ from synthd.engine.vllm.lora import max_lora_rank_for
 from synthd.gpus.inventory import build_inventory
 from synthd.gpus.planner import PlacementPlanner, Reservations
 from synthd.models.adapters import AdapterRef, adapter_ranks
+from synthd.models.autoscaling import AutoscalingConfig
 from synthd.models.pool import ModelPool
 from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelSource
@@ -47,6 +49,9 @@ from synthd.store.db import open_database
 from synthd.store.keys import KeyStore
 from synthd.store.repository import Repository
 from synthd.training.scheduler import JobScheduler
+
+if TYPE_CHECKING:
+    from synthd.cluster.wiring import ClusterParts
 
 log = logging.getLogger(__name__)
 IDLE_CHECK_INTERVAL_S = 1.0
@@ -82,6 +87,7 @@ class Components:
     scheduler: JobScheduler
     metrics: ServingMetrics
     served: list[str]
+    cluster: "ClusterParts | None" = None
 
 
 def create_app(parts: Components, *, api_key: str | None = None, security: SecurityConfig | None = None) -> FastAPI:
@@ -126,6 +132,8 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
         parts.scheduler.recover()
         tasks = [asyncio.create_task(warm_all()), asyncio.create_task(evict_idle_forever()),
                  asyncio.create_task(parts.scheduler.run_forever())]
+        if parts.cluster is not None:
+            tasks.append(asyncio.create_task(parts.cluster.cluster.watch(pool)))
         batches.runner.start()
         try:
             yield
@@ -135,6 +143,8 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
             await batches.runner.shutdown()
             await parts.scheduler.shutdown()
             await pool.close()
+            if parts.cluster is not None:
+                parts.cluster.cluster.shutdown()
 
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
     app.state.pool = pool
@@ -168,14 +178,18 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
     return app
 
 
-def build_components(served: list[ModelSource], engine_kind: str = "native", **engine_options) -> Components:
+def build_components(served: list[ModelSource], engine_kind: str = "native", ray_address: str | None = None,
+                     **engine_options) -> Components:
     """A pool (inventory detected, plus ``SYNTHD_GPU_POOL_FILE``), the store, the job scheduler and
-    metrics, configured from settings; ``engine_options`` override ``EngineConfig`` fields. A vLLM
+    metrics, configured from settings; ``engine_options`` override ``EngineConfig`` fields. With
+    ``ray_address`` (else ``SYNTHD_RAY_ADDRESS``) the inventory is that Ray cluster's, replicas and
+    training workers run as Ray actors on its nodes (``synthd.cluster``). A vLLM
     engine's ``max_lora_rank`` is sized from the registered fine-tunes' adapters (vLLM reserves LoRA
     buffers for it at start-up and refuses higher ranks).
 
     Raises:
         InventoryError: the declared GPU pool file is unreadable.
+        ClusterUnavailable: no Ray cluster answers at the address.
     """
     from synthd.config import get_settings
 
@@ -196,22 +210,35 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", **e
                              "kv_cache_tokens": settings.kv_cache_tokens, "max_waiting": settings.max_waiting,
                              **engine_options})
     registry = ModelRegistry(settings.models_dir, served, find, listing)
-    planner = PlacementPlanner(build_inventory(settings.gpu_pool_file), lambda device: pick_dtype(config.dtype, device),
-                               config.max_model_len, Reservations())
+    reservations = Reservations()
+    cluster = None
+    if ray_address := ray_address or settings.ray_address:
+        from synthd.cluster.wiring import join_cluster
+
+        cluster = join_cluster(ray_address, engine_kind, config, reservations, repo, settings.home, settings.shared_dir)
+    inventory = cluster.cluster.inventory if cluster else build_inventory(settings.gpu_pool_file)
+    planner = PlacementPlanner(inventory, lambda device: pick_dtype(config.dtype, device), config.max_model_len,
+                               reservations)
+    autoscaling = AutoscalingConfig(settings.min_replicas, settings.max_replicas, settings.target_ongoing_requests)
     pool = ModelPool(registry, planner, engine_kind=engine_kind, engine_config=config,
-                     max_loaded_models=settings.max_loaded_models, idle_timeout_s=settings.model_idle_timeout_s)
+                     max_loaded_models=settings.max_loaded_models, idle_timeout_s=settings.model_idle_timeout_s,
+                     engine_factory=cluster.engine_factory if cluster else None, autoscaling=autoscaling)
+    if cluster is not None:
+        cluster.engine_factory.on_lost = pool.lost
     scheduler = JobScheduler(repo, settings.home, models_dir=settings.models_dir, planner=planner,
-                             serving_busy=pool.busy_devices, max_concurrent=settings.max_concurrent_jobs)
-    return Components(pool, repo, scheduler, ServingMetrics(), [s.model_id for s in served])
+                             serving_busy=pool.busy_devices, max_concurrent=settings.max_concurrent_jobs,
+                             launcher=cluster.launcher if cluster else None)
+    return Components(pool, repo, scheduler, ServingMetrics(), [s.model_id for s in served], cluster)
 
 
 def build_app(served: list[ModelSource], api_key: str | None = None, engine_kind: str = "native", *,
-              security: SecurityConfig | None = None, **engine_options) -> FastAPI:
-    """``create_app`` over ``build_components``; ``security`` defaults to loopback names and the
-    settings' body and upload caps."""
+              security: SecurityConfig | None = None, ray_address: str | None = None, **engine_options) -> FastAPI:
+    """``create_app`` over ``build_components`` (on the Ray cluster at ``ray_address``, if any);
+    ``security`` defaults to loopback names and the settings' body and upload caps."""
     from synthd.config import get_settings
 
     settings = get_settings()
     security = security or SecurityConfig(max_body_bytes=settings.max_body_bytes,
                                           max_file_bytes=settings.max_file_bytes)
-    return create_app(build_components(served, engine_kind, **engine_options), api_key=api_key, security=security)
+    return create_app(build_components(served, engine_kind, ray_address, **engine_options), api_key=api_key,
+                      security=security)

@@ -199,10 +199,11 @@ async def warm_model(model: str, pool: Pool, access: Access, principal: CallerPr
 
 @warmup.get("/warmup/status/{model:path}", response_model=WarmupStatus, responses=error_responses(404))
 @warmup.get("/v1/warmup/status/{model:path}", response_model=WarmupStatus, include_in_schema=False)
-async def warm_status(model: str, pool: Pool, access: Access, principal: CallerPrincipal) -> WarmupStatus:
-    """Warmup state of a model: cold, warming, warmed or failed."""
+async def warm_status(model: str, pool: Pool, access: Access, principal: CallerPrincipal,
+                      gpu: GPUHeader = None) -> WarmupStatus:
+    """Warmup state of a model: cold, warming, warmed or failed (on the GPUs X-GPU-Preference names)."""
     await access.check(principal, model)
-    return await warmup_status(pool, model)
+    return await warmup_status(pool, model, gpu)
 
 
 @ops.get("/health")

@@ -216,9 +216,19 @@ def run_demo(console: Console, port: int = 0) -> None:
 
 def demo(
     port: Annotated[int, typer.Option(help="Port for the demo server (0 picks a free one).")] = 0,
+    cluster: Annotated[bool, typer.Option("--cluster", help="Run it on a local three-node Ray cluster with "
+                                          "declared GPUs (needs synthd[ray]).")] = False,
 ) -> None:
-    """Pull the embedded model, start a server, run a short real session through it, stop it."""
+    """Pull the embedded model, start a server, run a short real session through it, stop it.
+
+    Example: synthd demo --cluster
+    """
     try:
-        run_demo(console, port)
+        if cluster:
+            from synthd.cli.demo_cluster import run_cluster_demo
+
+            run_cluster_demo(console, port)
+        else:
+            run_demo(console, port)
     except DemoError as exc:
         fail(str(exc))

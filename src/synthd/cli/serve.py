@@ -1,5 +1,6 @@
 """``synthd serve``: the OpenAI-compatible server."""
 
+import importlib.util
 import ipaddress
 import logging
 from pathlib import Path
@@ -74,6 +75,9 @@ def serve(
     batch_invariant: Annotated[bool, typer.Option(
         envvar="SYNTHD_BATCH_INVARIANT",
         help="Greedy outputs do not depend on which requests share the batch (costs throughput).")] = False,
+    ray_address: Annotated[str | None, typer.Option(envvar="SYNTHD_RAY_ADDRESS", help="Serve and train on this Ray "
+                                                    "cluster: auto, HOST:PORT, ray://HOST:PORT, or local (a private "
+                                                    "Ray here). Needs synthd[ray].")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve models over the OpenAI API.
@@ -82,6 +86,7 @@ def serve(
     'synthd keys create') unless --insecure-no-auth is given.
 
     Example: synthd serve --port 8000 --model SmolLM2-135M-Instruct --engine auto
+    Example: synthd serve --ray-address auto   (on a Ray cluster's head node; see README, Cluster)
     """
     from synthd.api.limits import SecurityConfig, default_allowed_hosts
     from synthd.config import get_settings
@@ -115,15 +120,17 @@ def serve(
 
     if dtype not in (None, "auto", "bfloat16", "float32"):
         fail(f"--dtype must be auto, bfloat16 or float32, not '{dtype}'")
+    if ray_address and importlib.util.find_spec("ray") is None:
+        fail("--ray-address needs Ray: pip install 'synthd[ray]'")
     try:
         kind, reason = choose_engine(engine, torch.cuda.is_available())
         served = [resolve_operator_model(name, settings.models_dir) for name in model or [EMBEDDED_MODEL_ID]]
+        overrides = {k: v for k, v in {"max_num_seqs": max_num_seqs, "max_model_len": max_model_len, "dtype": dtype,
+                                       "gpu_memory_utilization": gpu_memory_utilization,
+                                       "max_num_batched_tokens": max_num_batched_tokens}.items() if v is not None}
+        overrides |= {"enable_prefix_caching": enable_prefix_caching, "batch_invariant": batch_invariant}
+        application = build_app(served, key, kind, security=security, ray_address=ray_address, **overrides)
     except SynthdError as exc:
         fail(exc.message)
-    log.info("engine: %s (%s)", kind, reason)
-    overrides = {k: v for k, v in {"max_num_seqs": max_num_seqs, "max_model_len": max_model_len, "dtype": dtype,
-                                   "gpu_memory_utilization": gpu_memory_utilization,
-                                   "max_num_batched_tokens": max_num_batched_tokens}.items() if v is not None}
-    overrides |= {"enable_prefix_caching": enable_prefix_caching, "batch_invariant": batch_invariant}
-    application = build_app(served, key, kind, security=security, **overrides)
+    log.info("engine: %s (%s)%s", kind, reason, f"; Ray cluster at {ray_address}" if ray_address else "")
     uvicorn.run(application, host=host, port=port, log_level=log_level)

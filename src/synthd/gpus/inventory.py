@@ -14,6 +14,8 @@ from pathlib import Path
 from synthd.gpus.catalog import CPU_NAME, GPUType, cpu_type, from_device_name, lookup
 
 GIB = 1024**3
+LOCAL_NODE = "local"
+"""``Device.node`` of this host's own devices."""
 
 
 class InventoryError(ValueError):
@@ -22,11 +24,12 @@ class InventoryError(ValueError):
 
 @dataclass(frozen=True)
 class Device:
-    """One device of the deployment. ``index`` is the CUDA ordinal for local GPUs."""
+    """One device of the deployment. ``index`` is the CUDA ordinal for local GPUs (on a Ray
+    cluster: the GPU id Ray gives on ``node``). ``remote``: in a declared pool, not runnable here."""
 
     gpu: GPUType
     index: int
-    node: str = "local"
+    node: str = LOCAL_NODE
     remote: bool = False
 
     @property

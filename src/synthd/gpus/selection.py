@@ -6,6 +6,8 @@ Outcomes (each a ``SelectionError`` subclass; ``synthd.api.errors`` gives their 
 - fits but the deployment has no such devices → ``GPUUnavailable``, naming what it has;
 - the devices exist but others hold them → ``GPUBusy`` with ``retry_after_s``.
 A preference that does not parse is a ``GPUSpecError`` (``synthd.gpus.spec``).
+``TYPE:N`` takes N devices of one node (a cluster's node, or this host): tensor parallelism does not
+span machines. Nodes on this host (not ``remote``) are tried first.
 With no preference (``auto``) the cheapest fitting option available wins (price per hour × count,
 then fewer devices).
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 from synthd.errors import Conflict, InvalidRequest, Overloaded, SynthdError
 from synthd.gpus.catalog import CPU_NAME, VALID_COUNTS, lookup
-from synthd.gpus.inventory import Device, host_memory_gib
+from synthd.gpus.inventory import LOCAL_NODE, Device, host_memory_gib
 from synthd.gpus.spec import GPUOption, GPUPreference
 
 BUSY_RETRY_AFTER_S = 30
@@ -38,6 +40,22 @@ class Placement:
     def offered_gib(self) -> float:
         """Memory of all its devices together."""
         return sum(d.gpu.memory_gib for d in self.devices)
+
+    @property
+    def node(self) -> str:
+        """The node its devices are on (``local`` for this host)."""
+        return self.devices[0].node
+
+    @property
+    def where(self) -> str:
+        """What ``X-GPU-Selected`` and ``system_fingerprint`` say: the label on this host
+        (``cpu``, ``H100:2``); on a cluster node also the node and device ids
+        (``H100:2@gpu-a/0,1``, ``cpu@head``)."""
+        if self.node == LOCAL_NODE:
+            return self.label
+        if self.option.gpu_name == CPU_NAME:
+            return f"{self.label}@{self.node}"
+        return f"{self.label}@{self.node}/{','.join(str(d.index) for d in self.devices)}"
 
     @property
     def remote(self) -> bool:
@@ -121,23 +139,36 @@ def select_placement(
     if preference.is_auto:
         fitting.sort(key=lambda o: (_price(o, inventory), o.count))
     saw_busy = False
+    largest: dict[str, int] = {}
     for option in fitting:
-        same_type = [d for d in inventory if d.gpu.name == option.gpu_name]
-        if len(same_type) < option.count:
+        nodes = _nodes_of(option.gpu_name, inventory)
+        largest[option.gpu_name] = max((len(devices) for devices in nodes), default=0)
+        if largest[option.gpu_name] < option.count:
             continue
         if option.gpu_name == CPU_NAME:
-            return Placement(option, (same_type[0],))
-        free = [d for d in same_type if d.key not in busy]
-        local_free = [d for d in free if not d.remote]
-        for group in (local_free, free):
-            if len(group) >= option.count:
-                return Placement(option, tuple(group[:option.count]))
+            return Placement(option, (nodes[0][0],))
+        for devices in nodes:
+            free = [d for d in devices if d.key not in busy]
+            if len(free) >= option.count:
+                return Placement(option, tuple(free[:option.count]))
         saw_busy = True
     if saw_busy:
         raise GPUBusy(f"{', '.join(map(str, fitting))} exists in this deployment but is in use; retry later.",
                              required_gib=required_gib)
+    split = [f"{o} needs {o.count} {o.gpu_name} on one node and the most on one node is {largest[o.gpu_name]}"
+             for o in fitting if 0 < largest[o.gpu_name] < o.count]
     raise GPUUnavailable(f"{', '.join(map(str, fitting))} is not available in this deployment; "
-                         f"it has: {describe_inventory(inventory)}.", required_gib=required_gib)
+                         f"it has: {describe_inventory(inventory)}" + (f" ({'; '.join(split)})" if split else "") + ".",
+                         required_gib=required_gib)
+
+
+def _nodes_of(gpu_name: str, inventory: list[Device]) -> list[list[Device]]:
+    """Devices of one type grouped by node, in inventory order, nodes on this host first."""
+    nodes: dict[str, list[Device]] = {}
+    for device in inventory:
+        if device.gpu.name == gpu_name:
+            nodes.setdefault(device.node, []).append(device)
+    return sorted(nodes.values(), key=lambda devices: devices[0].remote)
 
 
 def _auto_options(inventory: list[Device]) -> list[GPUOption]:

@@ -11,6 +11,13 @@ timeout or the ``max_loaded_models`` LRU cap), and a leased fine-tune's adapter 
 Deleting a fine-tune (or unloading a runtime adapter) retires it at once (new requests get 404)
 and unloads its adapter once the requests holding it have finished. Fine-tunes share their base's replica; the engine loads their
 LoRA adapters on demand (``engine.generate(..., lora=...)``).
+
+Replicas of one model on one placement label scale between ``AutoscalingConfig.min_replicas`` and
+``max_replicas`` with the requests in flight (``synthd.models.autoscaling``): a request that finds
+its group below the desired size starts another replica in the background and is served by a
+warmed one meanwhile. Engines are built by an ``EngineFactory``: in this process by default, or as
+Ray actors on a cluster's nodes (``synthd.cluster``); a replica whose engine is lost (its process or
+node died) is dropped with ``lost`` and the next request starts a new one.
 """
 
 import asyncio
@@ -19,16 +26,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
 
 from synthd.engine.config import EngineConfig
 from synthd.engine.factory import create_engine
 from synthd.engine.protocol import Engine, LoRARef
-from synthd.errors import InvalidRequest, Overloaded
+from synthd.errors import InvalidRequest, Overloaded, SynthdError
 from synthd.gpus.catalog import CPU_NAME
 from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.selection import GPUUnavailable, Placement
 from synthd.gpus.spec import AUTO, GPUPreference
 from synthd.models.adapters import AdapterRef, check_adapter
+from synthd.models.autoscaling import AutoscalingConfig
 from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelNotFound, ModelSource
 
@@ -58,6 +68,33 @@ class PoolFull(Overloaded):
     def __init__(self, resident: int) -> None:
         super().__init__(f"{resident} models are loaded (the server's maximum) and all are serving requests; "
                          "retry shortly.", retry_after_s=POOL_FULL_RETRY_AFTER_S, param="model", code="pool_full")
+
+
+class EngineFactory(Protocol):
+    """Builds the engine of one replica. Blocking: the pool calls it in a worker thread."""
+
+    def __call__(self, model_id: str, path: Path, placement: Placement) -> tuple[Engine, Placement]:
+        """Load ``path`` on ``placement``; return the engine and the placement it really got (a
+        cluster may hand out other device ids than planned).
+
+        Raises:
+            Exception: the model cannot be loaded there (the message becomes the replica's error).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class LocalEngineFactory:
+    """Engines in this process (``create_engine``) on the placement's CUDA ordinals (none: CPU)."""
+
+    kind: str = "native"
+    config: EngineConfig = EngineConfig()
+
+    def __call__(self, model_id: str, path: Path, placement: Placement) -> tuple[Engine, Placement]:
+        """See ``EngineFactory``."""
+        devices = [d.index for d in placement.devices if d.gpu.name != CPU_NAME]
+        engine = create_engine(self.kind, model_id, path, self.config, devices, placement.offered_gib * 1024**3)
+        return engine, placement
 
 
 @dataclass(eq=False)
@@ -129,17 +166,23 @@ class ModelPool:
         engine_kind: ``native`` or ``vllm`` (already chosen). engine_config: how engines are built.
         max_loaded_models: most replicas resident; the least recently used idle one is unloaded.
         idle_timeout_s: unload a replica unused this long (None: never).
+        engine_factory: builds engines (default: ``LocalEngineFactory(engine_kind, engine_config)``).
+        autoscaling: replica bounds per model and placement label.
     """
 
     def __init__(self, registry: ModelRegistry, planner: PlacementPlanner, *, engine_kind: str = "native",
                  engine_config: EngineConfig = EngineConfig(), max_loaded_models: int = 4,
-                 idle_timeout_s: float | None = None) -> None:
+                 idle_timeout_s: float | None = None, engine_factory: EngineFactory | None = None,
+                 autoscaling: AutoscalingConfig = AutoscalingConfig()) -> None:
         self.registry = registry
         self.planner = planner
         self.engine_kind = engine_kind
         self.engine_config = engine_config
+        self.engine_factory = engine_factory or LocalEngineFactory(engine_kind, engine_config)
+        self.autoscaling = autoscaling
         self.max_loaded_models = max_loaded_models
         self.idle_timeout_s = idle_timeout_s
+        self._scaling: set[tuple[str, str]] = set()
         self._replicas: list[Replica] = []
         self._failed: dict[str, str] = {}
         self._adapter_leases: dict[str, int] = {}
@@ -170,11 +213,13 @@ class ModelPool:
             return await asyncio.to_thread(self.registry.base, ref.base_model), ref
         return await asyncio.to_thread(self.registry.base, model), None
 
-    def status(self, model_id: str) -> ModelStatus:
-        """The warmup state of a canonical model id (``cold`` when nothing is known of it)."""
+    def status(self, model_id: str, preference: GPUPreference = AUTO) -> ModelStatus:
+        """The warmup state of a canonical model id (``cold`` when nothing is known of it), over its
+        replicas on placements ``preference`` names (all of them for ``auto``)."""
         if self.registry.is_adapter(model_id):
             return self._fine_tune_status(model_id)
-        replicas = self.replicas(model_id)
+        labels = {str(o) for o in preference.options}
+        replicas = [r for r in self.replicas(model_id) if preference.is_auto or r.placement.label in labels]
         best = next((r for state in (WarmupState.WARMED, WarmupState.WARMING, WarmupState.FAILED)
                      for r in replicas if r.state == state), None)
         if best is None:
@@ -212,6 +257,7 @@ class ModelPool:
             raise ModelNotFound(f"The model '{adapter.model_id}' does not exist.")
         # Both leases are taken here, with no await since the retired check: a delete from now on
         # waits for this request before its adapter is unloaded and its folder removed.
+        self._scale_out(source, replica)
         replica.leases += 1
         if adapter is not None:
             self._adapter_leases[adapter.model_id] = self._adapter_leases.get(adapter.model_id, 0) + 1
@@ -242,9 +288,9 @@ class ModelPool:
         replica = self._find(source.model_id, preference)
         if replica is not None:
             outcome = "already_warmed" if replica.state == WarmupState.WARMED else "already_warming"
-            return outcome, self.status(source.model_id)
+            return outcome, self.status(source.model_id, preference)
         await self._start(source, preference)
-        return "warming", self.status(source.model_id)
+        return "warming", self.status(source.model_id, preference)
 
     async def _warmup_fine_tune(self, adapter: AdapterRef, source: ModelSource,
                                 preference: GPUPreference) -> tuple[str, ModelStatus]:
@@ -272,7 +318,8 @@ class ModelPool:
                 lease.release()
 
         self._fine_tune_warmups[adapter.model_id] = asyncio.create_task(load())
-        return "warming", ModelStatus(adapter.model_id, WarmupState.WARMING, replica.placement.label)
+        return "warming", ModelStatus(adapter.model_id, WarmupState.WARMING, replica.placement.label,
+                                      replica.placement.node)
 
     def _find(self, model_id: str, preference: GPUPreference) -> Replica | None:
         """A loading or warmed replica meeting ``preference``, least leased first."""
@@ -281,10 +328,37 @@ class ModelPool:
                    and (preference.is_auto or r.placement.label in labels)]
         return min(fitting, key=lambda r: (r.state != WarmupState.WARMED, r.leases), default=None)
 
-    async def _start(self, source: ModelSource, preference: GPUPreference) -> Replica:
+    def _group(self, replica: Replica) -> list[Replica]:
+        """Loading or warmed replicas of ``replica``'s model on its placement label."""
+        return [r for r in self.replicas(replica.model_id) if r.placement.label == replica.placement.label
+                and r.state in (WarmupState.WARMING, WarmupState.WARMED)]
+
+    def _scale_out(self, source: ModelSource, replica: Replica) -> None:
+        """Start another replica of ``replica``'s group in the background when the requests in
+        flight (this one included) call for more than the group has."""
+        group = self._group(replica)
+        key = (replica.model_id, replica.placement.label)
+        wanted = self.autoscaling.desired_replicas(sum(r.leases for r in group) + 1)
+        if len(group) >= wanted or key in self._scaling:
+            return
+        self._scaling.add(key)
+
+        async def start() -> None:
+            try:
+                added = await self._start(source, GPUPreference((replica.placement.option,)), another=True)
+                log.info("scaling %s on %s out to %d replicas (%s)", key[0], key[1], len(group) + 1,
+                         added.placement.where)
+            except SynthdError as exc:
+                log.info("cannot scale %s on %s out: %s", key[0], key[1], exc.message)
+            finally:
+                self._scaling.discard(key)
+
+        asyncio.get_running_loop().create_task(start())
+
+    async def _start(self, source: ModelSource, preference: GPUPreference, another: bool = False) -> Replica:
         """Plan a placement and start loading a replica there. Planning runs in a thread; the
         result is checked again afterwards, so two concurrent starts never share a GPU or load
-        one model twice."""
+        one model twice (unless ``another`` asks for one more replica of a group)."""
         for _ in range(3):
             try:
                 placement, _ = await asyncio.to_thread(self.planner.plan, source.path, preference, "inference",
@@ -295,7 +369,7 @@ class ModelPool:
             if placement.remote:
                 raise GPUUnavailable(f"{placement.label} is a declared cluster device ({placement.devices[0].node}); "
                                      "this process runs models only on its local devices.")
-            existing = self._find(source.model_id, preference)
+            existing = None if another else self._find(source.model_id, preference)
             if existing is not None:  # another request started one while we planned
                 return existing
             if not {d.key for d in placement.devices} & self.busy_devices():
@@ -315,11 +389,9 @@ class ModelPool:
     async def _load(self, replica: Replica) -> None:
         await self._stop_evicted(replica)
         started = time.perf_counter()
-        devices = [d.index for d in replica.placement.devices if d.gpu.name != CPU_NAME]
-        memory = replica.placement.offered_gib * 1024**3
         try:
-            replica.engine = await asyncio.to_thread(create_engine, self.engine_kind, replica.model_id,
-                                                     replica.source.path, self.engine_config, devices, memory)
+            replica.engine, replica.placement = await asyncio.to_thread(
+                self.engine_factory, replica.model_id, replica.source.path, replica.placement)
         except Exception as exc:  # any load failure becomes the replica's (and the model's) reason
             log.warning("loading %s failed: %s", replica.model_id, exc)
             replica.state, replica.error = WarmupState.FAILED, f"{type(exc).__name__}: {exc}"
@@ -374,15 +446,31 @@ class ModelPool:
             await asyncio.to_thread(on_unloaded)
 
     async def evict_idle(self) -> list[str]:
-        """Unload warmed replicas unleased for longer than ``idle_timeout_s``; return their model ids."""
+        """Unload warmed replicas unleased for longer than ``idle_timeout_s``, least recently used
+        first, keeping ``min_replicas`` of each group; return their model ids."""
         if self.idle_timeout_s is None:
             return []
         now = time.monotonic()
-        idle = [r for r in self._replicas if r.state == WarmupState.WARMED and r.leases == 0
-                and now - r.last_used > self.idle_timeout_s]
+        idle = sorted((r for r in self._replicas if r.state == WarmupState.WARMED and r.leases == 0
+                       and now - r.last_used > self.idle_timeout_s), key=lambda r: r.last_used)
+        unloaded = []
         for replica in idle:
-            await self._unload(replica)
-        return [r.model_id for r in idle]
+            if len(self._group(replica)) > self.autoscaling.min_replicas:
+                await self._unload(replica)
+                unloaded.append(replica.model_id)
+        return unloaded
+
+    def lost(self, engine: Engine, reason: str) -> None:
+        """Forget the replica running ``engine``, whose process or node is gone: requests on it
+        have failed, the next one starts a new replica. Its engine is shut down in the background
+        (freeing what it held). Call from the event loop's thread."""
+        replica = next((r for r in self._replicas if r.engine is engine), None)
+        if replica is None:
+            return
+        self._replicas.remove(replica)
+        replica.state, replica.error = WarmupState.FAILED, reason
+        log.warning("replica of %s on %s lost: %s", replica.model_id, replica.placement.where, reason)
+        asyncio.get_running_loop().create_task(engine.shutdown())
 
     def _make_room(self, keep: Replica) -> None:
         """Unload least recently used idle replicas until ``keep`` fits; their engines go to

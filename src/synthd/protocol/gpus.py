@@ -19,14 +19,17 @@ class WarmupResponse(BaseModel):
     status: Literal["warming", "already_warming", "already_warmed"]
     model: str
     gpu: str | None
+    node: str | None = None
 
 
 class WarmupStatus(BaseModel):
-    """``GET /warmup/status/{model}``: ``cold | warming | warmed | failed``."""
+    """``GET /warmup/status/{model}``: ``cold | warming | warmed | failed``; ``gpu`` is the placement
+    label and ``node`` where it runs (``local``, or a Ray node)."""
 
     model: str
     status: Literal["cold", "warming", "warmed", "failed"]
     gpu: str | None = None
+    node: str | None = None
     load_seconds: float | None = None
     error: str | None = None
 
@@ -74,9 +77,23 @@ class DeviceEntry(BaseModel):
     in_use_by: list[str]
 
 
+class NodeEntry(BaseModel):
+    """One node (this host is ``local``; on a Ray cluster, each node): its device type, how many
+    devices it has, how many are free, and what holds the others (models and training jobs)."""
+
+    node: str
+    type: str
+    devices: int
+    free: int
+    in_use_by: list[str]
+
+
 class GPUReport(BaseModel):
-    """``GET /v1/gpus``."""
+    """``GET /v1/gpus``: ``in_use`` maps each served model to its placement label; ``replicas``
+    lists each replica's placement with node and device ids (``H100:2@gpu-a/0,1``)."""
 
     catalog: list[CatalogEntry]
     inventory: list[DeviceEntry]
+    nodes: list[NodeEntry]
     in_use: dict[str, str]
+    replicas: dict[str, list[str]]

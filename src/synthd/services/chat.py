@@ -97,8 +97,9 @@ class PreparedRequest:
 
     @property
     def gpu(self) -> str:
-        """The placement label (``cpu``, ``H100:2``)."""
-        return self.lease.placement.label
+        """Where it runs: the placement label (``cpu``, ``H100:2``), with the node and device ids on
+        a cluster (``H100:2@gpu-a/0,1``)."""
+        return self.lease.placement.where
 
     def close(self) -> None:
         """Give the model lease back (idempotent)."""
@@ -126,7 +127,7 @@ class OpenAIServing:
 
     @staticmethod
     def fingerprint(prepared: PreparedRequest) -> str:
-        """``system_fingerprint``: synthd version, the device used (placement) and the dtype."""
+        """``system_fingerprint``: synthd version, the devices used (placement, node) and the dtype."""
         return f"synthd-{__version__}-{prepared.gpu}-{prepared.lease.engine.dtype}"
 
     async def _lease(self, model: str, body_preference: str | None, header_preference: str | None,

@@ -2,7 +2,8 @@
 
 import asyncio
 
-from synthd.gpus.catalog import CATALOG
+from synthd.gpus.catalog import CATALOG, CPU_NAME
+from synthd.gpus.inventory import Device
 from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.selection import GPUNotSupported, SelectionError
 from synthd.gpus.spec import GPUSpecError, parse_gpu_preference
@@ -14,6 +15,7 @@ from synthd.protocol.gpus import (
     GPUReport,
     GPUValidateRequest,
     GPUValidateResponse,
+    NodeEntry,
     WarmupResponse,
     WarmupStatus,
 )
@@ -28,13 +30,34 @@ def gpu_report(pool: ModelPool) -> GPUReport:
     for owner, keys in pool.planner.reservations.holders().items():
         for key in keys:
             holders.setdefault(key, []).append(owner)
+    inventory = list(pool.planner.inventory)
+    replicas: dict[str, list[str]] = {}
+    for replica in pool.replicas():
+        replicas.setdefault(replica.model_id, []).append(f"{replica.placement.where} ({replica.state.value})")
     return GPUReport(
         catalog=[CatalogEntry(name=g.name, memory_gib=g.memory_gib, price_per_hour=g.price_per_hour,
                               aliases=list(g.aliases)) for g in CATALOG],
         inventory=[DeviceEntry(key=d.key, type=d.gpu.name, memory_gib=d.gpu.memory_gib, node=d.node, remote=d.remote,
-                               in_use_by=holders.get(d.key, [])) for d in pool.planner.inventory],
+                               in_use_by=holders.get(d.key, [])) for d in inventory],
+        nodes=_nodes(inventory, holders),
         in_use={r.model_id: r.placement.label for r in pool.replicas()},
+        replicas=replicas,
     )
+
+
+def _nodes(inventory: list[Device], holders: dict[str, list[str]]) -> list[NodeEntry]:
+    """Per node and device type: how many devices, how many free (the CPU is shared: never held
+    whole), and who uses them."""
+    by_node: dict[tuple[str, str], list[Device]] = {}
+    for device in inventory:
+        by_node.setdefault((device.node, device.gpu.name), []).append(device)
+    entries = []
+    for (node, gpu), devices in by_node.items():
+        held = [d for d in devices if holders.get(d.key)] if gpu != CPU_NAME else []
+        users = sorted({owner for d in devices for owner in holders.get(d.key, [])})
+        entries.append(NodeEntry(node=node, type=gpu, devices=len(devices), free=len(devices) - len(held),
+                                 in_use_by=users))
+    return entries
 
 
 def validate_preference(planner: PlacementPlanner, registry: ModelRegistry, request: GPUValidateRequest,
@@ -77,18 +100,19 @@ async def start_warmup(pool: ModelPool, model: str, body_preference: str | None,
     """
     preference = parse_gpu_preference(body_preference if body_preference is not None else header_preference)
     outcome, status = await pool.warmup(model, preference)
-    return WarmupResponse(status=outcome, model=status.model, gpu=status.gpu)
+    return WarmupResponse(status=outcome, model=status.model, gpu=status.gpu, node=status.node)
 
 
-async def warmup_status(pool: ModelPool, model: str) -> WarmupStatus:
-    """The model's warmup state.
+async def warmup_status(pool: ModelPool, model: str, header_preference: str | None = None) -> WarmupStatus:
+    """The model's warmup state, on the placements ``header_preference`` names (any when absent).
 
     Raises:
-        ModelNotFound: unknown model. InvalidRequest: malformed id.
+        ModelNotFound: unknown model. InvalidRequest: malformed id. GPUSpecError: a bad preference.
     """
+    preference = parse_gpu_preference(header_preference)
     source, adapter = await pool.resolve(model)
-    status = pool.status(adapter.model_id if adapter else source.model_id)
-    return WarmupStatus(model=status.model, status=status.state.value, gpu=status.gpu,
+    status = pool.status(adapter.model_id if adapter else source.model_id, preference)
+    return WarmupStatus(model=status.model, status=status.state.value, gpu=status.gpu, node=status.node,
                         load_seconds=_round(status.load_seconds), error=status.error)
 
 

@@ -51,6 +51,7 @@ from synthd.store.models import FileRecord, JobRecord, JobStatus
 from synthd.store.repository import NewModel, Repository, new_id, now
 from synthd.training.config import DEFAULT_N_CHECKPOINTS, Hyperparameters
 from synthd.training.data import load_jsonl
+from synthd.training.launcher import LocalLauncher, WorkerHandle, WorkerLauncher
 from synthd.training.layout import JobLayout, latest_checkpoint
 from synthd.training.tracking import tracking_env
 from synthd.training.worker import EXIT_FOLDER_BUSY, PARENT_ENV, model_path
@@ -71,19 +72,20 @@ TRAINING_CREDENTIALS = ("WANDB_API_KEY",)
 
 @dataclass
 class Worker:
-    """A running worker process."""
+    """A running worker (a local process, or a Ray actor's on a cluster)."""
 
     job_id: str
-    process: subprocess.Popen
+    process: WorkerHandle
     cancel_seen_at: float | None = None
 
 
 @dataclass
 class Start:
-    """A claimed job to launch: its environment for the worker."""
+    """A claimed job to launch: its environment for the worker and where it was placed."""
 
     job_id: str
     env: dict[str, str] = field(default_factory=dict)
+    placement: Placement | None = None
 
 
 def log_tail(path: Path, lines: int = 3, limit_bytes: int = LOG_TAIL_BYTES) -> str:
@@ -140,11 +142,13 @@ class JobScheduler:
         max_concurrent: jobs trained at once.
         env: extra environment for workers, on top of the server's without its secrets (provider
             keys, tokens: ``synthd.environ``) but for ``TRAINING_CREDENTIALS``.
+        launcher: starts workers (default: local processes; ``synthd.cluster.jobs.RayLauncher`` on a
+            Ray cluster).
     """
 
     def __init__(self, repo: Repository, home: Path, *, models_dir: Path, planner: PlacementPlanner,
                  serving_busy: Callable[[], set[str]] = set, max_concurrent: int = 1,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, launcher: WorkerLauncher | None = None) -> None:
         self.repo = repo
         self.home = home
         self.models_dir = models_dir
@@ -153,6 +157,7 @@ class JobScheduler:
         self.serving_busy = serving_busy
         self.max_concurrent = max_concurrent
         self.env = {**scrubbed_environ(keep=TRAINING_CREDENTIALS), **(env or {})}
+        self.launcher = launcher or LocalLauncher()
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.leader = False
@@ -185,7 +190,7 @@ class JobScheduler:
         """One pass: database work in a thread, worker launches on the loop's thread (a worker's
         parent-death signal is tied to the thread that started it)."""
         starts = await asyncio.to_thread(self._step, set(self.serving_busy()))
-        if self.leader and self._trained:
+        if self.leader and self._trained and isinstance(self.launcher, LocalLauncher):
             self._keep_standby()
         for start in starts:
             self._launch(start)
@@ -357,7 +362,7 @@ class JobScheduler:
             layout.result.unlink(missing_ok=True)
             layout.error.unlink(missing_ok=True)
             starts.append(Start(job.id, {"CUDA_VISIBLE_DEVICES": ",".join(str(d.index) for d in gpus),
-                                         **tracking_env(layout, job.integrations)}))
+                                         **tracking_env(layout, job.integrations)}, placement))
         return starts
 
     def _place(self, job: JobRecord, serving_busy: set[str]) -> Placement:
@@ -379,13 +384,13 @@ class JobScheduler:
 
     def _launch(self, start: Start) -> None:
         layout = JobLayout(self.home, start.job_id)
-        process = self._assign_standby(start, layout) if start.env.get("CUDA_VISIBLE_DEVICES") == "" else None
+        local = isinstance(self.launcher, LocalLauncher)
+        process = self._assign_standby(start, layout) if local and start.env.get("CUDA_VISIBLE_DEVICES") == "" else None
         try:
             if process is None:
-                with open(layout.log, "ab") as log_file:
-                    process = subprocess.Popen([sys.executable, "-m", "synthd.training.worker", start.job_id],
-                                               env={**self.env, **start.env, PARENT_ENV: str(os.getpid())},
-                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
+                assert start.placement is not None
+                process = self.launcher.launch(start.job_id, {**self.env, **start.env, PARENT_ENV: str(os.getpid())},
+                                               layout.log, start.placement.label, start.placement.node)
         except OSError as exc:
             self.reservations.release(start.job_id)
             self._fail(start.job_id, "worker_start_failed", f"Could not start the training worker: {exc}",
