@@ -202,6 +202,11 @@ def test_response_format_json_object_and_errors(client: openai.OpenAI) -> None:
     assert "Invalid JSON schema" in str(bad_schema.value) and bad_schema.value.body["param"] == "response_format.json_schema.schema"
     with pytest.raises(openai.BadRequestError, match="json_schema is required"):
         chat(client, response_format={"type": "json_schema"})
+    for matches_nothing in ({"$ref": "#"}, {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}):
+        with pytest.raises(openai.BadRequestError) as nothing:
+            chat(client, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": matches_nothing}})
+        assert "no JSON value can match it" in nothing.value.message and len(nothing.value.message) < 300
+        assert nothing.value.body["param"] == "response_format.json_schema.schema"
     assert chat(client, response_format={"type": "text"}, max_tokens=5).choices[0].message.content
 
 
@@ -212,6 +217,23 @@ WEATHER = {"type": "function", "function": {
 CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {
     "type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"], "additionalProperties": False}}}
 WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_required_tool_choice_with_pydantic_defs(client: openai.OpenAI) -> None:
+    """Tools whose parameters refer to their own ``$defs`` (every pydantic model with a nested model)."""
+    place = {"type": "function", "function": {"name": "locate", "parameters": {
+        "type": "object", "properties": {"where": {"$ref": "#/$defs/City"}}, "required": ["where"],
+        "additionalProperties": False, "$defs": {"City": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                          "required": ["city"], "additionalProperties": False}}}}}
+    reply = chat(client, messages=WEATHER_QUESTION, tools=[place, WEATHER], tool_choice="required",
+                 parallel_tool_calls=False, max_tokens=120)
+    calls = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls" and calls, reply
+    for call in calls:
+        arguments = json.loads(call.function.arguments)
+        assert set(arguments) == ({"where"} if call.function.name == "locate" else {"city"})
+        if call.function.name == "locate":
+            assert set(arguments["where"]) == {"city"}
 
 
 def test_named_tool_choice_returns_a_tool_call(client: openai.OpenAI) -> None:

@@ -82,6 +82,12 @@ def test_gpus_table_and_json() -> None:
     assert data["inventory"][0]["type"] == "cpu" and len(data["catalog"]) == 9
 
 
+def test_serve_port_out_of_range_is_refused() -> None:
+    for port in ("99999", "-1"):  # 99999 used to listen on 99999 - 65536 while logging 99999
+        result = synthd("serve", "--port", port)
+        assert result.returncode == 2 and "--port" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_gpus_validate_outcomes(tmp_path) -> None:
     ok = synthd("gpus", "validate", "cpu", "--model", MODEL)
     assert ok.returncode == 0 and "would run on cpu" in ok.stdout
@@ -95,6 +101,8 @@ def test_gpus_validate_outcomes(tmp_path) -> None:
     assert too_small.returncode == 1 and "GPU type not supported for this model" in too_small.stderr
     malformed = synthd("gpus", "validate", "H100:3")
     assert malformed.returncode == 1 and "valid counts: 1, 2, 4, 8" in malformed.stderr
+    huge = synthd("gpus", "validate", "H100:" + "9" * 5000)  # past int()'s digit limit: a traceback before
+    assert huge.returncode == 1 and "invalid GPU count" in huge.stderr and "Traceback" not in huge.stderr
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps({"devices": [{"type": "H100", "count": 8}]}))
     on_pool = synthd("gpus", "validate", "H100:2", "--model", str(big), env={"SYNTHD_GPU_POOL_FILE": str(pool)})

@@ -1,13 +1,19 @@
 """Every bad input gets OpenAI's error object with the right status, and the server keeps serving."""
 
 import json
+import logging
+import threading
+import time
 
 import httpx
 import openai
 import pytest
+import uvicorn
+from fastapi import FastAPI
 
 from conftest import MODEL, server_env
-from synthd.server_process import ServerProcess
+from synthd.api.errors import UnexpectedErrorMiddleware, install_error_handlers
+from synthd.server_process import ServerProcess, free_port
 
 GOOD = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
 
@@ -64,6 +70,8 @@ CASES = [
     ("model under unknown home", "/chat/completions", with_(model="~nosuchuser/foo"), 404, "model_not_found", "model"),
     ("unicode digit count", "/chat/completions", with_(gpu_preference="H100:²"), 400, "invalid_gpu_preference", "gpu_preference"),
     ("arabic digit count", "/chat/completions", with_(gpu_preference="H100:٢"), 400, "invalid_gpu_preference", "gpu_preference"),
+    ("count past int's digit limit", "/chat/completions", with_(gpu_preference="H100:" + "9" * 5000), 400,
+     "invalid_gpu_preference", "gpu_preference"),
     ("too many sequences", "/completions", {"model": MODEL, "prompt": ["a"] * 100, "n": 2}, 400, "invalid_value", None),
 ]
 
@@ -153,3 +161,45 @@ def test_api_key_from_environment(models_dir, tmp_path) -> None:
         assert httpx.get(process.base_url + "/models").status_code == 401
         ok = httpx.get(process.base_url + "/models", headers={"Authorization": "Bearer from-env"})
         assert ok.status_code == 200
+
+
+def test_unexpected_error_is_a_500_envelope_and_keeps_the_connection() -> None:
+    """An exception no handler maps (any future bug) answers 500 in the envelope, and the client's
+    keep-alive connection stays usable: Starlette's last-resort handler re-raised, so the server
+    reset the connection and the next request on it failed."""
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(UnexpectedErrorMiddleware)
+
+    @app.get("/broken")
+    async def broken() -> dict:
+        raise RuntimeError("a bug")
+
+    @app.get("/fine")
+    async def fine() -> dict:
+        return {"ok": True}
+
+    escaped: list[logging.LogRecord] = []  # uvicorn closes the connection of a request whose exception reaches it
+    catcher = logging.Handler()
+    catcher.emit = escaped.append
+    logging.getLogger("uvicorn.error").addHandler(catcher)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            for _ in range(100):
+                if server.started:
+                    break
+                time.sleep(0.05)
+            answer = http.get("/broken")
+            assert answer.status_code == 500
+            assert answer.json()["error"] == {"message": "Internal server error: RuntimeError", "type": "server_error",
+                                              "param": None, "code": None}
+            assert http.get("/fine").json() == {"ok": True}
+        assert not [r for r in escaped if r.exc_info], [r.getMessage() for r in escaped]
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(catcher)
+        server.should_exit = True
+        thread.join(10)

@@ -222,6 +222,8 @@ def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
         (dict(model=MODEL, training_file=good, suffix="a:b"), "suffix"),
         (dict(model=MODEL, training_file=good, method={"type": "dpo", "supervised": {}}), "method"),
         (dict(model=MODEL, training_file=good, extra_body={"lora": {"r": 10**9}}), "lora.r"),
+        (dict(model=MODEL, training_file=good, extra_body={"lora": {"target_modules": ["q_proj", "nope"]}}),
+         "lora.target_modules"),  # accepted before, then failed in training
         (dict(model=MODEL, training_file=good, hyperparameters={"n_epochs": True}), "hyperparameters.n_epochs"),
     ]
     for kwargs, param in cases:

@@ -141,7 +141,7 @@ def test_base_is_the_served_model_named_in_the_adapter_config(server: ServerProc
 
 
 def test_bad_adapters_are_400_and_the_server_keeps_serving(server: ServerProcess, sdk: openai.OpenAI,
-                                                           tmp_path: Path) -> None:
+                                                           adapters_dir: Path, tmp_path: Path) -> None:
     missing = load(server, "ghost", tmp_path / "nowhere")
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "adapter_mismatch" and missing.json()["error"]["param"] == "lora_path"
@@ -151,7 +151,26 @@ def test_bad_adapters_are_400_and_the_server_keeps_serving(server: ServerProcess
     mismatched = load(server, "tiny", tmp_path / "tiny")
     assert mismatched.status_code == 400
     assert mismatched.json()["error"]["code"] == "adapter_mismatch" and "shape" in mismatched.json()["error"]["message"]
-    for name in ("ghost", "tiny"):
+    def with_rank(rank):
+        def damage(folder: Path) -> None:
+            config = json.loads((folder / "adapter_config.json").read_text())
+            (folder / "adapter_config.json").write_text(json.dumps({**config, "r": rank}))
+        return damage
+
+    broken = {  # each loaded before this fix: a 500 at load, or a 200 and then a 93 KB 500 on every request
+        "torn": lambda folder: (folder / "adapter_model.safetensors").write_bytes(bytes(range(100))),
+        "wrong-rank": with_rank(64),
+        "rank-text": with_rank("eight"),
+    }
+    for name, damage in broken.items():
+        shutil.copytree(adapters_dir / "alpha", tmp_path / name)
+        damage(tmp_path / name)
+        answer = load(server, name, tmp_path / name)
+        assert answer.status_code == 400, (name, answer.text)
+        assert answer.json()["error"]["code"] == "adapter_mismatch" and len(answer.json()["error"]["message"]) < 400
+    too_long = load(server, "long", "/" + "a" * 300)
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "adapter_mismatch", too_long.text
+    for name in ("ghost", "tiny", *broken):
         assert name not in [m.id for m in sdk.models.list().data]
         with pytest.raises(openai.NotFoundError):
             chat(sdk, name)

@@ -18,7 +18,7 @@ from synthd.api.auth import AuthMiddleware
 from synthd.api.batch_routes import router as batch_router
 from synthd.api.console import PUBLIC_PAGES
 from synthd.api.console import router as console_router
-from synthd.api.errors import error_reply, install_error_handlers
+from synthd.api.errors import UnexpectedErrorMiddleware, error_reply, install_error_handlers
 from synthd.api.ft_routes import router as ft_router
 from synthd.api.limits import UPLOAD_ENVELOPE_BYTES, BodyLimitMiddleware, HostCheckMiddleware, SecurityConfig
 from synthd.api.lora_routes import router as lora_router
@@ -175,6 +175,7 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
     app.add_middleware(AuthMiddleware, keys=keys, limiter=limiter, public_paths=security.public_paths,
                        public_pages=PUBLIC_PAGES)
     app.add_middleware(HostCheckMiddleware, allowed_hosts=security.allowed_hosts)
+    app.add_middleware(UnexpectedErrorMiddleware)  # outermost: see its docstring
     return app
 
 

@@ -198,8 +198,36 @@ def install_error_handlers(app: FastAPI) -> None:
         mapped = domain_error(exc)
         return JSONResponse(mapped.body(), status_code=mapped.status_code, headers=mapped.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        error = APIError(500, f"Internal server error: {type(exc).__name__}", type="server_error")
-        return JSONResponse(error.body(), status_code=500)
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an exception no handler maps with a 500 in the envelope, and keeps the connection.
+
+    Starlette's own last-resort handler answers and then re-raises, so the server drops the
+    keep-alive connection and the client's next request on it fails; this pure ASGI middleware,
+    installed outermost, ends the exception here. Once a response has started (a stream), the
+    exception is left to the server: nothing well-formed can be sent any more.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("unhandled error")
+            error = APIError(500, f"Internal server error: {type(exc).__name__}", type="server_error")
+            await JSONResponse(error.body(), status_code=500)(scope, receive, send)

@@ -215,7 +215,7 @@ def run_demo(console: Console, port: int = 0) -> None:
 
 
 def demo(
-    port: Annotated[int, typer.Option(help="Port for the demo server (0 picks a free one).")] = 0,
+    port: Annotated[int, typer.Option(help="Port for the demo server (0 picks a free one).", min=0, max=65535)] = 0,
     cluster: Annotated[bool, typer.Option("--cluster", help="Run it on a local three-node Ray cluster with "
                                           "declared GPUs (needs synthd[ray]).")] = False,
 ) -> None:

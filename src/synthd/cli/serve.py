@@ -49,7 +49,7 @@ def serve(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model to serve (a name, or a folder "
                                                     "served under its folder's name); repeat for several.")] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
     api_key: Annotated[str | None, typer.Option(envvar=["SYNTHD_API_KEY", "SYNTH_API_KEY"], show_envvar=True,
                                                 help="Admin key: require this bearer token (an empty "
                                                 "variable counts as unset).")] = None,

@@ -42,7 +42,7 @@ class GuideMatcher:
             RuntimeError: the matcher refused the token or is in an error state.
         """
         if not self.matcher.consume_token(token) or self.matcher.is_error():
-            raise RuntimeError(f"structured output: {self.matcher.get_error() or 'token not allowed'}")
+            raise RuntimeError(f"structured output: {short_error(self.matcher.get_error()) or 'token not allowed'}")
 
 
 class GuidedDecoding:
@@ -77,9 +77,19 @@ class GuidedDecoding:
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self._ll())
         if is_error:
             raise GuideError(f"Invalid JSON schema: {messages[0] if messages else 'cannot be compiled'}")
+        if (problem := self._first_step_error(grammar)) is not None:
+            raise GuideError(f"Invalid JSON schema: no JSON value can match it ({problem}).")
         with self._lock:
             self._grammars[key] = grammar
         return grammar
+
+    def _first_step_error(self, grammar: str) -> str | None:
+        """Why no first token is allowed by ``grammar``, or None. A grammar can compile and still match
+        nothing (a schema that only refers to itself, ``{"$ref": "#"}``): llguidance reports that only
+        when the first mask is computed, so it is computed once here, per schema."""
+        probe = GuideMatcher(llguidance.LLMatcher(self._ll(), grammar), self._ll().vocab_size)
+        llguidance.numpy.fill_next_token_bitmask(probe.matcher, probe.bitmask, 0)
+        return short_error(probe.matcher.get_error()) if probe.matcher.is_error() else None
 
     def matcher(self, schema: dict[str, Any]) -> GuideMatcher:
         """A fresh matcher for JSON matching ``schema``, for one sequence.
@@ -89,3 +99,8 @@ class GuidedDecoding:
         """
         tokenizer = self._ll()
         return GuideMatcher(llguidance.LLMatcher(tokenizer, self.compile(schema)), tokenizer.vocab_size)
+
+
+def short_error(message: str) -> str:
+    """llguidance's error without the parser state it appends: its first line, at most 200 characters."""
+    return message.strip().splitlines()[0][:200] if message.strip() else ""

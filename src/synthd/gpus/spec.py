@@ -77,7 +77,7 @@ def _parse_option(part: str, whole: str) -> GPUOption:
     count = 1
     if len(pieces) == 2:
         raw = pieces[1].strip()
-        if not (raw.isascii() and raw.isdigit()) or int(raw) not in VALID_COUNTS:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 3 or int(raw) not in VALID_COUNTS:
             raise GPUSpecError(f"invalid GPU count '{raw}' in '{whole}'; {valid_types_text()}")
         count = int(raw)
     if gpu_name == CPU_NAME and count != 1:

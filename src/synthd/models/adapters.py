@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from synthd.errors import InvalidRequest
@@ -50,22 +50,28 @@ class AdapterInfo:
     alpha: float
     target_modules: tuple[str, ...]
     base_model_name_or_path: str | None = None
+    per_module_ranks: bool = False  # PEFT's rank_pattern: some modules use another rank than r
 
 
 def read_adapter_config(path: Path) -> AdapterInfo:
     """Parse ``adapter_config.json``.
 
     Raises:
-        AdapterMismatch: missing files or no rank/targets. UnsupportedAdapter: not LoRA, DoRA, or
-            ``modules_to_save``.
+        AdapterMismatch: unreadable or missing files, or no rank/targets. UnsupportedAdapter: not LoRA,
+            DoRA, or ``modules_to_save``.
     """
     config_file = path / "adapter_config.json"
-    if not config_file.is_file() or not (path / "adapter_model.safetensors").is_file():
-        raise AdapterMismatch(f"{path} is not a PEFT adapter folder (needs adapter_config.json and adapter_model.safetensors)")
     try:
+        if not config_file.is_file() or not (path / "adapter_model.safetensors").is_file():
+            raise AdapterMismatch(f"{path} is not a PEFT adapter folder (needs adapter_config.json and "
+                                  "adapter_model.safetensors)")
         config = json.loads(config_file.read_text())
+    except OSError as exc:
+        raise AdapterMismatch(f"{path} cannot be read ({exc.strerror or type(exc).__name__})") from None
     except ValueError as exc:
         raise AdapterMismatch(f"{config_file}: invalid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise AdapterMismatch(f"{config_file}: expected a JSON object")
     if config.get("peft_type") != "LORA":
         raise UnsupportedAdapter(f"Only LoRA adapters can be served; this one is {config.get('peft_type')!r}.")
     if config.get("use_dora"):
@@ -78,11 +84,15 @@ def read_adapter_config(path: Path) -> AdapterInfo:
     targets = config.get("target_modules")
     if isinstance(targets, str):
         targets = [targets]
-    if not targets or not config.get("r"):
-        raise AdapterMismatch("adapter_config.json has no 'r' or 'target_modules'")
+    rank, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
+    if not targets or not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise AdapterMismatch("adapter_config.json has no 'target_modules' (a list of module names)")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1 or not isinstance(alpha, int | float):
+        raise AdapterMismatch("adapter_config.json needs 'r' (a positive integer) and a numeric 'lora_alpha'")
     base = config.get("base_model_name_or_path")
-    return AdapterInfo(r=int(config["r"]), alpha=float(config.get("lora_alpha", config["r"])), target_modules=tuple(targets),
-                       base_model_name_or_path=base if isinstance(base, str) and base else None)
+    return AdapterInfo(r=rank, alpha=float(alpha), target_modules=tuple(targets),
+                       base_model_name_or_path=base if isinstance(base, str) and base else None,
+                       per_module_ranks=bool(config.get("rank_pattern")))
 
 
 def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
@@ -92,27 +102,41 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
         AdapterMismatch, UnsupportedAdapter: with the first problem found.
     """
     info = read_adapter_config(path)
-    config = AutoConfig.from_pretrained(base_path)
-    with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(config)
-    linear = {name: module for name, module in base.named_modules() if isinstance(module, torch.nn.Linear)}
-    leaf_names = {name.rsplit(".", 1)[-1] for name in linear}
-    missing = [t for t in info.target_modules if t != "all-linear" and t not in leaf_names]
+    linear = linear_modules(base_path)
+    missing = missing_targets(info.target_modules, linear)
     if missing:
-        raise AdapterMismatch(f"adapter targets modules {missing} that the base model ({config.model_type}) does not have")
-    with safe_open(path / "adapter_model.safetensors", framework="pt") as tensors:
-        for key in tensors.keys():
-            if ".lora_A." not in key and ".lora_B." not in key:
-                continue
-            module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
-            module = linear.get(module_name)
-            if module is None:
-                raise AdapterMismatch(f"adapter weight {key} has no matching module in the base model")
-            shape = tuple(tensors.get_slice(key).get_shape())
-            expected = (shape[0], module.in_features) if ".lora_A." in key else (module.out_features, shape[1])
-            if shape != expected:
-                raise AdapterMismatch(f"adapter weight {key} has shape {shape}; the base model needs {expected}")
+        raise AdapterMismatch(f"adapter targets modules {missing} that the base model does not have")
+    try:
+        with safe_open(path / "adapter_model.safetensors", framework="pt") as tensors:
+            shapes = {key: tuple(tensors.get_slice(key).get_shape()) for key in tensors.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise AdapterMismatch(f"adapter_model.safetensors cannot be read ({str(exc)[:200]})") from None
+    for key, shape in shapes.items():
+        if ".lora_A." not in key and ".lora_B." not in key:
+            continue
+        module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+        module = linear.get(module_name)
+        if module is None:
+            raise AdapterMismatch(f"adapter weight {key} has no matching module in the base model")
+        rank = shape[0 if ".lora_A." in key else -1] if info.per_module_ranks else info.r
+        expected = (rank, module.in_features) if ".lora_A." in key else (module.out_features, rank)
+        if shape != expected:
+            raise AdapterMismatch(f"adapter weight {key} has shape {shape}; the base model and r={info.r} need {expected}")
     return info
+
+
+def linear_modules(base_path: Path) -> dict[str, torch.nn.Linear]:
+    """The base model's ``nn.Linear`` modules by qualified name, built on the ``meta`` device (no
+    weights read, no memory)."""
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_path))
+    return {name: module for name, module in base.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def missing_targets(target_modules: tuple[str, ...] | list[str], linear: dict[str, torch.nn.Linear]) -> list[str]:
+    """The LoRA ``target_modules`` (leaf names, or PEFT's ``all-linear``) that name no linear module."""
+    leaf_names = {name.rsplit(".", 1)[-1] for name in linear}
+    return [t for t in target_modules if t != "all-linear" and t not in leaf_names]
 
 
 def adapter_ranks(adapters: list[AdapterRef]) -> list[int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from synthd.errors import Conflict, InvalidRequest, NotFound
 from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.spec import parse_gpu_preference
+from synthd.models.adapters import linear_modules, missing_targets
 from synthd.models.ids import FineTuneId, is_fine_tune
 from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelNotFound
@@ -124,6 +125,10 @@ class FineTuningService:
         placement, _ = self.planner.plan(source_model.path, parse_gpu_preference(body.gpu_preference), purpose)
         if lora is None:
             lora_in = body.lora or LoRAIn()
+            if lora_in.target_modules and (missing := missing_targets(lora_in.target_modules,
+                                                                      linear_modules(source_model.path))):
+                raise _invalid(f"lora.target_modules {missing} name no linear module of '{base}' (e.g. q_proj, "
+                               "v_proj, or 'all-linear').", "lora.target_modules")
             lora = LoRASettings(r=lora_in.r, alpha=lora_in.alpha, dropout=lora_in.dropout,
                                 target_modules=tuple(lora_in.target_modules or DEFAULT_TARGET_MODULES))
         job = JobRecord(

@@ -32,14 +32,32 @@ def tool_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
         name = forced_name(request)
         return next(t.function.parameters for t in tools if t.function.name == name) or NO_ARGUMENTS
     if mode == "required":
+        # Each tool's schema moves under the wrapper's $defs, its local refs ("#/$defs/Inner", "#")
+        # rewritten to point there, so pydantic-style schemas with $defs keep resolving.
+        defs = {f"tool_{i}": rebase_refs(t.function.parameters or NO_ARGUMENTS, f"#/$defs/tool_{i}")
+                for i, t in enumerate(tools)}
         branches = [{"type": "object", "properties": {"name": {"const": t.function.name},
-                                                      "parameters": t.function.parameters or NO_ARGUMENTS},
-                     "required": ["name", "parameters"], "additionalProperties": False} for t in tools]
-        schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": branches}}
+                                                      "parameters": {"$ref": f"#/$defs/tool_{i}"}},
+                     "required": ["name", "parameters"], "additionalProperties": False} for i, t in enumerate(tools)]
+        schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": branches}, "$defs": defs}
         if request.parallel_tool_calls is False:
             schema["maxItems"] = 1
         return schema
     return None
+
+
+def rebase_refs(schema: Any, root: str) -> Any:
+    """``schema`` with every local ``$ref`` (``#`` or ``#/…``) made relative to ``root`` (a JSON
+    pointer URI such as ``#/$defs/tool_0``), for embedding the schema at that place."""
+    if isinstance(schema, list):
+        return [rebase_refs(item, root) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    rebased = {key: rebase_refs(value, root) for key, value in schema.items()}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        rebased["$ref"] = root + ref[1:]
+    return rebased
 
 
 def forced_name(request: ChatCompletionRequest) -> str | None:
