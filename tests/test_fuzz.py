@@ -118,4 +118,4 @@ def test_every_route(api_schema) -> None:
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
     for path in GENERATING:  # the fuzzer reached generation, not only validation
-        assert statuses[path, 200] > 0 and statuses[path, 400] > 0, sorted(statuses.items())
+        assert statuses[path, 200] > 0 and statuses[path, 400] > 0, sorted(k for k in statuses.items() if k[0][0] == path)
