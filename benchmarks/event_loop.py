@@ -13,7 +13,7 @@ the event loop's responsiveness. A busy TTFT far above idle with a flat ``/healt
 took CPU from the engine (on a small machine the upload's parsing and the job's file validation
 share the cores), not that it blocked the loop.
 
-Usage: python benchmarks/event_loop.py [--streams 32] [--rounds 3] [--max-tokens 16] [--upload-mb 4]
+Usage: python benchmarks/event_loop.py [--streams 32] [--rounds 3] [--max-tokens 16] [--upload-mb 4] [--load-rate R]
        [--base-url URL --api-key KEY]   (default: starts its own server on a temporary home)
 """
 
@@ -87,11 +87,13 @@ async def probed(http: httpx.AsyncClient, work: Awaitable[list[float]]) -> tuple
 
 
 async def background_load(http: httpx.AsyncClient, upload_mb: float, stop: asyncio.Event,
-                          counts: dict[str, int]) -> None:
-    """Upload a file and create a job on it, again and again, until ``stop``."""
+                          counts: dict[str, int], rate: float) -> None:
+    """Upload a file and create a job on it, again and again, until ``stop``: ``rate`` cycles per
+    second at most (0: back to back)."""
     line = json.dumps({"prompt": "p" * 200, "completion": "c" * 200}).encode() + b"\n"
     data = line * max(1, int(upload_mb * 1024 * 1024 / len(line)))
     while not stop.is_set():
+        started = time.perf_counter()
         try:
             uploaded = await http.post("/v1/files", files={"file": ("load.jsonl", data)},
                                        data={"purpose": "fine-tune"})
@@ -103,10 +105,12 @@ async def background_load(http: httpx.AsyncClient, upload_mb: float, stop: async
             counts["jobs"] += 1
         except httpx.TransportError:  # a kept-alive connection closed by the server's idle timeout
             counts["transport_errors"] += 1
+        if rate > 0:
+            await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
 
 
 async def measure(base_url: str, api_key: str, streams: int, count: int, max_tokens: int, upload_mb: float,
-                  loaders: int) -> dict:
+                  loaders: int, load_rate: float = 0.0) -> dict:
     """Idle rounds, then the same rounds under ``loaders`` concurrent upload-and-create loops."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
     root = base_url.removesuffix("/v1")
@@ -116,7 +120,7 @@ async def measure(base_url: str, api_key: str, streams: int, count: int, max_tok
         await rounds(client, streams, 1, max_tokens)  # warm the batch shapes
         idle, idle_health = await probed(probe, rounds(client, streams, count, max_tokens))
         stop, counts = asyncio.Event(), {"uploads": 0, "jobs": 0, "transport_errors": 0}
-        load: list[Awaitable] = [background_load(http, upload_mb, stop, counts) for _ in range(loaders)]
+        load: list[Awaitable] = [background_load(http, upload_mb, stop, counts, load_rate) for _ in range(loaders)]
         tasks = [asyncio.ensure_future(task) for task in load]
         await asyncio.sleep(1.0)  # let the load get going
         started = time.perf_counter()
@@ -125,6 +129,7 @@ async def measure(base_url: str, api_key: str, streams: int, count: int, max_tok
         stop.set()
         await asyncio.gather(*tasks)
     result = {"streams": streams, "rounds": count, "max_tokens": max_tokens, "upload_mb": upload_mb,
+              "load_rate_per_loader": load_rate,
               "idle_ttft_p50_ms": percentile(idle, 0.5) * 1000, "idle_ttft_p99_ms": percentile(idle, 0.99) * 1000,
               "busy_ttft_p50_ms": percentile(busy, 0.5) * 1000, "busy_ttft_p99_ms": percentile(busy, 0.99) * 1000,
               "busy_uploads_per_s": counts["uploads"] / busy_s, "busy_jobs_per_s": counts["jobs"] / busy_s,
@@ -152,6 +157,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--upload-mb", type=float, default=4.0)
     parser.add_argument("--loaders", type=int, default=2, help="Concurrent upload-and-create loops.")
+    parser.add_argument("--load-rate", type=float, default=0.0,
+                        help="Upload-and-create cycles per second per loop (0: back to back).")
     parser.add_argument("--base-url", help="An running server's OpenAI base URL (…/v1).")
     parser.add_argument("--api-key", default="none")
     parser.add_argument("--json", type=Path, help="Also write the result here.")
@@ -159,7 +166,7 @@ def main() -> None:
 
     def run(base_url: str, api_key: str) -> dict:
         return asyncio.run(measure(base_url, api_key, args.streams, args.rounds, args.max_tokens, args.upload_mb,
-                                   args.loaders))
+                                   args.loaders, args.load_rate))
 
     result = run(args.base_url, args.api_key) if args.base_url else with_server(run)
     print(f"{args.streams} streams x {args.rounds} rounds, {args.max_tokens} tokens; load: {args.loaders} loops "
