@@ -207,6 +207,8 @@ def test_warmup_creates_a_replica_on_the_named_node(server: ServerProcess) -> No
     elsewhere = httpx.get(f"{root}/warmup/status/{COPY}", headers={"X-GPU-Preference": "H100:8"}).json()
     assert elsewhere["status"] == "cold"  # the status of the placements the header names
     assert replicas(server, COPY) == ["A100-40GB:2@a100-node/0,1 (warmed)"]
+    # the base model's H100:8 replica of an earlier test holds the H100s until its idle timeout
+    wait_until(lambda: free_gpus("h100-node") == 8, 90, "the H100s free")
     other = httpx.post(f"{root}/warmup/{COPY}", json={"gpu_preference": "H100:8"}, timeout=60).json()
     assert (other["status"], other["gpu"], other["node"]) == ("warming", "H100:8", "h100-node")  # not the A100 one
     wait_until(lambda: not replicas(server, COPY), 90, "unloaded after the idle timeout")
