@@ -19,7 +19,7 @@ from collections import Counter
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import CheckContext, not_a_server_error
 from schemathesis.core.failures import FailureGroup
@@ -36,7 +36,11 @@ from synthd.server_process import ServerProcess
 KEY = "fuzz-admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 EXAMPLES = int(os.environ.get("SYNTHD_FUZZ_EXAMPLES", "20"))
-GENERATING = ("/v1/chat/completions", "/v1/completions")
+VALID = {"/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+         "/v1/completions": {"model": MODEL, "prompt": "Hi", "max_tokens": 2}}
+"""One request per generating route that must reach generation, sent first (Hypothesis' explicit
+phase): what the fuzzer draws for these routes can, depending on the draw, all be refused."""
+GENERATING = tuple(VALID)
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
 
@@ -100,6 +104,8 @@ def fuzzer(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMo
         response = case.call_and_validate(headers=AUTH, timeout=120, checks=CHECKS)
         statuses[operation.path, response.status_code] += 1
 
+    if mode == schemathesis.GenerationMode.POSITIVE and operation.path in VALID:
+        return example(case=operation.Case(body=dict(VALID[operation.path]), media_type="application/json"))(fuzz)
     return fuzz
 
 

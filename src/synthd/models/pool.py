@@ -289,8 +289,11 @@ class ModelPool:
         if replica is not None:
             outcome = "already_warmed" if replica.state == WarmupState.WARMED else "already_warming"
             return outcome, self.status(source.model_id, preference)
-        await self._start(source, preference)
-        return "warming", self.status(source.model_id, preference)
+        replica, created = await self._start_or_join(source, preference)
+        if created:
+            return "warming", self.status(source.model_id, preference)
+        outcome = "already_warmed" if replica.state == WarmupState.WARMED else "already_warming"
+        return outcome, self.status(source.model_id, preference)
 
     async def _warmup_fine_tune(self, adapter: AdapterRef, source: ModelSource,
                                 preference: GPUPreference) -> tuple[str, ModelStatus]:
@@ -356,9 +359,15 @@ class ModelPool:
         asyncio.get_running_loop().create_task(start())
 
     async def _start(self, source: ModelSource, preference: GPUPreference, another: bool = False) -> Replica:
-        """Plan a placement and start loading a replica there. Planning runs in a thread; the
-        result is checked again afterwards, so two concurrent starts never share a GPU or load
-        one model twice (unless ``another`` asks for one more replica of a group)."""
+        """The replica ``_start_or_join`` started or joined."""
+        return (await self._start_or_join(source, preference, another))[0]
+
+    async def _start_or_join(self, source: ModelSource, preference: GPUPreference,
+                             another: bool = False) -> tuple[Replica, bool]:
+        """Plan a placement and start loading a replica there; returns it and whether this call
+        started it. Planning runs in a thread; the result is checked again afterwards, so two
+        concurrent starts never share a GPU or load one model twice (the later one joins the
+        earlier's replica, unless ``another`` asks for one more replica of a group)."""
         for _ in range(3):
             try:
                 placement, _ = await asyncio.to_thread(self.planner.plan, source.path, preference, "inference",
@@ -371,7 +380,7 @@ class ModelPool:
                                      "this process runs models only on its local devices.")
             existing = None if another else self._find(source.model_id, preference)
             if existing is not None:  # another request started one while we planned
-                return existing
+                return existing, False
             if not {d.key for d in placement.devices} & self.busy_devices():
                 break
         replica = Replica(source.model_id, source, placement)
@@ -384,7 +393,7 @@ class ModelPool:
             raise
         self._failed.pop(source.model_id, None)
         replica.task = asyncio.create_task(self._load(replica))
-        return replica
+        return replica, True
 
     async def _load(self, replica: Replica) -> None:
         await self._stop_evicted(replica)
