@@ -1,6 +1,7 @@
 """Shared fixtures: one real synthd server on 127.0.0.1 per test session, the official SDK as client."""
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,3 +114,21 @@ def fakes(fake_openai: FakeProvider, fake_anthropic: FakeProvider) -> Iterator[d
     yield {"openai": fake_openai, "anthropic": fake_anthropic}
     for fake in (fake_openai, fake_anthropic):
         fake.script.reset()
+
+
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def wait_for(client: openai.OpenAI, job_id: str, statuses=ENDED, timeout_s: float = 900):
+    """The fine-tuning job once its status is one of ``statuses`` (polled every 0.5 s).
+
+    Raises:
+        AssertionError: not there after ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")

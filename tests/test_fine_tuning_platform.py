@@ -11,12 +11,11 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import MODEL, server_env
+from conftest import ENDED, MODEL, server_env, wait_for
 
 from synthd.server_process import ServerProcess
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-ENDED = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +27,6 @@ def home(tmp_path_factory) -> Path:
 def client(models_dir: Path, home: Path):
     with ServerProcess(log_path=home / "server.log", env=server_env(home, models_dir)) as server:
         yield openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
-
-
-def wait_for(client: openai.OpenAI, job_id: str, statuses=ENDED, timeout_s: float = 900):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in statuses:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")
 
 
 def metrics(client: openai.OpenAI, job_id: str) -> list[dict]:

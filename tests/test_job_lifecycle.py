@@ -12,14 +12,13 @@ from pathlib import Path
 
 import httpx
 import openai
-from conftest import MODEL, server_env
+from conftest import ENDED, MODEL, server_env, wait_for
 
 from synthd.server_process import ServerProcess
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SMALL = b"".join((EXAMPLES / "sft_facts.jsonl").read_bytes().splitlines(keepends=True)[:3])
 """Three examples: each optimizer step is small (these tests are about processes, not learning)."""
-ENDED = ("succeeded", "failed", "cancelled")
 
 
 def start(home: Path, models_dir: Path, **env: str) -> ServerProcess:
@@ -56,16 +55,6 @@ def worker_pid(home: Path, job_id: str, timeout_s: float = 300) -> int:
             return int(row[0])
         time.sleep(0.2)
     raise AssertionError(f"no worker for {job_id}")
-
-
-def wait_for(client: openai.OpenAI, job_id: str, statuses=ENDED, timeout_s: float = 900):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in statuses:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")
 
 
 def wait_event(client: openai.OpenAI, job_id: str, text: str, timeout_s: float = 900) -> None:
