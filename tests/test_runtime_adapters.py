@@ -8,12 +8,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import torch
 from conftest import MODEL, server_env
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from test_projects import create_key
-from test_serving_fine_tunes import make_adapter
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from test_serving_fine_tunes import make_adapter, peft_greedy
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from synthd.server_process import ServerProcess
 
@@ -56,22 +55,9 @@ def sdk(server: ServerProcess) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def reference(models_dir: Path):
-    """Greedy reply of the base model with a PEFT adapter applied, as PEFT computes it."""
-    tokenizer = AutoTokenizer.from_pretrained(models_dir / MODEL)
-    base = AutoModelForCausalLM.from_pretrained(models_dir / MODEL, dtype=torch.float32).eval()
-
-    def generate(adapter_dir: Path | None, max_new_tokens: int = 12) -> str:
-        model = PeftModel.from_pretrained(base, adapter_dir).eval() if adapter_dir else base
-        try:
-            ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            with torch.no_grad():
-                out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-            return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-        finally:
-            if adapter_dir:
-                model.unload()
-
-    return generate
+    """Greedy reply of the base model with a PEFT adapter applied, as PEFT computes it (12 tokens, as ``chat``)."""
+    generate = peft_greedy(models_dir)
+    return lambda adapter_dir: generate(adapter_dir, max_new_tokens=12)
 
 
 def load(server: ServerProcess, name: str, path: Path | str, key: str = ADMIN_KEY, **extra) -> httpx.Response:

@@ -69,6 +69,13 @@ def sdk(fp32_server: ServerProcess) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def reference(models_dir: Path):
+    return peft_greedy(models_dir)
+
+
+def peft_greedy(models_dir: Path):
+    """``generate(adapter_dir | None, messages=PROMPT, max_new_tokens=16) -> str``: the base model's
+    greedy reply in float32 with the PEFT adapter applied, as PEFT computes it (the reference the
+    served replies must equal)."""
     tokenizer = AutoTokenizer.from_pretrained(models_dir / MODEL)
     base = AutoModelForCausalLM.from_pretrained(models_dir / MODEL, dtype=torch.float32).eval()
 
