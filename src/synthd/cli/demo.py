@@ -174,6 +174,20 @@ class Demo:
         self.console.print(table)
 
 
+def pull_model(console: Console, models_dir: Path) -> None:
+    """The demos' first step: pull the embedded model (a no-op when cached), saying where it is.
+
+    Raises:
+        DemoError: the pull failed.
+    """
+    console.rule("embedded model")
+    try:
+        folder = pull_embedded_model(models_dir, lambda msg: console.print(f"  {msg}"))
+    except PullError as exc:
+        raise DemoError(str(exc)) from None
+    console.print(f"  {MODEL} in {folder}")
+
+
 def run_demo(console: Console, port: int = 0) -> None:
     """Pull the embedded model, serve it on 127.0.0.1, run every step, stop the server.
 
@@ -182,12 +196,7 @@ def run_demo(console: Console, port: int = 0) -> None:
     """
     settings = get_settings()
     started = time.perf_counter()
-    console.rule("embedded model")
-    try:
-        folder = pull_embedded_model(settings.models_dir, lambda msg: console.print(f"  {msg}"))
-    except PullError as exc:
-        raise DemoError(str(exc)) from None
-    console.print(f"  {MODEL} in {folder}")
+    pull_model(console, settings.models_dir)
     log_path = settings.home / "demo-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -16,9 +16,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from synthd.cli.demo import EXAMPLES, MODEL, Demo, DemoError
+from synthd.cli.demo import EXAMPLES, MODEL, Demo, DemoError, pull_model
 from synthd.config import get_settings
-from synthd.models.embedded import PullError, pull_embedded_model
 from synthd.server_process import ServerProcess, ServerStartError
 
 NODES = (("h100-node", 8, "H100"), ("a100-node", 2, "A100"))
@@ -133,12 +132,7 @@ def run_cluster_demo(console: Console, port: int = 0) -> None:
     """
     settings = get_settings()
     started = time.perf_counter()
-    console.rule("embedded model")
-    try:
-        folder = pull_embedded_model(settings.models_dir, lambda msg: console.print(f"  {msg}"))
-    except PullError as exc:
-        raise DemoError(str(exc)) from None
-    console.print(f"  {MODEL} in {folder}")
+    pull_model(console, settings.models_dir)
     console.rule("Ray cluster: three local nodes")
     cluster = _start_cluster(console)
     home = settings.home / "demo-cluster"
