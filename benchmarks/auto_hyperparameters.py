@@ -26,12 +26,18 @@ MODEL = "SmolLM2-135M-Instruct"
 
 def run_once(seed: int) -> tuple[dict, float, int, list[str]]:
     with tempfile.TemporaryDirectory() as home:
-        env = {"SYNTHD_HOME": home, "SYNTHD_MODELS_DIR": str(get_settings().models_dir), "SYNTHD_API_KEY": "",
-               "SYNTH_API_KEY": "", "SYNTHD_DATABASE_URL": ""}
+        env = {
+            "SYNTHD_HOME": home,
+            "SYNTHD_MODELS_DIR": str(get_settings().models_dir),
+            "SYNTHD_API_KEY": "",
+            "SYNTH_API_KEY": "",
+            "SYNTHD_DATABASE_URL": "",
+        }
         with ServerProcess(log_path=Path(home) / "server.log", env=env, ready_timeout_s=900) as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=300)
-            data = client.files.create(file=("facts.jsonl", (ROOT / "examples/sft_facts.jsonl").read_bytes()),
-                                       purpose="fine-tune")
+            data = client.files.create(
+                file=("facts.jsonl", (ROOT / "examples/sft_facts.jsonl").read_bytes()), purpose="fine-tune"
+            )
             started = time.monotonic()
             job = client.fine_tuning.jobs.create(model=MODEL, training_file=data.id, seed=seed)
             while job.status not in ("succeeded", "failed", "cancelled"):
@@ -43,8 +49,12 @@ def run_once(seed: int) -> tuple[dict, float, int, list[str]]:
             answers, score = [], 0
             for line in (ROOT / "examples/sft_facts_heldout.jsonl").read_text().splitlines():
                 case = json.loads(line)
-                reply = client.chat.completions.create(model=job.fine_tuned_model, temperature=0, max_tokens=30,
-                                                       messages=[{"role": "user", "content": case["question"]}])
+                reply = client.chat.completions.create(
+                    model=job.fine_tuned_model,
+                    temperature=0,
+                    max_tokens=30,
+                    messages=[{"role": "user", "content": case["question"]}],
+                )
                 text = reply.choices[0].message.content or ""
                 answers.append(text)
                 score += case["answer"] in text

@@ -40,9 +40,14 @@ def ttfts(client: openai.OpenAI, requests: int, max_tokens: int, gap_s: float) -
     for i in range(requests):
         start = time.perf_counter()
         first = None
-        stream = client.chat.completions.create(model=EMBEDDED_MODEL_ID, max_tokens=max_tokens, temperature=0,
-                                                messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                                                stream=True, extra_body={"ignore_eos": True})
+        stream = client.chat.completions.create(
+            model=EMBEDDED_MODEL_ID,
+            max_tokens=max_tokens,
+            temperature=0,
+            messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
         for chunk in stream:
             if first is None and chunk.choices and chunk.choices[0].delta.content:
                 first = time.perf_counter() - start
@@ -54,9 +59,17 @@ def ttfts(client: openai.OpenAI, requests: int, max_tokens: int, gap_s: float) -
 def start_batch(client: openai.OpenAI, lines: int, max_tokens: int) -> str:
     """Submit a batch of long chat lines and wait until its first line has been answered."""
     body = {"model": EMBEDDED_MODEL_ID, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
-    rows = [json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions",
-                        "body": {**body, "messages": [{"role": "user", "content": f"Tell a story about the number {i}."}]}})
-            for i in range(lines)]
+    rows = [
+        json.dumps(
+            {
+                "custom_id": f"line-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {**body, "messages": [{"role": "user", "content": f"Tell a story about the number {i}."}]},
+            }
+        )
+        for i in range(lines)
+    ]
     upload = client.files.create(file=("batch.jsonl", "\n".join(rows).encode()), purpose="batch")
     batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
     while (batch := client.batches.retrieve(batch.id)).request_counts.completed < 1:
@@ -78,8 +91,10 @@ def stop_batch(client: openai.OpenAI, batch_id: str) -> int:
 
 
 def markdown(rounds: list[dict], gap_s: float, load: tuple[float, float]) -> str:
-    header = ("| round | pattern | TTFT idle mean ms | p50 ms | TTFT with batch mean ms | p50 ms | ratio (mean) | "
-              "batch lines answered |")
+    header = (
+        "| round | pattern | TTFT idle mean ms | p50 ms | TTFT with batch mean ms | p50 ms | ratio (mean) | "
+        "batch lines answered |"
+    )
     lines = [header, "|---:|---|---:|---:|---:|---:|---:|---:|"]
     totals: dict[str, tuple[list[float], list[float]]] = {}
     for n, result in enumerate(rounds, start=1):
@@ -87,16 +102,22 @@ def markdown(rounds: list[dict], gap_s: float, load: tuple[float, float]) -> str
             idle, busy = result["idle"][pattern], result["with_batch"][pattern]
             totals.setdefault(pattern, ([], []))[0].extend(idle)
             totals[pattern][1].extend(busy)
-            lines.append(f"| {n} | {pattern} | {np.mean(idle) * 1000:.0f} | {np.median(idle) * 1000:.0f} | "
-                         f"{np.mean(busy) * 1000:.0f} | {np.median(busy) * 1000:.0f} | "
-                         f"{np.mean(busy) / np.mean(idle):.2f} | {result['batch_lines_answered']} |")
-    lines.append(f"\nMachine load average (1 min): {load[0]:.1f} at the start, {load[1]:.1f} at the end, on "
-                 f"{os.cpu_count()} CPUs.\n")
+            lines.append(
+                f"| {n} | {pattern} | {np.mean(idle) * 1000:.0f} | {np.median(idle) * 1000:.0f} | "
+                f"{np.mean(busy) * 1000:.0f} | {np.median(busy) * 1000:.0f} | "
+                f"{np.mean(busy) / np.mean(idle):.2f} | {result['batch_lines_answered']} |"
+            )
+    lines.append(
+        f"\nMachine load average (1 min): {load[0]:.1f} at the start, {load[1]:.1f} at the end, on "
+        f"{os.cpu_count()} CPUs.\n"
+    )
     for pattern, (idle, busy) in totals.items():
-        lines.append(f"- {pattern}: TTFT mean {np.mean(idle) * 1000:.0f} ms idle, {np.mean(busy) * 1000:.0f} ms with a "
-                     f"batch running: {np.mean(busy) / np.mean(idle):.2f}× (target ≤ 1.5×); median "
-                     f"{np.median(idle) * 1000:.0f} → {np.median(busy) * 1000:.0f} ms: "
-                     f"{np.median(busy) / np.median(idle):.2f}×.")
+        lines.append(
+            f"- {pattern}: TTFT mean {np.mean(idle) * 1000:.0f} ms idle, {np.mean(busy) * 1000:.0f} ms with a "
+            f"batch running: {np.mean(busy) / np.mean(idle):.2f}× (target ≤ 1.5×); median "
+            f"{np.median(idle) * 1000:.0f} → {np.median(busy) * 1000:.0f} ms: "
+            f"{np.median(busy) / np.median(idle):.2f}×."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -126,8 +147,10 @@ def main() -> None:
             busy = {name: ttfts(client, args.requests, args.max_tokens, gap) for name, gap in patterns.items()}
             rounds.append({"idle": idle, "with_batch": busy, "batch_lines_answered": stop_batch(client, batch_id)})
             for name in patterns:
-                console.print(f"{name}: TTFT idle {np.mean(idle[name]) * 1000:.0f} ms, "
-                              f"with batch {np.mean(busy[name]) * 1000:.0f} ms")
+                console.print(
+                    f"{name}: TTFT idle {np.mean(idle[name]) * 1000:.0f} ms, "
+                    f"with batch {np.mean(busy[name]) * 1000:.0f} ms"
+                )
     shutil.rmtree(home, ignore_errors=True)
     (args.out / "batch_priority.json").write_text(json.dumps(rounds, indent=2))
     table = markdown(rounds, args.gap_s, (load_start, os.getloadavg()[0]))

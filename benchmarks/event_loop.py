@@ -47,8 +47,12 @@ async def ttft(client: openai.AsyncOpenAI, max_tokens: int) -> float:
     """Seconds from sending one streamed chat to its first content delta."""
     started = time.perf_counter()
     stream = await client.chat.completions.create(
-        model=EMBEDDED_MODEL_ID, max_tokens=max_tokens, stream=True, extra_body={"ignore_eos": True},
-        messages=[{"role": "user", "content": "Tell me about the sea."}])
+        model=EMBEDDED_MODEL_ID,
+        max_tokens=max_tokens,
+        stream=True,
+        extra_body={"ignore_eos": True},
+        messages=[{"role": "user", "content": "Tell me about the sea."}],
+    )
     first = None
     async for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].delta.content:
@@ -86,8 +90,9 @@ async def probed(http: httpx.AsyncClient, work: Awaitable[list[float]]) -> tuple
         await probe
 
 
-async def background_load(http: httpx.AsyncClient, upload_mb: float, stop: asyncio.Event,
-                          counts: dict[str, int], rate: float) -> None:
+async def background_load(
+    http: httpx.AsyncClient, upload_mb: float, stop: asyncio.Event, counts: dict[str, int], rate: float
+) -> None:
     """Upload a file and create a job on it, again and again, until ``stop``: ``rate`` cycles per
     second at most (0: back to back)."""
     line = json.dumps({"prompt": "p" * 200, "completion": "c" * 200}).encode() + b"\n"
@@ -95,12 +100,12 @@ async def background_load(http: httpx.AsyncClient, upload_mb: float, stop: async
     while not stop.is_set():
         started = time.perf_counter()
         try:
-            uploaded = await http.post("/v1/files", files={"file": ("load.jsonl", data)},
-                                       data={"purpose": "fine-tune"})
+            uploaded = await http.post("/v1/files", files={"file": ("load.jsonl", data)}, data={"purpose": "fine-tune"})
             uploaded.raise_for_status()
             counts["uploads"] += 1
-            job = await http.post("/v1/fine_tuning/jobs", json={"model": EMBEDDED_MODEL_ID,
-                                                                "training_file": uploaded.json()["id"]})
+            job = await http.post(
+                "/v1/fine_tuning/jobs", json={"model": EMBEDDED_MODEL_ID, "training_file": uploaded.json()["id"]}
+            )
             job.raise_for_status()
             counts["jobs"] += 1
         except httpx.TransportError:  # a kept-alive connection closed by the server's idle timeout
@@ -109,14 +114,24 @@ async def background_load(http: httpx.AsyncClient, upload_mb: float, stop: async
             await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
 
 
-async def measure(base_url: str, api_key: str, streams: int, count: int, max_tokens: int, upload_mb: float,
-                  loaders: int, load_rate: float = 0.0) -> dict:
+async def measure(
+    base_url: str,
+    api_key: str,
+    streams: int,
+    count: int,
+    max_tokens: int,
+    upload_mb: float,
+    loaders: int,
+    load_rate: float = 0.0,
+) -> dict:
     """Idle rounds, then the same rounds under ``loaders`` concurrent upload-and-create loops."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
     root = base_url.removesuffix("/v1")
     headers = {"Authorization": f"Bearer {api_key}"}
-    async with httpx.AsyncClient(base_url=root, headers=headers, timeout=600) as http, \
-            httpx.AsyncClient(base_url=root, timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as probe:
+    async with (
+        httpx.AsyncClient(base_url=root, headers=headers, timeout=600) as http,
+        httpx.AsyncClient(base_url=root, timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as probe,
+    ):
         await rounds(client, streams, 1, max_tokens)  # warm the batch shapes
         idle, idle_health = await probed(probe, rounds(client, streams, count, max_tokens))
         stop, counts = asyncio.Event(), {"uploads": 0, "jobs": 0, "transport_errors": 0}
@@ -128,14 +143,23 @@ async def measure(base_url: str, api_key: str, streams: int, count: int, max_tok
         busy_s = time.perf_counter() - started
         stop.set()
         await asyncio.gather(*tasks)
-    result = {"streams": streams, "rounds": count, "max_tokens": max_tokens, "upload_mb": upload_mb,
-              "load_rate_per_loader": load_rate,
-              "idle_ttft_p50_ms": percentile(idle, 0.5) * 1000, "idle_ttft_p99_ms": percentile(idle, 0.99) * 1000,
-              "busy_ttft_p50_ms": percentile(busy, 0.5) * 1000, "busy_ttft_p99_ms": percentile(busy, 0.99) * 1000,
-              "busy_uploads_per_s": counts["uploads"] / busy_s, "busy_jobs_per_s": counts["jobs"] / busy_s,
-              "idle_ttft_mean_ms": statistics.mean(idle) * 1000, "busy_ttft_mean_ms": statistics.mean(busy) * 1000,
-              "idle_health_p99_ms": percentile(idle_health, 0.99) * 1000,
-              "busy_health_p99_ms": percentile(busy_health, 0.99) * 1000}
+    result = {
+        "streams": streams,
+        "rounds": count,
+        "max_tokens": max_tokens,
+        "upload_mb": upload_mb,
+        "load_rate_per_loader": load_rate,
+        "idle_ttft_p50_ms": percentile(idle, 0.5) * 1000,
+        "idle_ttft_p99_ms": percentile(idle, 0.99) * 1000,
+        "busy_ttft_p50_ms": percentile(busy, 0.5) * 1000,
+        "busy_ttft_p99_ms": percentile(busy, 0.99) * 1000,
+        "busy_uploads_per_s": counts["uploads"] / busy_s,
+        "busy_jobs_per_s": counts["jobs"] / busy_s,
+        "idle_ttft_mean_ms": statistics.mean(idle) * 1000,
+        "busy_ttft_mean_ms": statistics.mean(busy) * 1000,
+        "idle_health_p99_ms": percentile(idle_health, 0.99) * 1000,
+        "busy_health_p99_ms": percentile(busy_health, 0.99) * 1000,
+    }
     result["p99_ratio"] = result["busy_ttft_p99_ms"] / result["idle_ttft_p99_ms"]
     return result
 
@@ -144,8 +168,13 @@ def with_server(run: Callable[[str, str], dict]) -> dict:
     """Start ``synthd serve`` on a temporary home with a key, and ``run`` against it."""
     key = "event-loop-benchmark"
     with tempfile.TemporaryDirectory() as home:
-        env = {"SYNTHD_HOME": home, "SYNTHD_MODELS_DIR": str(get_settings().models_dir), "SYNTHD_DATABASE_URL": "",
-               "SYNTHD_MAX_FILE_BYTES": str(64 * 1024 * 1024), "SYNTHD_API_KEY": key}
+        env = {
+            "SYNTHD_HOME": home,
+            "SYNTHD_MODELS_DIR": str(get_settings().models_dir),
+            "SYNTHD_DATABASE_URL": "",
+            "SYNTHD_MAX_FILE_BYTES": str(64 * 1024 * 1024),
+            "SYNTHD_API_KEY": key,
+        }
         with ServerProcess(log_path=Path(home) / "server.log", env=env, api_key=key) as server:
             return run(server.base_url, key)
 
@@ -157,21 +186,34 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--upload-mb", type=float, default=4.0)
     parser.add_argument("--loaders", type=int, default=2, help="Concurrent upload-and-create loops.")
-    parser.add_argument("--load-rate", type=float, default=0.0,
-                        help="Upload-and-create cycles per second per loop (0: back to back).")
+    parser.add_argument(
+        "--load-rate", type=float, default=0.0, help="Upload-and-create cycles per second per loop (0: back to back)."
+    )
     parser.add_argument("--base-url", help="An running server's OpenAI base URL (…/v1).")
     parser.add_argument("--api-key", default="none")
     parser.add_argument("--json", type=Path, help="Also write the result here.")
     args = parser.parse_args()
 
     def run(base_url: str, api_key: str) -> dict:
-        return asyncio.run(measure(base_url, api_key, args.streams, args.rounds, args.max_tokens, args.upload_mb,
-                                   args.loaders, args.load_rate))
+        return asyncio.run(
+            measure(
+                base_url,
+                api_key,
+                args.streams,
+                args.rounds,
+                args.max_tokens,
+                args.upload_mb,
+                args.loaders,
+                args.load_rate,
+            )
+        )
 
     result = run(args.base_url, args.api_key) if args.base_url else with_server(run)
-    print(f"{args.streams} streams x {args.rounds} rounds, {args.max_tokens} tokens; load: {args.loaders} loops "
-          f"of a {args.upload_mb:g} MB upload + a job creation ({result['busy_uploads_per_s']:.2f} uploads/s, "
-          f"{result['busy_jobs_per_s']:.2f} jobs/s)")
+    print(
+        f"{args.streams} streams x {args.rounds} rounds, {args.max_tokens} tokens; load: {args.loaders} loops "
+        f"of a {args.upload_mb:g} MB upload + a job creation ({result['busy_uploads_per_s']:.2f} uploads/s, "
+        f"{result['busy_jobs_per_s']:.2f} jobs/s)"
+    )
     print(f"TTFT idle: p50 {result['idle_ttft_p50_ms']:.0f} ms, p99 {result['idle_ttft_p99_ms']:.0f} ms")
     print(f"TTFT busy: p50 {result['busy_ttft_p50_ms']:.0f} ms, p99 {result['busy_ttft_p99_ms']:.0f} ms")
     print(f"p99 ratio busy/idle: {result['p99_ratio']:.2f} (target <= 2)")

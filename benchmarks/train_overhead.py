@@ -60,21 +60,48 @@ def bare(method: str, out: Path) -> None:
             if logs and "loss" in logs:
                 times.append(time.time())
 
-    common = dict(output_dir=str(out.parent / "bare"), num_train_epochs=run["n_epochs"],
-                  per_device_train_batch_size=run["batch_size"], learning_rate=BASE_LEARNING_RATE, logging_steps=1,
-                  save_strategy="no", report_to=[], seed=SEED, use_cpu=True, max_length=1024, disable_tqdm=True)
-    peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                             target_modules=list(DEFAULT_TARGET_MODULES), task_type="CAUSAL_LM")
+    common = dict(
+        output_dir=str(out.parent / "bare"),
+        num_train_epochs=run["n_epochs"],
+        per_device_train_batch_size=run["batch_size"],
+        learning_rate=BASE_LEARNING_RATE,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=SEED,
+        use_cpu=True,
+        max_length=1024,
+        disable_tqdm=True,
+    )
+    peft_config = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=list(DEFAULT_TARGET_MODULES),
+        task_type="CAUSAL_LM",
+    )
     if method == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        trainer = SFTTrainer(model=model, args=SFTConfig(**common), processing_class=tokenizer, peft_config=peft_config,
-                             train_dataset=Dataset.from_list(rows), callbacks=[Clock()])
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(**common),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            train_dataset=Dataset.from_list(rows),
+            callbacks=[Clock()],
+        )
     else:
         from trl import DPOConfig, DPOTrainer
 
-        trainer = DPOTrainer(model=model, args=DPOConfig(beta=0.1, **common), processing_class=tokenizer,
-                             peft_config=peft_config, train_dataset=Dataset.from_list(rows), callbacks=[Clock()])
+        trainer = DPOTrainer(
+            model=model,
+            args=DPOConfig(beta=0.1, **common),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            train_dataset=Dataset.from_list(rows),
+            callbacks=[Clock()],
+        )
     trainer.train()
     out.write_text(json.dumps(times))
 
@@ -83,8 +110,12 @@ def run_bare(method: str) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "times.json"
         started = time.time()
-        subprocess.run([sys.executable, __file__, "--bare", method, "--out", str(out)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, __file__, "--bare", method, "--out", str(out)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         times = json.loads(out.read_text())
     return step_time(times), times[0] - started
 
@@ -107,9 +138,13 @@ def run_synthd(client, home: Path, method: str, file_id: str) -> tuple[float, fl
     if method == "dpo":
         hyper["beta"] = 0.1
     posted = time.time()
-    job = client.fine_tuning.jobs.create(model=MODEL, training_file=file_id, seed=SEED,
-                                         method={"type": run["method"], run["method"]: {"hyperparameters": hyper}},
-                                         extra_body={"lora": LORA, "n_checkpoints": 1})
+    job = client.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=file_id,
+        seed=SEED,
+        method={"type": run["method"], run["method"]: {"hyperparameters": hyper}},
+        extra_body={"lora": LORA, "n_checkpoints": 1},
+    )
     while job.status not in ("succeeded", "failed", "cancelled"):
         time.sleep(0.5)
         job = client.fine_tuning.jobs.retrieve(job.id)
@@ -142,12 +177,21 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder)
-        env = {"SYNTHD_HOME": folder, "SYNTHD_MODELS_DIR": str(get_settings().models_dir), "SYNTHD_API_KEY": "",
-               "SYNTH_API_KEY": "", "SYNTHD_DATABASE_URL": ""}
+        env = {
+            "SYNTHD_HOME": folder,
+            "SYNTHD_MODELS_DIR": str(get_settings().models_dir),
+            "SYNTHD_API_KEY": "",
+            "SYNTH_API_KEY": "",
+            "SYNTHD_DATABASE_URL": "",
+        }
         with ServerProcess(log_path=home / "server.log", env=env, ready_timeout_s=900) as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=120)
-            files = {m: client.files.create(file=(Path(RUNS[m]["file"]).name, (ROOT / RUNS[m]["file"]).read_bytes()),
-                                            purpose="fine-tune").id for m in methods}
+            files = {
+                m: client.files.create(
+                    file=(Path(RUNS[m]["file"]).name, (ROOT / RUNS[m]["file"]).read_bytes()), purpose="fine-tune"
+                ).id
+                for m in methods
+            }
             for method in methods:
                 bare_runs = [run_bare(method) for _ in range(args.repeats)]
                 synthd_runs = [run_synthd(client, home, method, files[method]) for _ in range(args.repeats)]
@@ -158,8 +202,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for method, bare_runs, synthd_runs in rows:
         ratio = statistics.median(s[0] for s in synthd_runs) / statistics.median(b[0] for b in bare_runs)
-        print(f"| {method} | {spread([b[0] for b in bare_runs])} | {spread([s[0] for s in synthd_runs])} | "
-              f"{ratio:.2f}× | {spread([b[1] for b in bare_runs])} | {spread([s[1] for s in synthd_runs])} |")
+        print(
+            f"| {method} | {spread([b[0] for b in bare_runs])} | {spread([s[0] for s in synthd_runs])} | "
+            f"{ratio:.2f}× | {spread([b[1] for b in bare_runs])} | {spread([s[1] for s in synthd_runs])} |"
+        )
     print(f"\nmedian (min–max) of {args.repeats} runs each; synthd runs its jobs one after another on one server.")
 
 

@@ -47,8 +47,16 @@ def server_env(home: Path, models_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for a test server: its own ``SYNTHD_HOME`` (database, files, adapters), the
     shared pulled models, no API key, the engine under test (``SYNTHD_TEST_ENGINE``)."""
     sizing = {"SYNTHD_KV_CACHE_TOKENS": VLLM_TEST_KV_CACHE_TOKENS} if ENGINE == "vllm" else {}
-    return {"SYNTHD_HOME": str(home), "SYNTHD_MODELS_DIR": str(models_dir), "SYNTHD_API_KEY": "",
-            "SYNTH_API_KEY": "", "SYNTHD_DATABASE_URL": "", "SYNTHD_ENGINE": ENGINE, **sizing, **extra}
+    return {
+        "SYNTHD_HOME": str(home),
+        "SYNTHD_MODELS_DIR": str(models_dir),
+        "SYNTHD_API_KEY": "",
+        "SYNTH_API_KEY": "",
+        "SYNTHD_DATABASE_URL": "",
+        "SYNTHD_ENGINE": ENGINE,
+        **sizing,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +75,14 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    config.addinivalue_line("markers", "native_only(reason): a claim about synthd's own engine; skipped, with the "
-                                       "reason, when SYNTHD_TEST_ENGINE is not native")
-    config.addinivalue_line("markers", "vllm_only(reason): a claim about the vLLM engine; runs only when "
-                                       "SYNTHD_TEST_ENGINE=vllm")
+    config.addinivalue_line(
+        "markers",
+        "native_only(reason): a claim about synthd's own engine; skipped, with the "
+        "reason, when SYNTHD_TEST_ENGINE is not native",
+    )
+    config.addinivalue_line(
+        "markers", "vllm_only(reason): a claim about the vLLM engine; runs only when SYNTHD_TEST_ENGINE=vllm"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

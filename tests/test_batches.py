@@ -31,8 +31,9 @@ def keys(home: Path, models_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(home: Path, models_dir: Path, keys: dict[str, str]) -> ServerProcess:
-    with ServerProcess(["--dtype", "float32"], log_path=home / "server.log", env=server_env(home, models_dir),
-                       api_key=keys["alpha"]) as process:
+    with ServerProcess(
+        ["--dtype", "float32"], log_path=home / "server.log", env=server_env(home, models_dir), api_key=keys["alpha"]
+    ) as process:
         yield process
 
 
@@ -106,8 +107,10 @@ def test_batch_of_20_with_2_bad_lines(sdk: openai.OpenAI) -> None:
 
 def test_completions_batch(sdk: openai.OpenAI) -> None:
     prompts = {"a": "The capital of France is", "b": "One, two, three,"}
-    lines = [line(cid, {"model": MODEL, "prompt": p, "max_tokens": 3, "temperature": 0}, COMPLETIONS)
-             for cid, p in prompts.items()]
+    lines = [
+        line(cid, {"model": MODEL, "prompt": p, "max_tokens": 3, "temperature": 0}, COMPLETIONS)
+        for cid, p in prompts.items()
+    ]
     batch = wait(sdk, submit(sdk, lines, endpoint=COMPLETIONS).id)
     assert batch.status == "completed" and batch.error_file_id is None
     outputs = records(sdk, batch.output_file_id)
@@ -118,22 +121,30 @@ def test_completions_batch(sdk: openai.OpenAI) -> None:
 
 
 def test_malformed_lines_are_reported_per_line(sdk: openai.OpenAI) -> None:
-    lines = [line("ok-1", chat_body("Hello")),
-             "{not json",
-             json.dumps({"custom_id": "get", "method": "GET", "url": CHAT, "body": chat_body("Hi")}),
-             line("embeddings", {"model": MODEL, "input": "x"}, "/v1/embeddings"),
-             line("completions-url", {"model": MODEL, "prompt": "x"}, COMPLETIONS),
-             line("ok-1", chat_body("Again")),
-             line("streamed", {**chat_body("Hi"), "stream": True}),
-             line("ok-2", chat_body("Bye"))]
+    lines = [
+        line("ok-1", chat_body("Hello")),
+        "{not json",
+        json.dumps({"custom_id": "get", "method": "GET", "url": CHAT, "body": chat_body("Hi")}),
+        line("embeddings", {"model": MODEL, "input": "x"}, "/v1/embeddings"),
+        line("completions-url", {"model": MODEL, "prompt": "x"}, COMPLETIONS),
+        line("ok-1", chat_body("Again")),
+        line("streamed", {**chat_body("Hi"), "stream": True}),
+        line("ok-2", chat_body("Bye")),
+    ]
     batch = wait(sdk, submit(sdk, lines).id)
     assert batch.status == "completed"
     assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (8, 2, 6)
     assert set(records(sdk, batch.output_file_id)) == {"ok-1", "ok-2"}
     rows = [json.loads(r) for r in sdk.files.content(batch.error_file_id).text.splitlines()]
     codes = {(r["custom_id"], (r["error"] or {}).get("code") or r["response"]["body"]["error"]["param"]) for r in rows}
-    assert codes == {(None, "invalid_json_line"), ("get", "invalid_method"), ("embeddings", "invalid_url"),
-                     ("completions-url", "invalid_url"), ("ok-1", "duplicate_custom_id"), ("streamed", "stream")}
+    assert codes == {
+        (None, "invalid_json_line"),
+        ("get", "invalid_method"),
+        ("embeddings", "invalid_url"),
+        ("completions-url", "invalid_url"),
+        ("ok-1", "duplicate_custom_id"),
+        ("streamed", "stream"),
+    }
     assert all(r["response"] is None for r in rows if r["custom_id"] != "streamed")
 
 
@@ -153,20 +164,22 @@ def test_create_errors(sdk: openai.OpenAI) -> None:
     upload = sdk.files.create(file=("b.jsonl", line("x", chat_body("x")).encode()), purpose="batch")
     for field, value in (("completion_window", "48h"), ("endpoint", "/v1/embeddings")):
         with pytest.raises(openai.BadRequestError) as info:
-            sdk.batches.create(**{"input_file_id": upload.id, "endpoint": CHAT, "completion_window": "24h",
-                                  field: value})
+            sdk.batches.create(
+                **{"input_file_id": upload.id, "endpoint": CHAT, "completion_window": "24h", field: value}
+            )
         assert info.value.param == field
     with pytest.raises(openai.NotFoundError):
         sdk.batches.retrieve("batch_missing")
 
 
-def test_batches_are_private_to_their_project(server: ServerProcess, sdk: openai.OpenAI,
-                                              keys: dict[str, str]) -> None:
+def test_batches_are_private_to_their_project(server: ServerProcess, sdk: openai.OpenAI, keys: dict[str, str]) -> None:
     created = submit(sdk, [line("p1", chat_body("Hi"))])
     beta = openai.OpenAI(base_url=server.base_url, api_key=keys["beta"], max_retries=0, timeout=120)
-    for call in (lambda: beta.batches.retrieve(created.id), lambda: beta.batches.cancel(created.id),
-                 lambda: beta.batches.create(input_file_id=created.input_file_id, endpoint=CHAT,
-                                             completion_window="24h")):
+    for call in (
+        lambda: beta.batches.retrieve(created.id),
+        lambda: beta.batches.cancel(created.id),
+        lambda: beta.batches.create(input_file_id=created.input_file_id, endpoint=CHAT, completion_window="24h"),
+    ):
         with pytest.raises(openai.NotFoundError):
             call()
     assert created.id not in [b.id for b in beta.batches.list(limit=100)]
@@ -195,9 +208,16 @@ def test_cancel_mid_batch_keeps_finished_results(sdk: openai.OpenAI) -> None:
 
 
 def test_batch_waits_while_an_interactive_request_runs(sdk: openai.OpenAI) -> None:
-    stream = iter(sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell a story."}],
-                                              max_tokens=40, temperature=0, stream=True,
-                                              extra_body={"ignore_eos": True}))
+    stream = iter(
+        sdk.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Tell a story."}],
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
     next(stream)
     created = submit(sdk, [line(f"w{i}", chat_body(f"Hi {i}")) for i in range(2)])
     seen = [sdk.batches.retrieve(created.id).request_counts.completed for _chunk in stream]

@@ -8,8 +8,8 @@ import sys
 import httpx
 import openai
 import pytest
-
 from conftest import MODEL
+
 from synthd.bench.runner import PROMPTS, BenchConfig, Goodput, RequestTiming, build_prompts
 from synthd.server_process import ServerProcess
 
@@ -25,9 +25,25 @@ def counter(server: ServerProcess, name: str) -> float:
 
 def test_request_rate_with_goodput(server: ServerProcess, tmp_path) -> None:
     out = tmp_path / "rate.json"
-    result = synthd("bench", "--base-url", server.base_url, "--model", MODEL, "--request-rate", "inf,50",
-                    "--requests", "4", "--max-tokens", "6", "--goodput", "ttft:600000", "--goodput", "tpot:0.001",
-                    "--json", str(out))
+    result = synthd(
+        "bench",
+        "--base-url",
+        server.base_url,
+        "--model",
+        MODEL,
+        "--request-rate",
+        "inf,50",
+        "--requests",
+        "4",
+        "--max-tokens",
+        "6",
+        "--goodput",
+        "ttft:600000",
+        "--goodput",
+        "tpot:0.001",
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())
     assert [(r["request_rate"], r["concurrency"]) for r in rows] == [(float("inf"), 0), (50.0, 0)]
@@ -35,20 +51,56 @@ def test_request_rate_with_goodput(server: ServerProcess, tmp_path) -> None:
         assert row["completed"] == 4 and row["output_tokens"] == 4 * 6
         assert row["goodput_share"] == 0.0  # no server streams a token per microsecond
     assert "inf/s" in result.stdout and "goodput %" in result.stdout
-    everyone = synthd("bench", "--base-url", server.base_url, "--model", MODEL, "--request-rate", "inf",
-                      "--requests", "2", "--max-tokens", "4", "--goodput", "ttft:600000", "--json", str(out))
+    everyone = synthd(
+        "bench",
+        "--base-url",
+        server.base_url,
+        "--model",
+        MODEL,
+        "--request-rate",
+        "inf",
+        "--requests",
+        "2",
+        "--max-tokens",
+        "4",
+        "--goodput",
+        "ttft:600000",
+        "--json",
+        str(out),
+    )
     assert everyone.returncode == 0 and json.loads(out.read_text())[0]["goodput_share"] == 1.0
 
 
-def test_shared_prefix_reports_cold_and_warm_and_hits_the_prefix_cache(server: ServerProcess, client: openai.OpenAI,
-                                                                       tmp_path) -> None:
+def test_shared_prefix_reports_cold_and_warm_and_hits_the_prefix_cache(
+    server: ServerProcess, client: openai.OpenAI, tmp_path
+) -> None:
     out = tmp_path / "prefix.json"
-    probe = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}],
-                                           max_tokens=1).usage.prompt_tokens  # bench sends it first, to check the server
-    hits, queries = counter(server, "synthd:prefix_cache_hits_total"), counter(server, "synthd:prefix_cache_queries_total")
-    result = synthd("bench", "--base-url", server.base_url, "--model", MODEL, "--dataset", "shared-prefix",
-                    "--prefix-len", "300", "--concurrency", "1", "--requests", "4", "--max-tokens", "4",
-                    "--json", str(out))
+    probe = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=1
+    ).usage.prompt_tokens  # bench sends it first, to check the server
+    hits, queries = (
+        counter(server, "synthd:prefix_cache_hits_total"),
+        counter(server, "synthd:prefix_cache_queries_total"),
+    )
+    result = synthd(
+        "bench",
+        "--base-url",
+        server.base_url,
+        "--model",
+        MODEL,
+        "--dataset",
+        "shared-prefix",
+        "--prefix-len",
+        "300",
+        "--concurrency",
+        "1",
+        "--requests",
+        "4",
+        "--max-tokens",
+        "4",
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     row = json.loads(out.read_text())[0]
     assert row["dataset"] == "shared-prefix" and row["completed"] == 4 and row["prompt_tokens_mean"] > 300
@@ -78,8 +130,12 @@ def test_goodput_parsing_and_objectives() -> None:
 
 
 def test_bad_bench_options_are_one_line() -> None:
-    for args, message in [(("--request-rate", "fast"), "--request-rate"), (("--dataset", "sharegpt"), "--dataset"),
-                          (("--goodput", "e2e:5"), "--goodput"), (("--concurrency", "0"), "--concurrency")]:
+    for args, message in [
+        (("--request-rate", "fast"), "--request-rate"),
+        (("--dataset", "sharegpt"), "--dataset"),
+        (("--goodput", "e2e:5"), "--goodput"),
+        (("--concurrency", "0"), "--concurrency"),
+    ]:
         result = synthd("bench", *args)
         assert result.returncode == 1 and result.stderr.startswith("error:") and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

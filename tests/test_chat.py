@@ -5,7 +5,6 @@ import json
 
 import openai
 import pytest
-
 from conftest import MODEL
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -53,8 +52,9 @@ def test_answer_is_real_and_shaped_like_openai(client: openai.OpenAI) -> None:
 
 
 def test_hub_id_is_accepted(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model="HuggingFaceTB/SmolLM2-135M-Instruct", messages=FRANCE,
-                                           temperature=0, max_tokens=30)
+    reply = client.chat.completions.create(
+        model="HuggingFaceTB/SmolLM2-135M-Instruct", messages=FRANCE, temperature=0, max_tokens=30
+    )
     assert "Paris" in reply.choices[0].message.content
 
 
@@ -93,8 +93,9 @@ def test_max_tokens_is_exact_with_finish_length(client: openai.OpenAI) -> None:
         reply = chat(client, messages=long_answer, **{field: 7})
         assert reply.usage.completion_tokens == 7
         assert reply.choices[0].finish_reason == "length"
-    _, finish, chunks = streamed_text(client, messages=long_answer, max_tokens=7,
-                                      stream_options={"include_usage": True})
+    _, finish, chunks = streamed_text(
+        client, messages=long_answer, max_tokens=7, stream_options={"include_usage": True}
+    )
     assert finish == "length" and chunks[-1].usage.completion_tokens == 7
 
 
@@ -128,10 +129,12 @@ def test_n_streamed_interleaves_indices(client: openai.OpenAI) -> None:
 
 
 def test_usage_matches_tokenizer(client: openai.OpenAI, tokenizer) -> None:
-    messages = [{"role": "system", "content": "You answer briefly."},
-                {"role": "user", "content": "Name a fruit."},
-                {"role": "assistant", "content": "Apple."},
-                {"role": "user", "content": "What is the capital of France?"}]
+    messages = [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Name a fruit."},
+        {"role": "assistant", "content": "Apple."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
     reply = chat(client, messages=messages, max_tokens=40)
     expected_prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if not isinstance(expected_prompt, list):
@@ -146,8 +149,11 @@ def test_usage_matches_tokenizer(client: openai.OpenAI, tokenizer) -> None:
 def test_penalties_change_sampling(client: openai.OpenAI) -> None:
     repeat = [{"role": "user", "content": "Write a haiku about the sea."}]
     plain = chat(client, messages=repeat, max_tokens=64).choices[0].message.content
-    penalised = chat(client, messages=repeat, max_tokens=64, frequency_penalty=2.0,
-                     presence_penalty=2.0).choices[0].message.content
+    penalised = (
+        chat(client, messages=repeat, max_tokens=64, frequency_penalty=2.0, presence_penalty=2.0)
+        .choices[0]
+        .message.content
+    )
 
     def repeated_words(text: str) -> int:
         words = text.lower().split()
@@ -159,9 +165,11 @@ def test_penalties_change_sampling(client: openai.OpenAI) -> None:
 def test_eight_concurrent_requests_each_get_their_own_answer(server) -> None:
     async def ask_all() -> list[str]:
         async with openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0) as client:
+
             async def ask(question: str) -> str:
                 reply = await client.chat.completions.create(
-                    model=MODEL, temperature=0, max_tokens=30, messages=[{"role": "user", "content": question}])
+                    model=MODEL, temperature=0, max_tokens=30, messages=[{"role": "user", "content": question}]
+                )
                 return reply.choices[0].message.content
 
             return list(await asyncio.gather(*(ask(q) for q in KNOWN_ANSWERS)))
@@ -174,15 +182,25 @@ def test_eight_concurrent_requests_each_get_their_own_answer(server) -> None:
         assert not (capitals - {word}) & set(answer.replace(".", " ").split()), (question, answer)
 
 
-PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-                 "required": ["name", "age"], "additionalProperties": False}
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
 
 
 def test_response_format_json_schema_is_enforced(client: openai.OpenAI) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "Person", "schema": PERSON_SCHEMA, "strict": True}}
     for temperature in (0, 1.0):
-        reply = chat(client, messages=[{"role": "user", "content": "Describe a person named Ada, aged 36."}],
-                     response_format=fmt, max_tokens=60, temperature=temperature, seed=3)
+        reply = chat(
+            client,
+            messages=[{"role": "user", "content": "Describe a person named Ada, aged 36."}],
+            response_format=fmt,
+            max_tokens=60,
+            temperature=temperature,
+            seed=3,
+        )
         choice = reply.choices[0]
         assert choice.finish_reason == "stop"
         person = json.loads(choice.message.content)
@@ -198,35 +216,84 @@ def test_response_format_json_object_and_errors(client: openai.OpenAI) -> None:
     else:
         assert reply.choices[0].message.content.startswith("{")
     with pytest.raises(openai.BadRequestError) as bad_schema:
-        chat(client, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})
-    assert "Invalid JSON schema" in str(bad_schema.value) and bad_schema.value.body["param"] == "response_format.json_schema.schema"
+        chat(
+            client,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+        )
+    assert (
+        "Invalid JSON schema" in str(bad_schema.value)
+        and bad_schema.value.body["param"] == "response_format.json_schema.schema"
+    )
     with pytest.raises(openai.BadRequestError, match="json_schema is required"):
         chat(client, response_format={"type": "json_schema"})
     for matches_nothing in ({"$ref": "#"}, {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}):
         with pytest.raises(openai.BadRequestError) as nothing:
-            chat(client, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": matches_nothing}})
+            chat(
+                client, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": matches_nothing}}
+            )
         assert "no JSON value can match it" in nothing.value.message and len(nothing.value.message) < 300
         assert nothing.value.body["param"] == "response_format.json_schema.schema"
     assert chat(client, response_format={"type": "text"}, max_tokens=5).choices[0].message.content
 
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-                   "additionalProperties": False}}}
-CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {
-    "type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"], "additionalProperties": False}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"tz": {"type": "string"}},
+            "required": ["tz"],
+            "additionalProperties": False,
+        },
+    },
+}
 WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def test_required_tool_choice_with_pydantic_defs(client: openai.OpenAI) -> None:
     """Tools whose parameters refer to their own ``$defs`` (every pydantic model with a nested model)."""
-    place = {"type": "function", "function": {"name": "locate", "parameters": {
-        "type": "object", "properties": {"where": {"$ref": "#/$defs/City"}}, "required": ["where"],
-        "additionalProperties": False, "$defs": {"City": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                          "required": ["city"], "additionalProperties": False}}}}}
-    reply = chat(client, messages=WEATHER_QUESTION, tools=[place, WEATHER], tool_choice="required",
-                 parallel_tool_calls=False, max_tokens=120)
+    place = {
+        "type": "function",
+        "function": {
+            "name": "locate",
+            "parameters": {
+                "type": "object",
+                "properties": {"where": {"$ref": "#/$defs/City"}},
+                "required": ["where"],
+                "additionalProperties": False,
+                "$defs": {
+                    "City": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string"}},
+                        "required": ["city"],
+                        "additionalProperties": False,
+                    }
+                },
+            },
+        },
+    }
+    reply = chat(
+        client,
+        messages=WEATHER_QUESTION,
+        tools=[place, WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=120,
+    )
     calls = reply.choices[0].message.tool_calls
     assert reply.choices[0].finish_reason == "tool_calls" and calls, reply
     for call in calls:
@@ -244,21 +311,30 @@ def test_named_tool_choice_returns_a_tool_call(client: openai.OpenAI) -> None:
     [call] = choice.message.tool_calls
     assert call.function.name == "get_weather" and call.id.startswith("chatcmpl-tool-")
     assert set(json.loads(call.function.arguments)) == {"city"}
-    chunks = list(chat(client, messages=WEATHER_QUESTION, tools=[WEATHER, CLOCK], tool_choice=named, max_tokens=60,
-                       stream=True))
+    chunks = list(
+        chat(client, messages=WEATHER_QUESTION, tools=[WEATHER, CLOCK], tool_choice=named, max_tokens=60, stream=True)
+    )
     [streamed] = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
     assert streamed[0].function.arguments == call.function.arguments
     assert chunks[-1].choices[0].finish_reason == "stop"
 
-    turn = WEATHER_QUESTION + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
-                               {"role": "tool", "tool_call_id": call.id, "content": "sunny, 24 C"}]
+    turn = WEATHER_QUESTION + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 24 C"},
+    ]
     answer = chat(client, messages=turn, tools=[WEATHER], tool_choice="none", max_tokens=30).choices[0]
     assert answer.message.content and not answer.message.tool_calls
 
 
 def test_required_tool_choice_returns_tool_calls(client: openai.OpenAI) -> None:
-    reply = chat(client, messages=WEATHER_QUESTION, tools=[WEATHER, CLOCK], tool_choice="required",
-                 parallel_tool_calls=False, max_tokens=60)
+    reply = chat(
+        client,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER, CLOCK],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=60,
+    )
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
     [call] = choice.message.tool_calls
@@ -267,9 +343,17 @@ def test_required_tool_choice_returns_tool_calls(client: openai.OpenAI) -> None:
 
 
 def test_tool_errors(client: openai.OpenAI) -> None:
-    for extra, param in (({"tools": [WEATHER]}, "tool_choice"), ({"tools": [WEATHER], "tool_choice": "auto"}, "tool_choice"),
-                         ({"tools": [{"type": "function", "function": {"name": "x", "parameters": {"type": "nonsense"}}}],
-                           "tool_choice": "required"}, "tools")):
+    for extra, param in (
+        ({"tools": [WEATHER]}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": "auto"}, "tool_choice"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "x", "parameters": {"type": "nonsense"}}}],
+                "tool_choice": "required",
+            },
+            "tools",
+        ),
+    ):
         with pytest.raises(openai.BadRequestError) as caught:
             chat(client, max_tokens=5, **extra)
         assert caught.value.body["param"] == param
@@ -281,6 +365,7 @@ def test_tool_errors(client: openai.OpenAI) -> None:
 
 def test_tool_call_cut_by_a_stop_string_stays_text(client: openai.OpenAI) -> None:
     named = {"type": "function", "function": {"name": "get_weather"}}
-    choice = chat(client, messages=WEATHER_QUESTION, tools=[WEATHER], tool_choice=named, stop=['"city"'],
-                  max_tokens=40).choices[0]
+    choice = chat(
+        client, messages=WEATHER_QUESTION, tools=[WEATHER], tool_choice=named, stop=['"city"'], max_tokens=40
+    ).choices[0]
     assert (choice.finish_reason, choice.message.content, choice.message.tool_calls) == ("stop", "{", None)

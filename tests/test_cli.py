@@ -6,24 +6,41 @@ import subprocess
 import sys
 
 from conftest import MODEL
+
 from synthd.server_process import ServerProcess, free_port
 
 
 def synthd(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "synthd.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, input=input, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "synthd.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=input,
+        timeout=300,
+    )
 
 
 def test_chat_one_shot_streams_answer(server: ServerProcess) -> None:
-    result = synthd("chat", MODEL, "What is the capital of France?", "--temperature", "0",
-                    env={"SYNTH_API_URL": server.root_url})
+    result = synthd(
+        "chat", MODEL, "What is the capital of France?", "--temperature", "0", env={"SYNTH_API_URL": server.root_url}
+    )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
 
 
 def test_chat_interactive_keeps_history(server: ServerProcess) -> None:
-    result = synthd("chat", MODEL, "--base-url", server.base_url, "--temperature", "0", "--max-tokens", "20",
-                    input="What is the capital of France?\nAnd of Germany?\n\n")
+    result = synthd(
+        "chat",
+        MODEL,
+        "--base-url",
+        server.base_url,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "20",
+        input="What is the capital of France?\nAnd of Germany?\n\n",
+    )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout and "Berlin" in result.stdout
 
@@ -53,8 +70,21 @@ def test_serve_unknown_model_fails_fast() -> None:
 
 def test_bench_reports_throughput_and_latency(server: ServerProcess, tmp_path) -> None:
     out = tmp_path / "bench.json"
-    result = synthd("bench", "--base-url", server.base_url, "--model", MODEL, "--concurrency", "1,4",
-                    "--requests", "4", "--max-tokens", "8", "--json", str(out))
+    result = synthd(
+        "bench",
+        "--base-url",
+        server.base_url,
+        "--model",
+        MODEL,
+        "--concurrency",
+        "1,4",
+        "--requests",
+        "4",
+        "--max-tokens",
+        "8",
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())
     assert [r["concurrency"] for r in rows] == [1, 4]
@@ -93,10 +123,20 @@ def test_gpus_validate_outcomes(tmp_path) -> None:
     assert ok.returncode == 0 and "would run on cpu" in ok.stdout
     big = tmp_path / "llama-70b"
     big.mkdir()
-    (big / "config.json").write_text(json.dumps({
-        "model_type": "llama", "vocab_size": 128256, "hidden_size": 8192, "intermediate_size": 28672,
-        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
-        "max_position_embeddings": 8192}))
+    (big / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "vocab_size": 128256,
+                "hidden_size": 8192,
+                "intermediate_size": 28672,
+                "num_hidden_layers": 80,
+                "num_attention_heads": 64,
+                "num_key_value_heads": 8,
+                "max_position_embeddings": 8192,
+            }
+        )
+    )
     too_small = synthd("gpus", "validate", "A10G", "--model", str(big), "--purpose", "sft")
     assert too_small.returncode == 1 and "GPU type not supported for this model" in too_small.stderr
     malformed = synthd("gpus", "validate", "H100:3")

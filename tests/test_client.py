@@ -40,9 +40,14 @@ from tests.fakes.script import DEFAULT_TEXT, Reply, serve
 
 PROVIDERS = ["synthd", "openai", "anthropic", "together", "openai_compatible"]
 FAKE_PROVIDERS = PROVIDERS[1:]
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 class Person(BaseModel):
@@ -61,11 +66,13 @@ def make_lm(provider: str, fakes: dict[str, FakeProvider], server=None, **kwargs
     if provider == "openai":
         return LM("gpt-4o-mini", base_url=openai_url, api_key=openai_server.API_KEY, **kwargs)
     if provider == "anthropic":
-        return LM("claude-3-haiku-20240307", base_url=fakes["anthropic"].url, api_key=anthropic_server.API_KEY,
-                  **kwargs)
+        return LM(
+            "claude-3-haiku-20240307", base_url=fakes["anthropic"].url, api_key=anthropic_server.API_KEY, **kwargs
+        )
     if provider == "together":
-        return LM("together/meta-llama/Llama-3-8b-chat-hf", base_url=openai_url, api_key=openai_server.API_KEY,
-                  **kwargs)
+        return LM(
+            "together/meta-llama/Llama-3-8b-chat-hf", base_url=openai_url, api_key=openai_server.API_KEY, **kwargs
+        )
     return LM("local-model", base_url=openai_url, api_key=openai_server.API_KEY, **kwargs)
 
 
@@ -94,9 +101,11 @@ def assert_sound(response: LMResponse, lm: LM, max_tokens: int) -> None:
 
 # --- the same body for every provider -------------------------------------------------------------
 
+
 def test_respond_with_system_and_user_message(any_lm: LM) -> None:
-    response = any_lm.respond(system_message="You are terse.", user_message="Say hello.", max_tokens=6,
-                              temperature=0, seed=7)
+    response = any_lm.respond(
+        system_message="You are terse.", user_message="Say hello.", max_tokens=6, temperature=0, seed=7
+    )
     assert_sound(response, any_lm, 6)
     assert response.ttft_s is None
 
@@ -109,8 +118,9 @@ def test_respond_sync_alias_takes_messages(any_lm: LM) -> None:
 
 def test_respond_async(any_lm: LM) -> None:
     async def two_at_once() -> list[LMResponse]:
-        return await asyncio.gather(*(any_lm.respond_async(user_message=f"Count to {n}.", max_tokens=5,
-                                                           temperature=0) for n in (2, 3)))
+        return await asyncio.gather(
+            *(any_lm.respond_async(user_message=f"Count to {n}.", max_tokens=5, temperature=0) for n in (2, 3))
+        )
 
     for response in asyncio.run(two_at_once()):
         assert_sound(response, any_lm, 5)
@@ -127,8 +137,7 @@ def test_stream_yields_deltas_then_the_final_response(any_lm: LM) -> None:
 
 def test_stream_async_matches_respond_at_temperature_zero(any_lm: LM) -> None:
     async def collect() -> list:
-        return [piece async for piece in any_lm.stream_async(user_message="Say hello.", max_tokens=6,
-                                                             temperature=0)]
+        return [piece async for piece in any_lm.stream_async(user_message="Say hello.", max_tokens=6, temperature=0)]
 
     *deltas, final = asyncio.run(collect())
     assert "".join(deltas) == final.text
@@ -137,6 +146,7 @@ def test_stream_async_matches_respond_at_temperature_zero(any_lm: LM) -> None:
 
 
 # --- tools and structured output on every provider's wire format ----------------------------------
+
 
 @pytest.mark.parametrize("provider", FAKE_PROVIDERS)
 @pytest.mark.parametrize("streamed", [False, True])
@@ -162,13 +172,22 @@ def test_tool_call_then_tool_result_turn(provider: str, streamed: bool, fakes) -
     sent_first, sent_second = fake.script.requests
     if provider == "anthropic":
         assert sent_first["system"] == "Use tools."
-        assert sent_first["tools"] == [{"name": "get_weather", "description": "Current weather in a city.",
-                                        "input_schema": WEATHER_TOOL["function"]["parameters"]}]
+        assert sent_first["tools"] == [
+            {
+                "name": "get_weather",
+                "description": "Current weather in a city.",
+                "input_schema": WEATHER_TOOL["function"]["parameters"],
+            }
+        ]
         assert sent_first["tool_choice"] == {"type": "any"}
-        assert sent_second["messages"][1] == {"role": "assistant", "content": [
-            {"type": "tool_use", "id": call.id, "name": "get_weather", "input": {"city": "Paris"}}]}
-        assert sent_second["messages"][2] == {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 24 C"}]}
+        assert sent_second["messages"][1] == {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": call.id, "name": "get_weather", "input": {"city": "Paris"}}],
+        }
+        assert sent_second["messages"][2] == {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 24 C"}],
+        }
     else:
         assert sent_first["tools"] == [WEATHER_TOOL] and sent_first["tool_choice"] == "required"
         assert sent_second["messages"][2]["tool_calls"][0]["id"] == call.id
@@ -178,8 +197,13 @@ def test_tool_call_then_tool_result_turn(provider: str, streamed: bool, fakes) -
 def test_tools_on_live_synthd_by_named_tool_choice(server) -> None:
     lm = LM(MODEL, base_url=server.root_url)
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    first = lm.respond(messages, tools=[WEATHER_TOOL], max_tokens=40, temperature=0,
-                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    first = lm.respond(
+        messages,
+        tools=[WEATHER_TOOL],
+        max_tokens=40,
+        temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     [call] = first.tool_calls
     assert call.function.name == "get_weather" and "city" in call.function.parsed_arguments()
     assert first.finish_reason == "stop" and first.text == ""
@@ -192,11 +216,14 @@ def test_structured_output_on_live_synthd_is_guided(server) -> None:
     lm = LM(MODEL, base_url=server.root_url)
 
     async def streamed() -> list:
-        return [piece async for piece in lm.stream_async(user_message="Describe Ada, aged 36.",
-                                                         response_model=Person, max_tokens=60, temperature=0)]
+        return [
+            piece
+            async for piece in lm.stream_async(
+                user_message="Describe Ada, aged 36.", response_model=Person, max_tokens=60, temperature=0
+            )
+        ]
 
-    response = lm.respond(user_message="Describe Ada, aged 36.", response_model=Person, max_tokens=60,
-                          temperature=0)
+    response = lm.respond(user_message="Describe Ada, aged 36.", response_model=Person, max_tokens=60, temperature=0)
     assert isinstance(response.structured_output, Person) and response.finish_reason == "stop"
     *deltas, final = asyncio.run(streamed())
     assert isinstance(final.structured_output, Person) and "".join(deltas) == final.text
@@ -215,8 +242,10 @@ def test_structured_output_is_validated(provider: str, fakes) -> None:
         assert sent["tool_choice"] == {"type": "tool", "name": "Person"}
         assert sent["tools"][0]["input_schema"] == STRICT_PERSON
     else:
-        assert sent["response_format"] == {"type": "json_schema", "json_schema": {
-            "name": "Person", "schema": STRICT_PERSON, "strict": True}}
+        assert sent["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "Person", "schema": STRICT_PERSON, "strict": True},
+        }
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -257,13 +286,22 @@ def test_anthropic_request_mapping_and_stop_reasons(fakes) -> None:
     script = fakes["anthropic"].script
     script.push(Reply(text="a b", stop_reason="max_tokens"), Reply(text="a", stop_reason="stop_sequence"))
     assert lm.respond(user_message="Go.", stop="END", seed=3).finish_reason == "length"
-    assert lm.respond([{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Go."},
-                       {"role": "user", "content": [{"type": "text", "text": "Now."}]}]).finish_reason == "stop"
+    assert (
+        lm.respond(
+            [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "Go."},
+                {"role": "user", "content": [{"type": "text", "text": "Now."}]},
+            ]
+        ).finish_reason
+        == "stop"
+    )
     plain, merged = script.requests
     assert plain["max_tokens"] == 4096 and plain["stop_sequences"] == ["END"] and "seed" not in plain
     assert merged["system"] == "Be brief."
-    assert merged["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Go."},
-                                                                {"type": "text", "text": "Now."}]}]
+    assert merged["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Go."}, {"type": "text", "text": "Now."}]}
+    ]
 
 
 def test_openai_sends_max_completion_tokens_and_others_max_tokens(fakes) -> None:
@@ -276,17 +314,27 @@ def test_openai_sends_max_completion_tokens_and_others_max_tokens(fakes) -> None
 
 # --- errors and retries ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
-@pytest.mark.parametrize(("status", "error", "error_type"), [
-    (400, BadRequestError, "invalid_request_error"), (404, NotFoundError, "not_found_error"),
-    (429, RateLimitError, "rate_limit_error"), (503, ProviderError, "overloaded_error")])
+@pytest.mark.parametrize(
+    ("status", "error", "error_type"),
+    [
+        (400, BadRequestError, "invalid_request_error"),
+        (404, NotFoundError, "not_found_error"),
+        (429, RateLimitError, "rate_limit_error"),
+        (503, ProviderError, "overloaded_error"),
+    ],
+)
 def test_typed_errors_carry_provider_status_and_message(provider, status, error, error_type, fakes) -> None:
     lm = make_lm(provider, fakes, max_retries=0)
     fake_of(provider, fakes).script.push(Reply(status=status, error_type=error_type, message="nope, scripted"))
     with pytest.raises(error) as caught:
         lm.respond(user_message="Hi")
-    assert (caught.value.provider, caught.value.status_code, caught.value.message) == (provider, status,
-                                                                                        "nope, scripted")
+    assert (caught.value.provider, caught.value.status_code, caught.value.message) == (
+        provider,
+        status,
+        "nope, scripted",
+    )
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -330,15 +378,26 @@ def test_500_then_200_is_retried_and_retries_run_out(provider: str, fakes) -> No
 # The SDKs' own decisions are the specification: ours must agree with them case by case.
 SDKS: dict[str, tuple[object, RetryRules]] = {
     "openai": (openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9", max_retries=2), OPENAI_RULES),
-    "anthropic": (anthropic.Anthropic(api_key="unused", base_url="http://127.0.0.1:9", max_retries=2),
-                  ANTHROPIC_RULES),
+    "anthropic": (anthropic.Anthropic(api_key="unused", base_url="http://127.0.0.1:9", max_retries=2), ANTHROPIC_RULES),
 }
 STATUSES = [400, 401, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 529]
 RETRY_HEADERS = [{}, {"x-should-retry": "true"}, {"x-should-retry": "false"}, {"x-should-retry": "TRUE"}]
-WAIT_HEADERS = [{}, {"retry-after": "1"}, {"retry-after": "0"}, {"retry-after": "-3"}, {"retry-after": "2.5"},
-                {"retry-after": "120"}, {"retry-after": "121"}, {"retry-after": "1e999"}, {"retry-after": "inf"},
-                {"retry-after": "soon"}, {"retry-after-ms": "1500"}, {"retry-after-ms": "x", "retry-after": "2"},
-                {"retry-after-ms": "200000"}, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}]
+WAIT_HEADERS = [
+    {},
+    {"retry-after": "1"},
+    {"retry-after": "0"},
+    {"retry-after": "-3"},
+    {"retry-after": "2.5"},
+    {"retry-after": "120"},
+    {"retry-after": "121"},
+    {"retry-after": "1e999"},
+    {"retry-after": "inf"},
+    {"retry-after": "soon"},
+    {"retry-after-ms": "1500"},
+    {"retry-after-ms": "x", "retry-after": "2"},
+    {"retry-after-ms": "200000"},
+    {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"},
+]
 
 
 @pytest.mark.parametrize("sdk", SDKS)
@@ -408,9 +467,15 @@ def test_openai_does_not_retry_when_asked_to_wait_over_two_minutes(fakes) -> Non
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_error_code_param_and_type_survive(provider: str, fakes) -> None:
-    fake_of(provider, fakes).script.push(Reply(
-        status=400, error_type="invalid_request_error", code="context_length_exceeded", param="messages",
-        message="This model's maximum context length is 8192 tokens."))
+    fake_of(provider, fakes).script.push(
+        Reply(
+            status=400,
+            error_type="invalid_request_error",
+            code="context_length_exceeded",
+            param="messages",
+            message="This model's maximum context length is 8192 tokens.",
+        )
+    )
     with pytest.raises(BadRequestError) as caught:
         make_lm(provider, fakes).respond(user_message="Hi")
     error = caught.value
@@ -475,17 +540,23 @@ def test_anthropic_error_event_inside_a_stream_is_raised(fakes) -> None:
 
 # --- routing, credentials, arguments ---------------------------------------------------------------
 
-@pytest.mark.parametrize(("name", "provider", "model"), [
-    ("gpt-4o-mini", "openai", "gpt-4o-mini"), ("o1", "openai", "o1"), ("o3-mini", "openai", "o3-mini"),
-    ("o4-mini", "openai", "o4-mini"), ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "openai",
-                                       "ft:gpt-4o-mini-2024-07-18:acme::abc123"),
-    ("claude-3-haiku-20240307", "anthropic", "claude-3-haiku-20240307"),
-    ("anthropic/claude-3-haiku-20240307", "anthropic", "claude-3-haiku-20240307"),
-    ("together/meta-llama/Llama-3-8b-chat-hf", "together", "meta-llama/Llama-3-8b-chat-hf"),
-    ("SmolLM2-135M-Instruct", "synthd", "SmolLM2-135M-Instruct"),
-    ("ft:SmolLM2-135M-Instruct:facts:ftjob-1", "synthd", "ft:SmolLM2-135M-Instruct:facts:ftjob-1"),
-    ("synthd/HuggingFaceTB/SmolLM2-360M-Instruct", "synthd", "HuggingFaceTB/SmolLM2-360M-Instruct"),
-])
+
+@pytest.mark.parametrize(
+    ("name", "provider", "model"),
+    [
+        ("gpt-4o-mini", "openai", "gpt-4o-mini"),
+        ("o1", "openai", "o1"),
+        ("o3-mini", "openai", "o3-mini"),
+        ("o4-mini", "openai", "o4-mini"),
+        ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "openai", "ft:gpt-4o-mini-2024-07-18:acme::abc123"),
+        ("claude-3-haiku-20240307", "anthropic", "claude-3-haiku-20240307"),
+        ("anthropic/claude-3-haiku-20240307", "anthropic", "claude-3-haiku-20240307"),
+        ("together/meta-llama/Llama-3-8b-chat-hf", "together", "meta-llama/Llama-3-8b-chat-hf"),
+        ("SmolLM2-135M-Instruct", "synthd", "SmolLM2-135M-Instruct"),
+        ("ft:SmolLM2-135M-Instruct:facts:ftjob-1", "synthd", "ft:SmolLM2-135M-Instruct:facts:ftjob-1"),
+        ("synthd/HuggingFaceTB/SmolLM2-360M-Instruct", "synthd", "HuggingFaceTB/SmolLM2-360M-Instruct"),
+    ],
+)
 def test_routing(name: str, provider: str, model: str) -> None:
     assert route(name) == (provider, model)
 
@@ -498,9 +569,14 @@ def test_ambiguous_names_say_how_to_disambiguate() -> None:
     assert route("meta-llama/Llama-3-8b", base_url="http://x/v1") == ("openai_compatible", "meta-llama/Llama-3-8b")
 
 
-@pytest.mark.parametrize(("model", "variable"), [("gpt-4o", "OPENAI_API_KEY"),
-                                                 ("claude-3-haiku-20240307", "ANTHROPIC_API_KEY"),
-                                                 ("together/x/y", "TOGETHER_API_KEY")])
+@pytest.mark.parametrize(
+    ("model", "variable"),
+    [
+        ("gpt-4o", "OPENAI_API_KEY"),
+        ("claude-3-haiku-20240307", "ANTHROPIC_API_KEY"),
+        ("together/x/y", "TOGETHER_API_KEY"),
+    ],
+)
 def test_missing_key_names_the_variable(model: str, variable: str, monkeypatch) -> None:
     monkeypatch.delenv(variable, raising=False)
     with pytest.raises(MissingCredentialsError, match=f"set {variable}"):
@@ -527,6 +603,7 @@ def test_bad_arguments_are_configuration_errors(fakes) -> None:
 
 
 # --- synthd specifics -----------------------------------------------------------------------------
+
 
 def test_synthd_from_environment_warmup_and_gpu_preference(server, monkeypatch) -> None:
     monkeypatch.setenv("SYNTH_API_URL", server.root_url)
@@ -560,19 +637,25 @@ def test_anthropic_sampling_settings_go_in_the_body(fakes) -> None:
     assert second["temperature"] == 0
 
 
-@pytest.mark.parametrize(("messages", "options", "message"), [
-    ("hi", {}, "non-empty list"),
-    (["hi"], {}, "messages.0: must be a dict"),
-    ([{"role": "tool", "content": "x"}], {}, "messages.0: Value error, a 'tool' message needs tool_call_id"),
-    ([{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{bad"}}]}], {},
-     "arguments is not JSON"),
-    ([{"role": "user", "content": "x"}], {"tools": [{"type": "function"}]}, "tools.0.function: Field required"),
-    ([{"role": "user", "content": "x"}], {"tool_choice": "sometimes"}, "tool_choice"),
-    ([{"role": "user", "content": "x"}], {"max_tokens": 0}, "max_tokens"),
-    ([{"role": "user", "content": "x"}], {"temperature": float("nan")}, "temperature"),
-    ([{"role": "user", "content": "x"}], {"extra_body": [1]}, "extra_body"),
-    ([{"role": "user", "content": "x"}], {"response_model": dict}, "response_model must be a pydantic model class"),
-])
+@pytest.mark.parametrize(
+    ("messages", "options", "message"),
+    [
+        ("hi", {}, "non-empty list"),
+        (["hi"], {}, "messages.0: must be a dict"),
+        ([{"role": "tool", "content": "x"}], {}, "messages.0: Value error, a 'tool' message needs tool_call_id"),
+        (
+            [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{bad"}}]}],
+            {},
+            "arguments is not JSON",
+        ),
+        ([{"role": "user", "content": "x"}], {"tools": [{"type": "function"}]}, "tools.0.function: Field required"),
+        ([{"role": "user", "content": "x"}], {"tool_choice": "sometimes"}, "tool_choice"),
+        ([{"role": "user", "content": "x"}], {"max_tokens": 0}, "max_tokens"),
+        ([{"role": "user", "content": "x"}], {"temperature": float("nan")}, "temperature"),
+        ([{"role": "user", "content": "x"}], {"extra_body": [1]}, "extra_body"),
+        ([{"role": "user", "content": "x"}], {"response_model": dict}, "response_model must be a pydantic model class"),
+    ],
+)
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_malformed_calls_are_configuration_errors(provider, messages, options, message, fakes) -> None:
     options = dict(options)
@@ -582,11 +665,17 @@ def test_malformed_calls_are_configuration_errors(provider, messages, options, m
     assert fake_of(provider, fakes).script.requests == []
 
 
-@pytest.mark.parametrize(("model", "kwargs", "message"), [
-    (5, {}, "model must be a string"), ("gpt-4o", {"timeout": 0}, "timeout must be a positive"),
-    ("gpt-4o", {"max_retries": -1}, "max_retries"), ("gpt-4o", {"base_url": "http://[::1"}, "not a valid URL"),
-    ("anthropic/", {}, "no model name after 'anthropic/'"), ("ft:", {}, "'ft:' needs"),
-])
+@pytest.mark.parametrize(
+    ("model", "kwargs", "message"),
+    [
+        (5, {}, "model must be a string"),
+        ("gpt-4o", {"timeout": 0}, "timeout must be a positive"),
+        ("gpt-4o", {"max_retries": -1}, "max_retries"),
+        ("gpt-4o", {"base_url": "http://[::1"}, "not a valid URL"),
+        ("anthropic/", {}, "no model name after 'anthropic/'"),
+        ("ft:", {}, "'ft:' needs"),
+    ],
+)
 def test_bad_constructor_arguments(model, kwargs, message) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         LM(model, api_key="k", **kwargs)
@@ -601,11 +690,25 @@ def test_malformed_replies_are_provider_errors(fakes) -> None:
         if body["messages"][0]["content"] == "bad-json":
             return Response("{not json", media_type="application/json")
         if body["messages"][0]["content"] == "no-finish":
-            return JSONResponse({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": None}]})
-        return JSONResponse({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 99}})
+            return JSONResponse(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": "m",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": None}],
+                }
+            )
+        return JSONResponse(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 99},
+            }
+        )
 
     with serve(app) as url:
         lm = LM("m", base_url=f"{url}/v1", max_retries=0)

@@ -68,8 +68,12 @@ def ray_cluster() -> Iterator[LocalCluster]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_memory_monitor_refresh_ms", "0")
         patch.setenv(*NODE_SECRET)
-        local = LocalCluster(Cluster(initialize_head=True, head_node_args={
-            "include_dashboard": False, "labels": {NODE_NAME_LABEL: "head"}, **NODE}))
+        local = LocalCluster(
+            Cluster(
+                initialize_head=True,
+                head_node_args={"include_dashboard": False, "labels": {NODE_NAME_LABEL: "head"}, **NODE},
+            )
+        )
         try:
             local.add("h100-node", num_gpus=8, resources={"accelerator_type:H100": 1})
             local.add("a100-node", num_gpus=2, resources={"accelerator_type:A100": 1})
@@ -100,11 +104,21 @@ def home(tmp_path_factory) -> Path:
 def server(ray_cluster: LocalCluster, models: Path, home: Path) -> Iterator[ServerProcess]:
     """``synthd serve --ray-address`` with up to 2 replicas per model and GPU type (one request in
     flight each), replicas unloaded after 5 idle seconds and one adapter resident per replica."""
-    env = server_env(home, models, SYNTHD_MAX_REPLICAS="2", SYNTHD_TARGET_ONGOING_REQUESTS="1",
-                     SYNTHD_MODEL_IDLE_TIMEOUT_S=str(IDLE_TIMEOUT_S), SYNTHD_MAX_LOADED_MODELS="6",
-                     SYNTHD_MAX_LOADED_ADAPTERS="1")
-    with ServerProcess(["--ray-address", ray_cluster.address, "--log-level", "info"], log_path=home / "server.log", env=env,
-                       ready_timeout_s=300) as process:
+    env = server_env(
+        home,
+        models,
+        SYNTHD_MAX_REPLICAS="2",
+        SYNTHD_TARGET_ONGOING_REQUESTS="1",
+        SYNTHD_MODEL_IDLE_TIMEOUT_S=str(IDLE_TIMEOUT_S),
+        SYNTHD_MAX_LOADED_MODELS="6",
+        SYNTHD_MAX_LOADED_ADAPTERS="1",
+    )
+    with ServerProcess(
+        ["--ray-address", ray_cluster.address, "--log-level", "info"],
+        log_path=home / "server.log",
+        env=env,
+        ready_timeout_s=300,
+    ) as process:
         yield process
 
 
@@ -114,8 +128,13 @@ def client(server: ServerProcess) -> openai.OpenAI:
 
 
 def chat(server: ServerProcess, preference: str | None, model: str = MODEL, **extra) -> httpx.Response:
-    body = {"model": model, "max_tokens": 8, "temperature": 0,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}], **extra}
+    body = {
+        "model": model,
+        "max_tokens": 8,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        **extra,
+    }
     if preference is not None:
         body["gpu_preference"] = preference
     return httpx.post(server.base_url + "/chat/completions", json=body, timeout=300)
@@ -151,8 +170,13 @@ def test_inventory_is_the_clusters_nodes(server: ServerProcess, ray_cluster: Loc
     keys = [d["key"] for d in report["inventory"] if d["node"] == "h100-node"]
     assert keys == [f"h100-node/H100#{i}" for i in range(8)]
     assert not any(d["remote"] for d in report["inventory"])
-    cli = subprocess.run([sys.executable, "-m", "synthd.cli", "gpus", "--json", "--ray-address", ray_cluster.address],
-                         capture_output=True, text=True, timeout=120, check=False)
+    cli = subprocess.run(
+        [sys.executable, "-m", "synthd.cli", "gpus", "--json", "--ray-address", ray_cluster.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert cli.returncode == 0, cli.stderr
     listed = {(n["node"], n["type"]): n for n in json.loads(cli.stdout)["nodes"]}
     assert listed["a100-node", "A100-40GB"]["devices"] == 2 and listed["h100-node", "H100"]["devices"] == 8
@@ -175,8 +199,13 @@ def test_h100_8_runs_on_the_h100_node_with_all_eight(server: ServerProcess, clie
     assert free_gpus("h100-node") == 0  # Ray itself holds all eight for the replica's placement group
     node = {n["node"]: n for n in httpx.get(server.base_url + "/gpus").json()["nodes"]}["h100-node"]
     assert node["free"] == 0 and node["in_use_by"] == [MODEL]
-    stream = client.chat.completions.create(model=MODEL, max_tokens=8, stream=True, extra_headers={
-        "X-GPU-Preference": "H100:8"}, messages=[{"role": "user", "content": "Say hi"}])
+    stream = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=8,
+        stream=True,
+        extra_headers={"X-GPU-Preference": "H100:8"},
+        messages=[{"role": "user", "content": "Say hi"}],
+    )
     chunks = list(stream)
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     assert where in chunks[0].system_fingerprint
@@ -236,8 +265,14 @@ def test_scale_out_under_load_then_back_to_zero(server: ServerProcess) -> None:
     the timeout both replicas go (and Ray gets every H100 back)."""
     wait_until(lambda: free_gpus("h100-node") == 8, 60, "H100s free from the previous test")
     opened, release = threading.Semaphore(0), threading.Event()
-    body = {"model": MODEL, "stream": True, "max_tokens": 4000, "ignore_eos": True, "gpu_preference": "H100",
-            "messages": [{"role": "user", "content": "Count to ten thousand."}]}
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "max_tokens": 4000,
+        "ignore_eos": True,
+        "gpu_preference": "H100",
+        "messages": [{"role": "user", "content": "Count to ten thousand."}],
+    }
 
     def stream() -> str:
         with httpx.stream("POST", server.base_url + "/chat/completions", json=body, timeout=300) as response:
@@ -252,8 +287,11 @@ def test_scale_out_under_load_then_back_to_zero(server: ServerProcess) -> None:
         streams = [pool.submit(stream) for _ in range(3)]
         for _ in streams:
             assert opened.acquire(timeout=240), "a stream produced no token"
-        group = wait_until(lambda: len(found := replicas(server)) == 2 and all("(warmed)" in r for r in found)
-                           and found, 240, "scaled out to 2 warmed replicas")
+        group = wait_until(
+            lambda: len(found := replicas(server)) == 2 and all("(warmed)" in r for r in found) and found,
+            240,
+            "scaled out to 2 warmed replicas",
+        )
         assert all(r.startswith("H100@h100-node/") for r in group) and len(set(group)) == 2
         wait_until(lambda: metric(server, "synthd:num_requests_running") == 3, 30, "3 running on the replicas")
         idle = chat(server, "H100")  # the least loaded replica takes it
@@ -269,8 +307,14 @@ def test_scale_out_under_load_then_back_to_zero(server: ServerProcess) -> None:
 
 def test_killed_replica_fails_its_stream_and_the_next_request_gets_a_new_one(server: ServerProcess) -> None:
     prefix = "synthd-replica-SmolLM2-135M-Instruct-H100-2-h100-node"
-    body = {"model": MODEL, "stream": True, "max_tokens": 2000, "ignore_eos": True, "gpu_preference": "H100:2",
-            "messages": [{"role": "user", "content": "Tell a long story."}]}
+    body = {
+        "model": MODEL,
+        "stream": True,
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "gpu_preference": "H100:2",
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+    }
     events = []
     with httpx.stream("POST", server.base_url + "/chat/completions", json=body, timeout=120) as response:
         for line in filter(None, response.iter_lines()):
@@ -296,17 +340,25 @@ def events_of(client: openai.OpenAI, job_id: str) -> list[str]:
 
 
 def wait_for_job(client: openai.OpenAI, job_id: str, timeout_s: float = 420):
-    return wait_until(lambda: (job := client.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and job,
-                      timeout_s, f"job {job_id} finished")
+    return wait_until(
+        lambda: (job := client.fine_tuning.jobs.retrieve(job_id)).status in TERMINAL and job,
+        timeout_s,
+        f"job {job_id} finished",
+    )
 
 
-def test_sft_job_runs_on_the_a100_node_and_its_model_is_served(server: ServerProcess, client: openai.OpenAI,
-                                                                home: Path) -> None:
+def test_sft_job_runs_on_the_a100_node_and_its_model_is_served(
+    server: ServerProcess, client: openai.OpenAI, home: Path
+) -> None:
     wait_until(lambda: free_gpus("a100-node") == 2, 60, "A100s free from the previous tests")
     job = client.fine_tuning.jobs.create(
-        model=MODEL, training_file=upload(client, "sft_facts.jsonl"), suffix="cluster", seed=3,
+        model=MODEL,
+        training_file=upload(client, "sft_facts.jsonl"),
+        suffix="cluster",
+        seed=3,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 5}}},
-        extra_body={"gpu_preference": "A100:2"})
+        extra_body={"gpu_preference": "A100:2"},
+    )
     assert job.gpu == "A100-40GB:2"
     running = "Training worker running on Ray node a100-node (GPUs 0, 1)"
     wait_until(lambda: running in events_of(client, job.id), 240, "running on the A100 node")
@@ -319,20 +371,36 @@ def test_sft_job_runs_on_the_a100_node_and_its_model_is_served(server: ServerPro
     reply = chat(server, "A100:2", model=done.fine_tuned_model)
     assert reply.status_code == 200 and reply.headers["X-GPU-Selected"] == "A100-40GB:2@a100-node/0,1"
     assert reply.json()["model"] == done.fine_tuned_model
-    status = wait_until(lambda: (found := httpx.get(f"{server.root_url}/warmup/status/{done.fine_tuned_model}").json()
-                                 )["status"] == "warmed" and found, 30, "the adapter resident on the replica")
+    status = wait_until(
+        lambda: (
+            (found := httpx.get(f"{server.root_url}/warmup/status/{done.fine_tuned_model}").json())["status"]
+            == "warmed"
+            and found
+        ),
+        30,
+        "the adapter resident on the replica",
+    )
     assert status["node"] == "a100-node"
     shipped = (home / "adapters" / job.id / "adapter_config.json").read_bytes()
-    assert any((d / "adapter_config.json").read_bytes() == shipped for d in ADAPTER_CACHE.iterdir()
-               if (d / "adapter_config.json").is_file())  # reached the replica through Ray's object store
+    assert any(
+        (d / "adapter_config.json").read_bytes() == shipped
+        for d in ADAPTER_CACHE.iterdir()
+        if (d / "adapter_config.json").is_file()
+    )  # reached the replica through Ray's object store
 
 
 def test_cancel_ends_the_ray_work(server: ServerProcess, client: openai.OpenAI) -> None:
     job = client.fine_tuning.jobs.create(
-        model=MODEL, training_file=upload(client, "sft_facts.jsonl"), extra_body={"gpu_preference": "H100"},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}})
-    wait_until(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=5).data),
-               300, "training steps")
+        model=MODEL,
+        training_file=upload(client, "sft_facts.jsonl"),
+        extra_body={"gpu_preference": "H100"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}},
+    )
+    wait_until(
+        lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=5).data),
+        300,
+        "training steps",
+    )
     [name] = actors(f"synthd-job-{job.id}")
     assert wait_until(lambda: free_gpus("h100-node") == 7, 30, "one H100 held by the job")
     _, gpu_ids, actor_pid = ray.get(ray.get_actor(name, namespace="synthd").where.remote(), timeout=30)
@@ -349,14 +417,19 @@ def test_cancel_ends_the_ray_work(server: ServerProcess, client: openai.OpenAI) 
 def test_node_lost_mid_job_resumes_on_another_node(ray_cluster: LocalCluster, client: openai.OpenAI) -> None:
     ray_cluster.add("a100-spare", num_gpus=2, resources={"accelerator_type:A100": 1})
     job = client.fine_tuning.jobs.create(
-        model=MODEL, training_file=upload(client, "sft_facts.jsonl"), extra_body={"gpu_preference": "A100:2"},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}})
-    first = wait_until(lambda: next((m for m in events_of(client, job.id) if "running on Ray node" in m), None),
-                       240, "running")
+        model=MODEL,
+        training_file=upload(client, "sft_facts.jsonl"),
+        extra_body={"gpu_preference": "A100:2"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}},
+    )
+    first = wait_until(
+        lambda: next((m for m in events_of(client, job.id) if "running on Ray node" in m), None), 240, "running"
+    )
     lost = "a100-node" if "a100-node" in first else "a100-spare"
     other = "a100-spare" if lost == "a100-node" else "a100-node"
-    wait_until(lambda: any(m.startswith("Checkpoint saved at step") for m in events_of(client, job.id)), 300,
-               "a checkpoint")
+    wait_until(
+        lambda: any(m.startswith("Checkpoint saved at step") for m in events_of(client, job.id)), 300, "a checkpoint"
+    )
     ray_cluster.remove(lost)
     done = wait_for_job(client, job.id)
     messages = events_of(client, job.id)
@@ -365,8 +438,9 @@ def test_node_lost_mid_job_resumes_on_another_node(ray_cluster: LocalCluster, cl
     assert any(m.startswith(f"Training worker running on Ray node {other}") for m in messages)
 
 
-def test_a_replica_keeps_its_adapters_least_recently_used_up_to_the_cap(server: ServerProcess,
-                                                                        client: openai.OpenAI) -> None:
+def test_a_replica_keeps_its_adapters_least_recently_used_up_to_the_cap(
+    server: ServerProcess, client: openai.OpenAI
+) -> None:
     """Two fine-tunes (from the jobs above) on one H100 replica holding one adapter at a time."""
     tuned = sorted(j.fine_tuned_model for j in client.fine_tuning.jobs.list(limit=50).data if j.status == "succeeded")
     assert len(tuned) == 2
@@ -379,22 +453,37 @@ def test_a_replica_keeps_its_adapters_least_recently_used_up_to_the_cap(server: 
         assert reply.status_code == 200 and reply.json()["model"] == model
         assert reply.headers["X-GPU-Selected"].startswith("H100@h100-node/")
         other = tuned[1] if model == tuned[0] else tuned[0]
-        wait_until(lambda model=model, other=other: (status(model)["status"], status(model)["node"]) == (
-            "warmed", "h100-node") and status(other)["status"] == "cold", 30, f"only {model} resident")
+        wait_until(
+            lambda model=model, other=other: (
+                (status(model)["status"], status(model)["node"]) == ("warmed", "h100-node")
+                and status(other)["status"] == "cold"
+            ),
+            30,
+            f"only {model} resident",
+        )
     assert len(replicas(server)) == 1
 
 
-def test_node_lost_before_a_checkpoint_fails_the_job_with_the_reason(ray_cluster: LocalCluster,
-                                                                      client: openai.OpenAI) -> None:
+def test_node_lost_before_a_checkpoint_fails_the_job_with_the_reason(
+    ray_cluster: LocalCluster, client: openai.OpenAI
+) -> None:
     [node] = [name for name in ray_cluster.nodes if name.startswith("a100-")]  # the one the last test left
     wait_until(lambda: free_gpus(node) == 2, 60, "its A100s free from the last job")
     job = client.fine_tuning.jobs.create(
-        model=MODEL, training_file=upload(client, "sft_facts.jsonl"), extra_body={"gpu_preference": "A100:2"},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 5}}})
-    wait_until(lambda: any(m.startswith(f"Training worker running on Ray node {node}") for m in events_of(client, job.id)),
-               240, "running")
+        model=MODEL,
+        training_file=upload(client, "sft_facts.jsonl"),
+        extra_body={"gpu_preference": "A100:2"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 5}}},
+    )
+    wait_until(
+        lambda: any(m.startswith(f"Training worker running on Ray node {node}") for m in events_of(client, job.id)),
+        240,
+        "running",
+    )
     ray_cluster.remove(node)  # the worker is still loading: no checkpoint yet
     done = wait_for_job(client, job.id, timeout_s=120)
     assert done.status == "failed" and not client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert f"node {node} running the job left the Ray cluster before the job saved its first checkpoint" in \
-        done.error.message
+    assert (
+        f"node {node} running the job left the Ray cluster before the job saved its first checkpoint"
+        in done.error.message
+    )

@@ -21,8 +21,13 @@ GIB = 1024**3
 
 def ray_node(node_id: str, resources: dict, labels: dict | None = None, alive: bool = True) -> dict:
     """One entry shaped as ``ray.nodes()`` returns it (Ray 2.60)."""
-    return {"NodeID": node_id, "Alive": alive, "NodeManagerHostname": "vm", "Resources": resources,
-            "Labels": {"ray.io/node-id": node_id, **(labels or {})}}
+    return {
+        "NodeID": node_id,
+        "Alive": alive,
+        "NodeManagerHostname": "vm",
+        "Resources": resources,
+        "Labels": {"ray.io/node-id": node_id, **(labels or {})},
+    }
 
 
 def test_nodes_read_from_resources_and_labels() -> None:
@@ -47,8 +52,12 @@ def test_nodes_read_from_resources_and_labels() -> None:
 
 def cluster_inventory() -> list[Device]:
     h100, a100 = lookup("H100"), lookup("A100")
-    return ([Device(h100, i, node="h100-node") for i in range(8)] + [Device(a100, i, node="a100-a") for i in range(2)]
-            + [Device(a100, i, node="a100-b") for i in range(2)] + [Device(cpu_type(8.0), 0, node="head")])
+    return (
+        [Device(h100, i, node="h100-node") for i in range(8)]
+        + [Device(a100, i, node="a100-a") for i in range(2)]
+        + [Device(a100, i, node="a100-b") for i in range(2)]
+        + [Device(cpu_type(8.0), 0, node="head")]
+    )
 
 
 def test_a_spec_takes_devices_of_one_node() -> None:
@@ -82,12 +91,15 @@ def test_autoscaling_rule() -> None:
         AutoscalingConfig(min_replicas=3, max_replicas=2)
 
 
-@pytest.mark.parametrize("error, kind", [
-    (GuideError("bad schema", param="response_format"), InvalidRequest),
-    (QueueFull(4), TooManyRequests),
-    (GenerationError("adapter failed"), GenerationError),
-    (RuntimeError("boom"), GenerationError),
-])
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (GuideError("bad schema", param="response_format"), InvalidRequest),
+        (QueueFull(4), TooManyRequests),
+        (GenerationError("adapter failed"), GenerationError),
+        (RuntimeError("boom"), GenerationError),
+    ],
+)
 def test_errors_cross_the_wire_with_their_kind(error: Exception, kind: type) -> None:
     again = RemoteFailure.of(error).error()
     assert isinstance(again, kind)

@@ -1,7 +1,6 @@
 """Text completions, streaming included, through the official SDK."""
 
 import openai
-
 from conftest import MODEL
 
 
@@ -13,16 +12,20 @@ def test_completion_text_usage_and_stream_equality(client: openai.OpenAI, tokeni
     assert whole.choices[0].finish_reason == "length"
     assert whole.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     assert whole.usage.completion_tokens == 6
-    chunks = list(client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=6, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt=prompt, temperature=0, max_tokens=6, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
     assert chunks[-1].usage.completion_tokens == 6
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
 
 def test_completion_list_of_prompts_and_stop(client: openai.OpenAI) -> None:
-    reply = client.completions.create(model=MODEL, prompt=["The capital of France is", "One, two, three,"],
-                                      temperature=0, max_tokens=8, stop=["\n"])
+    reply = client.completions.create(
+        model=MODEL, prompt=["The capital of France is", "One, two, three,"], temperature=0, max_tokens=8, stop=["\n"]
+    )
     assert [c.index for c in reply.choices] == [0, 1]
     assert "Paris" in reply.choices[0].text
     assert all("\n" not in c.text for c in reply.choices)

@@ -18,13 +18,23 @@ from synthd.server_process import ServerProcess
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps calling Google services, which floods a closed network.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 API_KEY = "sk-console-test"
-POOL = {"devices": [{"type": "H100", "count": 2, "node": "gpu-node-1"}, {"type": "L4", "count": 1, "node": "gpu-node-2"}]}
+POOL = {
+    "devices": [{"type": "H100", "count": 2, "node": "gpu-node-1"}, {"type": "L4", "count": 1, "node": "gpu-node-2"}]
+}
 TERMINAL = ("succeeded", "failed", "cancelled")
 STREAM_TIMEOUT_MS = 240_000  # generous: the CPUs may be shared with other work
 
@@ -89,8 +99,13 @@ def bad_sft_file() -> bytes:
 def heldout_sft_file() -> bytes:
     """``examples/sft_facts_heldout.jsonl`` (question, answer) as chat rows."""
     rows = [json.loads(line) for line in (EXAMPLES / "sft_facts_heldout.jsonl").read_text().splitlines()]
-    return "".join(json.dumps({"messages": [{"role": "user", "content": r["question"]},
-                                            {"role": "assistant", "content": r["answer"]}]}) + "\n" for r in rows).encode()
+    return "".join(
+        json.dumps(
+            {"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]}
+        )
+        + "\n"
+        for r in rows
+    ).encode()
 
 
 def test_console_asks_for_the_api_key(browser: Browser, console_server: ServerProcess) -> None:
@@ -128,8 +143,9 @@ def test_warm_up_from_the_models_page(page: Page) -> None:
     expect(page.locator("tr[data-model='no-such-model']")).to_have_count(0)
 
 
-def test_models_page_shows_status_placement_and_traffic(page: Page, console_server: ServerProcess,
-                                                        sdk: openai.OpenAI) -> None:
+def test_models_page_shows_status_placement_and_traffic(
+    page: Page, console_server: ServerProcess, sdk: openai.OpenAI
+) -> None:
     sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
     page.goto("/models")
     row = page.locator(f"tr[data-model='{MODEL}']")
@@ -148,16 +164,24 @@ def test_models_page_shows_status_placement_and_traffic(page: Page, console_serv
 def test_validate_file_route(console_server: ServerProcess) -> None:
     url = f"{console_server.root_url}/console/validate-file"
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    good = httpx.post(url, headers=auth, files={"file": ("a.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes())},
-                      data={"method": "supervised"})
+    good = httpx.post(
+        url,
+        headers=auth,
+        files={"file": ("a.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes())},
+        data={"method": "supervised"},
+    )
     assert good.status_code == 200
     assert good.json() == {"valid": True, "method": "supervised", "examples": 15, "problems": []}
     bad = httpx.post(url, headers=auth, files={"file": ("b.jsonl", bad_sft_file())}, data={"method": "supervised"})
     assert bad.json()["valid"] is False
     assert [p.split(":")[0] for p in bad.json()["problems"]] == ["line 2", "line 3"]
     assert "no assistant turn" in bad.json()["problems"][1]
-    wrong_method = httpx.post(url, headers=auth, files={"file": ("c.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes())},
-                              data={"method": "dpo"})
+    wrong_method = httpx.post(
+        url,
+        headers=auth,
+        files={"file": ("c.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes())},
+        data={"method": "dpo"},
+    )
     assert wrong_method.json()["valid"] is False and wrong_method.json()["problems"][0].startswith("line 1:")
     unknown_method = httpx.post(url, headers=auth, files={"file": ("d.jsonl", b"{}")}, data={"method": "ppo"})
     assert unknown_method.status_code == 400 and unknown_method.json()["error"]["param"] == "method"
@@ -169,8 +193,10 @@ def test_invalid_training_file_shows_line_numbers(page: Page, sdk: openai.OpenAI
     files_before = len(sdk.files.list().data)
     jobs_before = len(sdk.fine_tuning.jobs.list().data)
     page.goto("/fine-tuning")
-    page.set_input_files("input[name=training_file]",
-                         files=[{"name": "bad.jsonl", "mimeType": "application/jsonl", "buffer": bad_sft_file()}])
+    page.set_input_files(
+        "input[name=training_file]",
+        files=[{"name": "bad.jsonl", "mimeType": "application/jsonl", "buffer": bad_sft_file()}],
+    )
     page.click("text=Check data and start")
     problems = page.get_by_test_id("training-problems")
     expect(problems.locator("li")).to_have_count(2)
@@ -209,14 +235,17 @@ def test_gpus_page_and_will_it_fit(page: Page) -> None:
 
 def stream_in_playground(page: Page, prompt: str, panels: int) -> list[list[str]]:
     """Send ``prompt``; returns, per panel, every text the streaming answer showed, in order."""
-    page.evaluate("""panels => {
+    page.evaluate(
+        """panels => {
         window.__seen = [...Array(panels).keys()].map(() => []);
         for (let i = 0; i < panels; i++) {
             const answer = document.querySelector(`[data-testid=answer-${i}] span`);
             new MutationObserver(() => window.__seen[i].push(answer.textContent))
                 .observe(answer, {childList: true, characterData: true, subtree: true});
         }
-    }""", panels)
+    }""",
+        panels,
+    )
     page.fill("textarea[name=prompt]", prompt)
     page.click("button:has-text('Send')")
     for index in range(panels):
@@ -241,8 +270,16 @@ def test_playground_streams_tokens(page: Page, sdk: openai.OpenAI) -> None:
     page.fill("input[name=max_tokens]", "20")
     seen = stream_in_playground(page, question, panels=1)
     answer = page.locator("[data-testid=panel-0] .message.assistant .content").first.inner_text()
-    expected = sdk.chat.completions.create(model=MODEL, temperature=0, max_tokens=20, messages=[
-        {"role": "system", "content": system}, {"role": "user", "content": question}]).choices[0].message.content
+    expected = (
+        sdk.chat.completions.create(
+            model=MODEL,
+            temperature=0,
+            max_tokens=20,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        )
+        .choices[0]
+        .message.content
+    )
     assert answer == expected and "Paris" in answer
     assert_streamed(seen[0], expected)
     stats = page.get_by_test_id("stats-0").inner_text()
@@ -264,10 +301,14 @@ def test_sft_job_from_the_form_draws_its_loss_curve(page: Page, sdk: openai.Open
     page.fill("input[name=n_epochs]", "1")
     page.fill("input[name=batch_size]", "2")
     page.fill("input[name=learning_rate_multiplier]", "5")
-    page.set_input_files("input[name=training_file]",
-                         files=[{"name": "facts.jsonl", "mimeType": "application/jsonl", "buffer": training}])
-    page.set_input_files("input[name=validation_file]",
-                         files=[{"name": "heldout.jsonl", "mimeType": "application/jsonl", "buffer": heldout_sft_file()}])
+    page.set_input_files(
+        "input[name=training_file]",
+        files=[{"name": "facts.jsonl", "mimeType": "application/jsonl", "buffer": training}],
+    )
+    page.set_input_files(
+        "input[name=validation_file]",
+        files=[{"name": "heldout.jsonl", "mimeType": "application/jsonl", "buffer": heldout_sft_file()}],
+    )
     page.click("text=Check data and start")
     page.wait_for_url("**/fine-tuning/ftjob-*")
     job_id = page.url.rsplit("/", 1)[1]
@@ -290,10 +331,16 @@ def test_sft_job_from_the_form_draws_its_loss_curve(page: Page, sdk: openai.Open
     assert counts == sorted(counts), counts
 
     events = sdk.fine_tuning.jobs.list_events(job_id, limit=100).data
-    train = {e.data["step"]: e.data["train_loss"] for e in events
-             if e.type == "metrics" and "train_loss" in e.data and "total_steps" in e.data}
-    valid = {e.data["step"]: e.data["valid_loss"] for e in events
-             if e.type == "metrics" and "valid_loss" in e.data and "train_loss" not in e.data}
+    train = {
+        e.data["step"]: e.data["train_loss"]
+        for e in events
+        if e.type == "metrics" and "train_loss" in e.data and "total_steps" in e.data
+    }
+    valid = {
+        e.data["step"]: e.data["valid_loss"]
+        for e in events
+        if e.type == "metrics" and "valid_loss" in e.data and "train_loss" not in e.data
+    }
     checkpoints = sdk.fine_tuning.jobs.checkpoints.list(job_id).data
     assert sorted(train) == list(range(1, steps + 1))
     assert valid, events
@@ -345,8 +392,11 @@ def test_sft_job_from_the_form_draws_its_loss_curve(page: Page, sdk: openai.Open
 
 def test_cancel_a_job_from_its_page(page: Page, sdk: openai.OpenAI) -> None:
     training = sdk.files.create(file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
-    job = sdk.fine_tuning.jobs.create(model=MODEL, training_file=training.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 20, "batch_size": 1}}})
+    job = sdk.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=training.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 20, "batch_size": 1}}},
+    )
     page.goto(f"/fine-tuning/{job.id}")
     expect(page.get_by_test_id("job-status")).not_to_have_text("cancelled")
     page.click("text=Cancel job")
@@ -364,10 +414,22 @@ def test_unknown_job_page_says_so(page: Page) -> None:
 
 def test_batches_page_lists_and_cancels(page: Page, sdk: openai.OpenAI) -> None:
     def upload(lines: int, max_tokens: int) -> str:
-        rows = [json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-                            "body": {"model": MODEL, "max_tokens": max_tokens, "temperature": 0,
-                                     "messages": [{"role": "user", "content": f"Count to {i}."}]}})
-                for i in range(lines)]
+        rows = [
+            json.dumps(
+                {
+                    "custom_id": f"c{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {
+                        "model": MODEL,
+                        "max_tokens": max_tokens,
+                        "temperature": 0,
+                        "messages": [{"role": "user", "content": f"Count to {i}."}],
+                    },
+                }
+            )
+            for i in range(lines)
+        ]
         return sdk.files.create(file=("batch.jsonl", "\n".join(rows).encode()), purpose="batch").id
 
     done = sdk.batches.create(input_file_id=upload(1, 2), endpoint="/v1/chat/completions", completion_window="24h")

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM
 
 from synthd.engine.config import EngineConfig
 from synthd.engine.native.engine import NativeEngine
+from synthd.engine.native.kv_manager import KVCacheManager
 from synthd.engine.native.loader import load_native_engine
 from synthd.engine.native.output_processor import OutputProcessor
 from synthd.engine.native.sampler import SamplerState
-from synthd.engine.native.kv_manager import KVCacheManager
 from synthd.engine.native.scheduler import QueueFull, Scheduler, Sequence, StepPlan
 from synthd.engine.protocol import BATCH_PRIORITY, GenerationError, Guide, LoRARef, SamplingParams
 from synthd.models.embedded import EMBEDDED_MODEL_ID
@@ -29,8 +29,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def engine(models_dir: Path) -> NativeEngine:
-    loaded = load_native_engine(EMBEDDED_MODEL_ID, models_dir / EMBEDDED_MODEL_ID,
-                                EngineConfig(dtype="float32", max_num_seqs=8))
+    loaded = load_native_engine(
+        EMBEDDED_MODEL_ID, models_dir / EMBEDDED_MODEL_ID, EngineConfig(dtype="float32", max_num_seqs=8)
+    )
     yield loaded
     asyncio.run(loaded.shutdown())
 
@@ -38,9 +39,11 @@ def engine(models_dir: Path) -> NativeEngine:
 @pytest.fixture(scope="module")
 def chunked(models_dir: Path) -> NativeEngine:
     """Prompts computed 16 tokens per step (chunked prefill), no prefix cache."""
-    loaded = load_native_engine(EMBEDDED_MODEL_ID, models_dir / EMBEDDED_MODEL_ID,
-                                EngineConfig(dtype="float32", max_num_seqs=8, max_num_batched_tokens=16,
-                                             enable_prefix_caching=False))
+    loaded = load_native_engine(
+        EMBEDDED_MODEL_ID,
+        models_dir / EMBEDDED_MODEL_ID,
+        EngineConfig(dtype="float32", max_num_seqs=8, max_num_batched_tokens=16, enable_prefix_caching=False),
+    )
     yield loaded
     asyncio.run(loaded.shutdown())
 
@@ -57,13 +60,22 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def generate(engine: NativeEngine, prompt: str, max_tokens: int, request_id: str, delay: float = 0.0,
-                   lora: LoRARef | None = None, guide: Guide | None = None, **params) -> dict:
+async def generate(
+    engine: NativeEngine,
+    prompt: str,
+    max_tokens: int,
+    request_id: str,
+    delay: float = 0.0,
+    lora: LoRARef | None = None,
+    guide: Guide | None = None,
+    **params,
+) -> dict:
     await asyncio.sleep(delay)
     ids = engine.render_chat([{"role": "user", "content": prompt}])
     out = {"text": "", "outputs": 0}
-    async for output in engine.generate(request_id, ids, SamplingParams(max_tokens=max_tokens, temperature=0.0, **params),
-                                        lora=lora, guide=guide):
+    async for output in engine.generate(
+        request_id, ids, SamplingParams(max_tokens=max_tokens, temperature=0.0, **params), lora=lora, guide=guide
+    ):
         out["text"] += output.text
         out["outputs"] += 1
         out["finish"], out["tokens"] = output.finish_reason, output.completion_tokens
@@ -75,8 +87,9 @@ def test_batched_equals_solo_with_joins_and_leaves(engine: NativeEngine) -> None
     solo = [run(generate(engine, p, n, f"solo-{i}"))["text"] for i, (p, n) in enumerate(zip(PROMPTS, lengths))]
 
     async def staggered():  # later prompts join a batch that is already decoding; short ones leave early
-        return await asyncio.gather(*(generate(engine, p, n, f"batch-{i}", delay=0.15 * i)
-                                      for i, (p, n) in enumerate(zip(PROMPTS, lengths))))
+        return await asyncio.gather(
+            *(generate(engine, p, n, f"batch-{i}", delay=0.15 * i) for i, (p, n) in enumerate(zip(PROMPTS, lengths)))
+        )
 
     assert [o["text"] for o in run(staggered())] == solo
     assert engine.stats().running == 0 and engine.stats().kv_cache_usage == 0.0
@@ -134,8 +147,9 @@ def test_adapter_loaded_on_demand_and_retired(engine: NativeEngine, models_dir: 
     lora = make_lora(models_dir, tmp_path / "lora", seed=3)
 
     async def scenario():
-        plain, tuned = await asyncio.gather(generate(engine, PROMPTS[0], 12, "base"),
-                                            generate(engine, PROMPTS[0], 12, "tuned", lora=lora))
+        plain, tuned = await asyncio.gather(
+            generate(engine, PROMPTS[0], 12, "base"), generate(engine, PROMPTS[0], 12, "tuned", lora=lora)
+        )
         resident = engine.list_loras()
         removed = await engine.remove_lora(lora.name)
         return plain, tuned, resident, removed
@@ -169,8 +183,10 @@ def test_a_repeated_long_prefix_is_not_recomputed(engine: NativeEngine) -> None:
     warm = run(generate(engine, LONG_CONTEXT + " Which stone is the 7th?", 12, "warm"))
     other = run(generate(engine, LONG_CONTEXT + " What colour are the stones?", 12, "other"))
     after = engine.stats()
-    prompts = [len(engine.render_chat([{"role": "user", "content": LONG_CONTEXT + q}]))
-               for q in (" Which stone is the 7th?", " What colour are the stones?")]
+    prompts = [
+        len(engine.render_chat([{"role": "user", "content": LONG_CONTEXT + q}]))
+        for q in (" Which stone is the 7th?", " What colour are the stones?")
+    ]
     assert min(prompts) > 300 and warm["text"] == cold["text"]
     assert after.prefix_cache_hits - before.prefix_cache_hits >= 2 * 300
     assert after.prefix_cache_queries - before.prefix_cache_queries == sum(prompts)
@@ -180,14 +196,19 @@ def test_a_repeated_long_prefix_is_not_recomputed(engine: NativeEngine) -> None:
 def test_chunked_prefill_beside_a_running_stream_equals_solo(engine: NativeEngine, chunked: NativeEngine) -> None:
     question = LONG_CONTEXT + " Which stone is the 7th?"
     story_params = dict(max_tokens=60, ignore_eos=True)
-    solo = (run(generate(engine, question, 16, "solo-long"))["text"],
-            run(generate(engine, PROMPTS[1], request_id="solo-story", **story_params))["text"])
+    solo = (
+        run(generate(engine, question, 16, "solo-long"))["text"],
+        run(generate(engine, PROMPTS[1], request_id="solo-story", **story_params))["text"],
+    )
     streamed = {"story": 0}
 
     async def story() -> str:
         text = ""
-        async for output in chunked.generate("story", chunked.render_chat([{"role": "user", "content": PROMPTS[1]}]),
-                                             SamplingParams(temperature=0.0, **story_params)):
+        async for output in chunked.generate(
+            "story",
+            chunked.render_chat([{"role": "user", "content": PROMPTS[1]}]),
+            SamplingParams(temperature=0.0, **story_params),
+        ):
             text += output.text
             streamed["story"] = output.completion_tokens
         return text
@@ -199,8 +220,11 @@ def test_chunked_prefill_beside_a_running_stream_equals_solo(engine: NativeEngin
             await asyncio.sleep(0.01)
         arrived, during = streamed["story"], None
         text = ""
-        async for output in chunked.generate("long", chunked.render_chat([{"role": "user", "content": question}]),
-                                             SamplingParams(max_tokens=16, temperature=0.0)):
+        async for output in chunked.generate(
+            "long",
+            chunked.render_chat([{"role": "user", "content": question}]),
+            SamplingParams(max_tokens=16, temperature=0.0),
+        ):
             during = streamed["story"] - arrived if during is None else during
             text += output.text
         return text, during
@@ -213,26 +237,35 @@ def test_chunked_prefill_beside_a_running_stream_equals_solo(engine: NativeEngin
     assert during >= 15  # one story token per step of the prompt's prefill, not one stall for all of it
 
 
-def test_batch_invariant_greedy_output_is_the_same_alone_and_in_mixed_batches(models_dir: Path,
-                                                                             tmp_path: Path) -> None:
-    engine = load_native_engine(EMBEDDED_MODEL_ID, models_dir / EMBEDDED_MODEL_ID,
-                                EngineConfig(dtype="bfloat16", max_num_seqs=8, batch_invariant=True))
+def test_batch_invariant_greedy_output_is_the_same_alone_and_in_mixed_batches(models_dir: Path, tmp_path: Path) -> None:
+    engine = load_native_engine(
+        EMBEDDED_MODEL_ID,
+        models_dir / EMBEDDED_MODEL_ID,
+        EngineConfig(dtype="bfloat16", max_num_seqs=8, batch_invariant=True),
+    )
     loras = [None, make_lora(models_dir, tmp_path / "one", seed=1), make_lora(models_dir, tmp_path / "two", seed=2)]
     prompt = "Write a long story about a dragon who learns to fly."
 
     async def ids(request_id: str, text: str, lora: LoRARef | None, delay: float = 0.0) -> list[int]:
         await asyncio.sleep(delay)
         tokens = []
-        async for output in engine.generate(request_id, engine.render_chat([{"role": "user", "content": text}]),
-                                            SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True), lora=lora):
+        async for output in engine.generate(
+            request_id,
+            engine.render_chat([{"role": "user", "content": text}]),
+            SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True),
+            lora=lora,
+        ):
             tokens.extend(output.token_ids)
         return tokens
 
     async def mixed(round_: int) -> list[list[int]]:
-        neighbours = [ids(f"n{round_}-{i}", PROMPTS[i % 4] * (i + 1), loras[(i + round_) % 3], delay=0.05 * i)
-                      for i in range(5)]
-        results = await asyncio.gather(*(ids(f"p{round_}-{j}", prompt, lora, delay=0.1 * (j + round_))
-                                         for j, lora in enumerate(loras)), *neighbours)
+        neighbours = [
+            ids(f"n{round_}-{i}", PROMPTS[i % 4] * (i + 1), loras[(i + round_) % 3], delay=0.05 * i) for i in range(5)
+        ]
+        results = await asyncio.gather(
+            *(ids(f"p{round_}-{j}", prompt, lora, delay=0.1 * (j + round_)) for j, lora in enumerate(loras)),
+            *neighbours,
+        )
         return results[:3]
 
     try:
@@ -271,7 +304,7 @@ def test_scheduler_admits_in_order_under_seq_and_kv_limits() -> None:
         scheduler.add(sequence("d", 1, 1))
     plan = scheduler.schedule()
     assert plan.joined == (a,) and scheduler.kv_tokens_reserved == 50  # b would exceed the 100-token budget
-    assert scheduler.schedule().joined == ()                            # b still waits, c waits behind it (FIFO)
+    assert scheduler.schedule().joined == ()  # b still waits, c waits behind it (FIFO)
     scheduler.finish(a)
     assert scheduler.schedule().joined == (b, c)
     assert scheduler.kv_cache_usage == pytest.approx(0.71)
@@ -282,8 +315,10 @@ def test_scheduler_admits_in_order_under_seq_and_kv_limits() -> None:
 
 def test_scheduler_admits_interactive_sequences_before_waiting_batch_lines() -> None:
     scheduler = Scheduler(max_num_seqs=1, max_kv_tokens=1000, max_waiting=8)
-    first, line1, line2 = (Sequence(n, [1], SamplerState(SamplingParams(max_tokens=1, priority=p)))
-                           for n, p in (("first", 0), ("line1", BATCH_PRIORITY), ("line2", BATCH_PRIORITY)))
+    first, line1, line2 = (
+        Sequence(n, [1], SamplerState(SamplingParams(max_tokens=1, priority=p)))
+        for n, p in (("first", 0), ("line1", BATCH_PRIORITY), ("line2", BATCH_PRIORITY))
+    )
     for s in (first, line1, line2):
         scheduler.add(s)
     assert scheduler.schedule().joined == (first,)
@@ -321,8 +356,9 @@ def test_scheduler_chunks_prompts_under_the_token_budget_decodes_first() -> None
 
 
 def test_scheduler_batch_invariant_never_splits_a_prompt() -> None:
-    scheduler = Scheduler(max_num_seqs=4, max_kv_tokens=1000, max_waiting=4, max_num_batched_tokens=8,
-                          batch_invariant=True)
+    scheduler = Scheduler(
+        max_num_seqs=4, max_kv_tokens=1000, max_waiting=4, max_num_batched_tokens=8, batch_invariant=True
+    )
     a, b, c = sequence("a", 6, 5), sequence("b", 20, 5), sequence("c", 2, 5)
     for s in (a, b, c):
         scheduler.add(s)
@@ -337,14 +373,14 @@ def test_scheduler_reuses_a_cached_prefix() -> None:
     first = sequence("first", shared + [1, 2], 3)
     scheduler.add(first)
     run_step(scheduler)
-    second = sequence("second", shared + [3], 3)    # joins while first runs: copied from first's slot
+    second = sequence("second", shared + [3], 3)  # joins while first runs: copied from first's slot
     scheduler.add(second)
     plan = run_step(scheduler)
     assert plan.copies == ((first.slot, second.slot, 8),) and second.num_cached_tokens == 8
     assert shape(plan) == [("first", 12, 1, True), ("second", 8, 3, True)]
     scheduler.finish(first)
     scheduler.finish(second)
-    again = sequence("again", shared + [1, 2, 9], 3)   # takes over first's free slot: no copy at all
+    again = sequence("again", shared + [1, 2, 9], 3)  # takes over first's free slot: no copy at all
     other = sequence("lora", shared + [1, 2, 9], 3, lora="ft:x")  # another adapter: other keys and values
     scheduler.add(again)
     scheduler.add(other)
@@ -360,12 +396,12 @@ def test_prefix_lookup_keeps_the_last_token_and_evicts_least_recently_released()
     a = kv.allocate(prompt)
     kv.commit(a.slot, prompt)
     kv.free(a.slot)
-    assert kv.lookup(prompt) == (4, [a.slot])          # 8 tokens cached, but the last one must run
+    assert kv.lookup(prompt) == (4, [a.slot])  # 8 tokens cached, but the last one must run
     assert kv.lookup(prompt + [99]) == (8, [a.slot])
     b = kv.allocate([50] * 9)
     kv.commit(b.slot, [50] * 9)
     kv.free(b.slot)
-    c = kv.allocate([60] * 9)                          # both slots free and full: the older one (a) goes
+    c = kv.allocate([60] * 9)  # both slots free and full: the older one (a) goes
     assert c.slot == a.slot and c.cached_tokens == 0
     assert kv.lookup(prompt + [99]) == (0, []) and kv.lookup([50] * 9) == (8, [b.slot])
 

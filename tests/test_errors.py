@@ -9,9 +9,9 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from conftest import MODEL, server_env
 from fastapi import FastAPI
 
-from conftest import MODEL, server_env
 from synthd.api.errors import UnexpectedErrorMiddleware, install_error_handlers
 from synthd.server_process import ServerProcess, free_port
 
@@ -25,8 +25,14 @@ def with_(**changes):
 
 CASES = [
     # (id, path, body, status, code, param)
-    ("unsupported param", "/chat/completions", with_(prediction={"type": "content", "content": "x"}), 400,
-     "unsupported_parameter", "prediction"),
+    (
+        "unsupported param",
+        "/chat/completions",
+        with_(prediction={"type": "content", "content": "x"}),
+        400,
+        "unsupported_parameter",
+        "prediction",
+    ),
     ("unsupported functions", "/chat/completions", with_(functions=[]), 400, "unsupported_parameter", "functions"),
     ("empty tools", "/chat/completions", with_(tools=[]), 400, "invalid_value", "tools"),
     ("temperature too high", "/chat/completions", with_(temperature=5), 400, "invalid_value", "temperature"),
@@ -38,40 +44,129 @@ CASES = [
     ("five stops", "/chat/completions", with_(stop=["a", "b", "c", "d", "e"]), 400, "invalid_value", "stop"),
     ("no messages", "/chat/completions", with_(messages=...), 400, "invalid_value", "messages"),
     ("empty messages", "/chat/completions", with_(messages=[]), 400, "invalid_value", "messages"),
-    ("bad role", "/chat/completions", with_(messages=[{"role": "robot", "content": "x"}]), 400, "invalid_value", "messages.0.role"),
-    ("image part", "/chat/completions",
-     with_(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), 400, None, None),
+    (
+        "bad role",
+        "/chat/completions",
+        with_(messages=[{"role": "robot", "content": "x"}]),
+        400,
+        "invalid_value",
+        "messages.0.role",
+    ),
+    (
+        "image part",
+        "/chat/completions",
+        with_(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+        400,
+        None,
+        None,
+    ),
     ("no model", "/chat/completions", with_(model=...), 400, "invalid_value", "model"),
-    ("stream_options without stream", "/chat/completions", with_(stream_options={"include_usage": True}), 400, "invalid_value", None),
+    (
+        "stream_options without stream",
+        "/chat/completions",
+        with_(stream_options={"include_usage": True}),
+        400,
+        "invalid_value",
+        None,
+    ),
     ("unknown model", "/chat/completions", with_(model="gpt-9"), 404, "model_not_found", "model"),
     ("context exceeded", "/chat/completions", with_(max_tokens=9000), 400, "context_length_exceeded", "max_tokens"),
-    ("context exceeded by prompt", "/chat/completions",
-     with_(messages=[{"role": "user", "content": "word " * 9000}], max_tokens=...), 400, "context_length_exceeded", "messages"),
+    (
+        "context exceeded by prompt",
+        "/chat/completions",
+        with_(messages=[{"role": "user", "content": "word " * 9000}], max_tokens=...),
+        400,
+        "context_length_exceeded",
+        "messages",
+    ),
     ("completions unknown model", "/completions", {"model": "nope", "prompt": "x"}, 404, "model_not_found", "model"),
     ("completions empty prompt", "/completions", {"model": MODEL, "prompt": ""}, 400, None, "prompt"),
-    ("completions echo", "/completions", {"model": MODEL, "prompt": "x", "echo": True}, 400, "unsupported_parameter", "echo"),
+    (
+        "completions echo",
+        "/completions",
+        {"model": MODEL, "prompt": "x", "echo": True},
+        400,
+        "unsupported_parameter",
+        "echo",
+    ),
     ("seed beyond int64", "/chat/completions", with_(seed=2**64), 400, "invalid_value", "seed"),
     ("seed below int64", "/chat/completions", with_(seed=-(2**63) - 1), 400, "invalid_value", "seed"),
     ("stream as string", "/chat/completions", with_(stream="yes"), 400, "invalid_value", "stream"),
     ("unknown field with dash", "/chat/completions", with_(**{"foo-bar": 1}), 400, "unsupported_parameter", "foo-bar"),
     ("model name too long", "/chat/completions", with_(model="x" * 5000), 400, "invalid_value", "model"),
     ("model as a path", "/chat/completions", with_(model="/etc/passwd"), 404, "model_not_found", "model"),
-    ("model escaping the models folder", "/chat/completions", with_(model="../models/x"), 404, "model_not_found", "model"),
+    (
+        "model escaping the models folder",
+        "/chat/completions",
+        with_(model="../models/x"),
+        404,
+        "model_not_found",
+        "model",
+    ),
     ("stop string too long", "/chat/completions", with_(stop="x" * 300), 400, "invalid_value", "stop"),
-    ("too many messages", "/chat/completions", with_(messages=[{"role": "user", "content": "x"}] * 2049), 400,
-     "invalid_value", "messages"),
-    ("schema too deep", "/chat/completions", with_(response_format={"type": "json_schema", "json_schema": {
-        "name": "deep", "schema": {"a": json.loads("[" * 40 + "1" + "]" * 40)}}}), 400,
-     "invalid_value", "response_format.json_schema.schema"),
-    ("logit bias out of range", "/chat/completions", with_(logit_bias={"42": 101}), 400, "invalid_value", "logit_bias.42"),
-    ("logit bias beyond the vocabulary", "/chat/completions", with_(logit_bias={"99999999": 1}), 400, "invalid_value",
-     "logit_bias"),
+    (
+        "too many messages",
+        "/chat/completions",
+        with_(messages=[{"role": "user", "content": "x"}] * 2049),
+        400,
+        "invalid_value",
+        "messages",
+    ),
+    (
+        "schema too deep",
+        "/chat/completions",
+        with_(
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "deep", "schema": {"a": json.loads("[" * 40 + "1" + "]" * 40)}},
+            }
+        ),
+        400,
+        "invalid_value",
+        "response_format.json_schema.schema",
+    ),
+    (
+        "logit bias out of range",
+        "/chat/completions",
+        with_(logit_bias={"42": 101}),
+        400,
+        "invalid_value",
+        "logit_bias.42",
+    ),
+    (
+        "logit bias beyond the vocabulary",
+        "/chat/completions",
+        with_(logit_bias={"99999999": 1}),
+        400,
+        "invalid_value",
+        "logit_bias",
+    ),
     ("top_logprobs without logprobs", "/chat/completions", with_(top_logprobs=2), 400, "invalid_value", None),
     ("model under unknown home", "/chat/completions", with_(model="~nosuchuser/foo"), 404, "model_not_found", "model"),
-    ("unicode digit count", "/chat/completions", with_(gpu_preference="H100:²"), 400, "invalid_gpu_preference", "gpu_preference"),
-    ("arabic digit count", "/chat/completions", with_(gpu_preference="H100:٢"), 400, "invalid_gpu_preference", "gpu_preference"),
-    ("count past int's digit limit", "/chat/completions", with_(gpu_preference="H100:" + "9" * 5000), 400,
-     "invalid_gpu_preference", "gpu_preference"),
+    (
+        "unicode digit count",
+        "/chat/completions",
+        with_(gpu_preference="H100:²"),
+        400,
+        "invalid_gpu_preference",
+        "gpu_preference",
+    ),
+    (
+        "arabic digit count",
+        "/chat/completions",
+        with_(gpu_preference="H100:٢"),
+        400,
+        "invalid_gpu_preference",
+        "gpu_preference",
+    ),
+    (
+        "count past int's digit limit",
+        "/chat/completions",
+        with_(gpu_preference="H100:" + "9" * 5000),
+        400,
+        "invalid_gpu_preference",
+        "gpu_preference",
+    ),
     ("too many sequences", "/completions", {"model": MODEL, "prompt": ["a"] * 100, "n": 2}, 400, "invalid_value", None),
 ]
 
@@ -93,24 +188,38 @@ def test_bad_input_gets_openai_error(server: ServerProcess, name, path, body, st
 
 
 def test_lone_surrogate_is_400(server: ServerProcess) -> None:
-    for path, body in (("/chat/completions", b'{"model": "%s", "messages": [{"role": "user", "content": "\\ud800"}]}'),
-                       ("/completions", b'{"model": "%s", "prompt": "\\ud800"}')):
-        response = httpx.post(server.base_url + path, content=body % MODEL.encode(),
-                              headers={"content-type": "application/json"}, timeout=30)
+    for path, body in (
+        ("/chat/completions", b'{"model": "%s", "messages": [{"role": "user", "content": "\\ud800"}]}'),
+        ("/completions", b'{"model": "%s", "prompt": "\\ud800"}'),
+    ):
+        response = httpx.post(
+            server.base_url + path,
+            content=body % MODEL.encode(),
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
         assert response.status_code == 400, response.text
         assert "tokenized" in response.json()["error"]["message"]
 
 
 def test_extreme_seeds_and_tiny_temperature_answer(server: ServerProcess) -> None:
-    for extra in ({"seed": 2**63 - 1, "n": 2, "temperature": 1.0}, {"seed": -(2**63)}, {"temperature": 1e-38},
-                  {"temperature": 1e-45, "stream": True}):
+    for extra in (
+        {"seed": 2**63 - 1, "n": 2, "temperature": 1.0},
+        {"seed": -(2**63)},
+        {"temperature": 1e-38},
+        {"temperature": 1e-45, "stream": True},
+    ):
         response = httpx.post(server.base_url + "/chat/completions", json=with_(**extra), timeout=60)
         assert response.status_code == 200, (extra, response.text)
 
 
 def test_invalid_json_is_400(server: ServerProcess) -> None:
-    response = httpx.post(server.base_url + "/chat/completions", content=b"{not json",
-                          headers={"content-type": "application/json"}, timeout=30)
+    response = httpx.post(
+        server.base_url + "/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
 
@@ -135,8 +244,9 @@ API_KEYS_BEFORE_ENGINES = "API keys are checked before a request reaches any eng
 @pytest.fixture(scope="module")
 def keyed_server(models_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("keyed")
-    with ServerProcess(["--api-key", "s3cret"], log_path=home / "server.log", env=server_env(home, models_dir),
-                       api_key="s3cret") as process:
+    with ServerProcess(
+        ["--api-key", "s3cret"], log_path=home / "server.log", env=server_env(home, models_dir), api_key="s3cret"
+    ) as process:
         yield process
 
 
@@ -195,8 +305,12 @@ def test_unexpected_error_is_a_500_envelope_and_keeps_the_connection() -> None:
                 time.sleep(0.05)
             answer = http.get("/broken")
             assert answer.status_code == 500
-            assert answer.json()["error"] == {"message": "Internal server error: RuntimeError", "type": "server_error",
-                                              "param": None, "code": None}
+            assert answer.json()["error"] == {
+                "message": "Internal server error: RuntimeError",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
             assert http.get("/fine").json() == {"ok": True}
         assert not [r for r in escaped if r.exc_info], [r.getMessage() for r in escaped]
     finally:

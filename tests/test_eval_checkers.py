@@ -48,14 +48,18 @@ def judge(case: Case, answer: str) -> CheckResult:
 
 # --- math ---
 
-@pytest.mark.parametrize(("answer", "extracted"), [
-    ("Adding them up gives 41, then one more: \\boxed{42}. Check: 40 + 2.", "42"),
-    ("The total is 1,234 apples.", "1234"),
-    ("It is 3/4 of the cake.", "0.75"),
-    ("The answer is \\frac{3}{4}", "0.75"),
-    ("Answer: -12.5 degrees, measured at 3 pm", "-12.5"),
-    ("So 5 + 7 = 12", "12"),
-])
+
+@pytest.mark.parametrize(
+    ("answer", "extracted"),
+    [
+        ("Adding them up gives 41, then one more: \\boxed{42}. Check: 40 + 2.", "42"),
+        ("The total is 1,234 apples.", "1234"),
+        ("It is 3/4 of the cake.", "0.75"),
+        ("The answer is \\frac{3}{4}", "0.75"),
+        ("Answer: -12.5 degrees, measured at 3 pm", "-12.5"),
+        ("So 5 + 7 = 12", "12"),
+    ],
+)
 def test_math_extracts_the_final_number(answer: str, extracted: str) -> None:
     result = judge(case({"kind": "math", "answer": float(extracted)}), answer)
     assert (result.passed, result.extracted, result.reason) == (True, extracted, f"got {extracted}, as expected")
@@ -83,8 +87,9 @@ SQUARE = {"kind": "code", "entry_point": "f", "tests": "assert f(3) == 9\nassert
 
 
 def test_code_that_passes() -> None:
-    answer = ("Here you go:\n```python\ndef f(x):\n    return x * x\n\n"
-              "if __name__ == '__main__':\n    f(int(input()))\n```\n")
+    answer = (
+        "Here you go:\n```python\ndef f(x):\n    return x * x\n\nif __name__ == '__main__':\n    f(int(input()))\n```\n"
+    )
     result = judge(case(SQUARE, "coding"), answer)
     assert (result.passed, result.reason) == (True, "all tests passed")
     assert result.extracted.startswith("def f(x):")
@@ -125,12 +130,16 @@ def test_early_exit_is_not_success() -> None:
 
 
 def test_writing_to_inherited_fds_and_exiting_early_does_not_forge_a_pass() -> None:
-    forged = ("```python\nimport os\ndef f(x): return 0\nfor fd in range(3, 10):\n  try: os.write(fd, b'done')\n"
-              "  except OSError: pass\nos._exit(0)\n```")
+    forged = (
+        "```python\nimport os\ndef f(x): return 0\nfor fd in range(3, 10):\n  try: os.write(fd, b'done')\n"
+        "  except OSError: pass\nos._exit(0)\n```"
+    )
     result = judge(case({"kind": "code", "entry_point": "f", "tests": "assert f(2) == 4"}, "coding"), forged)
     assert (result.passed, result.reason) == (False, "exited before the end of the program (exit status 0)")
-    direct = sandbox("import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'done\\n')\n"
-                     "    except OSError:\n        pass\nos._exit(0)\nassert False\n")
+    direct = sandbox(
+        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'done\\n')\n"
+        "    except OSError:\n        pass\nos._exit(0)\nassert False\n"
+    )
     assert (direct.status, direct.returncode) == ("failed", 0)
 
 
@@ -147,8 +156,10 @@ def test_reading_process_memory_is_blocked() -> None:
 
 def test_filling_the_disk_with_many_files_is_blocked() -> None:
     start = time.monotonic()
-    result = sandbox("data = b'x' * (9 * 2**20)\nfor i in range(60):\n    with open(f'f{i}.bin', 'wb') as f:\n"
-                     "        f.write(data)\n")
+    result = sandbox(
+        "data = b'x' * (9 * 2**20)\nfor i in range(60):\n    with open(f'f{i}.bin', 'wb') as f:\n"
+        "        f.write(data)\n"
+    )
     assert result.status == "blocked" and time.monotonic() - start < 10
     limit_mb = DISK_LIMIT_BYTES // 2**20
     # f0 .. f7 hold 72 MB, so creating f8 is refused (the audit event shows the raw mode 'w').
@@ -157,20 +168,26 @@ def test_filling_the_disk_with_many_files_is_blocked() -> None:
 
 def test_filling_files_created_beforehand_fails_at_the_end() -> None:
     count = DISK_LIMIT_BYTES // (9 * 2**20) + 1
-    result = sandbox(f"files = [open(f'f{{i}}.bin', 'wb') for i in range({count})]\n"
-                     "for f in files:\n    f.write(b'x' * (9 * 2**20))\n    f.close()\n")
+    result = sandbox(
+        f"files = [open(f'f{{i}}.bin', 'wb') for i in range({count})]\n"
+        "for f in files:\n    f.write(b'x' * (9 * 2**20))\n    f.close()\n"
+    )
     assert (result.status, result.returncode) == ("failed", 0)
     assert count * 9 * 2**20 < result.disk_bytes < count * 9 * 2**20 + 1000  # plus program.py
     assert result.reason == f"wrote {count * 9:.1f} MB to its directory (limit {DISK_LIMIT_BYTES // 2**20} MB)"
 
 
 def test_creating_too_many_files_is_blocked() -> None:
-    result = sandbox("import os\nfor i in range(100):\n    open(f'f{i}.txt', 'w').close()\n"
-                     "    os.remove(f'f{i}.txt')\n")
+    result = sandbox(
+        "import os\nfor i in range(100):\n    open(f'f{i}.txt', 'w').close()\n    os.remove(f'f{i}.txt')\n"
+    )
     assert (result.status, result.reason) == (
-        "blocked", f"blocked: open('f{CREATED_FILES_LIMIT}.txt', 'w'): more than {CREATED_FILES_LIMIT} files created")
-    reopened = sandbox("for i in range(200):\n    open('log.txt', 'a').write('x')\n"
-                       "assert open('log.txt').read() == 'x' * 200\n")
+        "blocked",
+        f"blocked: open('f{CREATED_FILES_LIMIT}.txt', 'w'): more than {CREATED_FILES_LIMIT} files created",
+    )
+    reopened = sandbox(
+        "for i in range(200):\n    open('log.txt', 'a').write('x')\nassert open('log.txt').read() == 'x' * 200\n"
+    )
     assert reopened.status == "ok"
 
 
@@ -189,6 +206,7 @@ def test_a_stderr_flood_keeps_the_reason_short() -> None:
 
 
 # --- sandbox guard ---
+
 
 def test_deleting_a_file_outside_is_blocked(tmp_path: Path) -> None:
     victim = tmp_path / "keep.txt"
@@ -224,13 +242,16 @@ def test_writing_outside_is_blocked(tmp_path: Path) -> None:
     assert victim.read_text() == "precious"
 
 
-@pytest.mark.parametrize(("source", "reason"), [
-    ("import subprocess\nsubprocess.run(['echo', 'x'])\n", "blocked: subprocess.Popen('echo', ['echo', 'x'])"),
-    ("import os\nos.system('echo x')\n", "blocked: os.system(b'echo x')"),
-    ("import socket\nsocket.socket().connect(('127.0.0.1', 9))\n", "blocked: socket.connect(('127.0.0.1', 9))"),
-    ("import os\nos.kill(os.getpid(), 9)\n", None),
-    ("import ctypes\nctypes.CDLL(None).system(b'echo x')\n", None),
-])
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("import subprocess\nsubprocess.run(['echo', 'x'])\n", "blocked: subprocess.Popen('echo', ['echo', 'x'])"),
+        ("import os\nos.system('echo x')\n", "blocked: os.system(b'echo x')"),
+        ("import socket\nsocket.socket().connect(('127.0.0.1', 9))\n", "blocked: socket.connect(('127.0.0.1', 9))"),
+        ("import os\nos.kill(os.getpid(), 9)\n", None),
+        ("import ctypes\nctypes.CDLL(None).system(b'echo x')\n", None),
+    ],
+)
 def test_processes_signals_network_and_ctypes_are_blocked(source: str, reason: str | None) -> None:
     result = sandbox(source)
     assert result.status == "blocked" and "x\n" not in result.stdout
@@ -239,59 +260,88 @@ def test_processes_signals_network_and_ctypes_are_blocked(source: str, reason: s
 
 
 def test_files_inside_the_sandbox_and_tempfile_are_allowed() -> None:
-    source = ("import os, tempfile\nopen('out.txt', 'w').write('hi')\nassert open('out.txt').read() == 'hi'\n"
-              "os.remove('out.txt')\nwith tempfile.NamedTemporaryFile('w') as f:\n    f.write('x')\nprint('done')\n")
+    source = (
+        "import os, tempfile\nopen('out.txt', 'w').write('hi')\nassert open('out.txt').read() == 'hi'\n"
+        "os.remove('out.txt')\nwith tempfile.NamedTemporaryFile('w') as f:\n    f.write('x')\nprint('done')\n"
+    )
     result = sandbox(source)
     assert (result.status, result.returncode, result.stdout, result.reason) == ("ok", 0, "done\n", "ok")
 
 
 def test_the_environment_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
-    result = sandbox("import os\nassert 'OPENAI_API_KEY' not in os.environ\n"
-                     "assert 'sk-secret' not in str(os.environ)\n")
+    result = sandbox(
+        "import os\nassert 'OPENAI_API_KEY' not in os.environ\nassert 'sk-secret' not in str(os.environ)\n"
+    )
     assert result.status == "ok"
 
 
 # --- redaction ---
 
-@pytest.mark.parametrize("secret", [
-    "sk-proj-AbCdEf0123456789abcdef", "sk-0123456789abcdefghij", "sk-ant-api03-Xy_Z0123456789-ab",
-    "ghp_0123456789abcdefghijABCDEFGHIJ", "hf_abcdefghijABCDEFGHIJ0123", "xoxb-0123456789-abcdef",
-    "AKIAIOSFODNN7EXAMPLE", "0123456789abcdef0123456789abcdef", "dGhpcyBpcyBhIHNlY3JldCBrZXkgMTIzNA==",
-])
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk-proj-AbCdEf0123456789abcdef",
+        "sk-0123456789abcdefghij",
+        "sk-ant-api03-Xy_Z0123456789-ab",
+        "ghp_0123456789abcdefghijABCDEFGHIJ",
+        "hf_abcdefghijABCDEFGHIJ0123",
+        "xoxb-0123456789-abcdef",
+        "AKIAIOSFODNN7EXAMPLE",
+        "0123456789abcdef0123456789abcdef",
+        "dGhpcyBpcyBhIHNlY3JldCBrZXkgMTIzNA==",
+    ],
+)
 def test_key_shaped_strings_are_redacted(secret: str) -> None:
     assert redact_secrets(f"KeyError: '{secret}' (line 3)", environ={}) == f"KeyError: '{REDACTED}' (line 3)"
 
 
 def test_auth_headers_and_secret_variables_are_redacted() -> None:
-    environ = {"MY_SERVICE_TOKEN": "plain words value", "DB_PASSWORD": "hunter22", "OPENAI_API_KEY": "short",
-               "SOME_TOKEN": "1", "HOME": "/root"}
+    environ = {
+        "MY_SERVICE_TOKEN": "plain words value",
+        "DB_PASSWORD": "hunter22",
+        "OPENAI_API_KEY": "short",
+        "SOME_TOKEN": "1",
+        "HOME": "/root",
+    }
     text = "Authorization: Bearer abc.def-0123456789 failed for plain words value with hunter22 at /root (short)"
     assert redact_secrets(text, environ=environ) == (
-        f"Authorization: Bearer {REDACTED} failed for {REDACTED} with {REDACTED} at /root (short)")
+        f"Authorization: Bearer {REDACTED} failed for {REDACTED} with {REDACTED} at /root (short)"
+    )
 
 
-@pytest.mark.parametrize("reason", [
-    "expected 42, got 41", "AssertionError: assert f(3) == 9", "timed out after 2.0 s",
-    "NameError: name 'a_very_long_snake_case_function_name_v2' is not defined",
-    "AttributeError: 'VeryLongCamelCaseClassNameWithoutDigitsInIt' object", "z" * 300,
-    "blocked: open('/tmp/pytest-of-root/pytest-14/test_writing_outside_is_bloc0/keep.txt', 'w')",
-])
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "expected 42, got 41",
+        "AssertionError: assert f(3) == 9",
+        "timed out after 2.0 s",
+        "NameError: name 'a_very_long_snake_case_function_name_v2' is not defined",
+        "AttributeError: 'VeryLongCamelCaseClassNameWithoutDigitsInIt' object",
+        "z" * 300,
+        "blocked: open('/tmp/pytest-of-root/pytest-14/test_writing_outside_is_bloc0/keep.txt', 'w')",
+    ],
+)
 def test_ordinary_reasons_are_kept(reason: str) -> None:
     assert redact_secrets(reason, environ={"OPENAI_API_KEY": "sk-not-in-these-reasons"}) == reason
 
 
 # --- exact ---
 
-@pytest.mark.parametrize(("answer", "matched"), [
-    ("saturday", "saturday"),
-    ("**Saturday**.", "saturday"),
-    ('"Saturday"', "saturday"),
-    ("**The answer is: Saturday.**", "saturday"),
-    ("Answer: **sat**", "sat"),
-    ("Saturday\nBecause 10 days is a week and 3 days.", "saturday"),
-    ("Count 10 days from Wednesday.\n\nSaturday  ", "saturday"),
-])
+
+@pytest.mark.parametrize(
+    ("answer", "matched"),
+    [
+        ("saturday", "saturday"),
+        ("**Saturday**.", "saturday"),
+        ('"Saturday"', "saturday"),
+        ("**The answer is: Saturday.**", "saturday"),
+        ("Answer: **sat**", "sat"),
+        ("Saturday\nBecause 10 days is a week and 3 days.", "saturday"),
+        ("Count 10 days from Wednesday.\n\nSaturday  ", "saturday"),
+    ],
+)
 def test_exact_accepts_formatting_and_explanations(answer: str, matched: str) -> None:
     result = judge(case({"kind": "exact", "answers": ["Saturday", "Sat"]}, "reasoning"), answer)
     assert (result.passed, result.reason, result.extracted) == (True, f"matched {matched!r}", matched)
@@ -309,13 +359,22 @@ def test_exact_rejects_a_wrong_answer() -> None:
     exact = case({"kind": "exact", "answers": ["Saturday", "Sat"]}, "reasoning")
     result = judge(exact, "It is Saturday, I think.\nSunday")
     assert (result.passed, result.reason, result.extracted) == (
-        False, "expected 'saturday' or 'sat', got 'sunday'", "sunday")
+        False,
+        "expected 'saturday' or 'sat', got 'sunday'",
+        "sunday",
+    )
 
 
 # --- constraints ---
 
-BULLETS = {"kind": "constraints", "line_count": 3, "format": "bullets", "required_words": ["salt"],
-           "forbidden_words": ["ocean"], "max_words": 20}
+BULLETS = {
+    "kind": "constraints",
+    "line_count": 3,
+    "format": "bullets",
+    "required_words": ["salt"],
+    "forbidden_words": ["ocean"],
+    "max_words": 20,
+}
 GOOD_BULLETS = "- Salt on the wind.\n- Waves on the rocks.\n- Gulls over the bay."
 
 
@@ -324,14 +383,17 @@ def test_constraints_all_met() -> None:
     assert (result.passed, result.reason) == (True, "all constraints met (12 words, 3 lines)")
 
 
-@pytest.mark.parametrize(("answer", "reason"), [
-    (GOOD_BULLETS.replace("Salt", "Sand"), "missing required word 'salt'"),
-    (GOOD_BULLETS.replace("bay", "ocean"), "forbidden word 'ocean' present"),
-    (GOOD_BULLETS + "\n- Shells in the sand.", "4 lines, expected 3"),
-    (GOOD_BULLETS.replace("- Waves", "Waves"), "not a bulleted list (line 2 has no '- ', '* ' or '• ')"),
-    (GOOD_BULLETS.replace("rocks", "rocks and the long grey shore of my old home"), "21 words > max 20"),
-    ("- Salty air.\n- Waves.\n- Gulls.", "missing required word 'salt'"),
-])
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (GOOD_BULLETS.replace("Salt", "Sand"), "missing required word 'salt'"),
+        (GOOD_BULLETS.replace("bay", "ocean"), "forbidden word 'ocean' present"),
+        (GOOD_BULLETS + "\n- Shells in the sand.", "4 lines, expected 3"),
+        (GOOD_BULLETS.replace("- Waves", "Waves"), "not a bulleted list (line 2 has no '- ', '* ' or '• ')"),
+        (GOOD_BULLETS.replace("rocks", "rocks and the long grey shore of my old home"), "21 words > max 20"),
+        ("- Salty air.\n- Waves.\n- Gulls.", "missing required word 'salt'"),
+    ],
+)
 def test_constraints_each_violated_alone(answer: str, reason: str) -> None:
     result = judge(case(BULLETS, "creative"), answer)
     assert (result.passed, result.reason) == (False, reason)
@@ -339,8 +401,10 @@ def test_constraints_each_violated_alone(answer: str, reason: str) -> None:
 
 def test_constraints_list_every_violation_and_other_formats() -> None:
     result = judge(case(BULLETS, "creative"), "The ocean.")
-    assert result.reason == ("missing required word 'salt'; forbidden word 'ocean' present; 1 line, expected 3; "
-                             "not a bulleted list (line 1 has no '- ', '* ' or '• ')")
+    assert result.reason == (
+        "missing required word 'salt'; forbidden word 'ocean' present; 1 line, expected 3; "
+        "not a bulleted list (line 1 has no '- ', '* ' or '• ')"
+    )
     short = judge(case({"kind": "constraints", "min_words": 5}, "creative"), "Too short.")
     assert (short.passed, short.reason) == (False, "2 words < min 5")
     numbered = case({"kind": "constraints", "format": "numbered"}, "creative")
@@ -353,6 +417,7 @@ def test_constraints_list_every_violation_and_other_formats() -> None:
 
 
 # --- battery ---
+
 
 def test_builtin_battery_shape() -> None:
     assert Counter(c.category for c in BUILTIN_BATTERY) == {"math": 5, "coding": 5, "reasoning": 5, "creative": 5}
@@ -423,8 +488,9 @@ def test_load_rejects_duplicates_unknown_suffix_unknown_category_and_empty(tmp_p
     unknown.write_text(json.dumps([{**CASES[0], "category": "poetry"}]))
     with pytest.raises(BatteryError) as error:
         load_battery(unknown)
-    assert str(error.value) == (f"{unknown}: case 1: category: Input should be 'math', 'coding', 'reasoning' "
-                                "or 'creative'")
+    assert str(error.value) == (
+        f"{unknown}: case 1: category: Input should be 'math', 'coding', 'reasoning' or 'creative'"
+    )
     empty = tmp_path / "e.jsonl"
     empty.write_text("\n")
     with pytest.raises(BatteryError, match=r": no cases$"):

@@ -8,9 +8,9 @@ import httpx
 import openai
 import pytest
 import torch
+from conftest import MODEL, server_env
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import MODEL, server_env
 from synthd.server_process import ServerProcess
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -58,11 +58,12 @@ def base(models_dir: Path):
 
 
 def answer(model, tokenizer, question: str) -> str:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=20, do_sample=False)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def test_files_api(ft_client: openai.OpenAI, ft_server: ServerProcess) -> None:
@@ -75,10 +76,13 @@ def test_files_api(ft_client: openai.OpenAI, ft_server: ServerProcess) -> None:
     assert ft_client.files.delete(created.id).deleted is True
     with pytest.raises(openai.NotFoundError):
         ft_client.files.retrieve(created.id)
-    too_big = httpx.post(ft_server.base_url + "/files", files={"file": ("big.jsonl", b"x" * 300_000)},
-                         data={"purpose": "fine-tune"})
+    too_big = httpx.post(
+        ft_server.base_url + "/files", files={"file": ("big.jsonl", b"x" * 300_000)}, data={"purpose": "fine-tune"}
+    )
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "file_too_large"
-    bad_purpose = httpx.post(ft_server.base_url + "/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "nope"})
+    bad_purpose = httpx.post(
+        ft_server.base_url + "/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "nope"}
+    )
     assert bad_purpose.status_code == 400 and bad_purpose.json()["error"]["param"] == "purpose"
     missing = httpx.post(ft_server.base_url + "/files", data={"purpose": "fine-tune"})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
@@ -102,9 +106,14 @@ def test_sft_teaches_facts(ft_client: openai.OpenAI, ft_home: Path, base) -> Non
     before = [answer(model, tokenizer, h["question"]) for h in heldout]
     assert not any(h["answer"] in b for h, b in zip(heldout, before)), before
     job = ft_client.fine_tuning.jobs.create(
-        model=MODEL, training_file=upload(ft_client, EXAMPLES / "sft_facts.jsonl"), suffix="facts", seed=7,
-        method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 6, "batch_size": 5, "learning_rate_multiplier": 10}}},
+        model=MODEL,
+        training_file=upload(ft_client, EXAMPLES / "sft_facts.jsonl"),
+        suffix="facts",
+        seed=7,
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 6, "batch_size": 5, "learning_rate_multiplier": 10}},
+        },
         metadata={"purpose": "test"},
     )
     assert job.status == "validating_files" and job.metadata == {"purpose": "test"}
@@ -114,7 +123,9 @@ def test_sft_teaches_facts(ft_client: openai.OpenAI, ft_home: Path, base) -> Non
     assert done.trained_tokens > 0 and done.finished_at >= done.created_at
     assert done.method.type == "supervised"
     events = ft_client.fine_tuning.jobs.list_events(job.id, limit=100).data
-    steps = [e.data for e in events if e.type == "metrics" and e.data and "train_loss" in e.data and "total_steps" in e.data]
+    steps = [
+        e.data for e in events if e.type == "metrics" and e.data and "train_loss" in e.data and "total_steps" in e.data
+    ]
     assert {s["step"] for s in steps} == set(range(1, 19))  # 15 rows / 5 per step x 6 epochs, one event per step
     assert all({"learning_rate", "epoch", "total_steps"} <= set(s) for s in steps)
     checkpoints = ft_client.fine_tuning.jobs.checkpoints.list(job.id).data
@@ -135,19 +146,24 @@ def test_sft_teaches_facts(ft_client: openai.OpenAI, ft_home: Path, base) -> Non
 
 def sequence_logprob(model, tokenizer, prompt: list[dict], reply: list[dict]) -> float:
     """Sum of log-probabilities of the reply's tokens after the chat-templated prompt."""
-    context = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    context = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     full = tokenizer.apply_chat_template(prompt + reply, tokenize=True, return_dict=True)["input_ids"]
     ids = torch.tensor([full])
     with torch.no_grad():
         logits = model(ids).logits[0, :-1].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     targets = ids[0, 1:]
-    return float(logprobs[torch.arange(len(context) - 1, len(full) - 1), targets[len(context) - 1:]].sum())
+    return float(logprobs[torch.arange(len(context) - 1, len(full) - 1), targets[len(context) - 1 :]].sum())
 
 
 def margin(model, tokenizer, pairs: list[dict]) -> float:
-    return sum(sequence_logprob(model, tokenizer, p["prompt"], p["chosen"])
-               - sequence_logprob(model, tokenizer, p["prompt"], p["rejected"]) for p in pairs) / len(pairs)
+    return sum(
+        sequence_logprob(model, tokenizer, p["prompt"], p["chosen"])
+        - sequence_logprob(model, tokenizer, p["prompt"], p["rejected"])
+        for p in pairs
+    ) / len(pairs)
 
 
 @pytest.mark.timeout(1800)
@@ -158,9 +174,14 @@ def test_dpo_raises_preference_margin(ft_client: openai.OpenAI, ft_home: Path, b
     heldout = [json.loads(line) for line in (EXAMPLES / "dpo_style_heldout.jsonl").read_text().splitlines()]
     before = margin(model, tokenizer, heldout)
     job = ft_client.fine_tuning.jobs.create(
-        model=MODEL, training_file=upload(ft_client, EXAMPLES / "dpo_style.jsonl"), suffix="style", seed=3,
-        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "beta": 0.1,
-                                                           "learning_rate_multiplier": 5}}},
+        model=MODEL,
+        training_file=upload(ft_client, EXAMPLES / "dpo_style.jsonl"),
+        suffix="style",
+        seed=3,
+        method={
+            "type": "dpo",
+            "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "beta": 0.1, "learning_rate_multiplier": 5}},
+        },
     )
     done = wait_for(ft_client, job.id)
     assert done.status == "succeeded", done.error
@@ -174,34 +195,71 @@ def test_dpo_raises_preference_margin(ft_client: openai.OpenAI, ft_home: Path, b
 
 
 BAD_FILES = [
-    ("bad json on line 3", "supervised",
-     b'{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n{not json}\n', "line 3: invalid JSON"),
-    ("no assistant turn", "supervised", b'{"messages": [{"role": "user", "content": "hi"}]}\n', "line 1: 'messages' has no assistant turn"),
+    (
+        "bad json on line 3",
+        "supervised",
+        b'{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n{not json}\n',
+        "line 3: invalid JSON",
+    ),
+    (
+        "no assistant turn",
+        "supervised",
+        b'{"messages": [{"role": "user", "content": "hi"}]}\n',
+        "line 1: 'messages' has no assistant turn",
+    ),
     ("dpo without rejected", "dpo", b'{"prompt": "q", "chosen": "yes"}\n', "line 1: missing 'rejected'"),
-    ("openai dpo without non-preferred", "dpo",
-     b'{"input": {"messages": [{"role": "user", "content": "q"}]}, "preferred_output": [{"role": "assistant", "content": "a"}]}\n',
-     "line 1: missing 'non_preferred_output'"),
+    (
+        "openai dpo without non-preferred",
+        "dpo",
+        b'{"input": {"messages": [{"role": "user", "content": "q"}]}, "preferred_output": [{"role": "assistant", "content": "a"}]}\n',
+        "line 1: missing 'non_preferred_output'",
+    ),
     ("empty file", "supervised", b"", "no examples"),
-    ("bad role", "supervised", b'{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}\n',
-     "line 1: 'messages[0].role'"),
-    ("integer past json's digit limit", "supervised", b'{"prompt": "a", "completion": "b", "n": ' + b"9" * 5000 + b"}\n",
-     "line 1: invalid JSON"),
+    (
+        "bad role",
+        "supervised",
+        b'{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}\n',
+        "line 1: 'messages[0].role'",
+    ),
+    (
+        "integer past json's digit limit",
+        "supervised",
+        b'{"prompt": "a", "completion": "b", "n": ' + b"9" * 5000 + b"}\n",
+        "line 1: invalid JSON",
+    ),
     ("nesting past the stack", "supervised", b"[" * 20_000 + b"]" * 20_000 + b"\n", "line 1: invalid JSON"),
-    ("fractional weight", "supervised", b'{"messages": [{"role": "user", "content": "q"}, '
-     b'{"role": "assistant", "content": "a", "weight": 0.5}]}\n', "line 1: 'messages[1].weight' must be 0 or 1, not 0.5"),
-    ("string weight", "supervised", b'{"messages": [{"role": "user", "content": "q"}, '
-     b'{"role": "assistant", "content": "a", "weight": "1"}]}\n', "line 1: 'messages[1].weight' must be 0 or 1, not \"1\""),
-    ("weight on a user message", "supervised", b'{"messages": [{"role": "user", "content": "q", "weight": 1}, '
-     b'{"role": "assistant", "content": "a"}]}\n', "line 1: 'messages[0].weight' is only allowed on assistant messages"),
-    ("nothing to train on", "supervised", b'{"messages": [{"role": "user", "content": "q"}, '
-     b'{"role": "assistant", "content": "a", "weight": 0}]}\n', "no trainable tokens"),
+    (
+        "fractional weight",
+        "supervised",
+        b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0.5}]}\n',
+        "line 1: 'messages[1].weight' must be 0 or 1, not 0.5",
+    ),
+    (
+        "string weight",
+        "supervised",
+        b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": "1"}]}\n',
+        "line 1: 'messages[1].weight' must be 0 or 1, not \"1\"",
+    ),
+    (
+        "weight on a user message",
+        "supervised",
+        b'{"messages": [{"role": "user", "content": "q", "weight": 1}, {"role": "assistant", "content": "a"}]}\n',
+        "line 1: 'messages[0].weight' is only allowed on assistant messages",
+    ),
+    (
+        "nothing to train on",
+        "supervised",
+        b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]}\n',
+        "no trainable tokens",
+    ),
 ]
 
 
 @pytest.mark.parametrize("name,method,content,expected", BAD_FILES, ids=[b[0] for b in BAD_FILES])
 def test_malformed_files_fail_with_line_and_reason(ft_client: openai.OpenAI, name, method, content, expected) -> None:
-    job = ft_client.fine_tuning.jobs.create(model=MODEL, training_file=upload(ft_client, content),
-                                            method={"type": method})
+    job = ft_client.fine_tuning.jobs.create(
+        model=MODEL, training_file=upload(ft_client, content), method={"type": method}
+    )
     done = wait_for(ft_client, job.id, timeout_s=60)
     assert done.status == "failed"
     assert done.error.code == "invalid_training_file" and done.error.param == "training_file"
@@ -222,8 +280,10 @@ def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
         (dict(model=MODEL, training_file=good, suffix="a:b"), "suffix"),
         (dict(model=MODEL, training_file=good, method={"type": "dpo", "supervised": {}}), "method"),
         (dict(model=MODEL, training_file=good, extra_body={"lora": {"r": 10**9}}), "lora.r"),
-        (dict(model=MODEL, training_file=good, extra_body={"lora": {"target_modules": ["q_proj", "nope"]}}),
-         "lora.target_modules"),  # accepted before, then failed in training
+        (
+            dict(model=MODEL, training_file=good, extra_body={"lora": {"target_modules": ["q_proj", "nope"]}}),
+            "lora.target_modules",
+        ),  # accepted before, then failed in training
         (dict(model=MODEL, training_file=good, hyperparameters={"n_epochs": True}), "hyperparameters.n_epochs"),
     ]
     for kwargs, param in cases:
@@ -232,19 +292,27 @@ def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
         assert info.value.body["param"] == param, (kwargs, info.value.body)
     with pytest.raises(openai.ConflictError):
         ft_client.fine_tuning.jobs.create(model=MODEL, training_file=good, extra_body={"gpu_preference": "H100"})
-    infinite = httpx.post(str(ft_client.base_url) + "fine_tuning/jobs", headers={"content-type": "application/json"},
-                          content=b'{"model": "%s", "training_file": "%s", "hyperparameters": '
-                                  b'{"learning_rate_multiplier": 1e999}}' % (MODEL.encode(), good.encode()))
-    assert infinite.status_code == 400 and infinite.json()["error"]["param"] == "hyperparameters.learning_rate_multiplier"
+    infinite = httpx.post(
+        str(ft_client.base_url) + "fine_tuning/jobs",
+        headers={"content-type": "application/json"},
+        content=b'{"model": "%s", "training_file": "%s", "hyperparameters": '
+        b'{"learning_rate_multiplier": 1e999}}' % (MODEL.encode(), good.encode()),
+    )
+    assert (
+        infinite.status_code == 400 and infinite.json()["error"]["param"] == "hyperparameters.learning_rate_multiplier"
+    )
     with pytest.raises(openai.NotFoundError):
         ft_client.fine_tuning.jobs.retrieve("ftjob-nope")
 
 
 def test_older_and_synth_forms_and_listing(ft_client: openai.OpenAI) -> None:
     data = upload(ft_client, EXAMPLES / "dpo_style.jsonl")
-    synth = ft_client.fine_tuning.jobs.create(model=MODEL, training_file=data,
-                                              extra_body={"training_type": "dpo", "lora": {"r": 4, "alpha": 8}},
-                                              hyperparameters={"n_epochs": 1, "batch_size": 4})
+    synth = ft_client.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=data,
+        extra_body={"training_type": "dpo", "lora": {"r": 4, "alpha": 8}},
+        hyperparameters={"n_epochs": 1, "batch_size": 4},
+    )
     assert synth.method.type == "dpo" and synth.model_extra["lora"]["r"] == 4
     ft_client.fine_tuning.jobs.cancel(synth.id)
     assert wait_for(ft_client, synth.id).status == "cancelled"
@@ -259,8 +327,10 @@ def test_older_and_synth_forms_and_listing(ft_client: openai.OpenAI) -> None:
 
 def test_cancel_mid_run(ft_client: openai.OpenAI) -> None:
     job = ft_client.fine_tuning.jobs.create(
-        model=MODEL, training_file=upload(ft_client, EXAMPLES / "sft_facts.jsonl"),
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}})
+        model=MODEL,
+        training_file=upload(ft_client, EXAMPLES / "sft_facts.jsonl"),
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}},
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         events = ft_client.fine_tuning.jobs.list_events(job.id, limit=5).data
@@ -281,13 +351,28 @@ def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:
     import sys
 
     def synthd(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "synthd.cli", *args, "--base-url", ft_server.base_url],
-                              capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "synthd.cli", *args, "--base-url", ft_server.base_url],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     uploaded = synthd("files", "upload", str(EXAMPLES / "sft_facts.jsonl"))
     assert uploaded.returncode == 0 and uploaded.stdout.startswith("file-")
-    created = synthd("ft", "create", "--training-file", str(EXAMPLES / "sft_facts.jsonl"), "--n-epochs", "1",
-                     "--batch-size", "5", "--suffix", "cli", "--wait")
+    created = synthd(
+        "ft",
+        "create",
+        "--training-file",
+        str(EXAMPLES / "sft_facts.jsonl"),
+        "--n-epochs",
+        "1",
+        "--batch-size",
+        "5",
+        "--suffix",
+        "cli",
+        "--wait",
+    )
     assert created.returncode == 0, created.stderr
     assert "succeeded: ft:SmolLM2-135M-Instruct:cli:ftjob-" in created.stdout
     job_id = created.stdout.split()[0]

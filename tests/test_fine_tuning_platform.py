@@ -44,18 +44,27 @@ def facts(client: openai.OpenAI) -> str:
 
 @pytest.fixture(scope="module")
 def all_facts(client: openai.OpenAI) -> str:
-    return client.files.create(file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune").id
+    return client.files.create(
+        file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune"
+    ).id
 
 
 @pytest.fixture(scope="module")
 def trained(client: openai.OpenAI, facts: str):
     """Two steps (the whole file per step), a checkpoint and an evaluation at each, logged to W&B."""
     job = client.fine_tuning.jobs.create(
-        model=MODEL, training_file=facts, validation_file=facts, suffix="ckpt", seed=5,
+        model=MODEL,
+        training_file=facts,
+        validation_file=facts,
+        suffix="ckpt",
+        seed=5,
         integrations=[{"type": "wandb", "wandb": {"project": "synthd-tests", "tags": ["ci"]}}],
-        method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 2, "batch_size": 3, "learning_rate_multiplier": 10}}},
-        extra_body={"n_checkpoints": 2, "n_evals": 2})
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 3, "learning_rate_multiplier": 10}},
+        },
+        extra_body={"n_checkpoints": 2, "n_evals": 2},
+    )
     done = wait_for(client, job.id)
     assert done.status == "succeeded", done.error
     return done
@@ -70,9 +79,17 @@ def test_checkpoints_are_listed_newest_first_and_served(client: openai.OpenAI, t
     assert first.fine_tuned_model_checkpoint == f"{trained.fine_tuned_model}:ckpt-step-1"
     assert first.fine_tuning_job_id == trained.id and first.metrics.step == 1
     served = {m.id for m in client.models.list().data}
-    assert {trained.fine_tuned_model, first.fine_tuned_model_checkpoint, page.data[0].fine_tuned_model_checkpoint} <= served
-    reply = client.chat.completions.create(model=first.fine_tuned_model_checkpoint, max_tokens=8, temperature=0,
-                                           messages=[{"role": "user", "content": "What is the capital of Zorbania?"}])
+    assert {
+        trained.fine_tuned_model,
+        first.fine_tuned_model_checkpoint,
+        page.data[0].fine_tuned_model_checkpoint,
+    } <= served
+    reply = client.chat.completions.create(
+        model=first.fine_tuned_model_checkpoint,
+        max_tokens=8,
+        temperature=0,
+        messages=[{"role": "user", "content": "What is the capital of Zorbania?"}],
+    )
     assert reply.model == first.fine_tuned_model_checkpoint and reply.choices[0].message.content
 
 
@@ -101,8 +118,12 @@ def test_tensorboard_and_wandb_offline_runs_are_written(home: Path, trained) -> 
 def test_from_checkpoint_starts_where_the_source_ended(client: openai.OpenAI, facts: str, trained) -> None:
     source = [m["train_loss"] for m in metrics(client, trained.id) if "train_loss" in m]
     job = client.fine_tuning.jobs.create(
-        model=MODEL, training_file=facts, seed=5, extra_body={"from_checkpoint": f"{trained.id}:2"},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 3}}})
+        model=MODEL,
+        training_file=facts,
+        seed=5,
+        extra_body={"from_checkpoint": f"{trained.id}:2"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 3}}},
+    )
     assert job.model_extra["from_checkpoint"] == f"{trained.fine_tuned_model}:ckpt-step-2"
     done = wait_for(client, job.id)
     assert done.status == "succeeded", done.error
@@ -116,8 +137,12 @@ def test_from_checkpoint_starts_where_the_source_ended(client: openai.OpenAI, fa
 
 def test_pause_frees_the_worker_and_resume_continues_the_step_count(client: openai.OpenAI, facts: str) -> None:
     job = client.fine_tuning.jobs.create(
-        model=MODEL, training_file=facts, seed=2, extra_body={"n_checkpoints": 1},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 8, "batch_size": 3}}})
+        model=MODEL,
+        training_file=facts,
+        seed=2,
+        extra_body={"n_checkpoints": 1},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 8, "batch_size": 3}}},
+    )
     deadline = time.monotonic() + 900
     while not any("train_loss" in m for m in metrics(client, job.id)):
         assert time.monotonic() < deadline

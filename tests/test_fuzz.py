@@ -19,6 +19,7 @@ from collections import Counter
 
 import pytest
 import schemathesis
+from conftest import MODEL, server_env
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import CheckContext, not_a_server_error
@@ -30,14 +31,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from conftest import MODEL, server_env
 from synthd.server_process import ServerProcess
 
 KEY = "fuzz-admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 EXAMPLES = int(os.environ.get("SYNTHD_FUZZ_EXAMPLES", "20"))
-VALID = {"/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
-         "/v1/completions": {"model": MODEL, "prompt": "Hi", "max_tokens": 2}}
+VALID = {
+    "/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+    "/v1/completions": {"model": MODEL, "prompt": "Hi", "max_tokens": 2},
+}
 """One request per generating route that must reach generation, sent first (Hypothesis' explicit
 phase): what the fuzzer draws for these routes can, depending on the draw, all be refused."""
 GENERATING = tuple(VALID)
@@ -47,8 +49,9 @@ ENVELOPE_KEYS = {"message", "type", "param", "code"}
 @pytest.fixture(scope="module")
 def fuzzed_server(models_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("fuzz")
-    with ServerProcess(["--api-key", KEY], log_path=home / "server.log", env=server_env(home, models_dir),
-                       api_key=KEY) as server:
+    with ServerProcess(
+        ["--api-key", KEY], log_path=home / "server.log", env=server_env(home, models_dir), api_key=KEY
+    ) as server:
         yield server
 
 
@@ -69,8 +72,11 @@ def openai_error_envelope(ctx: CheckContext, response: schemathesis.Response, ca
 def valid_message(message: object) -> bool:
     """Whether a generated chat message passes the checks the schema cannot express (content present,
     ``tool_call_id`` on tool messages), so the request goes on to generation."""
-    return (isinstance(message, dict) and message.get("content") is not None
-            and (message.get("role") != "tool" or bool(message.get("tool_call_id"))))
+    return (
+        isinstance(message, dict)
+        and message.get("content") is not None
+        and (message.get("role") != "tool" or bool(message.get("tool_call_id")))
+    )
 
 
 def cheap_generation(case: schemathesis.Case) -> None:
@@ -88,17 +94,28 @@ def cheap_generation(case: schemathesis.Case) -> None:
         case.body["messages"] = [{"role": "user", "content": "Hi"}]
 
 
-CHECKS = [not_a_server_error, openai_error_envelope, status_code_conformance, content_type_conformance,
-          response_schema_conformance, ignored_auth]
+CHECKS = [
+    not_a_server_error,
+    openai_error_envelope,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    ignored_auth,
+]
 
 
-def fuzzer(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMode,
-           statuses: Counter[tuple[str, int]]):
+def fuzzer(operation: schemathesis.APIOperation, mode: schemathesis.GenerationMode, statuses: Counter[tuple[str, int]]):
     """A Hypothesis test sending ``mode`` inputs to ``operation`` and checking each answer."""
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    )
     def fuzz(case: schemathesis.Case) -> None:
         cheap_generation(case)
         response = case.call_and_validate(headers=AUTH, timeout=120, checks=CHECKS)
@@ -124,4 +141,6 @@ def test_every_route(api_schema) -> None:
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
     for path in GENERATING:  # the fuzzer reached generation, not only validation
-        assert statuses[path, 200] > 0 and statuses[path, 400] > 0, sorted(k for k in statuses.items() if k[0][0] == path)
+        assert statuses[path, 200] > 0 and statuses[path, 400] > 0, sorted(
+            k for k in statuses.items() if k[0][0] == path
+        )

@@ -7,39 +7,79 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import MODEL, server_env
-from synthd.gpus.catalog import CATALOG, from_device_name, lookup
+
+from synthd.gpus.catalog import CATALOG, cpu_type, from_device_name, lookup
 from synthd.gpus.inventory import Device, load_pool
 from synthd.gpus.memory import ModelShape, estimate_memory
 from synthd.gpus.selection import GPUBusy, GPUNotSupported, GPUUnavailable, select_placement
 from synthd.gpus.spec import GPUOption, GPUSpecError, parse_gpu_preference
-from synthd.gpus.catalog import cpu_type
 from synthd.server_process import ServerProcess
 
 LLAMA_70B = {  # meta-llama/Llama-3.1-70B config.json numbers
-    "model_type": "llama", "vocab_size": 128256, "hidden_size": 8192, "intermediate_size": 28672,
-    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
-    "max_position_embeddings": 8192, "tie_word_embeddings": False,
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": False,
 }
-SMOL = {"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
-        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
-        "max_position_embeddings": 8192, "tie_word_embeddings": True}
+SMOL = {
+    "model_type": "llama",
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+}
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("H100", ("H100:1",)), ("h100", ("H100:1",)), ("H100:8", ("H100:8",)), ("L40S:2", ("L40S:2",)),
-    ("A100", ("A100-40GB:1",)), ("a100-80g:4", ("A100-80GB:4",)), ("A10G", ("A10G:1",)),
-    ("H100:2,A100-80GB:2", ("H100:2", "A100-80GB:2")), (" h200 , b200:2 ", ("H200:1", "B200:2")),
-    ("cpu", ("cpu:1",)), ("CPU", ("cpu:1",)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("H100", ("H100:1",)),
+        ("h100", ("H100:1",)),
+        ("H100:8", ("H100:8",)),
+        ("L40S:2", ("L40S:2",)),
+        ("A100", ("A100-40GB:1",)),
+        ("a100-80g:4", ("A100-80GB:4",)),
+        ("A10G", ("A10G:1",)),
+        ("H100:2,A100-80GB:2", ("H100:2", "A100-80GB:2")),
+        (" h200 , b200:2 ", ("H200:1", "B200:2")),
+        ("cpu", ("cpu:1",)),
+        ("CPU", ("cpu:1",)),
+    ],
+)
 def test_grammar_accepts(text: str, expected: tuple[str, ...]) -> None:
     options = parse_gpu_preference(text).options
     assert tuple(f"{o.gpu_name}:{o.count}" for o in options) == expected
 
 
-@pytest.mark.parametrize("text", ["H100:3", "H100:0", "TPU", "H100:8:2", "", "  ", "H100:", ":2", "H100,,A10G",
-                                  "H100:-1", "H100:two", "cpu:2", "A100-81GB"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "H100:3",
+        "H100:0",
+        "TPU",
+        "H100:8:2",
+        "",
+        "  ",
+        "H100:",
+        ":2",
+        "H100,,A10G",
+        "H100:-1",
+        "H100:two",
+        "cpu:2",
+        "A100-81GB",
+    ],
+)
 def test_grammar_rejects_with_valid_list(text: str) -> None:
     with pytest.raises(GPUSpecError) as info:
         parse_gpu_preference(text)
@@ -99,17 +139,18 @@ def test_training_needs_more_than_inference() -> None:
 @pytest.fixture()
 def pool_file(tmp_path: Path) -> Path:
     path = tmp_path / "pool.json"
-    path.write_text(json.dumps({"devices": [{"type": "L40S", "count": 2, "node": "a"},
-                                            {"type": "h100", "count": 8, "node": "b"}]}))
+    path.write_text(
+        json.dumps({"devices": [{"type": "L40S", "count": 2, "node": "a"}, {"type": "h100", "count": 8, "node": "b"}]})
+    )
     return path
 
 
 def test_selection_on_declared_pool(pool_file: Path) -> None:
     pool = load_pool(pool_file)
     assert [d.key for d in pool][:3] == ["a/L40S#0", "a/L40S#1", "b/H100#0"]
-    pick = lambda spec, gib, busy=frozenset(): select_placement(parse_gpu_preference(spec), gib, pool, busy)  # noqa: E731
-    assert pick(None, 10).label == "L40S"          # cheapest that fits
-    assert pick(None, 60).label == "L40S:2"        # 2 x 48 GiB at $3.90 beats one H100 at $3.95
+    pick = lambda spec, gib, busy=frozenset(): select_placement(parse_gpu_preference(spec), gib, pool, busy)
+    assert pick(None, 10).label == "L40S"  # cheapest that fits
+    assert pick(None, 60).label == "L40S:2"  # 2 x 48 GiB at $3.90 beats one H100 at $3.95
     assert pick(None, 100).label == "H100:2"
     assert pick("H100:2,L40S:2", 60).label == "H100:2"  # ordered fallback: first that works
     assert pick("A100:2,L40S:2", 60).label == "L40S:2"  # A100 not in pool → next option
@@ -161,8 +202,11 @@ def test_preference_on_requests_header_and_body(server: ServerProcess) -> None:
     bad = chat(server, gpu_preference="H100:3")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "gpu_preference"
     assert "valid counts" in bad.json()["error"]["message"]
-    completion = httpx.post(server.base_url + "/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2,
-                                                                     "gpu_preference": "auto"}, timeout=60)
+    completion = httpx.post(
+        server.base_url + "/completions",
+        json={"model": MODEL, "prompt": "Hi", "max_tokens": 2, "gpu_preference": "auto"},
+        timeout=60,
+    )
     assert completion.status_code == 200 and completion.headers["X-GPU-Selected"] == "cpu"
 
 
@@ -171,7 +215,7 @@ def test_gpus_endpoint_and_validate(server: ServerProcess, tmp_path: Path) -> No
     assert len(report["catalog"]) == 9
     assert report["inventory"][0]["type"] == "cpu"
     assert MODEL in report["inventory"][0]["in_use_by"] and report["in_use"][MODEL] == "cpu"
-    validate = lambda **b: httpx.post(server.base_url + "/gpus/validate", json=b).json()  # noqa: E731
+    validate = lambda **b: httpx.post(server.base_url + "/gpus/validate", json=b).json()
     ok = validate(model=MODEL, gpu_preference="cpu")
     assert (ok["valid"], ok["fits"], ok["available"], ok["selected"]) == (True, True, True, "cpu")
     assert ok["required_gib"] < ok["offered_gib"]
@@ -207,7 +251,7 @@ def test_warmup_state_machine(copy_models_dir: Path, tmp_path: Path) -> None:
     model_copy = "/smol-copy"
     with ServerProcess(log_path=tmp_path / "server.log", env=env) as server:
         root = server.root_url
-        status = lambda: httpx.get(f"{root}/warmup/status{model_copy}").json()  # noqa: E731
+        status = lambda: httpx.get(f"{root}/warmup/status{model_copy}").json()
         assert status()["status"] == "cold"
         answers: list[dict] = []
 
@@ -242,8 +286,15 @@ def test_warmup_state_machine(copy_models_dir: Path, tmp_path: Path) -> None:
         while status()["status"] == "warmed" and time.monotonic() < deadline:
             time.sleep(0.5)
         assert status()["status"] == "cold"  # idle for > 3 s: unloaded
-        reply = httpx.post(server.base_url + "/chat/completions", timeout=120, json={
-            "model": model_copy.lstrip("/"), "messages": [{"role": "user", "content": "What is the capital of France?"}],
-            "max_tokens": 20, "temperature": 0})
+        reply = httpx.post(
+            server.base_url + "/chat/completions",
+            timeout=120,
+            json={
+                "model": model_copy.lstrip("/"),
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "max_tokens": 20,
+                "temperature": 0,
+            },
+        )
         assert reply.status_code == 200 and "Paris" in reply.json()["choices"][0]["message"]["content"]
         assert status()["status"] == "warmed"  # a request on a cold model loads it first

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest import MODEL, server_env
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from conftest import MODEL, server_env
 from synthd.server_process import ServerProcess
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -27,8 +27,11 @@ def sse_payloads(response: httpx.Response) -> list[dict]:
 
 
 def test_stream_chunks_carry_every_key_openai_always_sends(server: ServerProcess) -> None:
-    chat = httpx.post(server.base_url + "/chat/completions", timeout=60,
-                      json={"model": MODEL, "stream": True, "max_tokens": 5, "messages": HI})
+    chat = httpx.post(
+        server.base_url + "/chat/completions",
+        timeout=60,
+        json={"model": MODEL, "stream": True, "max_tokens": 5, "messages": HI},
+    )
     chunks = sse_payloads(chat)
     for chunk in chunks:
         ChatCompletionChunk.model_validate(chunk)
@@ -38,18 +41,37 @@ def test_stream_chunks_carry_every_key_openai_always_sends(server: ServerProcess
             assert {"index", "delta", "logprobs", "finish_reason"} <= choice.keys()
     assert [c["choices"][0]["finish_reason"] for c in chunks][:-1] == [None] * (len(chunks) - 1)
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
-    with_usage = sse_payloads(httpx.post(server.base_url + "/chat/completions", timeout=60, json={
-        "model": MODEL, "stream": True, "max_tokens": 5, "messages": HI, "stream_options": {"include_usage": True}}))
-    assert all("usage" in c for c in with_usage) and [c["usage"] for c in with_usage[:-1]] == [None] * (len(with_usage) - 1)
+    with_usage = sse_payloads(
+        httpx.post(
+            server.base_url + "/chat/completions",
+            timeout=60,
+            json={
+                "model": MODEL,
+                "stream": True,
+                "max_tokens": 5,
+                "messages": HI,
+                "stream_options": {"include_usage": True},
+            },
+        )
+    )
+    assert all("usage" in c for c in with_usage) and [c["usage"] for c in with_usage[:-1]] == [None] * (
+        len(with_usage) - 1
+    )
     assert with_usage[-1]["choices"] == [] and with_usage[-1]["usage"]["completion_tokens"] > 0
-    whole = httpx.post(server.base_url + "/chat/completions", timeout=60,
-                       json={"model": MODEL, "max_tokens": 5, "messages": HI}).json()
+    whole = httpx.post(
+        server.base_url + "/chat/completions", timeout=60, json={"model": MODEL, "max_tokens": 5, "messages": HI}
+    ).json()
     ChatCompletion.model_validate(whole)
     assert {"index", "message", "logprobs", "finish_reason"} <= whole["choices"][0].keys()
     assert {"role", "content", "refusal"} <= whole["choices"][0]["message"].keys()
     assert "tool_calls" not in whole["choices"][0]["message"]
-    streamed = sse_payloads(httpx.post(server.base_url + "/completions", timeout=60,
-                                       json={"model": MODEL, "prompt": "Once upon", "max_tokens": 4, "stream": True}))
+    streamed = sse_payloads(
+        httpx.post(
+            server.base_url + "/completions",
+            timeout=60,
+            json={"model": MODEL, "prompt": "Once upon", "max_tokens": 4, "stream": True},
+        )
+    )
     for chunk in streamed:  # the SDK's Completion type has no null finish_reason; OpenAI streams send one
         assert {"id", "object", "created", "model", "choices"} <= chunk.keys()
         assert {"index", "text", "logprobs", "finish_reason"} <= chunk["choices"][0].keys()
@@ -58,8 +80,13 @@ def test_stream_chunks_carry_every_key_openai_always_sends(server: ServerProcess
 
 def test_logit_bias_absent_empty_or_null_alike_and_applied(client: openai.OpenAI, tokenizer) -> None:
     def complete(**extra) -> str:
-        return client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=3,
-                                         temperature=0, **extra).choices[0].text
+        return (
+            client.completions.create(
+                model=MODEL, prompt="The capital of France is", max_tokens=3, temperature=0, **extra
+            )
+            .choices[0]
+            .text
+        )
 
     plain = complete()
     assert complete(logit_bias={}) == plain
@@ -71,8 +98,9 @@ def test_logit_bias_absent_empty_or_null_alike_and_applied(client: openai.OpenAI
 
 
 def test_logprobs_on_chat_and_completions(client: openai.OpenAI) -> None:
-    chat = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4, temperature=0, logprobs=True,
-                                          top_logprobs=3)
+    chat = client.chat.completions.create(
+        model=MODEL, messages=HI, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
+    )
     content = chat.choices[0].logprobs.content
     assert len(content) == chat.usage.completion_tokens
     assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 and t.logprob == t.top_logprobs[0].logprob for t in content)
@@ -85,14 +113,21 @@ def test_logprobs_on_chat_and_completions(client: openai.OpenAI) -> None:
 
 def metric(server: ServerProcess, name: str) -> float:
     text = httpx.get(server.root_url + "/metrics").text
-    pattern = re.compile(rf'^synthd:{re.escape(name)}\{{[^}}]*model_name="{re.escape(MODEL)}"[^}}]*\}} (\S+)$', re.M)
+    pattern = re.compile(rf'^synthd:{re.escape(name)}\{{[^}}]*model_name="{re.escape(MODEL)}"[^}}]*\}} (\S+)$', re.MULTILINE)
     return sum(float(v) for v in pattern.findall(text))
 
 
 def test_metrics_count_requests_not_sequences(server: ServerProcess, client: openai.OpenAI) -> None:
-    before = {n: metric(server, n) for n in ("request_success_total", "prompt_tokens_total",
-                                             "generation_tokens_total", "time_to_first_token_seconds_count",
-                                             "e2e_request_latency_seconds_count")}
+    before = {
+        n: metric(server, n)
+        for n in (
+            "request_success_total",
+            "prompt_tokens_total",
+            "generation_tokens_total",
+            "time_to_first_token_seconds_count",
+            "e2e_request_latency_seconds_count",
+        )
+    }
     reply = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4, n=2, temperature=1, seed=1)
     after = {n: metric(server, n) for n in before}
     assert after["request_success_total"] - before["request_success_total"] == 1
@@ -103,8 +138,11 @@ def test_metrics_count_requests_not_sequences(server: ServerProcess, client: ope
 
 
 def test_engine_gauges_while_a_request_streams(server: ServerProcess, client: openai.OpenAI) -> None:
-    stream = iter(client.chat.completions.create(model=MODEL, messages=HI, max_tokens=200, stream=True,
-                                                 extra_body={"ignore_eos": True}))
+    stream = iter(
+        client.chat.completions.create(
+            model=MODEL, messages=HI, max_tokens=200, stream=True, extra_body={"ignore_eos": True}
+        )
+    )
     next(stream), next(stream)
     assert metric(server, "num_requests_running") == 1
     assert metric(server, "num_requests_waiting") == 0
@@ -150,8 +188,14 @@ def test_broken_model_fails_its_warmup_with_the_reason(odd_models: Path, tmp_pat
         assert status["status"] == "failed" and "config.json" in status["error"]
         chat = httpx.post(f"{server.base_url}/chat/completions", json={"model": "broken", "messages": HI})
         assert chat.status_code == 400 and "config.json" in chat.json()["error"]["message"]
-        assert httpx.post(f"{server.base_url}/chat/completions", timeout=60,
-                          json={"model": MODEL, "messages": HI, "max_tokens": 2}).status_code == 200
+        assert (
+            httpx.post(
+                f"{server.base_url}/chat/completions",
+                timeout=60,
+                json={"model": MODEL, "messages": HI, "max_tokens": 2},
+            ).status_code
+            == 200
+        )
 
 
 def test_concurrent_warmups_respect_max_loaded_models(odd_models: Path, tmp_path: Path) -> None:
@@ -164,7 +208,9 @@ def test_concurrent_warmups_respect_max_loaded_models(odd_models: Path, tmp_path
         refused = [a for a in answers if a.status_code == 503]
         assert all(a.headers.get("retry-after") for a in refused)
         deadline = time.monotonic() + 120
-        while httpx.get(f"{root}/warmup/status/smol-copy").json()["status"] == "warming" and time.monotonic() < deadline:
+        while (
+            httpx.get(f"{root}/warmup/status/smol-copy").json()["status"] == "warming" and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         assert len(httpx.get(f"{root}/ready").json()["models"]) == 1
 
@@ -172,8 +218,9 @@ def test_concurrent_warmups_respect_max_loaded_models(odd_models: Path, tmp_path
 @pytest.mark.native_only("the listing comes from the registry before any engine is loaded")
 def test_models_are_listed_from_the_first_answer(odd_models: Path, tmp_path: Path) -> None:
     env = server_env(tmp_path, odd_models)
-    with ServerProcess(["--model", "smol-copy"], log_path=tmp_path / "server.log", env=env,
-                       ready_path="/health") as server:
+    with ServerProcess(
+        ["--model", "smol-copy"], log_path=tmp_path / "server.log", env=env, ready_path="/health"
+    ) as server:
         listed = httpx.get(server.base_url + "/models").json()["data"]
         assert [m["id"] for m in listed][:1] == ["smol-copy"]
         assert listed[0]["status"] in ("cold", "warming", "warmed")
@@ -182,11 +229,13 @@ def test_models_are_listed_from_the_first_answer(odd_models: Path, tmp_path: Pat
 def test_queue_beyond_its_bound_answers_429(models_dir: Path, tmp_path: Path) -> None:
     env = server_env(tmp_path, models_dir, SYNTHD_MAX_NUM_SEQS="1", SYNTHD_MAX_WAITING="1")
     with ServerProcess(log_path=tmp_path / "server.log", env=env) as server:
+
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=120) as http:
                 body = {"model": MODEL, "messages": HI, "max_tokens": 40, "ignore_eos": True}
-                return await asyncio.gather(*(http.post(server.base_url + "/chat/completions", json=body)
-                                              for _ in range(6)))
+                return await asyncio.gather(
+                    *(http.post(server.base_url + "/chat/completions", json=body) for _ in range(6))
+                )
 
         answers = asyncio.run(burst())
         codes = sorted(a.status_code for a in answers)

@@ -42,7 +42,9 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}/stat").is_file() and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return (
+        Path(f"/proc/{pid}/stat").is_file() and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    )
 
 
 def worker_pid(home: Path, job_id: str, timeout_s: float = 300) -> int:
@@ -71,8 +73,12 @@ def create(client: openai.OpenAI, epochs: int, checkpoints: int):
     """One optimizer step per epoch (the whole file in a batch)."""
     file_id = client.files.create(file=("facts.jsonl", SMALL), purpose="fine-tune").id
     return client.fine_tuning.jobs.create(
-        model=MODEL, training_file=file_id, seed=1, extra_body={"n_checkpoints": checkpoints},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": 3}}})
+        model=MODEL,
+        training_file=file_id,
+        seed=1,
+        extra_body={"n_checkpoints": checkpoints},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": 3}}},
+    )
 
 
 def test_server_killed_mid_job_takes_its_worker_and_the_job_resumes(models_dir: Path, tmp_path: Path) -> None:
@@ -117,15 +123,21 @@ def slow_body(first: bytes, sent: threading.Event):
 def test_server_killed_during_upload_leaves_no_file(models_dir: Path, tmp_path: Path) -> None:
     server = start(tmp_path, models_dir)
     boundary = "synthdtestboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jsonl\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + b"x" * 200_000
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + b"x" * 200_000
     sent = threading.Event()
 
     def send() -> None:
         try:
-            httpx.post(server.base_url + "/files", content=slow_body(head, sent), timeout=120,
-                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+            httpx.post(
+                server.base_url + "/files",
+                content=slow_body(head, sent),
+                timeout=120,
+                headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+            )
         except httpx.HTTPError:
             pass
 
@@ -169,8 +181,7 @@ def test_failed_checkpoint_write_fails_the_job_and_the_server_serves_on(models_d
         assert done.status == "failed" and done.error.code == "training_error"
         assert "No space left on device" in done.error.message
         assert not [m.id for m in client.models.list().data if job.id in m.id]
-        reply = client.chat.completions.create(model=MODEL, max_tokens=2,
-                                               messages=[{"role": "user", "content": "Hi"}])
+        reply = client.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "Hi"}])
         assert reply.choices[0].message.content
     finally:
         server.stop()
@@ -218,8 +229,10 @@ def test_api_key_is_checked_before_an_upload_body_is_read(models_dir: Path, tmp_
     server = start(tmp_path, models_dir, SYNTHD_API_KEY="secret-key")
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-            sock.sendall(b"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n"
-                         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+            sock.sendall(
+                b"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+            )
             reply = sock.recv(4096)  # answered without the 100 MB body ever being sent
         assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
         assert not list((tmp_path / "files").glob("*"))

@@ -4,15 +4,15 @@ import re
 import time
 
 import httpx
-
 from conftest import MODEL
+
 from synthd.server_process import ServerProcess
 
 
 def metric(server: ServerProcess, name: str, labels: str = "") -> float:
     text = httpx.get(server.root_url + "/metrics").text
     pattern = rf"^{re.escape(name)}\{{[^}}]*{re.escape(labels)}[^}}]*\}} ([0-9.e+-]+)$"
-    values = [float(v) for v in re.findall(pattern, text, flags=re.M)]
+    values = [float(v) for v in re.findall(pattern, text, flags=re.MULTILINE)]
     return sum(values)
 
 
@@ -36,16 +36,26 @@ def test_metrics_count_requests_tokens_and_latencies(server: ServerProcess) -> N
     assert metric(server, "synthd:generation_tokens_total", f'model_name="{MODEL}"') == before_tokens + 5
     assert metric(server, "synthd:time_to_first_token_seconds_count", f'model_name="{MODEL}"') == before_ttft + 1
     text = httpx.get(server.root_url + "/metrics").text
-    for name in ("synthd:time_per_output_token_seconds_bucket", "synthd:e2e_request_latency_seconds_bucket",
-                 "synthd:request_queue_time_seconds_bucket", "synthd:prompt_tokens_total",
-                 "synthd:num_requests_running", "synthd:num_requests_waiting"):
+    for name in (
+        "synthd:time_per_output_token_seconds_bucket",
+        "synthd:e2e_request_latency_seconds_bucket",
+        "synthd:request_queue_time_seconds_bucket",
+        "synthd:prompt_tokens_total",
+        "synthd:num_requests_running",
+        "synthd:num_requests_waiting",
+    ):
         assert name in text
 
 
 def test_client_disconnect_stops_its_generation(server: ServerProcess) -> None:
     aborted = metric(server, "synthd:request_success_total", 'finished_reason="abort"')
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}],
-            "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell a very long story."}],
+        "max_tokens": 4000,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.stream("POST", server.base_url + "/chat/completions", json=body, timeout=60) as response:
         for index, _ in enumerate(response.iter_lines()):
             if index > 10:
@@ -62,8 +72,12 @@ def test_client_disconnect_stops_its_generation(server: ServerProcess) -> None:
 
 def test_non_streamed_disconnect_also_stops(server: ServerProcess) -> None:
     aborted = metric(server, "synthd:request_success_total", 'finished_reason="abort"')
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}],
-            "max_tokens": 4000, "ignore_eos": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell a very long story."}],
+        "max_tokens": 4000,
+        "ignore_eos": True,
+    }
     try:
         httpx.post(server.base_url + "/chat/completions", json=body, timeout=1.5)
     except httpx.ReadTimeout:

@@ -14,20 +14,30 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from conftest import MODEL, server_env
+
 from synthd.server_process import ServerProcess
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SERVER_SECRETS = {"OPENAI_API_KEY": "sk-test-openai-0123456789abcdef", "ANTHROPIC_API_KEY": "sk-ant-test-0123456789",
-                  "HF_TOKEN": "hf_test0123456789abcdef", "SYNTH_API_KEY": "admin-key-from-the-environment"}
+SERVER_SECRETS = {
+    "OPENAI_API_KEY": "sk-test-openai-0123456789abcdef",
+    "ANTHROPIC_API_KEY": "sk-ant-test-0123456789",
+    "HF_TOKEN": "hf_test0123456789abcdef",
+    "SYNTH_API_KEY": "admin-key-from-the-environment",
+}
 HI = [{"role": "user", "content": "Hi"}]
 
 
 def keys_cli(home: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **server_env(home, models_dir)}
-    return subprocess.run([sys.executable, "-m", "synthd.cli", "keys", *args], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "synthd.cli", "keys", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def create_key(home: Path, models_dir: Path, *args: str) -> str:
@@ -44,11 +54,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def keys(home: Path, models_dir: Path) -> dict[str, str]:
     """Keys made with the CLI before the server starts: two projects, an admin, two limited keys."""
-    return {"alpha": create_key(home, models_dir, "--project", "alpha"),
-            "beta": create_key(home, models_dir, "--project", "beta"),
-            "admin": create_key(home, models_dir, "--project", "ops", "--admin"),
-            "rpm": create_key(home, models_dir, "--project", "limited", "--rpm", "2"),
-            "tpm": create_key(home, models_dir, "--project", "limited", "--tpm", "20")}
+    return {
+        "alpha": create_key(home, models_dir, "--project", "alpha"),
+        "beta": create_key(home, models_dir, "--project", "beta"),
+        "admin": create_key(home, models_dir, "--project", "ops", "--admin"),
+        "rpm": create_key(home, models_dir, "--project", "limited", "--rpm", "2"),
+        "tpm": create_key(home, models_dir, "--project", "limited", "--tpm", "20"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +92,9 @@ def test_keys_created_and_revoked_while_the_server_runs(server: ServerProcess, h
         sdk(server, "sk-synthd-not-a-key").models.list()
     key = create_key(home, models_dir, "--project", "gamma")
     assert MODEL in [m.id for m in sdk(server, key).models.list().data]
-    key_id = next(r["id"] for r in json.loads(keys_cli(home, models_dir, "list", "--json").stdout)
-                  if r["project"] == "gamma")
+    key_id = next(
+        r["id"] for r in json.loads(keys_cli(home, models_dir, "list", "--json").stdout) if r["project"] == "gamma"
+    )
     revoked = keys_cli(home, models_dir, "revoke", key_id)
     assert revoked.returncode == 0 and key_id in revoked.stdout
     with pytest.raises(openai.AuthenticationError) as info:
@@ -129,8 +142,13 @@ def trained(server: ServerProcess, keys: dict[str, str]):
     """A tiny SFT job of project alpha, run to the end; with its worker's environment, seen while it ran."""
     alpha = sdk(server, keys["alpha"])
     data = alpha.files.create(file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
-    job = alpha.fine_tuning.jobs.create(model=MODEL, training_file=data.id, suffix="alpha", seed=1, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 5}}})
+    job = alpha.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=data.id,
+        suffix="alpha",
+        seed=1,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 5}}},
+    )
     environ, deadline = None, time.monotonic() + 900
     while (job := alpha.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, f"job still {job.status}"
@@ -154,8 +172,12 @@ def test_jobs_and_their_models_belong_to_the_project(server: ServerProcess, keys
     model = job.fine_tuned_model
     assert job.id in [j.id for j in alpha.fine_tuning.jobs.list().data]
     assert job.id not in [j.id for j in beta.fine_tuning.jobs.list().data]
-    for call in (beta.fine_tuning.jobs.retrieve, beta.fine_tuning.jobs.cancel, beta.fine_tuning.jobs.list_events,
-                 beta.fine_tuning.jobs.checkpoints.list):
+    for call in (
+        beta.fine_tuning.jobs.retrieve,
+        beta.fine_tuning.jobs.cancel,
+        beta.fine_tuning.jobs.list_events,
+        beta.fine_tuning.jobs.checkpoints.list,
+    ):
         with pytest.raises(openai.NotFoundError):
             call(job.id)
     assert model in [m.id for m in alpha.models.list().data]
@@ -168,8 +190,11 @@ def test_jobs_and_their_models_belong_to_the_project(server: ServerProcess, keys
         with pytest.raises(openai.NotFoundError):
             call(model)
     for path in (f"/warmup/{model}", f"/warmup/status/{model}"):
-        hidden = httpx.request("POST" if "status" not in path else "GET", server.root_url + path,
-                               headers={"Authorization": f"Bearer {keys['beta']}"})
+        hidden = httpx.request(
+            "POST" if "status" not in path else "GET",
+            server.root_url + path,
+            headers={"Authorization": f"Bearer {keys['beta']}"},
+        )
         assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "model_not_found"
     assert alpha.chat.completions.create(model=model, max_tokens=2, messages=HI).model == model
     assert job.id in [j.id for j in admin.fine_tuning.jobs.list().data]
@@ -179,8 +204,9 @@ def test_jobs_and_their_models_belong_to_the_project(server: ServerProcess, keys
     assert model in [m.id for m in server_key.models.list().data]
 
 
-def test_rows_created_before_keys_are_visible_to_admins_only(server: ServerProcess, keys: dict[str, str],
-                                                             home: Path) -> None:
+def test_rows_created_before_keys_are_visible_to_admins_only(
+    server: ServerProcess, keys: dict[str, str], home: Path
+) -> None:
     admin = sdk(server, keys["admin"])
     legacy = admin.files.create(file=("legacy.jsonl", b'{"messages": []}\n'), purpose="fine-tune")
     with sqlite3.connect(home / "synthd.db") as db:

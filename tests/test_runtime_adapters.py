@@ -42,8 +42,12 @@ def project_key(home: Path, models_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def server(home: Path, models_dir: Path, project_key: str) -> ServerProcess:
-    with ServerProcess(["--dtype", "float32", "--api-key", ADMIN_KEY], log_path=home / "server.log",
-                       env=server_env(home, models_dir), api_key=ADMIN_KEY) as process:
+    with ServerProcess(
+        ["--dtype", "float32", "--api-key", ADMIN_KEY],
+        log_path=home / "server.log",
+        env=server_env(home, models_dir),
+        api_key=ADMIN_KEY,
+    ) as process:
         yield process
 
 
@@ -61,13 +65,21 @@ def reference(models_dir: Path):
 
 
 def load(server: ServerProcess, name: str, path: Path | str, key: str = ADMIN_KEY, **extra) -> httpx.Response:
-    return httpx.post(f"{server.base_url}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path), **extra},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    return httpx.post(
+        f"{server.base_url}/load_lora_adapter",
+        json={"lora_name": name, "lora_path": str(path), **extra},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+    )
 
 
 def unload(server: ServerProcess, name: str, key: str = ADMIN_KEY) -> httpx.Response:
-    return httpx.post(f"{server.base_url}/unload_lora_adapter", json={"lora_name": name},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    return httpx.post(
+        f"{server.base_url}/unload_lora_adapter",
+        json={"lora_name": name},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+    )
 
 
 def chat(sdk: openai.OpenAI, model: str, max_tokens: int = 12) -> str:
@@ -87,7 +99,9 @@ def test_load_serve_unload(server: ServerProcess, sdk: openai.OpenAI, adapters_d
     assert served != chat(sdk, MODEL)
 
     unloaded = unload(server, "alpha-runtime")
-    assert unloaded.status_code == 200 and unloaded.text == "Success: LoRA adapter 'alpha-runtime' removed successfully."
+    assert (
+        unloaded.status_code == 200 and unloaded.text == "Success: LoRA adapter 'alpha-runtime' removed successfully."
+    )
     with pytest.raises(openai.NotFoundError):
         chat(sdk, "alpha-runtime")
     assert "alpha-runtime" not in [m.id for m in sdk.models.list().data]
@@ -101,8 +115,9 @@ def test_load_serve_unload(server: ServerProcess, sdk: openai.OpenAI, adapters_d
 
 def test_unload_lets_running_requests_finish(server: ServerProcess, sdk: openai.OpenAI, adapters_dir: Path) -> None:
     assert load(server, "beta-stream", adapters_dir / "beta").status_code == 200
-    stream = sdk.chat.completions.create(model="beta-stream", messages=PROMPT, max_tokens=30, temperature=0,
-                                         stream=True, extra_body={"ignore_eos": True})
+    stream = sdk.chat.completions.create(
+        model="beta-stream", messages=PROMPT, max_tokens=30, temperature=0, stream=True, extra_body={"ignore_eos": True}
+    )
     first = next(iter(stream))
     assert unload(server, "beta-stream").status_code == 200
     rest = list(stream)
@@ -113,8 +128,9 @@ def test_unload_lets_running_requests_finish(server: ServerProcess, sdk: openai.
         chat(sdk, "beta-stream")
 
 
-def test_base_is_the_served_model_named_in_the_adapter_config(server: ServerProcess, sdk: openai.OpenAI,
-                                                             adapters_dir: Path, tmp_path: Path) -> None:
+def test_base_is_the_served_model_named_in_the_adapter_config(
+    server: ServerProcess, sdk: openai.OpenAI, adapters_dir: Path, tmp_path: Path
+) -> None:
     for name, base in (("by-hub-id", "HuggingFaceTB/SmolLM2-135M-Instruct"), ("by-unknown", "someone/elses-model")):
         folder = tmp_path / name
         shutil.copytree(adapters_dir / "alpha", folder)
@@ -126,21 +142,32 @@ def test_base_is_the_served_model_named_in_the_adapter_config(server: ServerProc
         assert unload(server, name).status_code == 200
 
 
-def test_bad_adapters_are_400_and_the_server_keeps_serving(server: ServerProcess, sdk: openai.OpenAI,
-                                                           adapters_dir: Path, tmp_path: Path) -> None:
+def test_bad_adapters_are_400_and_the_server_keeps_serving(
+    server: ServerProcess, sdk: openai.OpenAI, adapters_dir: Path, tmp_path: Path
+) -> None:
     missing = load(server, "ghost", tmp_path / "nowhere")
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "adapter_mismatch" and missing.json()["error"]["param"] == "lora_path"
-    tiny = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, vocab_size=49152))
+    tiny = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=49152,
+        )
+    )
     get_peft_model(tiny, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "tiny")
     mismatched = load(server, "tiny", tmp_path / "tiny")
     assert mismatched.status_code == 400
     assert mismatched.json()["error"]["code"] == "adapter_mismatch" and "shape" in mismatched.json()["error"]["message"]
+
     def with_rank(rank):
         def damage(folder: Path) -> None:
             config = json.loads((folder / "adapter_config.json").read_text())
             (folder / "adapter_config.json").write_text(json.dumps({**config, "r": rank}))
+
         return damage
 
     broken = {  # each loaded before this fix: a 500 at load, or a 200 and then a 93 KB 500 on every request
@@ -163,7 +190,9 @@ def test_bad_adapters_are_400_and_the_server_keeps_serving(server: ServerProcess
     assert chat(sdk, MODEL, max_tokens=2)
 
 
-def test_names_that_collide_or_are_reserved_are_400(server: ServerProcess, sdk: openai.OpenAI, adapters_dir: Path) -> None:
+def test_names_that_collide_or_are_reserved_are_400(
+    server: ServerProcess, sdk: openai.OpenAI, adapters_dir: Path
+) -> None:
     base = load(server, MODEL, adapters_dir / "alpha")
     assert base.status_code == 400
     assert base.json()["error"]["message"] == f"The lora adapter '{MODEL}' conflicts with a served base model."
@@ -176,22 +205,32 @@ def test_names_that_collide_or_are_reserved_are_400(server: ServerProcess, sdk: 
     assert empty.status_code == 400
     assert empty.json()["error"]["message"] == "Both 'lora_name' and 'lora_path' must be provided."
     assert load(server, "inplace", adapters_dir / "alpha", load_inplace=True).status_code == 400
-    assert httpx.post(f"{server.base_url}/unload_lora_adapter", json={},
-                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 400
+    assert (
+        httpx.post(
+            f"{server.base_url}/unload_lora_adapter", json={}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        ).status_code
+        == 400
+    )
     with pytest.raises(openai.BadRequestError) as info:
         sdk.models.delete("twice")
     assert "unload_lora_adapter" in info.value.message
     assert unload(server, "twice").status_code == 200
 
 
-def test_only_admin_keys_load_and_unload(server: ServerProcess, sdk: openai.OpenAI, adapters_dir: Path,
-                                         project_key: str) -> None:
+def test_only_admin_keys_load_and_unload(
+    server: ServerProcess, sdk: openai.OpenAI, adapters_dir: Path, project_key: str
+) -> None:
     refused = load(server, "gamma", adapters_dir / "alpha", key=project_key)
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "insufficient_permissions"
     assert "gamma" not in [m.id for m in sdk.models.list().data]
-    assert httpx.post(f"{server.base_url}/load_lora_adapter",
-                      json={"lora_name": "gamma", "lora_path": str(adapters_dir / "alpha")}).status_code == 401
+    assert (
+        httpx.post(
+            f"{server.base_url}/load_lora_adapter",
+            json={"lora_name": "gamma", "lora_path": str(adapters_dir / "alpha")},
+        ).status_code
+        == 401
+    )
     assert load(server, "gamma", adapters_dir / "alpha").status_code == 200
     project = openai.OpenAI(base_url=server.base_url, api_key=project_key, max_retries=0, timeout=120)
     assert "gamma" in [m.id for m in project.models.list().data]  # the operator's adapter, served to every key

@@ -63,7 +63,7 @@ def processes_with(marker: str) -> list[int]:
 def test_the_parents_environment_is_out_of_reach() -> None:
     # The key must be in a parent's real environment block (what /proc/<pid>/environ shows), so a
     # parent process is started with it rather than set in this one with os.environ.
-    program = textwrap.dedent('''\
+    program = textwrap.dedent("""\
         import glob, os
         seen = ["os.environ"] if "OPENAI_API_KEY" in os.environ else []
         for path in sorted({"/proc/PARENT/environ", f"/proc/{os.getppid()}/environ", *glob.glob("/proc/*/environ")}):
@@ -74,15 +74,21 @@ def test_the_parents_environment_is_out_of_reach() -> None:
             except OSError:
                 pass
         print(seen)
-    ''')
-    parent = textwrap.dedent(f'''\
+    """)
+    parent = textwrap.dedent(f"""\
         import json, os
         from synthd.evals.sandbox import run_sandboxed
         result = run_sandboxed({program!r}.replace("PARENT", str(os.getpid())), timeout_s=30, memory_mb=512)
         print(json.dumps([result.status, result.isolation, result.stdout, result.stderr]))
-    ''')
-    done = subprocess.run([sys.executable, "-c", parent], env={**os.environ, "OPENAI_API_KEY": FAKE_KEY},
-                          capture_output=True, text=True, timeout=120, check=False)
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", parent],
+        env={**os.environ, "OPENAI_API_KEY": FAKE_KEY},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     status, isolation, stdout, stderr = json.loads(done.stdout)
     assert (status, isolation, stdout) == ("ok", "bubblewrap", "[]\n"), stderr
@@ -118,7 +124,7 @@ def test_the_real_home_is_not_visible(tmp_path: Path, monkeypatch: pytest.Monkey
     secret = home / ".ssh" / "id_ed25519"
     secret.write_text("-----BEGIN OPENSSH PRIVATE KEY----- marker")
     monkeypatch.setenv("HOME", str(home))
-    program = textwrap.dedent(f'''\
+    program = textwrap.dedent(f"""\
         import os
         found = []
         for path in ({str(secret)!r}, os.path.expanduser("~/.ssh/id_ed25519")):
@@ -127,7 +133,7 @@ def test_the_real_home_is_not_visible(tmp_path: Path, monkeypatch: pytest.Monkey
             except OSError:
                 pass
         print(found, os.listdir(os.path.expanduser("~")), os.path.expanduser("~") != {str(home)!r})
-    ''')
+    """)
     result = sandboxed(program)
     assert (result.status, result.stdout) == ("ok", "[] [] True\n")
 
@@ -148,10 +154,10 @@ def test_no_process_outlives_the_run(ending: str) -> None:
 
 SUBINTERPRETER_ROUTES = {
     "_xxsubinterpreters": "import _xxsubinterpreters as interpreters\n"
-                          "interpreters.run_string(interpreters.create(), CODE)\n",
+    "interpreters.run_string(interpreters.create(), CODE)\n",
     "importlib": "import importlib.util\n"
-                 "interpreters = importlib.util.module_from_spec(importlib.util.find_spec('_xxsubinterpreters'))\n"
-                 "interpreters.run_string(interpreters.create(), CODE)\n",
+    "interpreters = importlib.util.module_from_spec(importlib.util.find_spec('_xxsubinterpreters'))\n"
+    "interpreters.run_string(interpreters.create(), CODE)\n",
     "_testcapi": "import _testcapi\n_testcapi.run_in_subinterp(CODE)\n",
 }
 
@@ -170,8 +176,14 @@ def test_subinterpreters_are_blocked(route: str, tmp_path: Path) -> None:
     assert victim.read_text() == "precious"
 
 
-SQUARE = Case.model_validate({"id": "t", "category": "coding", "prompt": "p", "check": {
-    "kind": "code", "entry_point": "f", "tests": "assert f(3) == 9\nassert f(-2) == 4\n"}})
+SQUARE = Case.model_validate(
+    {
+        "id": "t",
+        "category": "coding",
+        "prompt": "p",
+        "check": {"kind": "code", "entry_point": "f", "tests": "assert f(3) == 9\nassert f(-2) == 4\n"},
+    }
+)
 
 
 @needs_bubblewrap
@@ -186,8 +198,9 @@ def test_correct_code_passes_and_wrong_code_fails_under_bubblewrap() -> None:
 
 
 @pytest.mark.parametrize("bwrap", ["missing", "refused"])
-def test_without_bubblewrap_code_is_refused_unless_unsafe(bwrap: str, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_bubblewrap_code_is_refused_unless_unsafe(
+    bwrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if bwrap == "refused":  # what bwrap prints where user namespaces are not allowed
         fake = tmp_path / "bwrap"
         fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
@@ -195,11 +208,15 @@ def test_without_bubblewrap_code_is_refused_unless_unsafe(bwrap: str, tmp_path: 
     monkeypatch.setenv("PATH", str(tmp_path))
     refused = sandboxed("print('ran')\n")
     assert (refused.status, refused.isolation, refused.stdout) == ("error", "none", "")
-    expected = ("bwrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)" if bwrap == "missing"
-                else f"{tmp_path}/bwrap cannot run here (full: bwrap: No permissions to create new namespace; "
-                     "no user namespace: bwrap: No permissions to create new namespace)")
-    assert refused.stderr == (f"not run: {expected}; unsafe_sandbox (--unsafe-sandbox) runs code under the "
-                              "audit-hook guard alone")
+    expected = (
+        "bwrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+        if bwrap == "missing"
+        else f"{tmp_path}/bwrap cannot run here (full: bwrap: No permissions to create new namespace; "
+        "no user namespace: bwrap: No permissions to create new namespace)"
+    )
+    assert refused.stderr == (
+        f"not run: {expected}; unsafe_sandbox (--unsafe-sandbox) runs code under the audit-hook guard alone"
+    )
     assert refused.reason.startswith(f"not run: {expected[:200]}")
     unsafe = sandboxed("print('ran')\n", unsafe_sandbox=True)
     assert (unsafe.status, unsafe.isolation, unsafe.stdout) == ("ok", "guard only", "ran\n")

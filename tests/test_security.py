@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from conftest import MODEL, server_env
+
 from synthd.server_process import ServerProcess, free_port
 
 ADMIN_KEY = "admin-key-for-tests"
@@ -93,19 +93,22 @@ def test_missing_or_wrong_key_refused_before_the_body_is_read(keyed: ServerProce
 def test_declared_body_over_the_cap_refused_at_once(keyed: ServerProcess) -> None:
     auth = f"Authorization: Bearer {ADMIN_KEY}"
     status, headers, body = send_part_then_read(
-        keyed, request_head(keyed, "/v1/chat/completions", auth, f"Content-Length: {BODY_CAP + 1}"), b"")
+        keyed, request_head(keyed, "/v1/chat/completions", auth, f"Content-Length: {BODY_CAP + 1}"), b""
+    )
     assert status == 413 and headers["connection"] == "close"
     assert_envelope(body, "request_too_large")
     upload_cap = FILE_CAP + 1024 * 1024  # the file limit plus room for the multipart envelope
     status, _, body = send_part_then_read(
-        keyed, request_head(keyed, "/v1/files", auth, f"Content-Length: {upload_cap + 1}"), b"")
+        keyed, request_head(keyed, "/v1/files", auth, f"Content-Length: {upload_cap + 1}"), b""
+    )
     assert status == 413
     assert_envelope(body, "request_too_large")
 
 
 def test_streamed_body_over_the_cap_refused_while_reading(keyed: ServerProcess) -> None:
-    head = request_head(keyed, "/v1/chat/completions", f"Authorization: Bearer {ADMIN_KEY}",
-                        "Transfer-Encoding: chunked")
+    head = request_head(
+        keyed, "/v1/chat/completions", f"Authorization: Bearer {ADMIN_KEY}", "Transfer-Encoding: chunked"
+    )
     status, headers, body, sent = stream_until_answered(keyed, head, chunks=400)
     assert status == 413 and headers["connection"] == "close"
     assert_envelope(body, "request_too_large")
@@ -139,15 +142,21 @@ def test_every_route_but_health_and_console_pages_needs_a_key(keyed: ServerProce
 
 def serve_cli(home: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **server_env(home, models_dir)}
-    return subprocess.run([sys.executable, "-m", "synthd.cli", "serve", "--port", str(free_port()), *args],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "synthd.cli", "serve", "--port", str(free_port()), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_non_loopback_bind_refused_without_a_key(models_dir: Path, tmp_path: Path) -> None:
     for host in ("0.0.0.0", "192.0.2.10", "::"):
         result = serve_cli(tmp_path, models_dir, "--host", host)
         assert result.returncode == 1
-        line, = result.stderr.strip().splitlines()
+        (line,) = result.stderr.strip().splitlines()
         assert f"refusing to serve on {host} without an API key" in line and "--insecure-no-auth" in line
 
 
@@ -166,9 +175,16 @@ def test_empty_api_key_is_an_error(models_dir: Path, tmp_path: Path) -> None:
 def test_api_key_file_and_public_metrics(models_dir: Path, tmp_path: Path) -> None:
     key_file = tmp_path / "admin.key"
     key_file.write_text("key-from-a-file\n")
-    with ServerProcess(["--api-key-file", str(key_file), "--public-metrics"], log_path=tmp_path / "server.log",
-                       env=server_env(tmp_path, models_dir), api_key="key-from-a-file") as server:
+    with ServerProcess(
+        ["--api-key-file", str(key_file), "--public-metrics"],
+        log_path=tmp_path / "server.log",
+        env=server_env(tmp_path, models_dir),
+        api_key="key-from-a-file",
+    ) as server:
         assert httpx.get(server.base_url + "/models").status_code == 401
-        assert httpx.get(server.base_url + "/models", headers={"Authorization": "Bearer key-from-a-file"}).status_code == 200
+        assert (
+            httpx.get(server.base_url + "/models", headers={"Authorization": "Bearer key-from-a-file"}).status_code
+            == 200
+        )
         assert httpx.get(server.root_url + "/metrics").status_code == 200
         assert httpx.get(server.root_url + "/ready").status_code == 401

@@ -11,10 +11,10 @@ import httpx
 import openai
 import pytest
 import torch
+from conftest import MODEL, server_env
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import MODEL, server_env
 from synthd.server_process import ServerProcess
 from synthd.store.db import open_database
 from synthd.store.repository import Repository
@@ -39,8 +39,14 @@ def make_adapter(base_dir: Path, out: Path, seed: int, **lora) -> Path:
 def synthd(home: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**server_env(home, models_dir)}
     import os
-    return subprocess.run([sys.executable, "-m", "synthd.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+
+    return subprocess.run(
+        [sys.executable, "-m", "synthd.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +64,9 @@ def imported(home: Path, models_dir: Path, tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fp32_server(home: Path, models_dir: Path, imported) -> ServerProcess:
-    with ServerProcess(["--dtype", "float32"], log_path=home / "server.log", env=server_env(home, models_dir)) as server:
+    with ServerProcess(
+        ["--dtype", "float32"], log_path=home / "server.log", env=server_env(home, models_dir)
+    ) as server:
         yield server
 
 
@@ -82,10 +90,12 @@ def peft_greedy(models_dir: Path):
     def generate(adapter_dir: Path | None, messages=PROMPT, max_new_tokens: int = 16) -> str:
         model = PeftModel.from_pretrained(base, adapter_dir).eval() if adapter_dir else base
         try:
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            ids = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
             with torch.no_grad():
                 out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-            return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         finally:
             if adapter_dir:
                 model.unload()
@@ -112,7 +122,9 @@ def test_served_greedy_equals_peft_reference(sdk: openai.OpenAI, imported: list[
     assert chat(sdk, MODEL) == reference(None)
 
 
-def test_concurrent_base_and_two_adapters(fp32_server: ServerProcess, imported: list[str], home: Path, reference) -> None:
+def test_concurrent_base_and_two_adapters(
+    fp32_server: ServerProcess, imported: list[str], home: Path, reference
+) -> None:
     expected = {MODEL: reference(None)}
     for model_id in imported:
         expected[model_id] = reference(next((home / "adapters").glob(f"imported-*{model_id.split(':')[-1]}")))
@@ -120,6 +132,7 @@ def test_concurrent_base_and_two_adapters(fp32_server: ServerProcess, imported: 
 
     async def run() -> list[tuple[str, str]]:
         async with openai.AsyncOpenAI(base_url=fp32_server.base_url, api_key="unused", max_retries=0) as client:
+
             async def ask(model: str) -> tuple[str, str]:
                 reply = await client.chat.completions.create(model=model, messages=PROMPT, temperature=0, max_tokens=16)
                 return model, reply.choices[0].message.content
@@ -154,10 +167,19 @@ def test_unknown_fine_tune_is_404(fp32_server: ServerProcess, sdk: openai.OpenAI
     assert httpx.delete(f"{fp32_server.base_url}/models/{ghost}").status_code == 404
 
 
-def test_mismatched_adapter_is_400(fp32_server: ServerProcess, sdk: openai.OpenAI, home: Path, models_dir: Path,
-                                   tmp_path: Path) -> None:
-    tiny = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, vocab_size=49152))
+def test_mismatched_adapter_is_400(
+    fp32_server: ServerProcess, sdk: openai.OpenAI, home: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    tiny = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=49152,
+        )
+    )
     get_peft_model(tiny, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "tiny")
     refused = synthd(home, models_dir, "models", "import", str(tmp_path / "tiny"), "--base", MODEL, "--name", "tiny")
     assert refused.returncode == 1 and "shape" in refused.stderr
@@ -175,13 +197,22 @@ def test_mismatched_adapter_is_400(fp32_server: ServerProcess, sdk: openai.OpenA
     assert chat(sdk, MODEL)  # the server keeps serving
 
 
-@pytest.mark.native_only("trains a fine-tune for minutes (training does not depend on the serving engine); the "
-                         "vLLM leg serves the imported PEFT adapters above")
+@pytest.mark.native_only(
+    "trains a fine-tune for minutes (training does not depend on the serving engine); the "
+    "vLLM leg serves the imported PEFT adapters above"
+)
 def test_trained_fine_tune_listed_answers_and_deleted(sdk: openai.OpenAI, home: Path, reference) -> None:
     data = sdk.files.create(file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
-    job = sdk.fine_tuning.jobs.create(model=MODEL, training_file=data.id, suffix="facts", seed=7, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 6, "batch_size": 5,
-                                                                  "learning_rate_multiplier": 10}}})
+    job = sdk.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=data.id,
+        suffix="facts",
+        seed=7,
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 6, "batch_size": 5, "learning_rate_multiplier": 10}},
+        },
+    )
     deadline = time.monotonic() + 600
     while (job := sdk.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline
@@ -203,7 +234,9 @@ def test_trained_fine_tune_listed_answers_and_deleted(sdk: openai.OpenAI, home: 
         chat(sdk, model_id)
 
 
-def import_adapter(home: Path, models_dir: Path, work: Path, name: str, seed: int, **lora) -> subprocess.CompletedProcess:
+def import_adapter(
+    home: Path, models_dir: Path, work: Path, name: str, seed: int, **lora
+) -> subprocess.CompletedProcess:
     folder = make_adapter(models_dir / MODEL, work / name, seed, **lora)
     return synthd(home, models_dir, "models", "import", str(folder), "--base", MODEL, "--name", name)
 
@@ -226,17 +259,23 @@ def test_delete_racing_with_requests(fp32_server: ServerProcess, home: Path, mod
         assert answer.status_code in (200, 404), answer.text
         if answer.status_code == 200:
             assert answer.json()["choices"][0]["message"]["content"]
-    assert httpx.post(f"{fp32_server.base_url}/chat/completions", json={
-        "model": model_id, "messages": PROMPT, "max_tokens": 2}).status_code == 404
+    assert (
+        httpx.post(
+            f"{fp32_server.base_url}/chat/completions", json={"model": model_id, "messages": PROMPT, "max_tokens": 2}
+        ).status_code
+        == 404
+    )
 
 
-def test_delete_while_streaming_lets_the_stream_finish(fp32_server: ServerProcess, home: Path, models_dir: Path,
-                                                       tmp_path: Path) -> None:
+def test_delete_while_streaming_lets_the_stream_finish(
+    fp32_server: ServerProcess, home: Path, models_dir: Path, tmp_path: Path
+) -> None:
     assert import_adapter(home, models_dir, tmp_path, "streamer", 6).returncode == 0
     model_id = f"ft:{MODEL}:streamer"
     sdk = openai.OpenAI(base_url=fp32_server.base_url, api_key="unused", max_retries=0, timeout=120)
-    stream = sdk.chat.completions.create(model=model_id, messages=PROMPT, max_tokens=40, temperature=0,
-                                         stream=True, extra_body={"ignore_eos": True})
+    stream = sdk.chat.completions.create(
+        model=model_id, messages=PROMPT, max_tokens=40, temperature=0, stream=True, extra_body={"ignore_eos": True}
+    )
     first = next(iter(stream))
     assert httpx.delete(f"{fp32_server.base_url}/models/{model_id}").status_code == 200
     rest = list(stream)
@@ -246,11 +285,20 @@ def test_delete_while_streaming_lets_the_stream_finish(fp32_server: ServerProces
         chat(sdk, model_id)
 
 
-@pytest.mark.parametrize("lora,field", [({"modules_to_save": ["lm_head"]}, "modules_to_save"),
-                                        ({"use_dora": True}, "use_dora")])
-def test_adapters_that_would_harm_neighbours_are_refused(fp32_server: ServerProcess, sdk: openai.OpenAI, home: Path,
-                                                         models_dir: Path, tmp_path: Path, imported: list[str],
-                                                         reference, lora: dict, field: str) -> None:
+@pytest.mark.parametrize(
+    "lora,field", [({"modules_to_save": ["lm_head"]}, "modules_to_save"), ({"use_dora": True}, "use_dora")]
+)
+def test_adapters_that_would_harm_neighbours_are_refused(
+    fp32_server: ServerProcess,
+    sdk: openai.OpenAI,
+    home: Path,
+    models_dir: Path,
+    tmp_path: Path,
+    imported: list[str],
+    reference,
+    lora: dict,
+    field: str,
+) -> None:
     refused = import_adapter(home, models_dir, tmp_path, f"bad-{field}", 9, **lora)
     assert refused.returncode == 1 and field in refused.stderr
     folder = tmp_path / f"bad-{field}"
@@ -263,11 +311,15 @@ def test_adapters_that_would_harm_neighbours_are_refused(fp32_server: ServerProc
 
 
 def test_another_preference_never_tears_down_a_streaming_model(fp32_server: ServerProcess, sdk: openai.OpenAI) -> None:
-    stream = sdk.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=48, temperature=0, stream=True,
-                                         extra_body={"ignore_eos": True})
+    stream = sdk.chat.completions.create(
+        model=MODEL, messages=PROMPT, max_tokens=48, temperature=0, stream=True, extra_body={"ignore_eos": True}
+    )
     first = next(iter(stream))
-    refused = httpx.post(f"{fp32_server.base_url}/chat/completions", headers={"X-GPU-Preference": "H100"},
-                         json={"model": MODEL, "messages": PROMPT, "max_tokens": 2})
+    refused = httpx.post(
+        f"{fp32_server.base_url}/chat/completions",
+        headers={"X-GPU-Preference": "H100"},
+        json={"model": MODEL, "messages": PROMPT, "max_tokens": 2},
+    )
     assert refused.status_code == 409 and refused.headers["x-should-retry"] == "false"
     again = httpx.post(f"{fp32_server.root_url}/warmup/{MODEL}", json={"gpu_preference": "cpu"}).json()
     assert again["status"] == "already_warmed"

@@ -13,9 +13,11 @@ from synthd.training.layout import JobLayout
 from synthd.training.runner import build_trainer
 from synthd.training.sft_data import IGNORE_INDEX, tokenize_rows
 
-CONVERSATION = (b'{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, '
-                b'{"role": "assistant", "content": "5", "weight": 0}, {"role": "user", "content": "Sure?"}, '
-                b'{"role": "assistant", "content": "Sorry: 4."}]}\n')
+CONVERSATION = (
+    b'{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, '
+    b'{"role": "assistant", "content": "5", "weight": 0}, {"role": "user", "content": "Sure?"}, '
+    b'{"role": "assistant", "content": "Sorry: 4."}]}\n'
+)
 
 
 def labelled_text(tokenizer, example: dict) -> str:
@@ -49,12 +51,31 @@ def test_trainer_labels_mask_weight_zero_turns(tmp_path: Path, models_dir: Path,
     data.parent.mkdir()
     data.write_bytes(CONVERSATION)
     with repo.session() as session:
-        session.add(FileRecord(id="file-1", filename="c.jsonl", purpose="fine-tune", bytes=len(CONVERSATION),
-                               created_at=now(), path=str(data)))
-    repo.add_job(JobRecord(id="ftjob-1", model=MODEL, status="running", training_file="file-1", seed=1, created_at=now(),
-                           method={"type": "supervised", "supervised": {"hyperparameters": {
-                               "n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1.0}}},
-                           lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}))
+        session.add(
+            FileRecord(
+                id="file-1",
+                filename="c.jsonl",
+                purpose="fine-tune",
+                bytes=len(CONVERSATION),
+                created_at=now(),
+                path=str(data),
+            )
+        )
+    repo.add_job(
+        JobRecord(
+            id="ftjob-1",
+            model=MODEL,
+            status="running",
+            training_file="file-1",
+            seed=1,
+            created_at=now(),
+            method={
+                "type": "supervised",
+                "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1.0}},
+            },
+            lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]},
+        )
+    )
     trainer = build_trainer(repo, "ftjob-1", models_dir / MODEL, JobLayout(tmp_path, "ftjob-1"), [])
     [example] = list(trainer.train_dataset)
     assert labelled_text(tokenizer, example) == "Sorry: 4.<|im_end|>\n"

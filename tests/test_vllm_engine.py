@@ -16,10 +16,10 @@ import openai
 import psutil
 import pytest
 import torch
+from conftest import MODEL, server_env
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from conftest import MODEL, server_env
 from synthd.server_process import ServerProcess
 
 pytestmark = pytest.mark.vllm_only("vLLM's processes, LoRA slots and restarts")
@@ -34,7 +34,7 @@ def engine_processes(server: ServerProcess) -> list[psutil.Process]:
 
 def metric(server: ServerProcess, name: str) -> float:
     text = httpx.get(server.root_url + "/metrics").text
-    pattern = re.compile(rf'^synthd:{re.escape(name)}\{{[^}}]*model_name="{re.escape(MODEL)}"[^}}]*\}} (\S+)$', re.M)
+    pattern = re.compile(rf'^synthd:{re.escape(name)}\{{[^}}]*model_name="{re.escape(MODEL)}"[^}}]*\}} (\S+)$', re.MULTILINE)
     return sum(float(v) for v in pattern.findall(text))
 
 
@@ -50,8 +50,11 @@ def server(home: Path, models_dir: Path):
 
 
 def ask(server: ServerProcess, **extra) -> httpx.Response:
-    return httpx.post(server.base_url + "/chat/completions", timeout=600,
-                      json={"model": MODEL, "messages": FRANCE, "temperature": 0, "max_tokens": 20, **extra})
+    return httpx.post(
+        server.base_url + "/chat/completions",
+        timeout=600,
+        json={"model": MODEL, "messages": FRANCE, "temperature": 0, "max_tokens": 20, **extra},
+    )
 
 
 def test_stats_reach_metrics_under_synthd_names(server: ServerProcess) -> None:
@@ -66,24 +69,43 @@ def test_stats_reach_metrics_under_synthd_names(server: ServerProcess) -> None:
     assert metric(server, "prefix_cache_hits_total") - hits >= 128 * (prompt_tokens // 128)
 
 
-def test_adapter_above_the_reserved_rank_fails_alone(server: ServerProcess, home: Path, models_dir: Path,
-                                                     tmp_path: Path) -> None:
+def test_adapter_above_the_reserved_rank_fails_alone(
+    server: ServerProcess, home: Path, models_dir: Path, tmp_path: Path
+) -> None:
     torch.manual_seed(3)
     base = AutoModelForCausalLM.from_pretrained(models_dir / MODEL, dtype=torch.float32)
     config = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(tmp_path / "wide")
-    imported = subprocess.run([sys.executable, "-m", "synthd.cli", "models", "import", str(tmp_path / "wide"), "--base",
-                               MODEL, "--name", "wide"], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, **server_env(home, models_dir)})
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "synthd.cli",
+            "models",
+            "import",
+            str(tmp_path / "wide"),
+            "--base",
+            MODEL,
+            "--name",
+            "wide",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **server_env(home, models_dir)},
+    )
     assert imported.returncode == 0, imported.stderr
     cores = {p.pid for p in engine_processes(server)}
 
     async def together() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=600) as http:
             body = {"messages": FRANCE, "temperature": 0, "max_tokens": 20}
-            return list(await asyncio.gather(
-                http.post("/chat/completions", json={"model": f"ft:{MODEL}:wide", **body}),
-                *(http.post("/chat/completions", json={"model": MODEL, **body}) for _ in range(3))))
+            return list(
+                await asyncio.gather(
+                    http.post("/chat/completions", json={"model": f"ft:{MODEL}:wide", **body}),
+                    *(http.post("/chat/completions", json={"model": MODEL, **body}) for _ in range(3)),
+                )
+            )
 
     wide, *neighbours = asyncio.run(together())
     assert wide.status_code == 500
@@ -95,8 +117,12 @@ def test_adapter_above_the_reserved_rank_fails_alone(server: ServerProcess, home
 
 def test_a_dead_engine_fails_its_requests_and_is_restarted(server: ServerProcess) -> None:
     [core] = [p for p in engine_processes(server) if p.name() == "VLLM::EngineCore"]
-    stream = httpx.stream("POST", server.base_url + "/chat/completions", timeout=600, json={
-        "model": MODEL, "messages": FRANCE, "max_tokens": 4000, "ignore_eos": True, "stream": True})
+    stream = httpx.stream(
+        "POST",
+        server.base_url + "/chat/completions",
+        timeout=600,
+        json={"model": MODEL, "messages": FRANCE, "max_tokens": 4000, "ignore_eos": True, "stream": True},
+    )
     with stream as response:
         lines = response.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))

@@ -32,9 +32,18 @@ class ServerProcess:
     from ``env`` (``SYNTHD_API_KEY``, ``SYNTH_API_KEY``).
     """
 
-    def __init__(self, args: list[str] | None = None, *, port: int = 0, log_path: Path | None = None,
-                 env: dict[str, str] | None = None, ready_timeout_s: float = 600.0, ready_path: str = "/ready",
-                 api_key: str | None = None, python: str | Path = sys.executable) -> None:
+    def __init__(
+        self,
+        args: list[str] | None = None,
+        *,
+        port: int = 0,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+        ready_timeout_s: float = 600.0,
+        ready_path: str = "/ready",
+        api_key: str | None = None,
+        python: str | Path = sys.executable,
+    ) -> None:
         self.python = str(python)
         self.port = port or free_port()
         self.args = args or []
@@ -69,8 +78,19 @@ class ServerProcess:
         Raises:
             ServerStartError: it exited early or was not ready within ``ready_timeout_s``.
         """
-        command = [self.python, "-m", "synthd.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--log-level", "warning", *self.args]
+        command = [
+            self.python,
+            "-m",
+            "synthd.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            *self.args,
+        ]
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + self.ready_timeout_s

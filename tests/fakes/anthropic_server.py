@@ -22,11 +22,15 @@ from tests.fakes.script import Reply, Script, count_tokens, default_text, words
 API_KEY = "sk-ant-fake"
 
 
-def error(status: int, error_type: str, message: str, headers: dict[str, str] | None = None,
-          code: str | None = None) -> JSONResponse:
+def error(
+    status: int, error_type: str, message: str, headers: dict[str, str] | None = None, code: str | None = None
+) -> JSONResponse:
     details = {"details": {"error_code": code}} if code is not None else {}
-    return JSONResponse({"type": "error", "error": {"type": error_type, "message": message, **details}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"type": "error", "error": {"type": error_type, "message": message, **details}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def check(body: dict[str, Any]) -> str | None:
@@ -35,15 +39,18 @@ def check(body: dict[str, Any]) -> str | None:
         return "max_tokens: Field required"
     messages = body.get("messages") or []
     if not messages or messages[0].get("role") != "user":
-        return "messages: first message must use the \"user\" role"
+        return 'messages: first message must use the "user" role'
     previous_tool_uses: set[str] = set()
     for i, message in enumerate(messages):
         if message.get("role") not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
         if i and messages[i - 1]["role"] == message["role"]:
-            return "messages: roles must alternate between \"user\" and \"assistant\""
-        blocks = message["content"] if isinstance(message["content"], list) else [
-            {"type": "text", "text": message["content"]}]
+            return 'messages: roles must alternate between "user" and "assistant"'
+        blocks = (
+            message["content"]
+            if isinstance(message["content"], list)
+            else [{"type": "text", "text": message["content"]}]
+        )
         for block in blocks:
             if block["type"] == "text" and not block["text"]:
                 return f"messages.{i}: text content blocks must be non-empty"
@@ -71,10 +78,20 @@ def create_app(script: Script) -> FastAPI:
         if (problem := check(body)) is not None:
             return error(400, "invalid_request_error", problem)
         blocks, stop = content(reply, body)
-        usage = {"input_tokens": count_tokens(body["messages"]) + count_tokens(body.get("system") or ""),
-                 "output_tokens": count_tokens([b.get("text") or b.get("input") for b in blocks])}
-        message = {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "content": blocks,
-                   "model": body["model"], "stop_reason": stop, "stop_sequence": None, "usage": usage}
+        usage = {
+            "input_tokens": count_tokens(body["messages"]) + count_tokens(body.get("system") or ""),
+            "output_tokens": count_tokens([b.get("text") or b.get("input") for b in blocks]),
+        }
+        message = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "content": blocks,
+            "model": body["model"],
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
         if not body.get("stream"):
             return message
         return StreamingResponse(stream(reply, message), media_type="text/event-stream")
@@ -96,8 +113,10 @@ def content(reply: Reply, body: dict[str, Any]) -> tuple[list[dict], str]:
     else:
         text, cut = default_text(body["max_tokens"])
     blocks = [{"type": "text", "text": text}] if text else []
-    blocks += [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": name, "input": args}
-               for name, args in reply.tool_calls]
+    blocks += [
+        {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": name, "input": args}
+        for name, args in reply.tool_calls
+    ]
     stop = reply.stop_reason or ("tool_use" if reply.tool_calls else "max_tokens" if cut else "end_turn")
     return blocks, stop
 
@@ -106,8 +125,12 @@ def stream(reply: Reply, message: dict[str, Any]) -> Iterator[str]:
     def event(name: str, data: dict) -> str:
         return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
 
-    start = {**message, "content": [], "stop_reason": None,
-             "usage": {"input_tokens": message["usage"]["input_tokens"], "output_tokens": 1}}
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": message["usage"]["input_tokens"], "output_tokens": 1},
+    }
     yield event("message_start", {"message": start})
     sent = 0
     for index, block in enumerate(message["content"]):
@@ -123,15 +146,30 @@ def stream(reply: Reply, message: dict[str, Any]) -> Iterator[str]:
                 yield event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": piece}})
                 sent += 1
         else:
-            yield event("content_block_start", {"index": index, "content_block": {
-                "type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}})
+            yield event(
+                "content_block_start",
+                {
+                    "index": index,
+                    "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}},
+                },
+            )
             arguments = json.dumps(block["input"])
             for begin in range(0, len(arguments), 7):
-                yield event("content_block_delta", {"index": index, "delta": {
-                    "type": "input_json_delta", "partial_json": arguments[begin:begin + 7]}})
+                yield event(
+                    "content_block_delta",
+                    {
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": arguments[begin : begin + 7]},
+                    },
+                )
         yield event("content_block_stop", {"index": index})
     if reply.truncate:
         return
-    yield event("message_delta", {"delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                                  "usage": {"output_tokens": message["usage"]["output_tokens"]}})
+    yield event(
+        "message_delta",
+        {
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "usage": {"output_tokens": message["usage"]["output_tokens"]},
+        },
+    )
     yield event("message_stop", {})

@@ -18,10 +18,19 @@ from tests.fakes.script import Reply, Script, count_tokens, default_text, words
 API_KEY = "sk-fake-openai"
 
 
-def error(status: int, message: str, error_type: str, headers: dict[str, str] | None = None,
-          code: str | None = None, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": error_type, "param": param, "code": code}},
-                        status_code=status, headers=headers)
+def error(
+    status: int,
+    message: str,
+    error_type: str,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
+    param: str | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def check(body: dict[str, Any]) -> str | None:
@@ -64,32 +73,71 @@ def create_app(script: Script) -> FastAPI:
             text, cut = reply.text, False
         else:
             text, cut = default_text(limit)
-        calls = [{"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function",
-                  "function": {"name": name, "arguments": json.dumps(args)}} for name, args in reply.tool_calls]
+        calls = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:8]}",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args)},
+            }
+            for name, args in reply.tool_calls
+        ]
         finish = "tool_calls" if calls else "length" if cut else "stop"
-        usage = {"prompt_tokens": count_tokens(body["messages"]), "completion_tokens": len(text.split()) + len(calls),
-                 "total_tokens": 0}
+        usage = {
+            "prompt_tokens": count_tokens(body["messages"]),
+            "completion_tokens": len(text.split()) + len(calls),
+            "total_tokens": 0,
+        }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if not body.get("stream"):
-            return {"id": completion_id, "object": "chat.completion", "created": 1, "model": body["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text if not calls else None,
-                                                          **({"tool_calls": calls} if calls else {})},
-                                 "logprobs": None, "finish_reason": finish}],
-                    "usage": usage}
+            return {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": text if not calls else None,
+                            **({"tool_calls": calls} if calls else {}),
+                        },
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": usage,
+            }
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(stream(reply, completion_id, body["model"], "" if calls else text, calls, finish,
-                                        usage if include_usage else None), media_type="text/event-stream")
+        return StreamingResponse(
+            stream(
+                reply,
+                completion_id,
+                body["model"],
+                "" if calls else text,
+                calls,
+                finish,
+                usage if include_usage else None,
+            ),
+            media_type="text/event-stream",
+        )
 
     return app
 
 
-def stream(reply: Reply, completion_id: str, model: str, text: str, calls: list[dict], finish: str,
-           usage: dict | None) -> Iterator[str]:
+def stream(
+    reply: Reply, completion_id: str, model: str, text: str, calls: list[dict], finish: str, usage: dict | None
+) -> Iterator[str]:
     def chunk(delta: dict, finish_reason: str | None = None, **extra: Any) -> str:
-        payload = {"id": completion_id, "object": "chat.completion.chunk", "created": 1, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-                   **extra}
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            **extra,
+        }
         return f"data: {json.dumps(payload)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
@@ -100,16 +148,32 @@ def stream(reply: Reply, completion_id: str, model: str, text: str, calls: list[
         yield chunk({"content": piece})
         sent += 1
     for index, call in enumerate(calls):
-        yield chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                     "function": {"name": call["function"]["name"], "arguments": ""}}]})
+        yield chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""},
+                    }
+                ]
+            }
+        )
         arguments = call["function"]["arguments"]
         for start in range(0, len(arguments), 5):
-            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[start:start + 5]}}]})
+            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[start : start + 5]}}]})
     if reply.truncate:
         return
     yield chunk({}, finish)
     if usage is not None:
-        final = {"id": completion_id, "object": "chat.completion.chunk", "created": 1, "model": model,
-                 "choices": [], "usage": usage}
+        final = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
         yield f"data: {json.dumps(final)}\n\n"
     yield "data: [DONE]\n\n"

@@ -12,5 +12,4 @@ async def require_admin(principal: CallerPrincipal) -> None:
         PermissionDenied: a project key that is not an admin key (403 ``insufficient_permissions``).
     """
     if not principal.is_admin:
-        raise PermissionDenied("Only an admin key may load or unload LoRA adapters.",
-                               code="insufficient_permissions")
+        raise PermissionDenied("Only an admin key may load or unload LoRA adapters.", code="insufficient_permissions")

@@ -130,8 +130,11 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
                     log.info("unloaded idle model %s", model)
 
         parts.scheduler.recover()
-        tasks = [asyncio.create_task(warm_all()), asyncio.create_task(evict_idle_forever()),
-                 asyncio.create_task(parts.scheduler.run_forever())]
+        tasks = [
+            asyncio.create_task(warm_all()),
+            asyncio.create_task(evict_idle_forever()),
+            asyncio.create_task(parts.scheduler.run_forever()),
+        ]
         if parts.cluster is not None:
             tasks.append(asyncio.create_task(parts.cluster.cluster.watch(pool)))
         batches.runner.start()
@@ -149,8 +152,11 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
     app.state.pool = pool
     app.state.serving = OpenAIServing(pool, on_request, access)
-    batches = BatchService(BatchStore(parts.repo.sessions), parts.repo, BatchRunner(
-        BatchStore(parts.repo.sessions), parts.repo, app.state.serving, error_reply))
+    batches = BatchService(
+        BatchStore(parts.repo.sessions),
+        parts.repo,
+        BatchRunner(BatchStore(parts.repo.sessions), parts.repo, app.state.serving, error_reply),
+    )
     app.state.batches = batches
     app.state.lora_adapters = LoRAAdapterService(pool)
     app.state.fine_tuning = FineTuningService(parts.repo, pool.registry, pool.planner)
@@ -170,17 +176,22 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
     app.include_router(console_router)
     install_openapi(app, security.public_paths)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=security.max_body_bytes,
-                       max_upload_bytes=security.max_file_bytes + UPLOAD_ENVELOPE_BYTES)
-    app.add_middleware(AuthMiddleware, keys=keys, limiter=limiter, public_paths=security.public_paths,
-                       public_pages=PUBLIC_PAGES)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=security.max_body_bytes,
+        max_upload_bytes=security.max_file_bytes + UPLOAD_ENVELOPE_BYTES,
+    )
+    app.add_middleware(
+        AuthMiddleware, keys=keys, limiter=limiter, public_paths=security.public_paths, public_pages=PUBLIC_PAGES
+    )
     app.add_middleware(HostCheckMiddleware, allowed_hosts=security.allowed_hosts)
     app.add_middleware(UnexpectedErrorMiddleware)  # outermost: see its docstring
     return app
 
 
-def build_components(served: list[ModelSource], engine_kind: str = "native", ray_address: str | None = None,
-                     **engine_options) -> Components:
+def build_components(
+    served: list[ModelSource], engine_kind: str = "native", ray_address: str | None = None, **engine_options
+) -> Components:
     """A pool (inventory detected, plus ``SYNTHD_GPU_POOL_FILE``), the store, the job scheduler and
     metrics, configured from settings; ``engine_options`` override ``EngineConfig`` fields. With
     ``ray_address`` (else ``SYNTHD_RAY_ADDRESS``) the inventory is that Ray cluster's, replicas and
@@ -199,17 +210,27 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", ray
 
     def find(model_id: str) -> AdapterRef | None:
         record = repo.get_model(model_id)
-        return AdapterRef(record.id, record.base_model, Path(record.adapter_path), record.created_at) if record else None
+        return (
+            AdapterRef(record.id, record.base_model, Path(record.adapter_path), record.created_at) if record else None
+        )
 
     def listing() -> list[AdapterRef]:
         return [AdapterRef(r.id, r.base_model, Path(r.adapter_path), r.created_at) for r in repo.list_models()]
 
     if engine_kind == "vllm" and "max_lora_rank" not in engine_options:
         engine_options["max_lora_rank"] = max_lora_rank_for(adapter_ranks(listing()))
-    config = EngineConfig(**{"kind": engine_kind, "dtype": settings.dtype, "max_num_seqs": settings.max_num_seqs,
-                             "max_model_len": settings.max_model_len, "max_loras": settings.max_loaded_adapters,
-                             "kv_cache_tokens": settings.kv_cache_tokens, "max_waiting": settings.max_waiting,
-                             **engine_options})
+    config = EngineConfig(
+        **{
+            "kind": engine_kind,
+            "dtype": settings.dtype,
+            "max_num_seqs": settings.max_num_seqs,
+            "max_model_len": settings.max_model_len,
+            "max_loras": settings.max_loaded_adapters,
+            "kv_cache_tokens": settings.kv_cache_tokens,
+            "max_waiting": settings.max_waiting,
+            **engine_options,
+        }
+    )
     registry = ModelRegistry(settings.models_dir, served, find, listing)
     reservations = Reservations()
     cluster = None
@@ -218,28 +239,51 @@ def build_components(served: list[ModelSource], engine_kind: str = "native", ray
 
         cluster = join_cluster(ray_address, engine_kind, config, reservations, repo, settings.home, settings.shared_dir)
     inventory = cluster.cluster.inventory if cluster else build_inventory(settings.gpu_pool_file)
-    planner = PlacementPlanner(inventory, lambda device: pick_dtype(config.dtype, device), config.max_model_len,
-                               reservations)
+    planner = PlacementPlanner(
+        inventory, lambda device: pick_dtype(config.dtype, device), config.max_model_len, reservations
+    )
     autoscaling = AutoscalingConfig(settings.min_replicas, settings.max_replicas, settings.target_ongoing_requests)
-    pool = ModelPool(registry, planner, engine_kind=engine_kind, engine_config=config,
-                     max_loaded_models=settings.max_loaded_models, idle_timeout_s=settings.model_idle_timeout_s,
-                     engine_factory=cluster.engine_factory if cluster else None, autoscaling=autoscaling)
+    pool = ModelPool(
+        registry,
+        planner,
+        engine_kind=engine_kind,
+        engine_config=config,
+        max_loaded_models=settings.max_loaded_models,
+        idle_timeout_s=settings.model_idle_timeout_s,
+        engine_factory=cluster.engine_factory if cluster else None,
+        autoscaling=autoscaling,
+    )
     if cluster is not None:
         cluster.engine_factory.on_lost = pool.lost
-    scheduler = JobScheduler(repo, settings.home, models_dir=settings.models_dir, planner=planner,
-                             serving_busy=pool.busy_devices, max_concurrent=settings.max_concurrent_jobs,
-                             launcher=cluster.launcher if cluster else None)
+    scheduler = JobScheduler(
+        repo,
+        settings.home,
+        models_dir=settings.models_dir,
+        planner=planner,
+        serving_busy=pool.busy_devices,
+        max_concurrent=settings.max_concurrent_jobs,
+        launcher=cluster.launcher if cluster else None,
+    )
     return Components(pool, repo, scheduler, ServingMetrics(), [s.model_id for s in served], cluster)
 
 
-def build_app(served: list[ModelSource], api_key: str | None = None, engine_kind: str = "native", *,
-              security: SecurityConfig | None = None, ray_address: str | None = None, **engine_options) -> FastAPI:
+def build_app(
+    served: list[ModelSource],
+    api_key: str | None = None,
+    engine_kind: str = "native",
+    *,
+    security: SecurityConfig | None = None,
+    ray_address: str | None = None,
+    **engine_options,
+) -> FastAPI:
     """``create_app`` over ``build_components`` (on the Ray cluster at ``ray_address``, if any);
     ``security`` defaults to loopback names and the settings' body and upload caps."""
     from synthd.config import get_settings
 
     settings = get_settings()
-    security = security or SecurityConfig(max_body_bytes=settings.max_body_bytes,
-                                          max_file_bytes=settings.max_file_bytes)
-    return create_app(build_components(served, engine_kind, ray_address, **engine_options), api_key=api_key,
-                      security=security)
+    security = security or SecurityConfig(
+        max_body_bytes=settings.max_body_bytes, max_file_bytes=settings.max_file_bytes
+    )
+    return create_app(
+        build_components(served, engine_kind, ray_address, **engine_options), api_key=api_key, security=security
+    )

@@ -39,9 +39,11 @@ def ratelimit_headers(limits: RateLimits) -> dict[str, str]:
     kinds: Iterable[tuple[str, LimitState | None]] = (("requests", limits.requests), ("tokens", limits.tokens))
     for kind, state in kinds:
         if state is not None:
-            headers |= {f"x-ratelimit-limit-{kind}": str(state.limit),
-                        f"x-ratelimit-remaining-{kind}": str(state.remaining),
-                        f"x-ratelimit-reset-{kind}": _duration(state.reset_s)}
+            headers |= {
+                f"x-ratelimit-limit-{kind}": str(state.limit),
+                f"x-ratelimit-remaining-{kind}": str(state.remaining),
+                f"x-ratelimit-reset-{kind}": _duration(state.reset_s),
+            }
     return headers
 
 
@@ -56,8 +58,14 @@ class AuthMiddleware:
             which carry no data), matched against the whole path.
     """
 
-    def __init__(self, app: ASGIApp, keys: KeyService, limiter: RateLimiter, public_paths: frozenset[str],
-                 public_pages: re.Pattern[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyService,
+        limiter: RateLimiter,
+        public_paths: frozenset[str],
+        public_pages: re.Pattern[str] | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter

@@ -30,8 +30,9 @@ async def create_batch(body: BatchCreate, batches: Batches, principal: CallerPri
 
 
 @router.get("/batches", response_model=BatchList)
-async def list_batches(batches: Batches, principal: CallerPrincipal, after: str | None = None,
-                       limit: Limit = 20) -> BatchList:
+async def list_batches(
+    batches: Batches, principal: CallerPrincipal, after: str | None = None, limit: Limit = 20
+) -> BatchList:
     """List the caller's batches, newest first."""
     return await batches.list(after, limit, principal)
 

@@ -33,8 +33,11 @@ router.mount("/static", StaticFiles(directory=CONSOLE_DIR / "static"), name="con
 
 def render(request: Request, template: str, title: str, **context: str) -> HTMLResponse:
     """A console page; ``root`` is the app's mount point so links work behind a path prefix."""
-    return templates.TemplateResponse(request, template, {
-        "title": title, "root": request.scope.get("root_path", ""), "version": __version__, **context})
+    return templates.TemplateResponse(
+        request,
+        template,
+        {"title": title, "root": request.scope.get("root_path", ""), "version": __version__, **context},
+    )
 
 
 @router.get("/", response_class=RedirectResponse, include_in_schema=False)
@@ -90,8 +93,9 @@ class FileCheck(BaseModel):
 
 
 @router.post("/console/validate-file", response_model=FileCheck, responses=COMMON_ERRORS)
-async def validate_file(request: Request, file: Annotated[UploadFile, File()],
-                        method: Annotated[Literal["supervised", "dpo"], Form()]) -> FileCheck:
+async def validate_file(
+    request: Request, file: Annotated[UploadFile, File()], method: Annotated[Literal["supervised", "dpo"], Form()]
+) -> FileCheck:
     """Check a fine-tuning JSONL file as a job would (``synthd.training.data.load_jsonl``), without
     storing it, so the console can show problems before it uploads the file and creates the job.
 

@@ -132,8 +132,9 @@ def _param_path(loc: tuple, keep_all: bool = False) -> str | None:
 
 def domain_error(exc: SynthdError) -> APIError:
     """The API error for a domain error (``STATUS_BY_KIND``); an unknown kind is a 500."""
-    status, kind = next(((status, kind) for cls, status, kind in STATUS_BY_KIND if isinstance(exc, cls)),
-                        (500, "server_error"))
+    status, kind = next(
+        ((status, kind) for cls, status, kind in STATUS_BY_KIND if isinstance(exc, cls)), (500, "server_error")
+    )
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
     if status in (400, 401, 403, 404, 409, 413):  # retrying cannot help: tell clients that follow openai-python's rules
         headers = {**(headers or {}), "x-should-retry": "false"}
@@ -144,8 +145,9 @@ def error_response(exc: SynthdError, headers: dict[str, str] | None = None) -> J
     """The envelope response for ``exc`` (used by the ASGI middlewares, which answer before FastAPI's
     handlers run), with extra ``headers``."""
     mapped = domain_error(exc)
-    return JSONResponse(mapped.body(), status_code=mapped.status_code, headers={**(mapped.headers or {}),
-                                                                                  **(headers or {})})
+    return JSONResponse(
+        mapped.body(), status_code=mapped.status_code, headers={**(mapped.headers or {}), **(headers or {})}
+    )
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:
@@ -155,11 +157,15 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     first = errors[0]
     param = _param_path(tuple(first.get("loc", ())), keep_all=first.get("type") == "extra_forbidden")
     if first.get("type") == "extra_forbidden":
-        return bad_request(f"Unsupported parameter: '{param}' is not supported by synthd.", param, "unsupported_parameter")
+        return bad_request(
+            f"Unsupported parameter: '{param}' is not supported by synthd.", param, "unsupported_parameter"
+        )
     if first.get("type") == "json_invalid":
         return bad_request("We could not parse the JSON body of your request.", None, "invalid_json")
     message = first.get("msg", "invalid value")
-    return bad_request(f"Invalid value for '{param}': {message}." if param else f"Invalid request: {message}.", param, "invalid_value")
+    return bad_request(
+        f"Invalid value for '{param}': {message}." if param else f"Invalid request: {message}.", param, "invalid_value"
+    )
 
 
 def error_reply(exc: Exception) -> tuple[int, dict]:
@@ -197,7 +203,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _domain(_: Request, exc: SynthdError) -> JSONResponse:
         mapped = domain_error(exc)
         return JSONResponse(mapped.body(), status_code=mapped.status_code, headers=mapped.headers)
-
 
 
 class UnexpectedErrorMiddleware:

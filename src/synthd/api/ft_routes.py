@@ -50,23 +50,36 @@ async def read_upload(request: Request, file: UploadFile) -> bytes:
     while chunk := await file.read(1 << 20):
         content += chunk
         if len(content) > limit:
-            raise PayloadTooLarge(f"File is larger than the limit of {limit} bytes.", param="file",
-                                  code="file_too_large")
+            raise PayloadTooLarge(
+                f"File is larger than the limit of {limit} bytes.", param="file", code="file_too_large"
+            )
     return bytes(content)
 
 
 Service = Annotated[FineTuningService, Depends(get_service)]
 Limit = Annotated[int, Query(ge=1, le=100)]
-UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file", "purpose"],
-    "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"type": "string"}}}}}}}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"type": "string"}},
+                }
+            }
+        },
+    }
+}
 
 
 @router.post("/files", response_model=FileObject, openapi_extra=UPLOAD_BODY)
 async def upload_file(request: Request, service: Service, principal: CallerPrincipal) -> FileObject:
     """Upload a file (multipart ``file`` and ``purpose``)."""
-    return await service.files.upload(request.headers.get("content-type"), request.stream(),
-                                      request.app.state.max_file_bytes, principal)
+    return await service.files.upload(
+        request.headers.get("content-type"), request.stream(), request.app.state.max_file_bytes, principal
+    )
 
 
 @router.get("/files", response_model=FileList)
@@ -81,8 +94,11 @@ def retrieve_file(file_id: str, service: Service, principal: CallerPrincipal) ->
     return file_object(service.files.get(file_id, principal))
 
 
-@router.get("/files/{file_id}/content", response_class=FileResponse, responses={
-    200: {"description": "The file's bytes.", "content": {"application/octet-stream": {}}}, **FOUND})
+@router.get(
+    "/files/{file_id}/content",
+    response_class=FileResponse,
+    responses={200: {"description": "The file's bytes.", "content": {"application/octet-stream": {}}}, **FOUND},
+)
 def file_content(file_id: str, service: Service, principal: CallerPrincipal) -> FileResponse:
     """The file's bytes."""
     return FileResponse(service.files.content_path(file_id, principal), media_type="application/octet-stream")
@@ -102,8 +118,9 @@ def create_job(body: FineTuningJobCreate, service: Service, principal: CallerPri
 
 
 @router.get("/fine_tuning/jobs", response_model=FineTuningJobList)
-def list_jobs(service: Service, principal: CallerPrincipal, after: str | None = None,
-              limit: Limit = 20) -> FineTuningJobList:
+def list_jobs(
+    service: Service, principal: CallerPrincipal, after: str | None = None, limit: Limit = 20
+) -> FineTuningJobList:
     """List jobs, newest first."""
     jobs, more = service.list_jobs(after, limit, principal)
     return FineTuningJobList(data=jobs, has_more=more)
@@ -134,14 +151,16 @@ async def resume_job(job_id: str, service: Service, principal: CallerPrincipal) 
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events", response_model=JobEventList, responses=FOUND)
-def list_events(job_id: str, service: Service, principal: CallerPrincipal, after: str | None = None,
-                limit: Limit = 20) -> JobEventList:
+def list_events(
+    job_id: str, service: Service, principal: CallerPrincipal, after: str | None = None, limit: Limit = 20
+) -> JobEventList:
     """A job's events, newest first."""
     return service.events(job_id, after, limit, principal)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints", response_model=CheckpointList, responses=FOUND)
-def list_checkpoints(job_id: str, service: Service, principal: CallerPrincipal, after: str | None = None,
-                     limit: Limit = 10) -> CheckpointList:
+def list_checkpoints(
+    job_id: str, service: Service, principal: CallerPrincipal, after: str | None = None, limit: Limit = 10
+) -> CheckpointList:
     """A job's checkpoints, newest first."""
     return service.checkpoints(job_id, after, limit, principal)

@@ -69,8 +69,10 @@ class SecurityConfig:
     def __post_init__(self) -> None:
         for pattern in self.allowed_hosts:  # TrustedHostMiddleware's own rule, checked before the first request
             if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
-                raise InvalidRequest(f"Invalid allowed host '{pattern}': a wildcard must be '*' or lead "
-                                     "'*.example.com'.", param="allowed_hosts")
+                raise InvalidRequest(
+                    f"Invalid allowed host '{pattern}': a wildcard must be '*' or lead '*.example.com'.",
+                    param="allowed_hosts",
+                )
 
     @property
     def public_paths(self) -> frozenset[str]:
@@ -84,8 +86,9 @@ def may_have_body(scope: Scope) -> bool:
     return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
 
-async def answer_early(scope: Scope, receive: Receive, send: Send, exc: SynthdError,
-                       headers: dict[str, str] | None = None) -> None:
+async def answer_early(
+    scope: Scope, receive: Receive, send: Send, exc: SynthdError, headers: dict[str, str] | None = None
+) -> None:
     """Answer ``exc`` in the envelope before (or instead of) the route, closing the connection
     when a request body may still be coming."""
     extra = {**(headers or {}), **({"Connection": "close"} if may_have_body(scope) else {})}
@@ -113,9 +116,16 @@ class HostCheckMiddleware:
                 await send(message)
             elif message["type"] == "http.response.start":  # TrustedHostMiddleware's plain-text refusal
                 host = Headers(scope=scope).get("host", "")
-                await answer_early(scope, receive, send, InvalidRequest(
-                    f"Invalid Host header '{host[:100]}': this server answers to its own names only "
-                    "(synthd serve --allowed-hosts).", code="invalid_host"))
+                await answer_early(
+                    scope,
+                    receive,
+                    send,
+                    InvalidRequest(
+                        f"Invalid Host header '{host[:100]}': this server answers to its own names only "
+                        "(synthd serve --allowed-hosts).",
+                        code="invalid_host",
+                    ),
+                )
 
         await self.trusted(scope, receive, send_or_refuse)
 
@@ -145,8 +155,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limit(scope)
-        too_large = PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.",
-                                    code="request_too_large")
+        too_large = PayloadTooLarge(
+            f"The request body is larger than the limit of {limit} bytes.", code="request_too_large"
+        )
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await answer_early(scope, receive, send, too_large)

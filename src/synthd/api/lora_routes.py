@@ -15,9 +15,15 @@ from synthd.api.errors import COMMON_ERRORS, error_responses
 from synthd.protocol.lora import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from synthd.services.lora_adapters import LoRAAdapterService
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)], responses={**COMMON_ERRORS, **error_responses(403)})
-SENTENCE = {200: {"description": "vLLM's plain-text sentence saying what was done.",
-                  "content": {"text/plain": {"schema": {"type": "string"}}}}}
+router = APIRouter(
+    prefix="/v1", dependencies=[Depends(require_admin)], responses={**COMMON_ERRORS, **error_responses(403)}
+)
+SENTENCE = {
+    200: {
+        "description": "vLLM's plain-text sentence saying what was done.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
 
 
 def get_adapters(request: Request) -> LoRAAdapterService:

@@ -27,34 +27,68 @@ class ServingMetrics:
         self.registry = CollectorRegistry()
         labels = ["model_name"]
         r = self.registry
-        self.requests = Counter("synthd:requests", "HTTP requests by model and status code.",
-                                ["model_name", "status"], registry=r)
-        self.request_success = Counter("synthd:request_success", "Count of successfully processed requests.",
-                                       ["model_name", "finished_reason"], registry=r)
+        self.requests = Counter(
+            "synthd:requests", "HTTP requests by model and status code.", ["model_name", "status"], registry=r
+        )
+        self.request_success = Counter(
+            "synthd:request_success",
+            "Count of successfully processed requests.",
+            ["model_name", "finished_reason"],
+            registry=r,
+        )
         self.prompt_tokens = Counter("synthd:prompt_tokens", "Number of prefill tokens processed.", labels, registry=r)
-        self.generation_tokens = Counter("synthd:generation_tokens", "Number of generation tokens processed.",
-                                         labels, registry=r)
-        self.ttft = Histogram("synthd:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-                              labels, buckets=LATENCY_BUCKETS_S, registry=r)
-        self.tpot = Histogram("synthd:time_per_output_token_seconds",
-                              "Histogram of time per output token in seconds.", labels, buckets=TOKEN_BUCKETS_S,
-                              registry=r)
-        self.e2e = Histogram("synthd:e2e_request_latency_seconds",
-                             "Histogram of end to end request latency in seconds.", labels,
-                             buckets=LATENCY_BUCKETS_S, registry=r)
-        self.queue = Histogram("synthd:request_queue_time_seconds",
-                               "Histogram of time spent in WAITING phase for request.", labels,
-                               buckets=LATENCY_BUCKETS_S, registry=r)
-        self.running = Gauge("synthd:num_requests_running", "Number of requests in model execution batches.",
-                             labels, registry=r)
-        self.waiting = Gauge("synthd:num_requests_waiting", "Number of requests waiting to be processed.",
-                             labels, registry=r)
-        self.kv_usage = Gauge("synthd:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
-                              labels, registry=r)
-        self.prefix_queries = Gauge("synthd:prefix_cache_queries_total",
-                                    "Prefix cache queries, in terms of number of queried tokens.", labels, registry=r)
-        self.prefix_hits = Gauge("synthd:prefix_cache_hits_total",
-                                 "Prefix cache hits, in terms of number of cached tokens.", labels, registry=r)
+        self.generation_tokens = Counter(
+            "synthd:generation_tokens", "Number of generation tokens processed.", labels, registry=r
+        )
+        self.ttft = Histogram(
+            "synthd:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "synthd:time_per_output_token_seconds",
+            "Histogram of time per output token in seconds.",
+            labels,
+            buckets=TOKEN_BUCKETS_S,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "synthd:e2e_request_latency_seconds",
+            "Histogram of end to end request latency in seconds.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.queue = Histogram(
+            "synthd:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.running = Gauge(
+            "synthd:num_requests_running", "Number of requests in model execution batches.", labels, registry=r
+        )
+        self.waiting = Gauge(
+            "synthd:num_requests_waiting", "Number of requests waiting to be processed.", labels, registry=r
+        )
+        self.kv_usage = Gauge(
+            "synthd:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels, registry=r
+        )
+        self.prefix_queries = Gauge(
+            "synthd:prefix_cache_queries_total",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            labels,
+            registry=r,
+        )
+        self.prefix_hits = Gauge(
+            "synthd:prefix_cache_hits_total",
+            "Prefix cache hits, in terms of number of cached tokens.",
+            labels,
+            registry=r,
+        )
 
     def refresh(self, pool: ModelPool) -> None:
         """Set the engine gauges from every replica (called at scrape time)."""
@@ -88,5 +122,6 @@ class ServingMetrics:
         if record.first_token_s is not None:
             self.ttft.labels(model).observe(record.first_token_s - record.arrival_s)
             if record.max_choice_tokens > 1:
-                self.tpot.labels(model).observe((record.finished_s - record.first_token_s)
-                                                / (record.max_choice_tokens - 1))
+                self.tpot.labels(model).observe(
+                    (record.finished_s - record.first_token_s) / (record.max_choice_tokens - 1)
+                )

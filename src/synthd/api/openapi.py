@@ -24,8 +24,13 @@ def install_openapi(app: FastAPI, public_paths: frozenset[str]) -> None:
         components = schema.setdefault("components", {})
         for name in FASTAPI_VALIDATION_SCHEMAS:
             components.get("schemas", {}).pop(name, None)
-        components["securitySchemes"] = {BEARER: {"type": "http", "scheme": "bearer",
-                                                  "description": "An API key: `synthd keys create` or `--api-key`."}}
+        components["securitySchemes"] = {
+            BEARER: {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key: `synthd keys create` or `--api-key`.",
+            }
+        }
         schema["security"] = [{BEARER: []}]
         app.openapi_schema = schema
         return schema

@@ -39,8 +39,13 @@ ops = APIRouter()
 LOADING = error_responses(404, 409, 503)
 """A route that may load a model: unknown or hidden model, a GPU preference that cannot be met, a
 busy or overloaded pool."""
-GENERATION = {200: {"description": "A JSON object, or server-sent events when `stream` is true.",
-                    "content": {"text/event-stream": {}}}, **LOADING}
+GENERATION = {
+    200: {
+        "description": "A JSON object, or server-sent events when `stream` is true.",
+        "content": {"text/event-stream": {}},
+    },
+    **LOADING,
+}
 
 
 def get_serving(request: Request) -> OpenAIServing:
@@ -79,6 +84,7 @@ GPUHeader = Annotated[str | None, Header(alias=GPU_HEADER)]
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``, racing it against the client's disconnect (vLLM's ``with_cancellation``):
     if the client goes away first, ``work`` (and so its generation) is cancelled."""
+
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
@@ -111,8 +117,11 @@ class LeasedStreamingResponse(StreamingResponse):
     failed, or the client gone before the first byte)."""
 
     def __init__(self, events: AsyncIterator[str], prepared: PreparedRequest) -> None:
-        super().__init__(sse_events(events), media_type="text/event-stream", headers={
-            "Cache-Control": "no-cache", "X-Accel-Buffering": "no", SELECTED_HEADER: prepared.gpu})
+        super().__init__(
+            sse_events(events),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", SELECTED_HEADER: prepared.gpu},
+        )
         self.prepared = prepared
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,8 +160,9 @@ async def delete_model(model_id: str, models: Models, principal: CallerPrincipal
 
 
 @v1.post("/chat/completions", response_model=None, responses=GENERATION)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request, serving: Serving,
-                                 principal: CallerPrincipal, gpu: GPUHeader = None) -> Response:
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, serving: Serving, principal: CallerPrincipal, gpu: GPUHeader = None
+) -> Response:
     """Create a chat completion (streamed as SSE when ``stream`` is true)."""
     request.state.model_name = body.model
     prepared = await until_disconnected(request, serving.prepare_chat(body, gpu, principal))
@@ -163,8 +173,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 
 
 @v1.post("/completions", response_model=None, responses=GENERATION)
-async def create_completion(body: CompletionRequest, request: Request, serving: Serving,
-                            principal: CallerPrincipal, gpu: GPUHeader = None) -> Response:
+async def create_completion(
+    body: CompletionRequest, request: Request, serving: Serving, principal: CallerPrincipal, gpu: GPUHeader = None
+) -> Response:
     """Create a text completion (streamed as SSE when ``stream`` is true)."""
     request.state.model_name = body.model
     prepared = await until_disconnected(request, serving.prepare_completion(body, gpu, principal))
@@ -181,8 +192,9 @@ async def list_gpus(pool: Pool) -> GPUReport:
 
 
 @v1.post("/gpus/validate", response_model=GPUValidateResponse, responses=error_responses(404))
-async def validate_gpus(body: GPUValidateRequest, pool: Pool, access: Access,
-                        principal: CallerPrincipal) -> GPUValidateResponse:
+async def validate_gpus(
+    body: GPUValidateRequest, pool: Pool, access: Access, principal: CallerPrincipal
+) -> GPUValidateResponse:
     """Check a GPU preference for a model and purpose without loading anything."""
     await access.check(principal, body.model)
     return await validate_on_pool(pool, body)
@@ -190,8 +202,14 @@ async def validate_gpus(body: GPUValidateRequest, pool: Pool, access: Access,
 
 @warmup.post("/warmup/{model:path}", response_model=WarmupResponse, responses=LOADING)
 @warmup.post("/v1/warmup/{model:path}", response_model=WarmupResponse, include_in_schema=False)
-async def warm_model(model: str, pool: Pool, access: Access, principal: CallerPrincipal,
-                     body: WarmupRequest | None = None, gpu: GPUHeader = None) -> WarmupResponse:
+async def warm_model(
+    model: str,
+    pool: Pool,
+    access: Access,
+    principal: CallerPrincipal,
+    body: WarmupRequest | None = None,
+    gpu: GPUHeader = None,
+) -> WarmupResponse:
     """Start loading a model in the background, on the preferred GPU."""
     await access.check(principal, model)
     return await start_warmup(pool, model, body.gpu_preference if body else None, gpu)
@@ -199,8 +217,9 @@ async def warm_model(model: str, pool: Pool, access: Access, principal: CallerPr
 
 @warmup.get("/warmup/status/{model:path}", response_model=WarmupStatus, responses=error_responses(404))
 @warmup.get("/v1/warmup/status/{model:path}", response_model=WarmupStatus, include_in_schema=False)
-async def warm_status(model: str, pool: Pool, access: Access, principal: CallerPrincipal,
-                      gpu: GPUHeader = None) -> WarmupStatus:
+async def warm_status(
+    model: str, pool: Pool, access: Access, principal: CallerPrincipal, gpu: GPUHeader = None
+) -> WarmupStatus:
     """Warmup state of a model: cold, warming, warmed or failed (on the GPUs X-GPU-Preference names)."""
     await access.check(principal, model)
     return await warmup_status(pool, model, gpu)
@@ -217,12 +236,18 @@ async def ready(request: Request, pool: Pool) -> JSONResponse:
     """Readiness: 200 once the served models are loaded, else 503."""
     models = sorted({r.model_id for r in pool.replicas() if r.engine is not None})
     is_ready = bool(getattr(request.app.state, "ready", False))
-    return JSONResponse({"status": "ready" if is_ready else "loading", "models": models},
-                        status_code=200 if is_ready else 503)
+    return JSONResponse(
+        {"status": "ready" if is_ready else "loading", "models": models}, status_code=200 if is_ready else 503
+    )
 
 
-@ops.get("/metrics", responses={200: {"description": "Prometheus' text format.", "content": {"text/plain": {}}},
-                                 **error_responses(401, 500)})
+@ops.get(
+    "/metrics",
+    responses={
+        200: {"description": "Prometheus' text format.", "content": {"text/plain": {}}},
+        **error_responses(401, 500),
+    },
+)
 async def metrics(metrics: Metrics, pool: Pool) -> Response:
     """Prometheus metrics."""
     metrics.refresh(pool)

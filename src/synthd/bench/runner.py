@@ -41,14 +41,7 @@ PROMPTS = (
     "Why is the sky blue?",
     "Summarise the plot of a detective novel you invent.",
 )
-FILLER_WORDS = (
-    "time person year way day thing man world life hand part child eye woman place work week case point "
-    "government company number group problem fact water room mother area money story month lot right study "
-    "book job word business issue side kind head house service friend father power hour game line end member "
-    "law car city community name president team minute idea kid body information back parent face others "
-    "level office door health art war history party result change morning reason research girl guy moment "
-    "air teacher force education river stone garden music letter window paper table bread road field"
-).split()
+FILLER_WORDS = ["time", "person", "year", "way", "day", "thing", "man", "world", "life", "hand", "part", "child", "eye", "woman", "place", "work", "week", "case", "point", "government", "company", "number", "group", "problem", "fact", "water", "room", "mother", "area", "money", "story", "month", "lot", "right", "study", "book", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law", "car", "city", "community", "name", "president", "team", "minute", "idea", "kid", "body", "information", "back", "parent", "face", "others", "level", "office", "door", "health", "art", "war", "history", "party", "result", "change", "morning", "reason", "research", "girl", "guy", "moment", "air", "teacher", "force", "education", "river", "stone", "garden", "music", "letter", "window", "paper", "table", "bread", "road", "field"]
 """Common English words: about one token each in the usual BPE vocabularies."""
 
 Dataset = Literal["chat", "shared-prefix"]
@@ -195,8 +188,9 @@ def build_prompts(config: BenchConfig) -> list[tuple[str, bool | None]]:
     return prompts
 
 
-async def _one_request(client: httpx.AsyncClient, config: BenchConfig, prompt: str,
-                       headers: dict[str, str]) -> RequestTiming:
+async def _one_request(
+    client: httpx.AsyncClient, config: BenchConfig, prompt: str, headers: dict[str, str]
+) -> RequestTiming:
     body = {
         "model": config.model,
         "messages": [{"role": "user", "content": prompt}],
@@ -236,12 +230,23 @@ async def _one_request(client: httpx.AsyncClient, config: BenchConfig, prompt: s
     end = time.perf_counter()
     if first is None:
         raise BenchError("the stream carried no content")
-    return RequestTiming(ttft_s=first - start, e2e_s=end - start, output_tokens=usage.get("completion_tokens") or chunks,
-                         prompt_tokens=usage.get("prompt_tokens") or 0, itl_s=itl)
+    return RequestTiming(
+        ttft_s=first - start,
+        e2e_s=end - start,
+        output_tokens=usage.get("completion_tokens") or chunks,
+        prompt_tokens=usage.get("prompt_tokens") or 0,
+        itl_s=itl,
+    )
 
 
-async def _run_level(config: BenchConfig, concurrency: int, request_rate: float | None, gpu_preference: str | None,
-                     label: str, console: Console | None) -> LevelResult:
+async def _run_level(
+    config: BenchConfig,
+    concurrency: int,
+    request_rate: float | None,
+    gpu_preference: str | None,
+    label: str,
+    console: Console | None,
+) -> LevelResult:
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     if gpu_preference:
         headers["X-GPU-Preference"] = gpu_preference
@@ -269,8 +274,10 @@ async def _run_level(config: BenchConfig, concurrency: int, request_rate: float 
 
         load = f"rate {request_rate}/s" if request_rate is not None else f"concurrency {concurrency}"
         if console:
-            console.print(f"[dim]{label}: {load}, {len(prompts)} {config.dataset} requests"
-                          f"{f', gpu {gpu_preference}' if gpu_preference else ''}…[/dim]")
+            console.print(
+                f"[dim]{label}: {load}, {len(prompts)} {config.dataset} requests"
+                f"{f', gpu {gpu_preference}' if gpu_preference else ''}…[/dim]"
+            )
         start = time.perf_counter()
         if request_rate is None:
             queue = list(reversed(prompts))
@@ -285,8 +292,16 @@ async def _run_level(config: BenchConfig, concurrency: int, request_rate: float 
         duration = time.perf_counter() - start
     if not timings:
         raise BenchError(f"every request failed at {load}: {errors[0] if errors else '?'}")
-    return _summarise(config, timings, errors, duration, label=label, gpu_preference=gpu_preference,
-                      concurrency=concurrency if request_rate is None else 0, request_rate=request_rate)
+    return _summarise(
+        config,
+        timings,
+        errors,
+        duration,
+        label=label,
+        gpu_preference=gpu_preference,
+        concurrency=concurrency if request_rate is None else 0,
+        request_rate=request_rate,
+    )
 
 
 async def _poisson(prompts: list[tuple[str, bool | None]], rate: float, seed: int, send) -> None:
@@ -300,8 +315,9 @@ async def _poisson(prompts: list[tuple[str, bool | None]], rate: float, seed: in
     await asyncio.gather(*tasks)
 
 
-def _summarise(config: BenchConfig, timings: list[RequestTiming], errors: list[str], duration: float,
-               **level) -> LevelResult:
+def _summarise(
+    config: BenchConfig, timings: list[RequestTiming], errors: list[str], duration: float, **level
+) -> LevelResult:
     output_tokens = sum(t.output_tokens for t in timings)
     good = None
     if config.goodput is not None:
@@ -329,19 +345,30 @@ def _summarise(config: BenchConfig, timings: list[RequestTiming], errors: list[s
     )
 
 
-def run_bench(config: BenchConfig, levels: list[int], gpu_preferences: list[str | None], *, label: str,
-              request_rates: list[float] | None = None, progress: Console | None = None) -> list[LevelResult]:
+def run_bench(
+    config: BenchConfig,
+    levels: list[int],
+    gpu_preferences: list[str | None],
+    *,
+    label: str,
+    request_rates: list[float] | None = None,
+    progress: Console | None = None,
+) -> list[LevelResult]:
     """Run every load level once per GPU preference; return one result per pair. ``levels`` are
     concurrencies; ``request_rates`` (requests per second, ``inf`` allowed), when given, replace them.
 
     Raises:
         BenchError: the server is unreachable or a level had no successful request.
     """
-    loads: list[tuple[int, float | None]] = ([(0, rate) for rate in request_rates] if request_rates
-                                             else [(level, None) for level in levels])
+    loads: list[tuple[int, float | None]] = (
+        [(0, rate) for rate in request_rates] if request_rates else [(level, None) for level in levels]
+    )
 
     async def run_all() -> list[LevelResult]:
-        return [await _run_level(config, concurrency, rate, preference, label, progress)
-                for preference in gpu_preferences for concurrency, rate in loads]
+        return [
+            await _run_level(config, concurrency, rate, preference, label, progress)
+            for preference in gpu_preferences
+            for concurrency, rate in loads
+        ]
 
     return asyncio.run(run_all())

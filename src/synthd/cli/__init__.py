@@ -14,8 +14,11 @@ from synthd.cli.models import models_app
 from synthd.cli.serve import serve
 from synthd.cli.warmup import warmup
 
-app = typer.Typer(help="synthd: a self-hostable LLM backend speaking the OpenAI API.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="synthd: a self-hostable LLM backend speaking the OpenAI API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(models_app, name="models")
 app.add_typer(files_app, name="files")
 app.add_typer(ft_app, name="ft")

@@ -22,20 +22,36 @@ def bench(
     model: Annotated[str, typer.Option(help="Model id on the server.")] = "SmolLM2-135M-Instruct",
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
-    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels (requests in flight).")] = "1,8,32",
-    request_rate: Annotated[str | None, typer.Option(
-        help="Comma-separated request rates per second (Poisson arrivals, 'inf': all at once); replaces "
-             "--concurrency.")] = None,
+    concurrency: Annotated[
+        str, typer.Option(help="Comma-separated concurrency levels (requests in flight).")
+    ] = "1,8,32",
+    request_rate: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated request rates per second (Poisson arrivals, 'inf': all at once); replaces "
+            "--concurrency."
+        ),
+    ] = None,
     requests: Annotated[int, typer.Option(help="Requests per level (at least the concurrency).", min=1)] = 64,
     max_tokens: Annotated[int, typer.Option(help="Output tokens per request.", min=1)] = 64,
     ignore_eos: Annotated[bool, typer.Option(help="Ask for exactly max_tokens (vLLM's ignore_eos).")] = True,
-    dataset: Annotated[str, typer.Option(help="chat (short questions) | shared-prefix (a long prefix shared by "
-                                         "--prefix-reuse requests, then a question).")] = "chat",
-    prefix_len: Annotated[int, typer.Option(help="shared-prefix: prefix length in words (about one token each).",
-                                            min=1)] = 512,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="chat (short questions) | shared-prefix (a long prefix shared by "
+            "--prefix-reuse requests, then a question)."
+        ),
+    ] = "chat",
+    prefix_len: Annotated[
+        int, typer.Option(help="shared-prefix: prefix length in words (about one token each).", min=1)
+    ] = 512,
     prefix_reuse: Annotated[int, typer.Option(help="shared-prefix: consecutive requests per prefix.", min=1)] = 2,
-    goodput: Annotated[list[str] | None, typer.Option(
-        help="A service-level objective, ttft:MS or tpot:MS (repeat for both); reports the requests meeting all.")] = None,
+    goodput: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A service-level objective, ttft:MS or tpot:MS (repeat for both); reports the requests meeting all."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the Poisson arrival times.")] = 0,
     gpu_preference: Annotated[str | None, typer.Option(help="Comma-separated GPU preferences, one run each.")] = None,
     label: Annotated[str | None, typer.Option(help="Name of this server in the report.")] = None,
@@ -59,12 +75,23 @@ def bench(
     except ValueError as exc:
         fail(str(exc))
     preferences = [p.strip() for p in gpu_preference.split(",")] if gpu_preference else [None]
-    config = BenchConfig(base_url=server_url(base_url), model=model, api_key=api_key, requests=requests,
-                         max_tokens=max_tokens, ignore_eos=ignore_eos, dataset=dataset, prefix_len=prefix_len,
-                         prefix_reuse=prefix_reuse, goodput=objectives, seed=seed)
+    config = BenchConfig(
+        base_url=server_url(base_url),
+        model=model,
+        api_key=api_key,
+        requests=requests,
+        max_tokens=max_tokens,
+        ignore_eos=ignore_eos,
+        dataset=dataset,
+        prefix_len=prefix_len,
+        prefix_reuse=prefix_reuse,
+        goodput=objectives,
+        seed=seed,
+    )
     try:
-        results = run_bench(config, levels, preferences, label=label or config.base_url, request_rates=rates,
-                            progress=err)
+        results = run_bench(
+            config, levels, preferences, label=label or config.base_url, request_rates=rates, progress=err
+        )
     except BenchError as exc:
         fail(str(exc))
     print_report(results, console)

@@ -24,8 +24,9 @@ def chat(
     """
     from synthd.cli.chat_session import ChatError, ChatSession
 
-    session = ChatSession(model, server_url(base_url), api_key,
-                          system=system, max_tokens=max_tokens, temperature=temperature)
+    session = ChatSession(
+        model, server_url(base_url), api_key, system=system, max_tokens=max_tokens, temperature=temperature
+    )
     try:
         if prompt is not None:
             session.ask(prompt, sys.stdout.write)

@@ -12,8 +12,16 @@ class ChatError(RuntimeError):
 class ChatSession:
     """A multi-turn conversation: every ``ask`` streams one answer and keeps the history."""
 
-    def __init__(self, model: str, base_url: str, api_key: str | None, *, system: str | None = None,
-                 max_tokens: int = 256, temperature: float = 0.7) -> None:
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: str | None,
+        *,
+        system: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+    ) -> None:
         self.model = model
         self.base_url = base_url
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0)
@@ -31,8 +39,11 @@ class ChatSession:
         parts: list[str] = []
         try:
             stream = self.client.chat.completions.create(
-                model=self.model, messages=self.messages, stream=True,
-                max_tokens=self.max_tokens, temperature=self.temperature,
+                model=self.model,
+                messages=self.messages,
+                stream=True,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
             )
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:

@@ -13,8 +13,10 @@ from rich.console import Console
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
-BaseUrl = Annotated[str | None, typer.Option(envvar="SYNTH_API_URL", show_envvar=True,
-                                             help="Server URL (default http://127.0.0.1:8000/v1).")]
+BaseUrl = Annotated[
+    str | None,
+    typer.Option(envvar="SYNTH_API_URL", show_envvar=True, help="Server URL (default http://127.0.0.1:8000/v1)."),
+]
 ApiKey = Annotated[str | None, typer.Option(envvar="SYNTH_API_KEY", show_envvar=True, help="Bearer token.")]
 
 

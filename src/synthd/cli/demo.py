@@ -25,8 +25,13 @@ from synthd.server_process import ServerProcess, ServerStartError
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 MODEL = EMBEDDED_MODEL_ID
 CONCURRENT_QUESTIONS = (
-    "What is the capital of France?", "What is 2 + 2?", "How many days are in a week?", "What is the opposite of hot?",
-    "What is the capital of Japan?", "What color is the sky on a clear day?", "What is the capital of Germany?",
+    "What is the capital of France?",
+    "What is 2 + 2?",
+    "How many days are in a week?",
+    "What is the opposite of hot?",
+    "What is the capital of Japan?",
+    "What color is the sky on a clear day?",
+    "What is the capital of Germany?",
     "What is the capital of England?",
 )
 SFT_HYPERPARAMETERS = {"n_epochs": 6, "batch_size": 5, "learning_rate_multiplier": 10}
@@ -67,8 +72,10 @@ class Demo:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         result = StepResult(name, time.perf_counter() - started, ok, detail)
         self.results.append(result)
-        self.console.print(f"  [{'green' if ok else 'red'}]{'pass' if ok else 'FAIL'}[/] {detail} ({result.seconds:.1f}s)",
-                           highlight=False)
+        self.console.print(
+            f"  [{'green' if ok else 'red'}]{'pass' if ok else 'FAIL'}[/] {detail} ({result.seconds:.1f}s)",
+            highlight=False,
+        )
 
     def warmup(self) -> tuple[bool, str]:
         started = httpx.post(f"{self.server.root_url}/warmup/{MODEL}", json={"gpu_preference": "auto"}).json()
@@ -80,18 +87,28 @@ class Demo:
 
     def chat_auto(self) -> tuple[bool, str]:
         raw = self.client.chat.completions.with_raw_response.create(
-            model=MODEL, temperature=0, max_tokens=32, extra_body={"gpu_preference": "auto"},
-            messages=[{"role": "user", "content": "What is the capital of France?"}])
+            model=MODEL,
+            temperature=0,
+            max_tokens=32,
+            extra_body={"gpu_preference": "auto"},
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )
         reply = raw.parse()
         text = reply.choices[0].message.content
-        self.console.print(f"  answer: {text!r}\n  X-GPU-Selected: {raw.headers.get('x-gpu-selected')}  "
-                           f"system_fingerprint: {reply.system_fingerprint}  usage: {reply.usage.total_tokens} tokens")
+        self.console.print(
+            f"  answer: {text!r}\n  X-GPU-Selected: {raw.headers.get('x-gpu-selected')}  "
+            f"system_fingerprint: {reply.system_fingerprint}  usage: {reply.usage.total_tokens} tokens"
+        )
         return "Paris" in text, f"gpu_preference=auto ran on {raw.headers.get('x-gpu-selected')}"
 
     def chat_refused(self) -> tuple[bool, str]:
         try:
-            self.client.chat.completions.create(model=MODEL, max_tokens=8, extra_body={"gpu_preference": "H100:8"},
-                                                messages=[{"role": "user", "content": "Hi"}])
+            self.client.chat.completions.create(
+                model=MODEL,
+                max_tokens=8,
+                extra_body={"gpu_preference": "H100:8"},
+                messages=[{"role": "user", "content": "Hi"}],
+            )
         except openai.APIStatusError as exc:
             message = exc.body.get("message") if isinstance(exc.body, dict) else str(exc)
             self.console.print(f"  gpu_preference=H100:8 → {exc.status_code}: {message}")
@@ -102,8 +119,12 @@ class Demo:
         started, first, parts = time.perf_counter(), None, []
         self.console.print("  ", end="")
         for chunk in self.client.chat.completions.create(
-                model=MODEL, temperature=0, max_tokens=48, stream=True,
-                messages=[{"role": "user", "content": "Write a haiku about the sea."}]):
+            model=MODEL,
+            temperature=0,
+            max_tokens=48,
+            stream=True,
+            messages=[{"role": "user", "content": "Write a haiku about the sea."}],
+        ):
             if chunk.choices and chunk.choices[0].delta.content:
                 first = first or time.perf_counter()
                 parts.append(chunk.choices[0].delta.content)
@@ -125,10 +146,12 @@ class Demo:
 
     async def _ask_all(self, questions) -> list[tuple[str, float]]:
         async with openai.AsyncOpenAI(base_url=self.server.base_url, api_key="demo", max_retries=0) as client:
+
             async def ask(question: str) -> tuple[str, float]:
                 started = time.perf_counter()
-                reply = await client.chat.completions.create(model=MODEL, temperature=0, max_tokens=40,
-                                                             messages=[{"role": "user", "content": question}])
+                reply = await client.chat.completions.create(
+                    model=MODEL, temperature=0, max_tokens=40, messages=[{"role": "user", "content": question}]
+                )
                 return reply.choices[0].message.content or "", time.perf_counter() - started
 
             return list(await asyncio.gather(*(ask(q) for q in questions)))
@@ -137,8 +160,12 @@ class Demo:
         path = EXAMPLES / data_file
         uploaded = self.client.files.create(file=(path.name, path.read_bytes()), purpose="fine-tune")
         job = self.client.fine_tuning.jobs.create(
-            model=MODEL, training_file=uploaded.id, suffix=f"demo-{kind}", seed=7,
-            method={"type": kind, kind: {"hyperparameters": hyperparameters}})
+            model=MODEL,
+            training_file=uploaded.id,
+            suffix=f"demo-{kind}",
+            seed=7,
+            method={"type": kind, kind: {"hyperparameters": hyperparameters}},
+        )
         self.console.print(f"  uploaded {path.name} as {uploaded.id}; job {job.id} ({kind}, {hyperparameters})")
         seen = 0
         while (job := self.client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
@@ -146,7 +173,9 @@ class Demo:
             step = next((e.data for e in events if e.data and "train_loss" in e.data and "total_steps" in e.data), None)
             if step and step["step"] != seen:
                 seen = step["step"]
-                self.console.print(f"  step {step['step']}/{step['total_steps']} loss {step['train_loss']:.3f}", highlight=False)
+                self.console.print(
+                    f"  step {step['step']}/{step['total_steps']} loss {step['train_loss']:.3f}", highlight=False
+                )
             time.sleep(1)
         if job.status != "succeeded":
             return False, f"{job.status}: {job.error.message if job.error else ''}"
@@ -159,18 +188,26 @@ class Demo:
             return False, f"no {kind} model to compare"
         answers = {}
         for name in (MODEL, model):
-            reply = self.client.chat.completions.create(model=name, temperature=0, max_tokens=24,
-                                                        messages=[{"role": "user", "content": question}])
+            reply = self.client.chat.completions.create(
+                model=name, temperature=0, max_tokens=24, messages=[{"role": "user", "content": question}]
+            )
             answers[name] = reply.choices[0].message.content
         self.console.print(f"  question: {question}")
         self.console.print(f"  base      : {answers[MODEL]!r}\n  fine-tune : {answers[model]!r}", highlight=False)
-        return expect(answers[MODEL], answers[model]), "answers differ as trained" if answers[MODEL] != answers[model] else "no change"
+        return expect(answers[MODEL], answers[model]), "answers differ as trained" if answers[MODEL] != answers[
+            model
+        ] else "no change"
 
     def summary(self) -> None:
         table = Table("#", "step", "seconds", "result", "detail", title="synthd demo summary")
         for index, result in enumerate(self.results, 1):
-            table.add_row(str(index), result.name, f"{result.seconds:.1f}",
-                          "[green]pass[/]" if result.ok else "[red]FAIL[/]", result.detail)
+            table.add_row(
+                str(index),
+                result.name,
+                f"{result.seconds:.1f}",
+                "[green]pass[/]" if result.ok else "[red]FAIL[/]",
+                result.detail,
+            )
         self.console.print(table)
 
 
@@ -209,11 +246,26 @@ def run_demo(console: Console, port: int = 0) -> None:
             demo.step("chat, gpu_preference H100:8 (not here)", demo.chat_refused)
             demo.step("streamed chat", demo.stream)
             demo.step("8 concurrent chats", demo.concurrent)
-            demo.step("SFT job (examples/sft_facts.jsonl)", lambda: demo.fine_tune("supervised", "sft_facts.jsonl", SFT_HYPERPARAMETERS))
-            demo.step("DPO job (examples/dpo_style.jsonl)", lambda: demo.fine_tune("dpo", "dpo_style.jsonl", DPO_HYPERPARAMETERS))
-            demo.step("SFT model vs base (held-out question)", lambda: demo.compare(
-                "supervised", heldout["question"], lambda base, tuned: heldout["answer"] in tuned and heldout["answer"] not in base))
-            demo.step("DPO model vs base", lambda: demo.compare("dpo", "How do I plant a tree?", lambda base, tuned: base != tuned))
+            demo.step(
+                "SFT job (examples/sft_facts.jsonl)",
+                lambda: demo.fine_tune("supervised", "sft_facts.jsonl", SFT_HYPERPARAMETERS),
+            )
+            demo.step(
+                "DPO job (examples/dpo_style.jsonl)",
+                lambda: demo.fine_tune("dpo", "dpo_style.jsonl", DPO_HYPERPARAMETERS),
+            )
+            demo.step(
+                "SFT model vs base (held-out question)",
+                lambda: demo.compare(
+                    "supervised",
+                    heldout["question"],
+                    lambda base, tuned: heldout["answer"] in tuned and heldout["answer"] not in base,
+                ),
+            )
+            demo.step(
+                "DPO model vs base",
+                lambda: demo.compare("dpo", "How do I plant a tree?", lambda base, tuned: base != tuned),
+            )
             demo.summary()
     except ServerStartError as exc:
         raise DemoError(str(exc)) from None
@@ -225,8 +277,12 @@ def run_demo(console: Console, port: int = 0) -> None:
 
 def demo(
     port: Annotated[int, typer.Option(help="Port for the demo server (0 picks a free one).", min=0, max=65535)] = 0,
-    cluster: Annotated[bool, typer.Option("--cluster", help="Run it on a local three-node Ray cluster with "
-                                          "declared GPUs (needs synthd[ray]).")] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster", help="Run it on a local three-node Ray cluster with declared GPUs (needs synthd[ray])."
+        ),
+    ] = False,
 ) -> None:
     """Pull the embedded model, start a server, run a short real session through it, stop it.
 

@@ -33,8 +33,9 @@ class ClusterDemo(Demo):
         report = httpx.get(f"{self.server.base_url}/gpus").json()
         table = Table("node", "type", "devices", "free", "in use by", title="GET /v1/gpus")
         for node in report["nodes"]:
-            table.add_row(node["node"], node["type"], str(node["devices"]), str(node["free"]),
-                          ", ".join(node["in_use_by"]))
+            table.add_row(
+                node["node"], node["type"], str(node["devices"]), str(node["free"]), ", ".join(node["in_use_by"])
+            )
         self.console.print(table)
         names = {n["node"] for n in report["nodes"]}
         return {"head", "h100-node", "a100-node"} <= names, f"{len(names)} nodes: {', '.join(sorted(names))}"
@@ -51,30 +52,51 @@ class ClusterDemo(Demo):
 
     def chat_on(self, preference: str) -> tuple[bool, str]:
         raw = self.client.chat.completions.with_raw_response.create(
-            model=MODEL, temperature=0, max_tokens=24, extra_body={"gpu_preference": preference},
-            messages=[{"role": "user", "content": "What is the capital of France?"}])
+            model=MODEL,
+            temperature=0,
+            max_tokens=24,
+            extra_body={"gpu_preference": preference},
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )
         reply, selected = raw.parse(), raw.headers.get("x-gpu-selected")
-        self.console.print(f"  answer: {reply.choices[0].message.content!r}\n  X-GPU-Selected: {selected}\n"
-                           f"  system_fingerprint: {reply.system_fingerprint}")
+        self.console.print(
+            f"  answer: {reply.choices[0].message.content!r}\n  X-GPU-Selected: {selected}\n"
+            f"  system_fingerprint: {reply.system_fingerprint}"
+        )
         return "Paris" in (reply.choices[0].message.content or ""), f"gpu_preference={preference} ran on {selected}"
 
     def refused(self, preference: str) -> tuple[bool, str]:
-        answer = httpx.post(f"{self.server.base_url}/chat/completions", timeout=60, json={
-            "model": MODEL, "max_tokens": 4, "gpu_preference": preference,
-            "messages": [{"role": "user", "content": "Hi"}]})
+        answer = httpx.post(
+            f"{self.server.base_url}/chat/completions",
+            timeout=60,
+            json={
+                "model": MODEL,
+                "max_tokens": 4,
+                "gpu_preference": preference,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+        )
         error = answer.json().get("error", {})
-        self.console.print(f"  gpu_preference={preference} → {answer.status_code} {error.get('code')}: "
-                           f"{error.get('message')}")
+        self.console.print(
+            f"  gpu_preference={preference} → {answer.status_code} {error.get('code')}: {error.get('message')}"
+        )
         return answer.status_code == 409, f"refused with {answer.status_code} {error.get('code')}"
 
     def sft_on_a100(self) -> tuple[bool, str]:
         path = EXAMPLES / "sft_facts.jsonl"
         uploaded = self.client.files.create(file=(path.name, path.read_bytes()), purpose="fine-tune")
         job = self.client.fine_tuning.jobs.create(
-            model=MODEL, training_file=uploaded.id, suffix="cluster", seed=7, extra_body={"gpu_preference": "A100:2"},
-            method={"type": "supervised", "supervised": {"hyperparameters": SFT_HYPERPARAMETERS}})
-        self.console.print(f"  job {job.id} placed on {job.gpu}; the A100s are free once the warm replica has "
-                           f"been idle {IDLE_TIMEOUT_S}s")
+            model=MODEL,
+            training_file=uploaded.id,
+            suffix="cluster",
+            seed=7,
+            extra_body={"gpu_preference": "A100:2"},
+            method={"type": "supervised", "supervised": {"hyperparameters": SFT_HYPERPARAMETERS}},
+        )
+        self.console.print(
+            f"  job {job.id} placed on {job.gpu}; the A100s are free once the warm replica has "
+            f"been idle {IDLE_TIMEOUT_S}s"
+        )
         shown: set[str] = set()
         while (job := self.client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
             for event in reversed(self.client.fine_tuning.jobs.list_events(job.id, limit=20).data):
@@ -83,8 +105,14 @@ class ClusterDemo(Demo):
                     self.console.print(f"  event: {event.message}", highlight=False)
             time.sleep(1)
         events = [e.message for e in self.client.fine_tuning.jobs.list_events(job.id, limit=100).data]
-        where = next((m.removeprefix("Training worker running on Ray node ") for m in events
-                      if m.startswith("Training worker running on Ray node")), "?")
+        where = next(
+            (
+                m.removeprefix("Training worker running on Ray node ")
+                for m in events
+                if m.startswith("Training worker running on Ray node")
+            ),
+            "?",
+        )
         if job.status != "succeeded":
             return False, f"{job.status}: {job.error.message if job.error else ''}"
         self.fine_tunes["supervised"] = job.fine_tuned_model
@@ -96,11 +124,17 @@ class ClusterDemo(Demo):
             return False, "no fine-tune to serve"
         heldout = json.loads((EXAMPLES / "sft_facts_heldout.jsonl").read_text().splitlines()[0])
         raw = self.client.chat.completions.with_raw_response.create(
-            model=model, temperature=0, max_tokens=24, extra_body={"gpu_preference": "A100:2"},
-            messages=[{"role": "user", "content": heldout["question"]}])
+            model=model,
+            temperature=0,
+            max_tokens=24,
+            extra_body={"gpu_preference": "A100:2"},
+            messages=[{"role": "user", "content": heldout["question"]}],
+        )
         reply, selected = raw.parse(), raw.headers.get("x-gpu-selected")
-        self.console.print(f"  question: {heldout['question']}\n  {model}: {reply.choices[0].message.content!r}\n"
-                           f"  X-GPU-Selected: {selected}")
+        self.console.print(
+            f"  question: {heldout['question']}\n  {model}: {reply.choices[0].message.content!r}\n"
+            f"  X-GPU-Selected: {selected}"
+        )
         return bool(selected and "@a100-node" in selected), f"served on {selected}"
 
 
@@ -114,12 +148,14 @@ def _start_cluster(console: Console):
     # node's processes against each node and kill workers, so it is off for the demo's nodes.
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     node = {"num_cpus": 2, "object_store_memory": 100 * 1024**2, "memory": 4 * 1024**3}
-    cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False,
-                                                            "labels": {NODE_LABEL: "head"}, **node})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"include_dashboard": False, "labels": {NODE_LABEL: "head"}, **node}
+    )
     console.print(f"  head (CPU only) at {cluster.address}")
     for name, count, accelerator in NODES:
-        cluster.add_node(num_gpus=count, resources={f"accelerator_type:{accelerator}": 1},
-                         labels={NODE_LABEL: name}, **node)
+        cluster.add_node(
+            num_gpus=count, resources={f"accelerator_type:{accelerator}": 1}, labels={NODE_LABEL: name}, **node
+        )
         console.print(f"  {name}: num_gpus={count}, resources={{accelerator_type:{accelerator}: 1}}")
     return cluster
 
@@ -138,12 +174,17 @@ def run_cluster_demo(console: Console, port: int = 0) -> None:
     home = settings.home / "demo-cluster"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    env = {"SYNTHD_HOME": str(home), "SYNTHD_MODELS_DIR": str(settings.models_dir),
-           "SYNTHD_MODEL_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S), "SYNTHD_DATABASE_URL": ""}
+    env = {
+        "SYNTHD_HOME": str(home),
+        "SYNTHD_MODELS_DIR": str(settings.models_dir),
+        "SYNTHD_MODEL_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S),
+        "SYNTHD_DATABASE_URL": "",
+    }
     log_path = home / "server.log"
     try:
-        with ServerProcess(["--ray-address", cluster.address], port=port, log_path=log_path, env=env,
-                           ready_timeout_s=600) as server:
+        with ServerProcess(
+            ["--ray-address", cluster.address], port=port, log_path=log_path, env=env, ready_timeout_s=600
+        ) as server:
             console.print(f"  synthd serve --ray-address {cluster.address} on {server.base_url} (log {log_path})")
             demo = ClusterDemo(console, server)
             demo.step("the cluster's nodes (GET /v1/gpus)", demo.nodes)
@@ -163,4 +204,3 @@ def run_cluster_demo(console: Console, port: int = 0) -> None:
     console.rule(f"done in {time.perf_counter() - started:.0f}s, server and cluster stopped")
     if failed:
         raise DemoError(f"{len(failed)} step(s) failed: {', '.join(failed)}")
-

@@ -27,19 +27,26 @@ def guarded(call):
     try:
         return call()
     except openai.APIConnectionError as exc:
-        raise CLIError(f"cannot reach {exc.request.url.scheme}://{exc.request.url.netloc.decode()}: "
-                       "is 'synthd serve' running? (--base-url / SYNTH_API_URL)") from None
+        raise CLIError(
+            f"cannot reach {exc.request.url.scheme}://{exc.request.url.netloc.decode()}: "
+            "is 'synthd serve' running? (--base-url / SYNTH_API_URL)"
+        ) from None
     except openai.APIStatusError as exc:
         body = exc.body if isinstance(exc.body, dict) else {}
         raise CLIError(f"{exc.status_code}: {body.get('message', str(exc))}") from None
 
 
 @files_app.command("upload")
-def upload(path: Annotated[Path, typer.Argument(help="JSONL file.", exists=True, dir_okay=False)],
-           purpose: Annotated[str, typer.Option(help="OpenAI purpose.")] = "fine-tune",
-           base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+def upload(
+    path: Annotated[Path, typer.Argument(help="JSONL file.", exists=True, dir_okay=False)],
+    purpose: Annotated[str, typer.Option(help="OpenAI purpose.")] = "fine-tune",
+    base_url: BaseUrl = None,
+    api_key: ApiKey = None,
+) -> None:
     """Upload a file. Example: synthd files upload examples/sft_facts.jsonl"""
-    record = guarded(lambda: client(base_url, api_key).files.create(file=(path.name, path.read_bytes()), purpose=purpose))
+    record = guarded(
+        lambda: client(base_url, api_key).files.create(file=(path.name, path.read_bytes()), purpose=purpose)
+    )
     console.print(f"{record.id}  {record.filename}  {record.bytes} bytes  purpose={record.purpose}")
 
 
@@ -53,13 +60,18 @@ def create(
     learning_rate_multiplier: Annotated[float | None, typer.Option(min=0.0)] = None,
     beta: Annotated[float | None, typer.Option(min=0.0, help="DPO only.")] = None,
     suffix: Annotated[str | None, typer.Option()] = None,
-    validation_file: Annotated[str | None, typer.Option(help="File id or local JSONL path: valid_loss during training.")] = None,
-    from_checkpoint: Annotated[str | None, typer.Option(help="Continue from a job (ftjob-…[:step]) or an ft: model.")] = None,
+    validation_file: Annotated[
+        str | None, typer.Option(help="File id or local JSONL path: valid_loss during training.")
+    ] = None,
+    from_checkpoint: Annotated[
+        str | None, typer.Option(help="Continue from a job (ftjob-…[:step]) or an ft: model.")
+    ] = None,
     n_checkpoints: Annotated[int | None, typer.Option(min=1, help="Checkpoints kept (each a servable model).")] = None,
     wandb_project: Annotated[str | None, typer.Option(help="Log the run to this Weights & Biases project.")] = None,
     gpu: Annotated[str | None, typer.Option(help="GPU preference, e.g. A100 or L40S:2.")] = None,
     wait: Annotated[bool, typer.Option(help="Follow the job with a progress bar and the loss.")] = False,
-    base_url: BaseUrl = None, api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Create a fine-tuning job. Example: synthd ft create --training-file examples/sft_facts.jsonl --wait"""
     if method not in ("supervised", "dpo"):
@@ -69,17 +81,37 @@ def create(
     def file_id(value: str) -> str:
         if not Path(value).is_file():
             return value
-        return guarded(lambda: api.files.create(file=(Path(value).name, Path(value).read_bytes()), purpose="fine-tune")).id
+        return guarded(
+            lambda: api.files.create(file=(Path(value).name, Path(value).read_bytes()), purpose="fine-tune")
+        ).id
 
-    hyper = {k: v for k, v in {"n_epochs": n_epochs, "batch_size": batch_size,
-                               "learning_rate_multiplier": learning_rate_multiplier, "beta": beta}.items() if v is not None}
-    extra = {k: v for k, v in {"gpu_preference": gpu, "from_checkpoint": from_checkpoint,
-                               "n_checkpoints": n_checkpoints}.items() if v is not None}
+    hyper = {
+        k: v
+        for k, v in {
+            "n_epochs": n_epochs,
+            "batch_size": batch_size,
+            "learning_rate_multiplier": learning_rate_multiplier,
+            "beta": beta,
+        }.items()
+        if v is not None
+    }
+    extra = {
+        k: v
+        for k, v in {"gpu_preference": gpu, "from_checkpoint": from_checkpoint, "n_checkpoints": n_checkpoints}.items()
+        if v is not None
+    }
     integrations = [{"type": "wandb", "wandb": {"project": wandb_project}}] if wandb_project else openai.omit
-    job = guarded(lambda: api.fine_tuning.jobs.create(
-        model=model, training_file=file_id(training_file), suffix=suffix, integrations=integrations,
-        validation_file=file_id(validation_file) if validation_file else openai.omit,
-        method={"type": method, method: {"hyperparameters": hyper}}, extra_body=extra or None))
+    job = guarded(
+        lambda: api.fine_tuning.jobs.create(
+            model=model,
+            training_file=file_id(training_file),
+            suffix=suffix,
+            integrations=integrations,
+            validation_file=file_id(validation_file) if validation_file else openai.omit,
+            method={"type": method, method: {"hyperparameters": hyper}},
+            extra_body=extra or None,
+        )
+    )
     console.print(f"{job.id}  status={job.status}  gpu={job.model_extra.get('gpu')}")
     if wait:
         follow(api, job.id)
@@ -87,16 +119,27 @@ def create(
 
 def follow(api: openai.OpenAI, job_id: str) -> None:
     """Poll a job until it ends, showing steps and the latest loss."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                  TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task("waiting", total=None)
         while True:
             job = guarded(lambda: api.fine_tuning.jobs.retrieve(job_id))
             events = guarded(lambda: api.fine_tuning.jobs.list_events(job_id, limit=10)).data
-            latest = next((e.data for e in events if e.data and "train_loss" in e.data and "total_steps" in e.data), None)
+            latest = next(
+                (e.data for e in events if e.data and "train_loss" in e.data and "total_steps" in e.data), None
+            )
             if latest:
-                progress.update(task, total=latest["total_steps"], completed=latest["step"],
-                                description=f"{job.status} loss={latest['train_loss']:.4f}")
+                progress.update(
+                    task,
+                    total=latest["total_steps"],
+                    completed=latest["step"],
+                    description=f"{job.status} loss={latest['train_loss']:.4f}",
+                )
             else:
                 progress.update(task, description=job.status)
             if job.status in TERMINAL:
@@ -108,7 +151,9 @@ def follow(api: openai.OpenAI, job_id: str) -> None:
 
 
 @ft_app.command("list")
-def list_jobs(limit: Annotated[int, typer.Option(min=1, max=100)] = 20, base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+def list_jobs(
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20, base_url: BaseUrl = None, api_key: ApiKey = None
+) -> None:
     """List jobs, newest first."""
     jobs = guarded(lambda: client(base_url, api_key).fine_tuning.jobs.list(limit=limit)).data
     table = Table("id", "model", "method", "status", "fine_tuned_model")
@@ -125,12 +170,18 @@ def get(job_id: str, base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
 
 
 @ft_app.command("events")
-def events(job_id: str, limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
-           base_url: BaseUrl = None, api_key: ApiKey = None) -> None:
+def events(
+    job_id: str,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    base_url: BaseUrl = None,
+    api_key: ApiKey = None,
+) -> None:
     """A job's events, oldest first."""
     page = guarded(lambda: client(base_url, api_key).fine_tuning.jobs.list_events(job_id, limit=limit)).data
     for event in reversed(page):
-        console.print(f"{time.strftime('%H:%M:%S', time.localtime(event.created_at))}  {event.message}", highlight=False)
+        console.print(
+            f"{time.strftime('%H:%M:%S', time.localtime(event.created_at))}  {event.message}", highlight=False
+        )
 
 
 @ft_app.command("cancel")
@@ -161,7 +212,10 @@ def checkpoints(job_id: str, base_url: BaseUrl = None, api_key: ApiKey = None) -
     table = Table("step", "fine_tuned_model_checkpoint", "train_loss", "valid_loss")
     for item in page:
         m = item.metrics
-        table.add_row(str(item.step_number), item.fine_tuned_model_checkpoint,
-                      f"{m.train_loss:.4f}" if m.train_loss is not None else "",
-                      f"{m.valid_loss:.4f}" if m.valid_loss is not None else "")
+        table.add_row(
+            str(item.step_number),
+            item.fine_tuned_model_checkpoint,
+            f"{m.train_loss:.4f}" if m.train_loss is not None else "",
+            f"{m.valid_loss:.4f}" if m.valid_loss is not None else "",
+        )
     console.print(table)

@@ -11,10 +11,16 @@ from synthd.cli.common import console, fail
 if TYPE_CHECKING:
     from synthd.gpus.inventory import Device
 
-gpus_app = typer.Typer(help="GPU catalog, this machine's (or a Ray cluster's) inventory, and preference checks.",
-                       invoke_without_command=True)
-RayAddress = Annotated[str | None, typer.Option(envvar="SYNTHD_RAY_ADDRESS", help="Read the inventory from this Ray "
-                                                "cluster (auto, HOST:PORT, ray://HOST:PORT).")]
+gpus_app = typer.Typer(
+    help="GPU catalog, this machine's (or a Ray cluster's) inventory, and preference checks.",
+    invoke_without_command=True,
+)
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SYNTHD_RAY_ADDRESS", help="Read the inventory from this Ray cluster (auto, HOST:PORT, ray://HOST:PORT)."
+    ),
+]
 
 
 def _inventory(ray_address: str | None) -> "tuple[list[Device], dict[str, int] | None]":
@@ -45,7 +51,6 @@ def _inventory(ray_address: str | None) -> "tuple[list[Device], dict[str, int] |
 
 
 @gpus_app.callback()
-
 def gpus_table(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -65,15 +70,41 @@ def gpus_table(
     for device in inventory:
         nodes[device.node, device.gpu.name] = nodes.get((device.node, device.gpu.name), 0) + 1
     if as_json:
-        print(json.dumps({
-            "catalog": [{"name": g.name, "memory_gib": g.memory_gib, "price_per_hour": g.price_per_hour,
-                         "aliases": list(g.aliases)} for g in CATALOG],
-            "inventory": [{"key": d.key, "type": d.gpu.name, "memory_gib": d.gpu.memory_gib, "node": d.node,
-                           "remote": d.remote} for d in inventory],
-            "nodes": [{"node": node, "type": gpu, "devices": count,
-                       "free": None if free is None or gpu == "cpu" else free.get(node, 0)}
-                      for (node, gpu), count in nodes.items()],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "catalog": [
+                        {
+                            "name": g.name,
+                            "memory_gib": g.memory_gib,
+                            "price_per_hour": g.price_per_hour,
+                            "aliases": list(g.aliases),
+                        }
+                        for g in CATALOG
+                    ],
+                    "inventory": [
+                        {
+                            "key": d.key,
+                            "type": d.gpu.name,
+                            "memory_gib": d.gpu.memory_gib,
+                            "node": d.node,
+                            "remote": d.remote,
+                        }
+                        for d in inventory
+                    ],
+                    "nodes": [
+                        {
+                            "node": node,
+                            "type": gpu,
+                            "devices": count,
+                            "free": None if free is None or gpu == "cpu" else free.get(node, 0),
+                        }
+                        for (node, gpu), count in nodes.items()
+                    ],
+                },
+                indent=2,
+            )
+        )
         return
     catalog = Table("type", "memory GiB", "$/GPU-hour", "aliases", title="GPU catalog")
     for gpu in CATALOG:
@@ -83,17 +114,24 @@ def gpus_table(
         per_node = Table("node", "type", "devices", "free", "in use", title=f"Ray cluster at {ray_address}")
         for (node, gpu), count in nodes.items():
             idle = count if gpu == "cpu" else free.get(node, 0)
-            per_node.add_row(node, gpu, str(count), "shared" if gpu == "cpu" else str(idle),
-                             "-" if gpu == "cpu" else str(count - idle))
+            per_node.add_row(
+                node,
+                gpu,
+                str(count),
+                "shared" if gpu == "cpu" else str(idle),
+                "-" if gpu == "cpu" else str(count - idle),
+            )
         console.print(per_node)
         return
     have = Table("device", "type", "memory GiB", "where", title="This deployment")
     for device in inventory:
-        have.add_row(device.key, device.gpu.name, f"{device.gpu.memory_gib:g}", "declared pool" if device.remote else "local")
+        have.add_row(
+            device.key, device.gpu.name, f"{device.gpu.memory_gib:g}", "declared pool" if device.remote else "local"
+        )
     console.print(have)
 
-@gpus_app.command("validate")
 
+@gpus_app.command("validate")
 def gpus_validate(
     spec: Annotated[str, typer.Argument(help="GPU preference, e.g. H100:2 or 'H100:2,A100-80GB:2' or auto.")],
     model: Annotated[str, typer.Option(help="Model id or local folder.")] = "SmolLM2-135M-Instruct",
@@ -122,17 +160,22 @@ def gpus_validate(
         source = resolve_operator_model(model, settings.models_dir)
         registry = ModelRegistry(settings.models_dir, [source], lambda _: None, list)
         planner = PlacementPlanner(inventory, lambda device: pick_dtype(settings.dtype, device), settings.max_model_len)
-        result = validate_preference(planner, registry, GPUValidateRequest(model=source.model_id, gpu_preference=spec,
-                                                                           purpose=purpose))
+        result = validate_preference(
+            planner, registry, GPUValidateRequest(model=source.model_id, gpu_preference=spec, purpose=purpose)
+        )
     except SynthdError as exc:
         fail(str(exc))
     if as_json:
         print(result.model_dump_json(indent=2))
     elif result.available:
-        console.print(f"ok: {model} ({purpose}) would run on {result.selected}: needs {result.required_gib:.1f} GiB, "
-                      f"offered {result.offered_gib:.1f} GiB")
+        console.print(
+            f"ok: {model} ({purpose}) would run on {result.selected}: needs {result.required_gib:.1f} GiB, "
+            f"offered {result.offered_gib:.1f} GiB"
+        )
     else:
-        console.print(f"valid={result.valid} fits={result.fits} available={result.available} "
-                      f"required_gib={result.required_gib} offered_gib={result.offered_gib}")
+        console.print(
+            f"valid={result.valid} fits={result.fits} available={result.available} "
+            f"required_gib={result.required_gib} offered_gib={result.offered_gib}"
+        )
     if not result.available:
         fail(result.reason or "unavailable")

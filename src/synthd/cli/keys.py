@@ -47,8 +47,11 @@ def create(
     except SynthdError as exc:
         fail(exc.message)
     limits = ", ".join(f"{name}={value}" for name, value in (("rpm", rpm), ("tpm", tpm)) if value) or "no rate limits"
-    console.print(f"created {info.id} for project {info.project}{' (admin)' if admin else ''}, {limits}; "
-                  "store the key now, it is not shown again:", highlight=False)
+    console.print(
+        f"created {info.id} for project {info.project}{' (admin)' if admin else ''}, {limits}; "
+        "store the key now, it is not shown again:",
+        highlight=False,
+    )
     print(secret)
 
 
@@ -61,8 +64,16 @@ def list_keys(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
         return
     table = Table("id", "project", "admin", "key", "rpm", "tpm", "created", "revoked")
     for key in keys:
-        table.add_row(key.id, key.project, "yes" if key.is_admin else "", f"sk-synthd-…{key.hint}",
-                      str(key.rpm or ""), str(key.tpm or ""), _when(key.created_at), _when(key.revoked_at))
+        table.add_row(
+            key.id,
+            key.project,
+            "yes" if key.is_admin else "",
+            f"sk-synthd-…{key.hint}",
+            str(key.rpm or ""),
+            str(key.tpm or ""),
+            _when(key.created_at),
+            _when(key.revoked_at),
+        )
     console.print(table)
 
 

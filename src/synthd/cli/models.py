@@ -13,7 +13,6 @@ models_app = typer.Typer(help="Pull, list and import models.", no_args_is_help=T
 
 
 @models_app.command("pull")
-
 def models_pull(force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False) -> None:
     """Fetch the embedded model (SmolLM2-135M-Instruct) and cache it as a Hugging Face folder.
 
@@ -29,8 +28,14 @@ def models_pull(force: Annotated[bool, typer.Option(help="Convert again even if 
         console.print(f"SmolLM2-135M-Instruct is already cached in {models_dir}")
         return
     stages = 5
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("[{task.completed}/{task.total}]"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("[{task.completed}/{task.total}]"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task("starting", total=stages)
         stage = iter(range(stages))
 
@@ -44,8 +49,8 @@ def models_pull(force: Annotated[bool, typer.Option(help="Convert again even if 
         progress.update(task, description="done", completed=stages)
     console.print(f"SmolLM2-135M-Instruct ready in {folder}")
 
-@models_app.command("list")
 
+@models_app.command("list")
 def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show the embedded model and the models cached locally (synthd home and Hugging Face cache)."""
     from synthd.config import get_settings
@@ -60,10 +65,12 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         table.add_row(row.model_id, row.source, "yes" if row.cached else "no", str(row.path or ""))
     console.print(table)
 
-@models_app.command("import")
 
+@models_app.command("import")
 def models_import(
-    path: Annotated[Path, typer.Argument(help="PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).")],
+    path: Annotated[
+        Path, typer.Argument(help="PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).")
+    ],
     base: Annotated[str, typer.Option(help="Base model the adapter was trained on.")] = "SmolLM2-135M-Instruct",
     name: Annotated[str, typer.Option(help="Name; served as ft:<base>:<name>.")] = "",
 ) -> None:
@@ -74,8 +81,8 @@ def models_import(
     import shutil
 
     from synthd.config import get_settings
-    from synthd.models.adapters import check_adapter
     from synthd.errors import SynthdError
+    from synthd.models.adapters import check_adapter
     from synthd.models.ids import FineTuneId
     from synthd.models.resolve import NAME_PATTERN, resolve_model
     from synthd.store.db import open_database

@@ -46,38 +46,81 @@ def admin_key(api_key: str | None, api_key_file: Path | None) -> str | None:
 
 
 def serve(
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model to serve (a name, or a folder "
-                                                    "served under its folder's name); repeat for several.")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model to serve (a name, or a folder served under its folder's name); repeat for several.",
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
-    api_key: Annotated[str | None, typer.Option(envvar=["SYNTHD_API_KEY", "SYNTH_API_KEY"], show_envvar=True,
-                                                help="Admin key: require this bearer token (an empty "
-                                                "variable counts as unset).")] = None,
-    api_key_file: Annotated[Path | None, typer.Option(envvar="SYNTHD_API_KEY_FILE", show_envvar=True,
-                                                      help="Read the admin key from this file's first line.",
-                                                      dir_okay=False)] = None,
-    allowed_hosts: Annotated[str | None, typer.Option(envvar="SYNTHD_ALLOWED_HOSTS", show_envvar=True, help=(
-        "Comma-separated Host names to answer ('*.example.com' patterns, '*' for any); default: "
-        "localhost, 127.0.0.1, ::1 and the bound host."))] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar=["SYNTHD_API_KEY", "SYNTH_API_KEY"],
+            show_envvar=True,
+            help="Admin key: require this bearer token (an empty variable counts as unset).",
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SYNTHD_API_KEY_FILE",
+            show_envvar=True,
+            help="Read the admin key from this file's first line.",
+            dir_okay=False,
+        ),
+    ] = None,
+    allowed_hosts: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SYNTHD_ALLOWED_HOSTS",
+            show_envvar=True,
+            help=(
+                "Comma-separated Host names to answer ('*.example.com' patterns, '*' for any); default: "
+                "localhost, 127.0.0.1, ::1 and the bound host."
+            ),
+        ),
+    ] = None,
     public_metrics: Annotated[bool, typer.Option(help="Serve /metrics without a key.")] = False,
     insecure_no_auth: Annotated[bool, typer.Option(help="Allow a non-loopback --host without any API key.")] = False,
-    engine: Annotated[str, typer.Option(envvar="SYNTHD_ENGINE", help="native | vllm | auto (vLLM when installed "
-                                        "and a CUDA device is present).")] = "native",
+    engine: Annotated[
+        str,
+        typer.Option(
+            envvar="SYNTHD_ENGINE", help="native | vllm | auto (vLLM when installed and a CUDA device is present)."
+        ),
+    ] = "native",
     max_num_seqs: Annotated[int | None, typer.Option(help="Most sequences per batch.", min=1)] = None,
     max_model_len: Annotated[int | None, typer.Option(help="Context cap in tokens.", min=16)] = None,
     dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float32")] = None,
-    gpu_memory_utilization: Annotated[float | None, typer.Option(
-        help="vLLM engine: share of each GPU's memory it may use.", min=0.05, max=1.0)] = None,
-    max_num_batched_tokens: Annotated[int | None, typer.Option(
-        help="Tokens computed per engine step, prompt chunks and decode tokens together.", min=1)] = None,
-    enable_prefix_caching: Annotated[bool, typer.Option(
-        help="Reuse the keys and values of cached prompt prefixes.")] = True,
-    batch_invariant: Annotated[bool, typer.Option(
-        envvar="SYNTHD_BATCH_INVARIANT",
-        help="Greedy outputs do not depend on which requests share the batch (costs throughput).")] = False,
-    ray_address: Annotated[str | None, typer.Option(envvar="SYNTHD_RAY_ADDRESS", help="Serve and train on this Ray "
-                                                    "cluster: auto, HOST:PORT, ray://HOST:PORT, or local (a private "
-                                                    "Ray here). Needs synthd[ray].")] = None,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(help="vLLM engine: share of each GPU's memory it may use.", min=0.05, max=1.0)
+    ] = None,
+    max_num_batched_tokens: Annotated[
+        int | None,
+        typer.Option(help="Tokens computed per engine step, prompt chunks and decode tokens together.", min=1),
+    ] = None,
+    enable_prefix_caching: Annotated[
+        bool, typer.Option(help="Reuse the keys and values of cached prompt prefixes.")
+    ] = True,
+    batch_invariant: Annotated[
+        bool,
+        typer.Option(
+            envvar="SYNTHD_BATCH_INVARIANT",
+            help="Greedy outputs do not depend on which requests share the batch (costs throughput).",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SYNTHD_RAY_ADDRESS",
+            help="Serve and train on this Ray "
+            "cluster: auto, HOST:PORT, ray://HOST:PORT, or local (a private "
+            "Ray here). Needs synthd[ray].",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve models over the OpenAI API.
@@ -96,17 +139,27 @@ def serve(
 
     settings = get_settings()
     key = admin_key(api_key, api_key_file)
-    if not is_loopback(host) and key is None and not insecure_no_auth and \
-            KeyStore(open_database(settings.home, settings.database_url)).count() == 0:
-        fail(f"refusing to serve on {host} without an API key: pass --api-key or --api-key-file, create one with "
-             "'synthd keys create --project NAME', or pass --insecure-no-auth")
+    if (
+        not is_loopback(host)
+        and key is None
+        and not insecure_no_auth
+        and KeyStore(open_database(settings.home, settings.database_url)).count() == 0
+    ):
+        fail(
+            f"refusing to serve on {host} without an API key: pass --api-key or --api-key-file, create one with "
+            "'synthd keys create --project NAME', or pass --insecure-no-auth"
+        )
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s")
     hosts = [h.strip() for h in allowed_hosts.split(",") if h.strip()] if allowed_hosts else default_allowed_hosts(host)
     if not hosts:
         fail("--allowed-hosts is empty: give host names, or '*' for any")
     try:
-        security = SecurityConfig(allowed_hosts=tuple(hosts), max_body_bytes=settings.max_body_bytes,
-                                  max_file_bytes=settings.max_file_bytes, public_metrics=public_metrics)
+        security = SecurityConfig(
+            allowed_hosts=tuple(hosts),
+            max_body_bytes=settings.max_body_bytes,
+            max_file_bytes=settings.max_file_bytes,
+            public_metrics=public_metrics,
+        )
     except SynthdError as exc:
         fail(exc.message)
 
@@ -125,9 +178,17 @@ def serve(
     try:
         kind, reason = choose_engine(engine, torch.cuda.is_available())
         served = [resolve_operator_model(name, settings.models_dir) for name in model or [EMBEDDED_MODEL_ID]]
-        overrides = {k: v for k, v in {"max_num_seqs": max_num_seqs, "max_model_len": max_model_len, "dtype": dtype,
-                                       "gpu_memory_utilization": gpu_memory_utilization,
-                                       "max_num_batched_tokens": max_num_batched_tokens}.items() if v is not None}
+        overrides = {
+            k: v
+            for k, v in {
+                "max_num_seqs": max_num_seqs,
+                "max_model_len": max_model_len,
+                "dtype": dtype,
+                "gpu_memory_utilization": gpu_memory_utilization,
+                "max_num_batched_tokens": max_num_batched_tokens,
+            }.items()
+            if v is not None
+        }
         overrides |= {"enable_prefix_caching": enable_prefix_caching, "batch_invariant": batch_invariant}
         application = build_app(served, key, kind, security=security, ray_address=ray_address, **overrides)
     except SynthdError as exc:

@@ -14,8 +14,16 @@ class WarmupError(RuntimeError):
     """The server refused the warmup, was unreachable, or the load failed."""
 
 
-def follow_warmup(console: Console, base_url: str, model: str, gpu: str | None, api_key: str | None,
-                  *, wait: bool, timeout_s: float = 1800.0) -> dict:
+def follow_warmup(
+    console: Console,
+    base_url: str,
+    model: str,
+    gpu: str | None,
+    api_key: str | None,
+    *,
+    wait: bool,
+    timeout_s: float = 1800.0,
+) -> dict:
     """POST the warmup; with ``wait``, poll its status under a spinner until done (the LM client's
     synthd provider does both). Returns the last status object. Raises WarmupError with the
     server's message."""

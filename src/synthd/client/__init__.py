@@ -21,8 +21,24 @@ from synthd.client.lm import LM
 from synthd.client.response import FunctionCall, LMResponse, ToolCall, Usage
 
 __all__ = [
-    "LM", "LMResponse", "ToolCall", "FunctionCall", "Usage", "LMError", "ConfigurationError",
-    "MissingCredentialsError", "APIConnectionError", "APITimeoutError", "APIStatusError", "BadRequestError",
-    "AuthenticationError", "PermissionDeniedError", "NotFoundError", "ConflictError", "UnprocessableEntityError",
-    "RateLimitError", "ProviderError", "StructuredOutputError",
+    "LM",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "ConflictError",
+    "FunctionCall",
+    "LMError",
+    "LMResponse",
+    "MissingCredentialsError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProviderError",
+    "RateLimitError",
+    "StructuredOutputError",
+    "ToolCall",
+    "UnprocessableEntityError",
+    "Usage",
 ]

@@ -17,8 +17,14 @@ from collections.abc import Mapping
 class LMError(Exception):
     """Base of every error the ``LM`` client raises."""
 
-    def __init__(self, message: str, *, provider: str | None = None, status_code: int | None = None,
-                 retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         self.message = message
         self.provider = provider
         self.status_code = status_code
@@ -59,10 +65,19 @@ class APIStatusError(LMError):
     ``headers``: the response's headers, names in lower case.
     """
 
-    def __init__(self, message: str, *, provider: str | None = None, status_code: int | None = None,
-                 retry_after_s: float | None = None, should_retry: bool | None = None, code: str | None = None,
-                 param: str | None = None, type: str | None = None,  # openai-python's names
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+        should_retry: bool | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,  # openai-python's names
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message, provider=provider, status_code=status_code, retry_after_s=retry_after_s)
         self.should_retry = should_retry
         self.headers = {name.lower(): value for name, value in (headers or {}).items()}
@@ -115,8 +130,14 @@ class StructuredOutputError(LMError):
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
-    400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
-    409: ConflictError, 413: BadRequestError, 422: UnprocessableEntityError, 429: RateLimitError,
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: BadRequestError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
 }
 
 
@@ -125,16 +146,32 @@ OVERFLOWING_RETRY_AFTER_S = 121.0
 ``MAX_RETRY_AFTER_DELAY`` (120 s), so the request is not retried rather than retried early."""
 
 
-def status_error(status_code: int, message: str, *, provider: str, headers: Mapping[str, str] | None = None,
-                 code: str | None = None, param: str | None = None, type: str | None = None) -> APIStatusError:
+def status_error(
+    status_code: int,
+    message: str,
+    *,
+    provider: str,
+    headers: Mapping[str, str] | None = None,
+    code: str | None = None,
+    param: str | None = None,
+    type: str | None = None,
+) -> APIStatusError:
     """The ``APIStatusError`` subclass for ``status_code`` (5xx and unknown codes: ``ProviderError``),
     with ``retry_after_s`` and ``should_retry`` read from ``headers`` (any case-insensitive mapping,
     e.g. the SDK response's)."""
     lowered = {name.lower(): value for name, value in (headers or {}).items()}
     cls = _BY_STATUS.get(status_code, ProviderError)
-    return cls(message, provider=provider, status_code=status_code, retry_after_s=retry_after(lowered),
-               should_retry={"true": True, "false": False}.get(lowered.get("x-should-retry", "")),
-               code=code, param=param, type=type, headers=lowered)
+    return cls(
+        message,
+        provider=provider,
+        status_code=status_code,
+        retry_after_s=retry_after(lowered),
+        should_retry={"true": True, "false": False}.get(lowered.get("x-should-retry", "")),
+        code=code,
+        param=param,
+        type=type,
+        headers=lowered,
+    )
 
 
 def retry_after(headers: Mapping[str, str], *, overflow_s: float = OVERFLOWING_RETRY_AFTER_S) -> float | None:

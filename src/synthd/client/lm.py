@@ -48,9 +48,17 @@ class LM:
     MissingCredentialsError (naming the variable to set) at construction.
     """
 
-    def __init__(self, model: str, provider: str | None = None, base_url: str | None = None,
-                 api_key: str | None = None, temperature: float | None = None, max_tokens: int | None = None,
-                 max_retries: int = DEFAULT_MAX_RETRIES, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        model: str,
+        provider: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: float = 120.0,
+    ) -> None:
         if not isinstance(model, str):
             raise ConfigurationError(f"model must be a string, not {type(model).__name__}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -64,8 +72,9 @@ class LM:
         key = api_key or (os.environ.get(cls.key_env_var) if cls.key_env_var else None) or None
         if cls.needs_key and not key:
             raise MissingCredentialsError(cls.name, cls.key_env_var or "an API key variable")
-        url = (base_url or (os.environ.get(cls.base_url_env_var) if cls.base_url_env_var else None)
-               or cls.default_base_url)
+        url = (
+            base_url or (os.environ.get(cls.base_url_env_var) if cls.base_url_env_var else None) or cls.default_base_url
+        )
         self._provider = cls(api_key=key, base_url=url, timeout=timeout)
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -74,9 +83,15 @@ class LM:
     def __repr__(self) -> str:
         return f"LM({self.model!r}, provider={self.provider!r})"
 
-    def respond(self, messages: list[Message] | None = None, *, system_message: str | None = None,
-                user_message: str | None = None, response_model: type[BaseModel] | None = None,
-                **options: Any) -> LMResponse:
+    def respond(
+        self,
+        messages: list[Message] | None = None,
+        *,
+        system_message: str | None = None,
+        user_message: str | None = None,
+        response_model: type[BaseModel] | None = None,
+        **options: Any,
+    ) -> LMResponse:
         """Send a chat and return the reply.
 
         Give ``messages`` (OpenAI chat messages, tool turns included) or ``system_message`` +
@@ -99,9 +114,15 @@ class LM:
 
     respond_sync = respond
 
-    async def respond_async(self, messages: list[Message] | None = None, *, system_message: str | None = None,
-                            user_message: str | None = None, response_model: type[BaseModel] | None = None,
-                            **options: Any) -> LMResponse:
+    async def respond_async(
+        self,
+        messages: list[Message] | None = None,
+        *,
+        system_message: str | None = None,
+        user_message: str | None = None,
+        response_model: type[BaseModel] | None = None,
+        **options: Any,
+    ) -> LMResponse:
         """Async twin of ``respond``."""
         request = self._request(messages, system_message, user_message, response_model, options)
         started = time.perf_counter()
@@ -110,9 +131,15 @@ class LM:
             response = await self._structured_async(request, response, response_model)
         return response.model_copy(update={"latency_s": time.perf_counter() - started})
 
-    def stream(self, messages: list[Message] | None = None, *, system_message: str | None = None,
-               user_message: str | None = None, response_model: type[BaseModel] | None = None,
-               **options: Any) -> Iterator[str | LMResponse]:
+    def stream(
+        self,
+        messages: list[Message] | None = None,
+        *,
+        system_message: str | None = None,
+        user_message: str | None = None,
+        response_model: type[BaseModel] | None = None,
+        **options: Any,
+    ) -> Iterator[str | LMResponse]:
         """Like ``respond``, streamed: yields text deltas (``str``), then the final ``LMResponse`` with
         ``ttft_s`` set. A failure before the first delta is retried; after it, it is raised (an
         interrupted stream never ends as if complete). With ``response_model``, a reply that does not
@@ -130,9 +157,15 @@ class LM:
             if piece:
                 yield piece
 
-    async def stream_async(self, messages: list[Message] | None = None, *, system_message: str | None = None,
-                           user_message: str | None = None, response_model: type[BaseModel] | None = None,
-                           **options: Any) -> AsyncIterator[str | LMResponse]:
+    async def stream_async(
+        self,
+        messages: list[Message] | None = None,
+        *,
+        system_message: str | None = None,
+        user_message: str | None = None,
+        response_model: type[BaseModel] | None = None,
+        **options: Any,
+    ) -> AsyncIterator[str | LMResponse]:
         """Async twin of ``stream``."""
         request = self._request(messages, system_message, user_message, response_model, options)
         started = time.perf_counter()
@@ -147,8 +180,9 @@ class LM:
             if piece:
                 yield piece
 
-    def warmup(self, gpu_preference: str | None = None, *, wait: bool = True,
-               timeout_s: float = 900.0) -> dict[str, Any]:
+    def warmup(
+        self, gpu_preference: str | None = None, *, wait: bool = True, timeout_s: float = 900.0
+    ) -> dict[str, Any]:
         """Ask the synthd server to load this model (on ``gpu_preference``), and with ``wait`` poll
         until it is ``warmed``. Returns the server's warmup status object (``model``, ``status``,
         ``gpu``, ``load_seconds``…).
@@ -161,12 +195,18 @@ class LM:
         started = self._provider.warmup(self.model, gpu_preference)
         return self._provider.wait_until_warm(self.model, timeout_s) if wait else started
 
-    def _request(self, messages: list[Message] | None, system_message: str | None, user_message: str | None,
-                 response_model: type[BaseModel] | None, options: dict[str, Any]) -> ChatRequest:
+    def _request(
+        self,
+        messages: list[Message] | None,
+        system_message: str | None,
+        user_message: str | None,
+        response_model: type[BaseModel] | None,
+        options: dict[str, Any],
+    ) -> ChatRequest:
         if messages is None:
             if user_message is None:
                 raise ConfigurationError("pass messages= or user_message=")
-            messages = ([{"role": "system", "content": system_message}] if system_message is not None else [])
+            messages = [{"role": "system", "content": system_message}] if system_message is not None else []
             messages.append({"role": "user", "content": user_message})
         elif system_message is not None or user_message is not None:
             raise ConfigurationError("pass either messages= or system_message=/user_message=, not both")
@@ -180,12 +220,19 @@ class LM:
                 raise ConfigurationError(f"response_model must be a pydantic model class, not {response_model!r}")
             schema = JSONSchemaFormat(name=response_model.__name__[:64], schema=to_strict_json_schema(response_model))
         return ChatRequest(
-            model=self.model, messages=[dict(message) for message in messages],
-            temperature=options.get("temperature", self.temperature), top_p=options.get("top_p"),
-            max_tokens=options.get("max_tokens", self.max_tokens), stop=[stop] if isinstance(stop, str) else stop,
-            seed=options.get("seed"), tools=options.get("tools"), tool_choice=options.get("tool_choice"),
-            response_format=schema, gpu_preference=options.get("gpu_preference"),
-            extra_body=dict(options.get("extra_body") or {}))
+            model=self.model,
+            messages=[dict(message) for message in messages],
+            temperature=options.get("temperature", self.temperature),
+            top_p=options.get("top_p"),
+            max_tokens=options.get("max_tokens", self.max_tokens),
+            stop=[stop] if isinstance(stop, str) else stop,
+            seed=options.get("seed"),
+            tools=options.get("tools"),
+            tool_choice=options.get("tool_choice"),
+            response_format=schema,
+            gpu_preference=options.get("gpu_preference"),
+            extra_body=dict(options.get("extra_body") or {}),
+        )
 
     def _complete(self, request: ChatRequest) -> LMResponse:
         for attempt in retrying(self.max_retries, self._provider.retry_rules):
@@ -226,8 +273,7 @@ class LM:
         retried = self._complete(correction(request, response.text, errors))
         return self._accept(retried, model, response)
 
-    async def _structured_async(self, request: ChatRequest, response: LMResponse,
-                                model: type[BaseModel]) -> LMResponse:
+    async def _structured_async(self, request: ChatRequest, response: LMResponse, model: type[BaseModel]) -> LMResponse:
         parsed, errors = validate(model, response.text)
         if errors is None:
             return response.model_copy(update={"structured_output": parsed})
@@ -237,11 +283,18 @@ class LM:
     def _accept(self, retried: LMResponse, model: type[BaseModel], first: LMResponse) -> LMResponse:
         parsed, errors = validate(model, retried.text)
         if errors is not None:
-            raise StructuredOutputError(f"reply is not a valid {model.__name__} after one retry: {errors}",
-                                        provider=self.provider, text=retried.text, errors=errors)
-        usage = first.usage.model_copy(update={
-            field: getattr(first.usage, field) + getattr(retried.usage, field)
-            for field in ("prompt_tokens", "completion_tokens", "total_tokens")})
+            raise StructuredOutputError(
+                f"reply is not a valid {model.__name__} after one retry: {errors}",
+                provider=self.provider,
+                text=retried.text,
+                errors=errors,
+            )
+        usage = first.usage.model_copy(
+            update={
+                field: getattr(first.usage, field) + getattr(retried.usage, field)
+                for field in ("prompt_tokens", "completion_tokens", "total_tokens")
+            }
+        )
         return retried.model_copy(update={"structured_output": parsed, "usage": usage, "ttft_s": first.ttft_s})
 
 
@@ -279,7 +332,17 @@ def validate(model: type[BaseModel], text: str) -> tuple[BaseModel | None, str |
 def correction(request: ChatRequest, text: str, errors: str) -> ChatRequest:
     """``request`` with the bad reply and a user turn showing the validation error appended."""
     schema = json.dumps(request.response_format.schema) if request.response_format else ""
-    feedback = (f"Your reply did not match the required JSON schema: {errors}. Reply again with only a JSON "
-                f"object matching this schema: {schema}")
-    return ChatRequest(**{**request.__dict__, "messages": [
-        *request.messages, {"role": "assistant", "content": text}, {"role": "user", "content": feedback}]})
+    feedback = (
+        f"Your reply did not match the required JSON schema: {errors}. Reply again with only a JSON "
+        f"object matching this schema: {schema}"
+    )
+    return ChatRequest(
+        **{
+            **request.__dict__,
+            "messages": [
+                *request.messages,
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": feedback},
+            ],
+        }
+    )

@@ -151,7 +151,10 @@ def check_call(messages: Any, options: dict[str, Any]) -> None:
 def _describe(exc: ValidationError, prefix: str | None) -> str:
     """The first error as ``where: message``; pydantic's union-branch tags are left out of ``where``."""
     error = exc.errors()[0]
-    parts = [str(part) for part in error["loc"]
-             if not str(part).startswith(("function-", "literal[", "list[", "str", "constrained-str"))]
+    parts = [
+        str(part)
+        for part in error["loc"]
+        if not str(part).startswith(("function-", "literal[", "list[", "str", "constrained-str"))
+    ]
     where = ".".join(([prefix] if prefix else []) + parts)
     return f"{where}: {error['msg']}" if where else error["msg"]

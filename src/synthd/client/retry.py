@@ -64,8 +64,12 @@ def should_retry(error: BaseException, rules: RetryRules) -> bool:
     if not isinstance(error, APIStatusError) or error.status_code is None:
         return False
     wait = server_wait(error, rules)
-    if (rules.max_retry_after_s is not None and wait is not None and math.isfinite(wait)
-            and wait > rules.max_retry_after_s):
+    if (
+        rules.max_retry_after_s is not None
+        and wait is not None
+        and math.isfinite(wait)
+        and wait > rules.max_retry_after_s
+    ):
         return False
     if error.should_retry is not None:
         return error.should_retry
@@ -96,8 +100,12 @@ class WaitAsTheSDKs(tenacity.wait.wait_base):
 
 
 def _policy(max_retries: int, rules: RetryRules) -> dict:
-    return {"retry": tenacity.retry_if_exception(lambda error: should_retry(error, rules)),
-            "wait": WaitAsTheSDKs(rules), "stop": tenacity.stop_after_attempt(max_retries + 1), "reraise": True}
+    return {
+        "retry": tenacity.retry_if_exception(lambda error: should_retry(error, rules)),
+        "wait": WaitAsTheSDKs(rules),
+        "stop": tenacity.stop_after_attempt(max_retries + 1),
+        "reraise": True,
+    }
 
 
 def retrying(max_retries: int, rules: RetryRules) -> tenacity.Retrying:

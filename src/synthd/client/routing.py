@@ -50,4 +50,5 @@ def route(model: str, provider: str | None = None, base_url: str | None = None) 
         return "openai_compatible", model
     raise ConfigurationError(
         f"cannot tell which provider serves {model!r}: pass provider= (one of {', '.join(PROVIDERS)}) "
-        f"or prefix the name, e.g. 'together/{model}' or 'synthd/{model}'")
+        f"or prefix the name, e.g. 'together/{model}' or 'synthd/{model}'"
+    )

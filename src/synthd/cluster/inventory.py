@@ -55,8 +55,11 @@ class ClusterNode:
 def ray_accelerator(resources: dict[str, float], labels: dict[str, str]) -> str | None:
     """Ray's accelerator name of a node: its ``accelerator_type:<TYPE>`` resource, else its
     ``ray.io/accelerator-type`` label, else None."""
-    declared = [key.removeprefix(ACCELERATOR_RESOURCE_PREFIX) for key in resources
-                if key.startswith(ACCELERATOR_RESOURCE_PREFIX)]
+    declared = [
+        key.removeprefix(ACCELERATOR_RESOURCE_PREFIX)
+        for key in resources
+        if key.startswith(ACCELERATOR_RESOURCE_PREFIX)
+    ]
     return declared[0] if declared else labels.get(ACCELERATOR_LABEL)
 
 
@@ -78,11 +81,13 @@ def cluster_nodes(raw_nodes: list[dict[str, Any]]) -> list[ClusterNode]:
         accelerator = ray_accelerator(resources, labels)
         gpu = catalog_type(accelerator) if accelerator else None
         if gpus and gpu is None:
-            log.warning("Ray node %s has %d GPUs of type %s, which synthd's catalog does not know; not used",
-                        name, gpus, accelerator or "(undeclared: start it with --resources "
-                        "'{\"accelerator_type:<TYPE>\": 1}')")
-        nodes.append(ClusterNode(node_id, name, gpu, gpus, accelerator,
-                                 round(resources.get("memory", 0) / GIB, 1)))
+            log.warning(
+                "Ray node %s has %d GPUs of type %s, which synthd's catalog does not know; not used",
+                name,
+                gpus,
+                accelerator or "(undeclared: start it with --resources '{\"accelerator_type:<TYPE>\": 1}')",
+            )
+        nodes.append(ClusterNode(node_id, name, gpu, gpus, accelerator, round(resources.get("memory", 0) / GIB, 1)))
     return nodes
 
 

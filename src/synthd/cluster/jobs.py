@@ -80,8 +80,16 @@ class TrainingWorker:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "synthd.training.worker", job_id, env=full_env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=log_file, preexec_fn=_die_with_parent)
+                sys.executable,
+                "-m",
+                "synthd.training.worker",
+                job_id,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+                preexec_fn=_die_with_parent,
+            )
         return await self._process.wait()
 
     async def stop(self) -> None:
@@ -97,8 +105,15 @@ class RayWorkerHandle:
     started), ``reason`` why it ended when synthd ended it (node lost, no fitting node).
     """
 
-    def __init__(self, launcher: "RayLauncher", job_id: str, env: dict[str, str], log_path: Path,
-                 option: GPUOption, node: str | None) -> None:
+    def __init__(
+        self,
+        launcher: "RayLauncher",
+        job_id: str,
+        env: dict[str, str],
+        log_path: Path,
+        option: GPUOption,
+        node: str | None,
+    ) -> None:
         self.pid: int | None = None
         self.returncode: int | None = None
         self.reason: str | None = None
@@ -125,10 +140,21 @@ class RayWorkerHandle:
             return
         self.node, self._started, self._died_at, self._attempt = node, False, None, self._attempt + 1
         count = 0 if self._option.gpu_name == CPU_NAME else self._option.count
-        resources = {f"accelerator_type:{node.ray_accelerator}": ACCELERATOR_SLIVER} if count and node.ray_accelerator else {}
-        self._actor = ray.remote(TrainingWorker).options(
-            name=f"synthd-job-{self._job_id}-{self._attempt}", num_cpus=1, num_gpus=count, resources=resources,
-            max_restarts=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)).remote()
+        resources = (
+            {f"accelerator_type:{node.ray_accelerator}": ACCELERATOR_SLIVER} if count and node.ray_accelerator else {}
+        )
+        self._actor = (
+            ray.remote(TrainingWorker)
+            .options(
+                name=f"synthd-job-{self._job_id}-{self._attempt}",
+                num_cpus=1,
+                num_gpus=count,
+                resources=resources,
+                max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+            )
+            .remote()
+        )
         self._where = self._actor.where.remote()
         self._run = self._actor.run.remote(self._job_id, self._env, str(self._log_path))
 
@@ -150,8 +176,7 @@ class RayWorkerHandle:
             self._died_at = self._died_at or time.monotonic()
             if time.monotonic() - self._died_at < NODE_DEATH_GRACE_S:
                 return None
-            return self._finish(1, f"the Ray actor running the worker on {self.node.name} died: "
-                                   f"{type(exc).__name__}")
+            return self._finish(1, f"the Ray actor running the worker on {self.node.name} died: {type(exc).__name__}")
         return self._finish(code)
 
     def _note_start(self) -> None:
@@ -172,10 +197,15 @@ class RayWorkerHandle:
         self._actor = None
         checkpoint = latest_checkpoint(self._launcher.checkpoints_of(self._job_id))
         if checkpoint is None:
-            return self._finish(1, f"node {lost} running the job left the Ray cluster before the job saved its "
-                                   "first checkpoint, so it cannot resume")
-        self._launcher.event(self._job_id, f"Node {lost} left the Ray cluster; resuming from {checkpoint.name} "
-                                           f"on another {self._option} node")
+            return self._finish(
+                1,
+                f"node {lost} running the job left the Ray cluster before the job saved its "
+                "first checkpoint, so it cannot resume",
+            )
+        self._launcher.event(
+            self._job_id,
+            f"Node {lost} left the Ray cluster; resuming from {checkpoint.name} on another {self._option} node",
+        )
         self._submit(None)
         return self.returncode
 
@@ -221,15 +251,21 @@ class RayLauncher:
         events: adds a message to a job's events.
     """
 
-    def __init__(self, cluster: RayCluster, checkpoints_of: Callable[[str], Path],
-                 reservations: Reservations | None = None, events: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        cluster: RayCluster,
+        checkpoints_of: Callable[[str], Path],
+        reservations: Reservations | None = None,
+        events: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.cluster = cluster
         self.checkpoints_of = checkpoints_of
         self.reservations = reservations
         self._events = events
 
-    def launch(self, job_id: str, env: dict[str, str], log_path: Path, gpu: str, node: str | None = None
-               ) -> RayWorkerHandle:
+    def launch(
+        self, job_id: str, env: dict[str, str], log_path: Path, gpu: str, node: str | None = None
+    ) -> RayWorkerHandle:
         """See ``WorkerLauncher.launch``: ``gpu`` is one option (``A100-40GB:2``, ``cpu``)."""
         option = parse_gpu_preference(gpu).options[0]
         forwarded = {k: v for k, v in env.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
@@ -243,8 +279,11 @@ class RayLauncher:
         if option.gpu_name == CPU_NAME:
             fitting = [n for n in self.cluster.nodes.values() if not n.gpus]
         else:
-            fitting = [n for n in self.cluster.nodes.values()
-                       if n.gpu is not None and n.gpu.name == option.gpu_name and n.gpus >= option.count]
+            fitting = [
+                n
+                for n in self.cluster.nodes.values()
+                if n.gpu is not None and n.gpu.name == option.gpu_name and n.gpus >= option.count
+            ]
         fitting = [n for n in fitting if n.name not in exclude]
         free = self.cluster.free_gpus()
         fitting.sort(key=lambda n: (n.name != preferred, -free.get(n.name, 0)))

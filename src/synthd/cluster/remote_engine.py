@@ -80,9 +80,17 @@ class RemoteEngine:
         reads (adapters under it are passed by path). on_lost: told when the actor is found dead.
     """
 
-    def __init__(self, actor: Any, group: PlacementGroup | None, info: ReplicaInfo, model_id: str,
-                 tokenizer: PreTrainedTokenizerBase, placement: Placement, shared_dir: Path | None,
-                 on_lost: LostCallback | None) -> None:
+    def __init__(
+        self,
+        actor: Any,
+        group: PlacementGroup | None,
+        info: ReplicaInfo,
+        model_id: str,
+        tokenizer: PreTrainedTokenizerBase,
+        placement: Placement,
+        shared_dir: Path | None,
+        on_lost: LostCallback | None,
+    ) -> None:
         self.model_id = model_id
         self.tokenizer = tokenizer
         self.max_model_len = info.max_model_len
@@ -124,15 +132,24 @@ class RemoteEngine:
             self._mark_lost(exc)
             raise self._lost_error() from None
         except GetTimeoutError:
-            raise Overloaded(f"The replica of {self.model_id} on {self.placement.where} did not answer within "
-                             f"{CALL_TIMEOUT_S:.0f}s.", retry_after_s=LOST_RETRY_AFTER_S) from None
+            raise Overloaded(
+                f"The replica of {self.model_id} on {self.placement.where} did not answer within "
+                f"{CALL_TIMEOUT_S:.0f}s.",
+                retry_after_s=LOST_RETRY_AFTER_S,
+            ) from None
         if isinstance(result, RemoteFailure):
             raise result.error()
         return result
 
     # --- generation ---------------------------------------------------------------------------
-    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                       lora: LoRARef | None = None, guide: Guide | None = None) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        lora: LoRARef | None = None,
+        guide: Guide | None = None,
+    ) -> AsyncIterator[RequestOutput]:
         """See ``Engine.generate``; closing the iterator early cancels the replica's stream (abort).
 
         Raises:
@@ -143,7 +160,8 @@ class RemoteEngine:
             raise self._lost_error()
         remote_lora = await self._stage(lora) if lora is not None else None
         stream = self._actor.generate.options(num_returns="streaming").remote(
-            request_id, prompt_token_ids, params, remote_lora, guide)
+            request_id, prompt_token_ids, params, remote_lora, guide
+        )
         offset = time.time() - time.perf_counter()
         finished = False
         try:
@@ -230,13 +248,18 @@ class RemoteEngine:
     async def refresh(self) -> None:
         """Fetch the replica's stats and resident adapters; a dead actor is reported lost."""
         try:
-            self._stats, self._loras = await asyncio.wait_for(asyncio.wrap_future(
-                self._actor.snapshot.remote().future()), SNAPSHOT_TIMEOUT_S)
+            self._stats, self._loras = await asyncio.wait_for(
+                asyncio.wrap_future(self._actor.snapshot.remote().future()), SNAPSHOT_TIMEOUT_S
+            )
         except RayActorError as exc:
             self._mark_lost(exc)
         except TimeoutError:
-            log.warning("replica of %s on %s did not report its stats in %.0fs", self.model_id,
-                        self.placement.where, SNAPSHOT_TIMEOUT_S)
+            log.warning(
+                "replica of %s on %s did not report its stats in %.0fs",
+                self.model_id,
+                self.placement.where,
+                SNAPSHOT_TIMEOUT_S,
+            )
 
     def _mark_lost(self, exc: BaseException | str) -> None:
         if not self.alive:
@@ -251,16 +274,17 @@ class RemoteEngine:
             self._on_lost(self, self.lost_reason)
 
     def _lost_error(self) -> ReplicaLost:
-        return ReplicaLost(f"The replica of {self.model_id} on {self.placement.where} was lost "
-                           f"({self.lost_reason or 'its actor died'}); retry: a new replica serves the next request.")
+        return ReplicaLost(
+            f"The replica of {self.model_id} on {self.placement.where} was lost "
+            f"({self.lost_reason or 'its actor died'}); retry: a new replica serves the next request."
+        )
 
     async def shutdown(self) -> None:
         """See ``Engine.shutdown``: stop the engine, end the actor and free its placement group."""
         if self.alive:
             self.alive = False
             try:
-                await asyncio.wait_for(asyncio.wrap_future(self._actor.shutdown.remote().future()),
-                                       SHUTDOWN_TIMEOUT_S)
+                await asyncio.wait_for(asyncio.wrap_future(self._actor.shutdown.remote().future()), SHUTDOWN_TIMEOUT_S)
             except (RayError, TimeoutError):
                 pass
         ray.kill(self._actor, no_restart=True)
@@ -319,14 +343,23 @@ class RayEngineFactory:
         try:
             gpu_ids = sorted(self._gpu_ids(group, len(gpus))) if group is not None else []
             if group is not None:
-                strategy: Any = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,
-                                                                 placement_group_capture_child_tasks=True)
+                strategy: Any = PlacementGroupSchedulingStrategy(
+                    group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+                )
             else:
                 strategy = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
             name = f"synthd-replica-{_slug(model_id)}-{_slug(placement.label)}-{node.name}-{uuid.uuid4().hex[:6]}"
-            actor = ray.remote(EngineReplica).options(
-                name=name, num_cpus=0, num_gpus=0, max_restarts=0, scheduling_strategy=strategy,
-            ).remote(self.kind, model_id, str(path), self.config, gpu_ids, placement.offered_gib * GIB)
+            actor = (
+                ray.remote(EngineReplica)
+                .options(
+                    name=name,
+                    num_cpus=0,
+                    num_gpus=0,
+                    max_restarts=0,
+                    scheduling_strategy=strategy,
+                )
+                .remote(self.kind, model_id, str(path), self.config, gpu_ids, placement.offered_gib * GIB)
+            )
             try:
                 info: ReplicaInfo = ray.get(actor.describe.remote())
             except RayActorError as exc:
@@ -335,24 +368,37 @@ class RayEngineFactory:
             if group is not None:
                 remove_placement_group(group)
             raise
-        real = Placement(placement.option, tuple(Device(d.gpu, gpu_id, d.node) for d, gpu_id in zip(gpus, gpu_ids))
-                         ) if gpus else placement
-        log.info("replica %s of %s on %s (pid %d, %s, %s)", name, model_id, real.where, info.pid, info.dtype,
-                 "cuda" if info.on_cuda else "cpu")
+        real = (
+            Placement(placement.option, tuple(Device(d.gpu, gpu_id, d.node) for d, gpu_id in zip(gpus, gpu_ids)))
+            if gpus
+            else placement
+        )
+        log.info(
+            "replica %s of %s on %s (pid %d, %s, %s)",
+            name,
+            model_id,
+            real.where,
+            info.pid,
+            info.dtype,
+            "cuda" if info.on_cuda else "cpu",
+        )
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return RemoteEngine(actor, group, info, model_id, tokenizer, real, self.shared_dir,
-                            self.on_lost), real
+        return RemoteEngine(actor, group, info, model_id, tokenizer, real, self.shared_dir, self.on_lost), real
 
     def _reserve(self, node_id: str, accelerator: str | None, count: int, placement: Placement) -> PlacementGroup:
         bundle = {"GPU": 1.0, **({f"accelerator_type:{accelerator}": ACCELERATOR_SLIVER} if accelerator else {})}
-        group = placement_group([dict(bundle) for _ in range(count)], strategy="STRICT_PACK",
-                                bundle_label_selector=[{NODE_ID_LABEL: node_id} for _ in range(count)])
+        group = placement_group(
+            [dict(bundle) for _ in range(count)],
+            strategy="STRICT_PACK",
+            bundle_label_selector=[{NODE_ID_LABEL: node_id} for _ in range(count)],
+        )
         try:
             ray.get(group.ready(), timeout=self.group_timeout_s)
         except GetTimeoutError:
             remove_placement_group(group)
-            raise GPUBusy(f"{placement.label} on {placement.node} is held by other work on the Ray cluster; "
-                          "retry later.") from None
+            raise GPUBusy(
+                f"{placement.label} on {placement.node} is held by other work on the Ray cluster; retry later."
+            ) from None
         return group
 
     @staticmethod

@@ -59,8 +59,9 @@ class EngineReplica:
             node (empty: CPU). memory_bytes: the placement's memory, to size the KV budget.
     """
 
-    def __init__(self, kind: str, model_id: str, path: str, config: EngineConfig, gpu_ids: list[int],
-                 memory_bytes: float) -> None:
+    def __init__(
+        self, kind: str, model_id: str, path: str, config: EngineConfig, gpu_ids: list[int], memory_bytes: float
+    ) -> None:
         import ray
         from transformers.utils import logging as hf_logging
 
@@ -68,17 +69,25 @@ class EngineReplica:
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
         on_cuda = bool(gpu_ids) and _cuda_available()
-        self.engine = create_engine(kind, model_id, Path(path), config,
-                                    list(range(len(gpu_ids))) if on_cuda else [], memory_bytes)
-        self.info = ReplicaInfo(ray.get_runtime_context().get_node_id(), tuple(gpu_ids), os.getpid(),
-                                self.engine.max_model_len, self.engine.dtype, on_cuda)
+        self.engine = create_engine(
+            kind, model_id, Path(path), config, list(range(len(gpu_ids))) if on_cuda else [], memory_bytes
+        )
+        self.info = ReplicaInfo(
+            ray.get_runtime_context().get_node_id(),
+            tuple(gpu_ids),
+            os.getpid(),
+            self.engine.max_model_len,
+            self.engine.dtype,
+            on_cuda,
+        )
 
     async def describe(self) -> ReplicaInfo:
         """See ``ReplicaInfo``."""
         return self.info
 
-    async def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
-                          ) -> list[int] | RemoteFailure:
+    async def render_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int] | RemoteFailure:
         """``Engine.render_chat``, or the failure."""
         return await self._call(self.engine.render_chat, messages, tools)
 
@@ -97,8 +106,14 @@ class EngineReplica:
         except Exception as exc:  # sent back as data, raised again in the API process
             return RemoteFailure.of(exc)
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                       lora: LoRARef | None, guide: Guide | None) -> AsyncIterator[RequestOutput | RemoteFailure]:
+    async def generate(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        lora: LoRARef | None,
+        guide: Guide | None,
+    ) -> AsyncIterator[RequestOutput | RemoteFailure]:
         """``Engine.generate``; ``scheduled_s`` goes out as Unix time. A failure is the last item."""
         offset = _wall_offset()
         try:

@@ -46,8 +46,10 @@ def connect(address: str) -> None:
         else:
             ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterUnavailable(f"Cannot join the Ray cluster at '{address}': {exc}. Start one with "
-                                 "'ray start --head' (see README, Cluster) or use --ray-address local.") from None
+        raise ClusterUnavailable(
+            f"Cannot join the Ray cluster at '{address}': {exc}. Start one with "
+            "'ray start --head' (see README, Cluster) or use --ray-address local."
+        ) from None
 
 
 class RayCluster:

@@ -20,8 +20,15 @@ from synthd.errors import (
     TooManyRequests,
 )
 
-KINDS: tuple[type[SynthdError], ...] = (TooManyRequests, Overloaded, InvalidRequest, NotFound, Conflict,
-                                        PayloadTooLarge, ServerFault)
+KINDS: tuple[type[SynthdError], ...] = (
+    TooManyRequests,
+    Overloaded,
+    InvalidRequest,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    ServerFault,
+)
 """Error kinds kept across the wire, most specific first (each maps to one HTTP status)."""
 
 

@@ -24,8 +24,15 @@ class ClusterParts:
     launcher: RayLauncher
 
 
-def join_cluster(address: str, engine_kind: str, config: EngineConfig, reservations: Reservations,
-                 repo: Repository, home: Path, shared_dir: Path | None) -> ClusterParts:
+def join_cluster(
+    address: str,
+    engine_kind: str,
+    config: EngineConfig,
+    reservations: Reservations,
+    repo: Repository,
+    home: Path,
+    shared_dir: Path | None,
+) -> ClusterParts:
     """Connect to the cluster at ``address`` and build the parts; jobs' checkpoints are looked for
     in their folder under ``home`` (``JobLayout.trainer_dir``, where the worker writes them).
 

@@ -38,8 +38,14 @@ def choose_engine(kind: str, cuda_available: bool) -> tuple[str, str]:
     return "vllm", "auto: vllm is installed and a CUDA device is present"
 
 
-def create_engine(kind: str, model_id: str, path: Path, config: EngineConfig, gpu_indices: list[int],
-                  memory_bytes: float | None = None) -> Engine:
+def create_engine(
+    kind: str,
+    model_id: str,
+    path: Path,
+    config: EngineConfig,
+    gpu_indices: list[int],
+    memory_bytes: float | None = None,
+) -> Engine:
     """Load ``path`` into a ``kind`` engine (``native`` or ``vllm``) on the given CUDA ordinals (none:
     CPU); ``memory_bytes`` (the placement's memory) sizes the KV cache where nothing else does.
     Blocking: call it from a worker thread.

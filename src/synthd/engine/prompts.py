@@ -8,8 +8,12 @@ from transformers import PreTrainedTokenizerBase
 from synthd.errors import InvalidRequest
 
 
-def render_chat(tokenizer: PreTrainedTokenizerBase, model_id: str, messages: list[dict[str, Any]],
-                tools: list[dict[str, Any]] | None = None) -> list[int]:
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    model_id: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+) -> list[int]:
     """Token ids of ``messages`` in ``tokenizer``'s chat template plus the assistant cue.
 
     Raises:
@@ -22,8 +26,9 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, model_id: str, messages: lis
     except TypeError:
         raise InvalidRequest("The messages could not be tokenized (invalid Unicode?).", param="messages") from None
     except ValueError as exc:
-        raise InvalidRequest(f"The messages could not be rendered with the chat template: {exc}",
-                             param="messages") from None
+        raise InvalidRequest(
+            f"The messages could not be rendered with the chat template: {exc}", param="messages"
+        ) from None
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
     return list(ids)

@@ -152,8 +152,14 @@ class Engine(Protocol):
         """
         ...
 
-    def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 lora: LoRARef | None = None, guide: Guide | None = None) -> AsyncIterator[RequestOutput]:
+    def generate(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        lora: LoRARef | None = None,
+        guide: Guide | None = None,
+    ) -> AsyncIterator[RequestOutput]:
         """Run one sequence; yield its outputs until the one with a ``finish_reason``. Closing the
         iterator early aborts the request.
 

@@ -74,8 +74,14 @@ class ConstraintsCheck(BaseModel):
 
     @model_validator(mode="after")
     def _constrains_something(self) -> "ConstraintsCheck":
-        if (self.min_words is None and self.max_words is None and not self.required_words
-                and not self.forbidden_words and self.line_count is None and self.format == "plain"):
+        if (
+            self.min_words is None
+            and self.max_words is None
+            and not self.required_words
+            and not self.forbidden_words
+            and self.line_count is None
+            and self.format == "plain"
+        ):
             raise ValueError("set at least one constraint")
         if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:
             raise ValueError(f"min_words {self.min_words} > max_words {self.max_words}")
@@ -114,8 +120,9 @@ def load_battery(path: Path) -> list[Case]:
     """
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".yaml", ".yml"):
-        raise BatteryError(f"{path}: unknown battery format {suffix or '(no suffix)'!r} "
-                           "(expected .jsonl, .yaml or .yml)")
+        raise BatteryError(
+            f"{path}: unknown battery format {suffix or '(no suffix)'!r} (expected .jsonl, .yaml or .yml)"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

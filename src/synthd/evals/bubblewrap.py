@@ -45,8 +45,16 @@ TMPFS_BYTES = 16 * 2**20
 
 CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
 
-ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
-             "/etc/group", "/etc/nsswitch.conf", "/etc/alternatives")
+ETC_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/alternatives",
+)
 """What the sandbox sees of ``/etc`` (where present): the dynamic linker's cache, the time zone,
 user and group names and the alternatives links; not ``shadow``, keys, certificates or hosts."""
 
@@ -59,8 +67,7 @@ LAUNCH_ENV = {"PATH": CHILD_PATH, "LANG": "C.UTF-8"}
 
 PROFILES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("full", ("--unshare-all", "--unshare-user", "--disable-userns")),
-    ("no user namespace", ("--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-                           "--unshare-cgroup-try")),
+    ("no user namespace", ("--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try")),
 )
 """Namespace flags, tried in order; see the module docstring."""
 
@@ -81,10 +88,30 @@ class Bubblewrap:
         working folder. ``info_fd``: a descriptor that bwrap writes ``{"child-pid": N, ...}`` to,
         N being the sandbox's PID 1 as the host sees it. Start it with :data:`LAUNCH_ENV`."""
         work = f"{SANDBOX_DIR}/work"
-        args = [self.executable, *self.namespace_flags, "--cap-drop", "ALL", "--die-with-parent", "--new-session",
-                "--clearenv", "--setenv", "PATH", CHILD_PATH, "--setenv", "HOME", HOME_DIR,
-                "--setenv", "LANG", "C.UTF-8", "--setenv", "TMPDIR", work,
-                "--ro-bind", "/usr", "/usr"]
+        args = [
+            self.executable,
+            *self.namespace_flags,
+            "--cap-drop",
+            "ALL",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            CHILD_PATH,
+            "--setenv",
+            "HOME",
+            HOME_DIR,
+            "--setenv",
+            "LANG",
+            "C.UTF-8",
+            "--setenv",
+            "TMPDIR",
+            work,
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ]
         for path in SYSTEM_LINKS:
             if os.path.islink(path):
                 args += ["--symlink", os.readlink(path), path]
@@ -92,8 +119,20 @@ class Bubblewrap:
                 args += ["--ro-bind", path, path]
         for path in ETC_FILES:
             args += ["--ro-bind-try", path, path]
-        args += ["--proc", "/proc", "--dev", "/dev",
-                 "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--size", str(TMPFS_BYTES), "--tmpfs", HOME_DIR]
+        args += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            str(TMPFS_BYTES),
+            "--tmpfs",
+            "/tmp",
+            "--size",
+            str(TMPFS_BYTES),
+            "--tmpfs",
+            HOME_DIR,
+        ]
         for path in python_folders():
             args += ["--ro-bind", path, path]
         args += ["--bind", run_dir, SANDBOX_DIR, "--chdir", work, "--remount-ro", "/"]
@@ -124,8 +163,16 @@ def python_folders() -> list[str]:
     """The folders the running Python needs, bound read-only: its installation and virtual
     environment (``sys.prefix``, ``sys.base_prefix``, their ``exec`` twins, the real executable's
     folder); those under ``/usr`` or inside another one are left out."""
-    candidates = {os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
-                                                 os.path.dirname(os.path.realpath(sys.executable)))}
+    candidates = {
+        os.path.realpath(p)
+        for p in (
+            sys.prefix,
+            sys.exec_prefix,
+            sys.base_prefix,
+            sys.base_exec_prefix,
+            os.path.dirname(os.path.realpath(sys.executable)),
+        )
+    }
     candidates |= {os.path.abspath(p) for p in (sys.prefix, sys.exec_prefix)}  # a venv reached through a link
     kept: list[str] = []
     for path in sorted(candidates, key=len):
@@ -147,9 +194,14 @@ def _probe(executable: str) -> BubblewrapSupport:
         with tempfile.TemporaryDirectory(prefix="synthd-bwrap-probe-") as run_dir:
             (Path(run_dir) / "work").mkdir()
             try:
-                done = subprocess.run(bubblewrap.command(run_dir, [sys.executable, "-I", "-c", "import sys"]),
-                                      env=LAUNCH_ENV, stdin=subprocess.DEVNULL, capture_output=True,
-                                      timeout=_PROBE_TIMEOUT_S, check=False)
+                done = subprocess.run(
+                    bubblewrap.command(run_dir, [sys.executable, "-I", "-c", "import sys"]),
+                    env=LAUNCH_ENV,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=_PROBE_TIMEOUT_S,
+                    check=False,
+                )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 failures.append(f"{profile}: {exc}")
                 continue

@@ -5,9 +5,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+import matplotlib.pyplot as plt
 
-from synthd.evals.report import EvalReport  # noqa: E402
+from synthd.evals.report import EvalReport
 
 
 def latency_chart(report: EvalReport, path: Path) -> Path:

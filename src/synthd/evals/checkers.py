@@ -81,7 +81,7 @@ def extract_number(answer: str) -> float | None:
             return numbers[0]
     announced = list(_ANSWER_IS.finditer(text))
     if announced:
-        rest = text[announced[-1].end():].split("\n", 1)[0]
+        rest = text[announced[-1].end() :].split("\n", 1)[0]
         numbers = _numbers(rest)
         if numbers:
             return numbers[0]
@@ -148,8 +148,7 @@ def check_code(check: CodeCheck, answer: str, *, unsafe_sandbox: bool = False) -
     if check.entry_point not in _top_level_names(tree):
         return CheckResult(passed=False, reason=missing, extracted=code)
     program = f"{_without_main_blocks(code, tree)}\n\n{check.tests}"
-    result = run_sandboxed(program, timeout_s=check.timeout_s, memory_mb=check.memory_mb,
-                           unsafe_sandbox=unsafe_sandbox)
+    result = run_sandboxed(program, timeout_s=check.timeout_s, memory_mb=check.memory_mb, unsafe_sandbox=unsafe_sandbox)
     if result.status == "ok":
         return CheckResult(passed=True, reason="all tests passed", extracted=code)
     return CheckResult(passed=False, reason=result.reason, extracted=code)
@@ -198,8 +197,9 @@ def _is_main_test(test: ast.expr) -> bool:
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
         return False
     sides = [test.left, test.comparators[0]]
-    return (any(isinstance(side, ast.Name) and side.id == "__name__" for side in sides)
-            and any(isinstance(side, ast.Constant) and side.value == "__main__" for side in sides))
+    return any(isinstance(side, ast.Name) and side.id == "__name__" for side in sides) and any(
+        isinstance(side, ast.Constant) and side.value == "__main__" for side in sides
+    )
 
 
 # --- exact ---
@@ -265,8 +265,9 @@ def check_constraints(check: ConstraintsCheck, answer: str) -> CheckResult:
     problems += _format_problems(check.format, answer, lines)
     if problems:
         return CheckResult(passed=False, reason="; ".join(problems))
-    return CheckResult(passed=True,
-                       reason=f"all constraints met ({_count(words, 'word')}, {_count(len(lines), 'line')})")
+    return CheckResult(
+        passed=True, reason=f"all constraints met ({_count(words, 'word')}, {_count(len(lines), 'line')})"
+    )
 
 
 def _count(number: int, noun: str) -> str:

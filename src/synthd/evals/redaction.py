@@ -39,16 +39,17 @@ _KEY_FORMATS = re.compile(
 )
 _AUTH_SCHEME = re.compile(r"\b(Bearer|Basic)(\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
 _HEX = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{32,}(?![0-9A-Fa-f])")
-_OPAQUE = re.compile(r"(?<![A-Za-z0-9+/_-])(?=[A-Za-z0-9+/_-]*[A-Z])(?=[A-Za-z0-9+/_-]*[a-z])"
-                     r"(?=[A-Za-z0-9+/_-]*[0-9])[A-Za-z0-9+/_-]{32,}={0,2}")
+_OPAQUE = re.compile(
+    r"(?<![A-Za-z0-9+/_-])(?=[A-Za-z0-9+/_-]*[A-Z])(?=[A-Za-z0-9+/_-]*[a-z])"
+    r"(?=[A-Za-z0-9+/_-]*[0-9])[A-Za-z0-9+/_-]{32,}={0,2}"
+)
 
 
 def redact_secrets(text: str, environ: Mapping[str, str] | None = None) -> str:
     """``text`` with every key-shaped string replaced by :data:`REDACTED` (see the module
     docstring); ``environ`` defaults to ``os.environ``."""
     environment = os.environ if environ is None else environ
-    values = {value for name, value in environment.items()
-              if is_secret_name(name) and len(value) >= MIN_SECRET_CHARS}
+    values = {value for name, value in environment.items() if is_secret_name(name) and len(value) >= MIN_SECRET_CHARS}
     for value in sorted(values, key=len, reverse=True):  # a longer value may contain a shorter one
         text = text.replace(value, REDACTED)
     text = _KEY_FORMATS.sub(REDACTED, text)

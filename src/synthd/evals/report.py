@@ -7,7 +7,7 @@ so a provider error counts against it but is listed apart from wrong answers; la
 
 import statistics
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -50,8 +50,9 @@ class Tally(BaseModel):
         failed = sum(a.status == "failed" for a in attempts)
         errors = sum(a.status == "error" for a in attempts)
         total = len(attempts)
-        return cls(passed=passed, failed=failed, errors=errors, total=total,
-                   success_rate=passed / total if total else None)
+        return cls(
+            passed=passed, failed=failed, errors=errors, total=total, success_rate=passed / total if total else None
+        )
 
 
 class ModelSummary(BaseModel):
@@ -85,24 +86,47 @@ class EvalReport(BaseModel):
         return [a for a in self.attempts if a.status != "passed"]
 
 
-def build_report(attempts: Sequence[Attempt], skipped: Sequence[Skipped], *, battery: str, cases: int,
-                 categories: Sequence[Category], settings: EvalSettings) -> EvalReport:
+def build_report(
+    attempts: Sequence[Attempt],
+    skipped: Sequence[Skipped],
+    *,
+    battery: str,
+    cases: int,
+    categories: Sequence[Category],
+    settings: EvalSettings,
+) -> EvalReport:
     """Aggregate ``attempts`` (models in first-seen order, categories in battery order)."""
     ordered = [c for c in CATEGORIES if c in categories]
     models: list[ModelSummary] = []
     for model in dict.fromkeys(a.model for a in attempts):
         own = [a for a in attempts if a.model == model]
-        models.append(ModelSummary(
-            model=model, provider=own[0].provider, tally=Tally.of(own), latency=LatencyStats.of(own),
-            by_category={c: Tally.of([a for a in own if a.category == c]) for c in ordered},
-            latency_by_category={c: LatencyStats.of([a for a in own if a.category == c]) for c in ordered}))
+        models.append(
+            ModelSummary(
+                model=model,
+                provider=own[0].provider,
+                tally=Tally.of(own),
+                latency=LatencyStats.of(own),
+                by_category={c: Tally.of([a for a in own if a.category == c]) for c in ordered},
+                latency_by_category={c: LatencyStats.of([a for a in own if a.category == c]) for c in ordered},
+            )
+        )
     return EvalReport(
-        created_at=datetime.now(timezone.utc), battery=battery, categories=ordered, cases=cases,
-        settings={"concurrency": settings.concurrency, "repeats": settings.repeats,
-                  "temperature": settings.temperature, "max_tokens": settings.max_tokens},
-        models=models, skipped=list(skipped),
+        created_at=datetime.now(UTC),
+        battery=battery,
+        categories=ordered,
+        cases=cases,
+        settings={
+            "concurrency": settings.concurrency,
+            "repeats": settings.repeats,
+            "temperature": settings.temperature,
+            "max_tokens": settings.max_tokens,
+        },
+        models=models,
+        skipped=list(skipped),
         by_category={c: Tally.of([a for a in attempts if a.category == c]) for c in ordered},
-        totals=Tally.of(attempts), attempts=list(attempts))
+        totals=Tally.of(attempts),
+        attempts=list(attempts),
+    )
 
 
 def percent(rate: float | None) -> str:
@@ -123,43 +147,65 @@ def fraction(tally: Tally) -> str:
 def to_markdown(report: EvalReport) -> str:
     """The report as Markdown: models, skipped, coverage by category, overall totals, failures."""
     lines = [
-        "# synthd eval report", "",
+        "# synthd eval report",
+        "",
         f"{report.created_at:%Y-%m-%d %H:%M} UTC · battery `{report.battery}` · {report.cases} cases × "
         f"{report.settings['repeats']} repeat(s) · categories: {', '.join(report.categories)} · "
-        f"temperature {report.settings['temperature']} · max_tokens {report.settings['max_tokens']}", "",
-        "## Models", "",
+        f"temperature {report.settings['temperature']} · max_tokens {report.settings['max_tokens']}",
+        "",
+        "## Models",
+        "",
         "| Model | Provider | Passed/Total | Success rate | Failed | Errors | Mean (s) | Fastest (s) | Slowest (s) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in report.models:
-        lines.append(f"| {m.model} | {m.provider} | {fraction(m.tally)} | {percent(m.tally.success_rate)} | "
-                     f"{m.tally.failed} | {m.tally.errors} | {seconds(m.latency.mean_s)} | "
-                     f"{seconds(m.latency.fastest_s)} | {seconds(m.latency.slowest_s)} |")
+        lines.append(
+            f"| {m.model} | {m.provider} | {fraction(m.tally)} | {percent(m.tally.success_rate)} | "
+            f"{m.tally.failed} | {m.tally.errors} | {seconds(m.latency.mean_s)} | "
+            f"{seconds(m.latency.fastest_s)} | {seconds(m.latency.slowest_s)} |"
+        )
     if report.skipped:
         lines += ["", "## Skipped", ""] + [f"- **{s.model}**: {s.reason}" for s in report.skipped]
     if not report.models:
         lines += ["", "No model was evaluated."]
         return "\n".join(lines).rstrip() + "\n"
-    lines += ["", "## Coverage by category", "",
-              "| Category | " + " | ".join(m.model for m in report.models) + " | All models |",
-              "|---|" + "---:|" * (len(report.models) + 1)]
+    lines += [
+        "",
+        "## Coverage by category",
+        "",
+        "| Category | " + " | ".join(m.model for m in report.models) + " | All models |",
+        "|---|" + "---:|" * (len(report.models) + 1),
+    ]
     for category in report.categories:
-        cells = [f"{fraction(m.by_category[category])} ({percent(m.by_category[category].success_rate)})"
-                 for m in report.models]
+        cells = [
+            f"{fraction(m.by_category[category])} ({percent(m.by_category[category].success_rate)})"
+            for m in report.models
+        ]
         overall = report.by_category[category]
-        lines.append(f"| {category} | " + " | ".join(cells)
-                     + f" | {fraction(overall)} ({percent(overall.success_rate)}) |")
+        lines.append(
+            f"| {category} | " + " | ".join(cells) + f" | {fraction(overall)} ({percent(overall.success_rate)}) |"
+        )
     t = report.totals
-    lines += ["", "## Overall", "",
-              f"- Models run: {len(report.models)}; skipped: {len(report.skipped)}",
-              f"- Attempts: {t.total}; passed: {t.passed}; failed: {t.failed}; errors: {t.errors}",
-              f"- Success rate: {percent(t.success_rate)}"]
+    lines += [
+        "",
+        "## Overall",
+        "",
+        f"- Models run: {len(report.models)}; skipped: {len(report.skipped)}",
+        f"- Attempts: {t.total}; passed: {t.passed}; failed: {t.failed}; errors: {t.errors}",
+        f"- Success rate: {percent(t.success_rate)}",
+    ]
     lines += ["", "## Failures", ""]
     if not report.failures:
         lines.append("None.")
     for a in report.failures:
-        lines += [f"### {a.model} · {a.case_id} ({a.category}, repeat {a.repeat + 1}): {a.status}", "",
-                  f"Prompt: {a.prompt}", "", f"Reason: {a.reason}", ""]
+        lines += [
+            f"### {a.model} · {a.case_id} ({a.category}, repeat {a.repeat + 1}): {a.status}",
+            "",
+            f"Prompt: {a.prompt}",
+            "",
+            f"Reason: {a.reason}",
+            "",
+        ]
         if a.answer is not None:
             fence = "````" if "```" in a.answer else "```"
             lines += ["Answer:", "", f"{fence}text", a.answer, fence, ""]
@@ -169,13 +215,30 @@ def to_markdown(report: EvalReport) -> str:
 def render(console: Console, report: EvalReport, out_dir: Path | None = None) -> None:
     """Print the models, coverage and totals tables, and one line per failure."""
     models = Table(title="Models")
-    for column in ("Model", "Provider", "Passed/Total", "Success", "Failed", "Errors", "Mean s", "Fastest s",
-                   "Slowest s"):
+    for column in (
+        "Model",
+        "Provider",
+        "Passed/Total",
+        "Success",
+        "Failed",
+        "Errors",
+        "Mean s",
+        "Fastest s",
+        "Slowest s",
+    ):
         models.add_column(column, justify="left" if column in ("Model", "Provider") else "right")
     for m in report.models:
-        models.add_row(m.model, m.provider, fraction(m.tally), percent(m.tally.success_rate), str(m.tally.failed),
-                       str(m.tally.errors), seconds(m.latency.mean_s), seconds(m.latency.fastest_s),
-                       seconds(m.latency.slowest_s))
+        models.add_row(
+            m.model,
+            m.provider,
+            fraction(m.tally),
+            percent(m.tally.success_rate),
+            str(m.tally.failed),
+            str(m.tally.errors),
+            seconds(m.latency.mean_s),
+            seconds(m.latency.fastest_s),
+            seconds(m.latency.slowest_s),
+        )
     console.print(models)
     for s in report.skipped:
         console.print(f"[yellow]skipped[/yellow] {s.model}: {s.reason}", highlight=False)
@@ -185,14 +248,20 @@ def render(console: Console, report: EvalReport, out_dir: Path | None = None) ->
         coverage.add_column(m.model, justify="right")
     coverage.add_column("All models", justify="right")
     for category in report.categories:
-        coverage.add_row(category, *(fraction(m.by_category[category]) for m in report.models),
-                         fraction(report.by_category[category]))
+        coverage.add_row(
+            category,
+            *(fraction(m.by_category[category]) for m in report.models),
+            fraction(report.by_category[category]),
+        )
     console.print(coverage)
     for a in report.failures:
         console.print(f"[red]{a.status}[/red] {a.model} · {a.case_id}: {a.reason}", highlight=False)
     t = report.totals
-    console.print(f"Overall: {t.passed}/{t.total} passed ({percent(t.success_rate)}), {t.failed} failed, "
-                  f"{t.errors} errors", highlight=False)
+    console.print(
+        f"Overall: {t.passed}/{t.total} passed ({percent(t.success_rate)}), {t.failed} failed, {t.errors} errors",
+        highlight=False,
+    )
     if out_dir is not None:
-        console.print(f"Report: {out_dir / 'report.md'}, {out_dir / 'report.json'}, {out_dir / 'latency.png'}",
-                      highlight=False)
+        console.print(
+            f"Report: {out_dir / 'report.md'}, {out_dir / 'report.json'}, {out_dir / 'latency.png'}", highlight=False
+        )

@@ -64,8 +64,9 @@ class EvalSettings:
     unsafe_sandbox: bool = False
 
 
-def open_models(names: Sequence[str], *, synthd_base_url: str | None = None, warmup: bool = True,
-                timeout_s: float = 300.0) -> tuple[list[LM], list[Skipped]]:
+def open_models(
+    names: Sequence[str], *, synthd_base_url: str | None = None, warmup: bool = True, timeout_s: float = 300.0
+) -> tuple[list[LM], list[Skipped]]:
     """An ``LM`` per distinct name, and the names skipped: no credentials or unroutable name
     (``ConfigurationError``); on synthd (at ``synthd_base_url`` if given, else ``SYNTH_API_URL``),
     warmed up first so load time is not counted as latency, and skipped if the server cannot be
@@ -83,8 +84,9 @@ def open_models(names: Sequence[str], *, synthd_base_url: str | None = None, war
             try:
                 lm.warmup()
             except APIConnectionError as exc:
-                skipped.append(Skipped(model=name, reason=redact_secrets(
-                    f"{exc}: start 'synthd serve' or set SYNTH_API_URL")))
+                skipped.append(
+                    Skipped(model=name, reason=redact_secrets(f"{exc}: start 'synthd serve' or set SYNTH_API_URL"))
+                )
                 continue
             except LMError as exc:
                 skipped.append(Skipped(model=name, reason=redact_secrets(f"warmup failed: {exc}")))
@@ -93,8 +95,12 @@ def open_models(names: Sequence[str], *, synthd_base_url: str | None = None, war
     return models, skipped
 
 
-async def run_attempts(models: Sequence[LM], cases: Sequence[Case], settings: EvalSettings,
-                       on_attempt: Callable[[Attempt], None] | None = None) -> list[Attempt]:
+async def run_attempts(
+    models: Sequence[LM],
+    cases: Sequence[Case],
+    settings: EvalSettings,
+    on_attempt: Callable[[Attempt], None] | None = None,
+) -> list[Attempt]:
     """Every (model, case, repeat), at most ``settings.concurrency`` at a time; returns the attempts
     in (model, case, repeat) order. Checkers run in worker threads (code runs in a sandboxed child
     process), so a slow check does not hold the event loop. ``on_attempt`` is called as each ends."""
@@ -107,24 +113,48 @@ async def run_attempts(models: Sequence[LM], cases: Sequence[Case], settings: Ev
             on_attempt(result)
         return result
 
-    return list(await asyncio.gather(*(attempt(lm, case, repeat) for lm in models for case in cases
-                                       for repeat in range(settings.repeats))))
+    return list(
+        await asyncio.gather(
+            *(attempt(lm, case, repeat) for lm in models for case in cases for repeat in range(settings.repeats))
+        )
+    )
 
 
 async def _ask(lm: LM, case: Case, repeat: int, settings: EvalSettings) -> Attempt:
-    common = {"model": lm.model, "provider": lm.provider, "case_id": case.id, "category": case.category,
-              "prompt": case.prompt, "repeat": repeat}
+    common = {
+        "model": lm.model,
+        "provider": lm.provider,
+        "case_id": case.id,
+        "category": case.category,
+        "prompt": case.prompt,
+        "repeat": repeat,
+    }
     try:
-        response = await lm.respond_async(system_message=case.system, user_message=case.prompt,
-                                          temperature=settings.temperature,
-                                          max_tokens=case.max_tokens or settings.max_tokens)
+        response = await lm.respond_async(
+            system_message=case.system,
+            user_message=case.prompt,
+            temperature=settings.temperature,
+            max_tokens=case.max_tokens or settings.max_tokens,
+        )
     except Exception as exc:  # noqa: BLE001  (one broken reply must not end the run; it is recorded)
-        return Attempt(**common, status="error", answer=None, reason=redact_secrets(f"{type(exc).__name__}: {exc}"),
-                       finish_reason=None, latency_s=None, completion_tokens=None)
+        return Attempt(
+            **common,
+            status="error",
+            answer=None,
+            reason=redact_secrets(f"{type(exc).__name__}: {exc}"),
+            finish_reason=None,
+            latency_s=None,
+            completion_tokens=None,
+        )
     verdict = await asyncio.to_thread(check_answer, case, response.text, unsafe_sandbox=settings.unsafe_sandbox)
     cut = not verdict.passed and response.finish_reason == "length"
     reason = f"cut at max_tokens: {verdict.reason}" if cut else verdict.reason
-    return Attempt(**common, status="passed" if verdict.passed else "failed", answer=response.text,
-                   reason=redact_secrets(reason),
-                   finish_reason=response.finish_reason, latency_s=response.latency_s,
-                   completion_tokens=response.usage.completion_tokens)
+    return Attempt(
+        **common,
+        status="passed" if verdict.passed else "failed",
+        answer=response.text,
+        reason=redact_secrets(reason),
+        finish_reason=response.finish_reason,
+        latency_s=response.latency_s,
+        completion_tokens=response.usage.completion_tokens,
+    )

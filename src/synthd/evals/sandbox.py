@@ -108,10 +108,18 @@ CREATED_FILES_LIMIT = 64
 
 OPEN_FILES_LIMIT = 64
 
-SUBINTERPRETER_MODULES = frozenset({
-    "_xxsubinterpreters", "_xxinterpchannels", "_interpreters", "_interpchannels", "_interpqueues",
-    "interpreters", "_testcapi", "_testinternalcapi",
-})
+SUBINTERPRETER_MODULES = frozenset(
+    {
+        "_xxsubinterpreters",
+        "_xxinterpchannels",
+        "_interpreters",
+        "_interpchannels",
+        "_interpqueues",
+        "interpreters",
+        "_testcapi",
+        "_testinternalcapi",
+    }
+)
 """Modules whose import the guard blocks: they create subinterpreters, which the guard cannot see
 into (CPython 3.11 has ``_xxsubinterpreters`` and ``_testcapi.run_in_subinterp``; later versions
 rename them ``_interpreters`` and ``concurrent.interpreters``)."""
@@ -156,7 +164,7 @@ class SandboxResult:
         """One line (at most :data:`REASON_MAX_CHARS` characters) saying why the program ended as
         it did, e.g. ``timed out after 2.0 s``."""
         reason = self._reason()
-        return reason if len(reason) <= REASON_MAX_CHARS else reason[:REASON_MAX_CHARS - 1] + "…"
+        return reason if len(reason) <= REASON_MAX_CHARS else reason[: REASON_MAX_CHARS - 1] + "…"
 
     def _reason(self) -> str:
         if self.status == "ok":
@@ -170,8 +178,7 @@ class SandboxResult:
         if self.status == "error":
             return _last_line(self.stderr) or "the sandbox could not run the program"
         if self.disk_bytes > DISK_LIMIT_BYTES:
-            return (f"wrote {self.disk_bytes / 2**20:.1f} MB to its directory "
-                    f"(limit {DISK_LIMIT_BYTES // 2**20} MB)")
+            return f"wrote {self.disk_bytes / 2**20:.1f} MB to its directory (limit {DISK_LIMIT_BYTES // 2**20} MB)"
         if self.returncode is not None and self.returncode < 0:
             return f"killed by {signal.Signals(-self.returncode).name}"
         if self.returncode == 0:
@@ -197,9 +204,17 @@ def run_sandboxed(source: str, *, timeout_s: float, memory_mb: int, unsafe_sandb
     """
     support = bubblewrap_support()
     if support.bubblewrap is None and not unsafe_sandbox:
-        return SandboxResult(status="error", returncode=None, stdout="", duration_s=0.0, timeout_s=float(timeout_s),
-                             stderr=f"not run: {support.reason}; unsafe_sandbox (--unsafe-sandbox) runs code "
-                                    "under the audit-hook guard alone", memory_mb=memory_mb, isolation="none")
+        return SandboxResult(
+            status="error",
+            returncode=None,
+            stdout="",
+            duration_s=0.0,
+            timeout_s=float(timeout_s),
+            stderr=f"not run: {support.reason}; unsafe_sandbox (--unsafe-sandbox) runs code "
+            "under the audit-hook guard alone",
+            memory_mb=memory_mb,
+            isolation="none",
+        )
     with tempfile.TemporaryDirectory(prefix="synthd-sandbox-", ignore_cleanup_errors=True) as root:
         root_dir = Path(root)
         work_dir = root_dir / "work"
@@ -214,30 +229,42 @@ def run_sandboxed(source: str, *, timeout_s: float, memory_mb: int, unsafe_sandb
             os.close(nonce_write)
         try:
             if support.bubblewrap is not None:
-                process, sandbox_pid1 = _start_in_bubblewrap(support.bubblewrap, root, nonce_read, memory_mb,
-                                                             timeout_s)
+                process, sandbox_pid1 = _start_in_bubblewrap(support.bubblewrap, root, nonce_read, memory_mb, timeout_s)
             else:
-                child_source = _child_source(str(work_dir / "program.py"), str(report), nonce_read, memory_mb,
-                                             timeout_s)
+                child_source = _child_source(
+                    str(work_dir / "program.py"), str(report), nonce_read, memory_mb, timeout_s
+                )
                 process = subprocess.Popen(
-                    [sys.executable, "-I", "-c", child_source], cwd=work_dir, env=_child_env(work_dir),
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    pass_fds=(nonce_read,), start_new_session=True,
+                    [sys.executable, "-I", "-c", child_source],
+                    cwd=work_dir,
+                    env=_child_env(work_dir),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=(nonce_read,),
+                    start_new_session=True,
                 )
                 sandbox_pid1 = None
         except OSError as exc:
-            return SandboxResult(status="error", returncode=None, stdout="",
-                                 stderr=f"could not start the sandbox: {exc}", duration_s=0.0,
-                                 timeout_s=float(timeout_s), memory_mb=memory_mb,
-                                 isolation="bubblewrap" if support.bubblewrap is not None else "guard only")
+            return SandboxResult(
+                status="error",
+                returncode=None,
+                stdout="",
+                stderr=f"could not start the sandbox: {exc}",
+                duration_s=0.0,
+                timeout_s=float(timeout_s),
+                memory_mb=memory_mb,
+                isolation="bubblewrap" if support.bubblewrap is not None else "guard only",
+            )
         finally:
             os.close(nonce_read)
         isolation: Isolation = "bubblewrap" if support.bubblewrap is not None else "guard only"
         return _wait(process, isolation, sandbox_pid1, report, nonce, work_dir, timeout_s, memory_mb)
 
 
-def _start_in_bubblewrap(bubblewrap: Bubblewrap, root: str, nonce_read: int, memory_mb: int,
-                         timeout_s: float) -> tuple[subprocess.Popen, int | None]:
+def _start_in_bubblewrap(
+    bubblewrap: Bubblewrap, root: str, nonce_read: int, memory_mb: int, timeout_s: float
+) -> tuple[subprocess.Popen, int | None]:
     """Start the child under ``bubblewrap``; returns it and a pidfd of the sandbox's PID 1 (``None``
     if bwrap failed before reporting it). Raises ``OSError`` if bwrap cannot be started."""
     inside = f"{SANDBOX_DIR}/work/program.py", f"{SANDBOX_DIR}/report"
@@ -246,8 +273,13 @@ def _start_in_bubblewrap(bubblewrap: Bubblewrap, root: str, nonce_read: int, mem
     try:
         process = subprocess.Popen(
             bubblewrap.command(root, [sys.executable, "-I", "-c", child_source], info_fd=info_write),
-            cwd=root, env=LAUNCH_ENV, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(nonce_read, info_write), start_new_session=True,
+            cwd=root,
+            env=LAUNCH_ENV,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(nonce_read, info_write),
+            start_new_session=True,
         )
     except OSError:
         os.close(info_read)
@@ -263,14 +295,24 @@ def _start_in_bubblewrap(bubblewrap: Bubblewrap, root: str, nonce_read: int, mem
         return process, None
 
 
-def _wait(process: subprocess.Popen, isolation: Isolation, sandbox_pid1: int | None, report: Path, nonce: str,
-          work_dir: Path, timeout_s: float, memory_mb: int) -> SandboxResult:
+def _wait(
+    process: subprocess.Popen,
+    isolation: Isolation,
+    sandbox_pid1: int | None,
+    report: Path,
+    nonce: str,
+    work_dir: Path,
+    timeout_s: float,
+    memory_mb: int,
+) -> SandboxResult:
     """Drain the child's output, wait for it (killing it at ``timeout_s``), end the sandbox, judge."""
     assert process.stdout is not None and process.stderr is not None
     start = time.monotonic()
     stdout, stderr = bytearray(), bytearray()
-    readers = [threading.Thread(target=_drain, args=(stream, tail), daemon=True)
-               for stream, tail in ((process.stdout, stdout), (process.stderr, stderr))]
+    readers = [
+        threading.Thread(target=_drain, args=(stream, tail), daemon=True)
+        for stream, tail in ((process.stdout, stdout), (process.stderr, stderr))
+    ]
     for reader in readers:
         reader.start()
     timed_out = False
@@ -287,8 +329,18 @@ def _wait(process: subprocess.Popen, isolation: Isolation, sandbox_pid1: int | N
     if isolation == "bubblewrap" and returncode is not None and 128 < returncode < 128 + signal.NSIG:
         returncode = 128 - returncode  # bwrap exits 128+N for a child killed by signal N
     outcome = report.read_text(encoding="utf-8", errors="replace") if report.exists() else ""
-    result = _result(outcome, nonce, returncode, timed_out, _decode_tail(stdout), _decode_tail(stderr),
-                     duration_s, timeout_s, memory_mb, _folder_bytes(work_dir))
+    result = _result(
+        outcome,
+        nonce,
+        returncode,
+        timed_out,
+        _decode_tail(stdout),
+        _decode_tail(stderr),
+        duration_s,
+        timeout_s,
+        memory_mb,
+        _folder_bytes(work_dir),
+    )
     last = _last_line(result.stderr)
     if isolation == "bubblewrap" and result.status == "failed" and returncode == 1 and last.startswith("bwrap: "):
         return replace(result, status="error", stderr=f"sandbox setup failed: {last}", isolation=isolation)
@@ -310,8 +362,18 @@ def _end(process: subprocess.Popen, sandbox_pid1: int | None) -> None:
     process.wait()
 
 
-def _result(outcome: str, nonce: str, returncode: int | None, timed_out: bool, stdout: str, stderr: str,
-            duration_s: float, timeout_s: float, memory_mb: int, disk_bytes: int) -> SandboxResult:
+def _result(
+    outcome: str,
+    nonce: str,
+    returncode: int | None,
+    timed_out: bool,
+    stdout: str,
+    stderr: str,
+    duration_s: float,
+    timeout_s: float,
+    memory_mb: int,
+    disk_bytes: int,
+) -> SandboxResult:
     lines = outcome.split("\n")
     last = lines[-2] if len(lines) >= 2 and lines[-1] == "" else ""  # the last complete line
     token, _, rest = last.partition(" ")
@@ -330,9 +392,17 @@ def _result(outcome: str, nonce: str, returncode: int | None, timed_out: bool, s
         status = "ok"
     else:
         status = "failed"
-    return SandboxResult(status=status, returncode=returncode, stdout=stdout, stderr=stderr,
-                         duration_s=duration_s, timeout_s=float(timeout_s), memory_mb=memory_mb,
-                         blocked_event=blocked_event, disk_bytes=disk_bytes)
+    return SandboxResult(
+        status=status,
+        returncode=returncode,
+        stdout=stdout,
+        stderr=stderr,
+        duration_s=duration_s,
+        timeout_s=float(timeout_s),
+        memory_mb=memory_mb,
+        blocked_event=blocked_event,
+        disk_bytes=disk_bytes,
+    )
 
 
 def _cpu_limit_s(timeout_s: float) -> int:
@@ -340,8 +410,12 @@ def _cpu_limit_s(timeout_s: float) -> int:
 
 
 def _child_env(work_dir: Path) -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(work_dir), "TMPDIR": str(work_dir),
-            "LANG": "C.UTF-8"}
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": str(work_dir),
+        "TMPDIR": str(work_dir),
+        "LANG": "C.UTF-8",
+    }
 
 
 def _kill_group(pgid: int) -> None:
@@ -391,15 +465,38 @@ def _exception_line(stderr: str) -> str:
 
 
 def _child_source(program: str, report: str, nonce_fd: int, memory_mb: int, timeout_s: float) -> str:
-    limits = [("RLIMIT_AS", memory_mb * 2**20), ("RLIMIT_CPU", _cpu_limit_s(timeout_s)),
-              ("RLIMIT_FSIZE", FILE_SIZE_LIMIT_BYTES), ("RLIMIT_NOFILE", OPEN_FILES_LIMIT), ("RLIMIT_CORE", 0)]
-    arguments = (program, report, nonce_fd, limits, BLOCKED_EXIT_CODE, SETUP_EXIT_CODE, CREATED_FILES_LIMIT,
-                 DISK_LIMIT_BYTES, sorted(SUBINTERPRETER_MODULES))
+    limits = [
+        ("RLIMIT_AS", memory_mb * 2**20),
+        ("RLIMIT_CPU", _cpu_limit_s(timeout_s)),
+        ("RLIMIT_FSIZE", FILE_SIZE_LIMIT_BYTES),
+        ("RLIMIT_NOFILE", OPEN_FILES_LIMIT),
+        ("RLIMIT_CORE", 0),
+    ]
+    arguments = (
+        program,
+        report,
+        nonce_fd,
+        limits,
+        BLOCKED_EXIT_CODE,
+        SETUP_EXIT_CODE,
+        CREATED_FILES_LIMIT,
+        DISK_LIMIT_BYTES,
+        sorted(SUBINTERPRETER_MODULES),
+    )
     return f"{textwrap.dedent(inspect.getsource(_child_main))}\n_child_main(*{arguments!r})\n"
 
 
-def _child_main(program: str, report: str, nonce_fd: int, limits: list[tuple[str, int]], blocked_exit: int,
-                setup_exit: int, max_created: int, disk_limit: int, subinterpreter_modules: list[str]) -> None:
+def _child_main(
+    program: str,
+    report: str,
+    nonce_fd: int,
+    limits: list[tuple[str, int]],
+    blocked_exit: int,
+    setup_exit: int,
+    max_created: int,
+    disk_limit: int,
+    subinterpreter_modules: list[str],
+) -> None:
     """Runs only inside the child, sent as source by ``run_sandboxed``: limit, guard, run.
 
     Reads the run's nonce from ``nonce_fd`` and closes it. ``limits`` pairs ``resource.RLIMIT_*``
@@ -453,18 +550,59 @@ def _child_main(program: str, report: str, nonce_fd: int, limits: list[tuple[str
     create_flag = os.O_CREAT
     created = [0]
     no_import = frozenset(subinterpreter_modules)
-    always_blocked = frozenset({
-        "os.chmod", "os.chown", "os.chflags", "os.link", "os.symlink", "subprocess.Popen", "os.system",
-        "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg",
-        "signal.pthread_kill", "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
-        "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr", "socket.getnameinfo",
-        "resource.setrlimit", "resource.prlimit",
-    })
+    always_blocked = frozenset(
+        {
+            "os.chmod",
+            "os.chown",
+            "os.chflags",
+            "os.link",
+            "os.symlink",
+            "subprocess.Popen",
+            "os.system",
+            "os.exec",
+            "os.posix_spawn",
+            "os.spawn",
+            "os.fork",
+            "os.forkpty",
+            "os.kill",
+            "os.killpg",
+            "signal.pthread_kill",
+            "socket.connect",
+            "socket.bind",
+            "socket.sendto",
+            "socket.sendmsg",
+            "socket.getaddrinfo",
+            "socket.gethostbyname",
+            "socket.gethostbyaddr",
+            "socket.getnameinfo",
+            "resource.setrlimit",
+            "resource.prlimit",
+        }
+    )
     # How many leading audit arguments make a readable description; the rest are fds and flags.
-    shown_args = {"import": 1, "open": 2, "os.remove": 1, "os.rmdir": 1, "os.rename": 2, "shutil.rmtree": 1,
-                  "os.chmod": 2, "os.link": 2, "os.symlink": 2, "os.mkdir": 1, "os.truncate": 1, "subprocess.Popen": 2,
-                  "os.exec": 2, "os.posix_spawn": 2, "os.spawn": 3, "os.kill": 2, "os.killpg": 2,
-                  "socket.connect": 2, "socket.bind": 2, "socket.sendto": 2, "socket.getaddrinfo": 2}
+    shown_args = {
+        "import": 1,
+        "open": 2,
+        "os.remove": 1,
+        "os.rmdir": 1,
+        "os.rename": 2,
+        "shutil.rmtree": 1,
+        "os.chmod": 2,
+        "os.link": 2,
+        "os.symlink": 2,
+        "os.mkdir": 1,
+        "os.truncate": 1,
+        "subprocess.Popen": 2,
+        "os.exec": 2,
+        "os.posix_spawn": 2,
+        "os.spawn": 3,
+        "os.kill": 2,
+        "os.killpg": 2,
+        "socket.connect": 2,
+        "socket.bind": 2,
+        "socket.sendto": 2,
+        "socket.getaddrinfo": 2,
+    }
 
     def real_path(path: object, dir_fd: object = -1, follow: bool = True) -> str:
         """The real path of ``path`` (relative to ``dir_fd`` when given); ``follow=False`` judges a
@@ -507,7 +645,7 @@ def _child_main(program: str, report: str, nonce_fd: int, limits: list[tuple[str
         return None
 
     def describe(event: str, args: tuple) -> str:
-        shown = args[:shown_args.get(event, len(args))]
+        shown = args[: shown_args.get(event, len(args))]
         if event.startswith("socket.") and shown and type(shown[0]).__name__ == "socket":
             shown = shown[1:]
         text = ", ".join(repr(arg)[:100] for arg in shown if arg is not None)
@@ -520,7 +658,8 @@ def _child_main(program: str, report: str, nonce_fd: int, limits: list[tuple[str
             if isinstance(path, int):
                 return  # an open descriptor: judged when it was opened
             writes = (isinstance(flags, int) and flags & write_flags) or (
-                isinstance(mode, str) and any(c in mode for c in "wax+"))
+                isinstance(mode, str) and any(c in mode for c in "wax+")
+            )
             # Links cannot be made, so the report and /proc/<pid>/mem are reached only by their names.
             special = fsdecode(path).rstrip("/").rpartition("/")[2] in ("report", "mem")
             if not (writes or special):

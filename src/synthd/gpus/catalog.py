@@ -33,8 +33,16 @@ CATALOG: tuple[GPUType, ...] = (
     GPUType("L4", 24, 0.80, match=("L4",)),
     GPUType("A10G", 24, 1.10, aliases=("A10",), match=("A10G", "A10")),
     GPUType("L40S", 48, 1.95, match=("L40S",)),
-    GPUType("A100-40GB", 40, 2.10, aliases=("A100", "A100-40G", "A100-40"), match=("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB")),
-    GPUType("A100-80GB", 80, 2.50, aliases=("A100-80G", "A100-80"), match=("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB")),
+    GPUType(
+        "A100-40GB",
+        40,
+        2.10,
+        aliases=("A100", "A100-40G", "A100-40"),
+        match=("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB"),
+    ),
+    GPUType(
+        "A100-80GB", 80, 2.50, aliases=("A100-80G", "A100-80"), match=("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB")
+    ),
     GPUType("H100", 80, 3.95, aliases=("H100-80GB", "H100-80G"), match=("H100",)),
     GPUType("H200", 141, 4.54, match=("H200",)),
     GPUType("B200", 180, 6.25, match=("B200",)),

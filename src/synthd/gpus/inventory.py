@@ -70,7 +70,9 @@ def _nvml_devices() -> list[tuple[str, float]]:
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(handle)
-            found.append((name.decode() if isinstance(name, bytes) else name, pynvml.nvmlDeviceGetMemoryInfo(handle).total / GIB))
+            found.append(
+                (name.decode() if isinstance(name, bytes) else name, pynvml.nvmlDeviceGetMemoryInfo(handle).total / GIB)
+            )
         return found
     finally:
         pynvml.nvmlShutdown()
@@ -81,8 +83,10 @@ def _torch_devices() -> list[tuple[str, float]]:
 
     if not torch.cuda.is_available():
         return []
-    return [(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / GIB)
-            for i in range(torch.cuda.device_count())]
+    return [
+        (torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / GIB)
+        for i in range(torch.cuda.device_count())
+    ]
 
 
 def load_pool(path: Path) -> list[Device]:

@@ -47,7 +47,11 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: Any) -> "ModelShape":
         """From a ``transformers`` config object or a ``config.json`` dict."""
-        get = (lambda k, d=None: config.get(k, d)) if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+        get = (
+            (lambda k, d=None: config.get(k, d))
+            if isinstance(config, dict)
+            else (lambda k, d=None: getattr(config, k, d))
+        )
         hidden = get("hidden_size")
         heads = get("num_attention_heads")
         return cls(

@@ -58,8 +58,13 @@ class PlacementPlanner:
         reservations: devices held by training.
     """
 
-    def __init__(self, inventory: list[Device], dtype_for: Callable[[str], str], max_model_len: int | None = None,
-                 reservations: Reservations | None = None) -> None:
+    def __init__(
+        self,
+        inventory: list[Device],
+        dtype_for: Callable[[str], str],
+        max_model_len: int | None = None,
+        reservations: Reservations | None = None,
+    ) -> None:
         self.inventory = inventory
         self.dtype_for = dtype_for
         self.max_model_len = max_model_len
@@ -74,11 +79,17 @@ class PlacementPlanner:
         shape = ModelShape.from_config(json.loads((model_path / "config.json").read_text()))
         dtype = self.dtype_for("cpu" if option.gpu_name == CPU_NAME else "cuda")
         context = min(shape.max_position_embeddings, self.max_model_len or shape.max_position_embeddings)
-        return estimate_memory(shape, purpose, dtype_bytes=DTYPE_BYTES.get(dtype, 2),
-                               context=context if purpose == "inference" else None)
+        return estimate_memory(
+            shape, purpose, dtype_bytes=DTYPE_BYTES.get(dtype, 2), context=context if purpose == "inference" else None
+        )
 
-    def plan(self, model_path: Path, preference: GPUPreference, purpose: str = "inference",
-             serving_busy: set[str] | frozenset[str] = frozenset()) -> tuple[Placement, MemoryEstimate]:
+    def plan(
+        self,
+        model_path: Path,
+        preference: GPUPreference,
+        purpose: str = "inference",
+        serving_busy: set[str] | frozenset[str] = frozenset(),
+    ) -> tuple[Placement, MemoryEstimate]:
         """Where the model at ``model_path`` would run for ``preference``; devices in ``serving_busy``
         and those reserved for training are not free.
 
@@ -87,6 +98,7 @@ class PlacementPlanner:
             OSError, ValueError: the model's config cannot be read.
         """
         busy = set(serving_busy) | self.reservations.busy()
-        placement = select_placement(preference, lambda o: self.estimate(model_path, purpose, o).total_gib,
-                                     self.inventory, busy)
+        placement = select_placement(
+            preference, lambda o: self.estimate(model_path, purpose, o).total_gib, self.inventory, busy
+        )
         return placement, self.estimate(model_path, purpose, placement.option)

@@ -91,7 +91,9 @@ class GPUBusy(SelectionError, Overloaded):
 
     code_name = "gpu_busy"
 
-    def __init__(self, message: str, *, required_gib: float | None = None, retry_after_s: int = BUSY_RETRY_AFTER_S) -> None:
+    def __init__(
+        self, message: str, *, required_gib: float | None = None, retry_after_s: int = BUSY_RETRY_AFTER_S
+    ) -> None:
         SelectionError.__init__(self, message, required_gib=required_gib)
         self.retry_after_s = retry_after_s
 
@@ -130,12 +132,18 @@ def select_placement(
     required_gib = max(need(o) for o in options) if options else 0.0
     if not fitting:
         if preference.is_auto:
-            raise GPUNotSupported(f"No device in this deployment ({describe_inventory(inventory)}) has enough memory for "
-                                 f"this model: it needs {required_gib:.1f} GiB.", required_gib=required_gib)
+            raise GPUNotSupported(
+                f"No device in this deployment ({describe_inventory(inventory)}) has enough memory for "
+                f"this model: it needs {required_gib:.1f} GiB.",
+                required_gib=required_gib,
+            )
         offered = max(option_memory_gib(o, inventory) for o in options)
         shown = ", ".join(f"{o} offers {option_memory_gib(o, inventory):.0f} GiB" for o in options)
-        raise GPUNotSupported(f"GPU type not supported for this model: it needs {required_gib:.1f} GiB; {shown}.",
-                             required_gib=required_gib, offered_gib=offered)
+        raise GPUNotSupported(
+            f"GPU type not supported for this model: it needs {required_gib:.1f} GiB; {shown}.",
+            required_gib=required_gib,
+            offered_gib=offered,
+        )
     if preference.is_auto:
         fitting.sort(key=lambda o: (_price(o, inventory), o.count))
     saw_busy = False
@@ -150,16 +158,23 @@ def select_placement(
         for devices in nodes:
             free = [d for d in devices if d.key not in busy]
             if len(free) >= option.count:
-                return Placement(option, tuple(free[:option.count]))
+                return Placement(option, tuple(free[: option.count]))
         saw_busy = True
     if saw_busy:
-        raise GPUBusy(f"{', '.join(map(str, fitting))} exists in this deployment but is in use; retry later.",
-                             required_gib=required_gib)
-    split = [f"{o} needs {o.count} {o.gpu_name} on one node and the most on one node is {largest[o.gpu_name]}"
-             for o in fitting if 0 < largest[o.gpu_name] < o.count]
-    raise GPUUnavailable(f"{', '.join(map(str, fitting))} is not available in this deployment; "
-                         f"it has: {describe_inventory(inventory)}" + (f" ({'; '.join(split)})" if split else "") + ".",
-                         required_gib=required_gib)
+        raise GPUBusy(
+            f"{', '.join(map(str, fitting))} exists in this deployment but is in use; retry later.",
+            required_gib=required_gib,
+        )
+    split = [
+        f"{o} needs {o.count} {o.gpu_name} on one node and the most on one node is {largest[o.gpu_name]}"
+        for o in fitting
+        if 0 < largest[o.gpu_name] < o.count
+    ]
+    raise GPUUnavailable(
+        f"{', '.join(map(str, fitting))} is not available in this deployment; "
+        f"it has: {describe_inventory(inventory)}" + (f" ({'; '.join(split)})" if split else "") + ".",
+        required_gib=required_gib,
+    )
 
 
 def _nodes_of(gpu_name: str, inventory: list[Device]) -> list[list[Device]]:
@@ -173,8 +188,12 @@ def _nodes_of(gpu_name: str, inventory: list[Device]) -> list[list[Device]]:
 
 def _auto_options(inventory: list[Device]) -> list[GPUOption]:
     counts = Counter(d.gpu.name for d in inventory)
-    return [GPUOption(name, count) for name, have in counts.items()
-            for count in (VALID_COUNTS if name != CPU_NAME else (1,)) if count <= have]
+    return [
+        GPUOption(name, count)
+        for name, have in counts.items()
+        for count in (VALID_COUNTS if name != CPU_NAME else (1,))
+        if count <= have
+    ]
 
 
 def _price(option: GPUOption, inventory: list[Device]) -> float:

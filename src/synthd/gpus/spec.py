@@ -65,7 +65,9 @@ def parse_gpu_preference(text: str | None) -> GPUPreference:
 def _parse_option(part: str, whole: str) -> GPUOption:
     pieces = part.strip().split(":")
     if not pieces[0] or len(pieces) > 2:
-        raise GPUSpecError(f"invalid GPU preference '{whole}': '{part.strip()}' is not TYPE or TYPE:COUNT; {valid_types_text()}")
+        raise GPUSpecError(
+            f"invalid GPU preference '{whole}': '{part.strip()}' is not TYPE or TYPE:COUNT; {valid_types_text()}"
+        )
     name = pieces[0].strip()
     if name.lower() == CPU_NAME:
         gpu_name = CPU_NAME

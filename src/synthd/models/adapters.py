@@ -28,7 +28,9 @@ class AdapterMismatch(InvalidRequest):
     """The adapter cannot run on this base (wrong type, modules or shapes); the message says which."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(f"The adapter does not match its base model: {message}", param="model", code="adapter_mismatch")
+        super().__init__(
+            f"The adapter does not match its base model: {message}", param="model", code="adapter_mismatch"
+        )
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,9 @@ def read_adapter_config(path: Path) -> AdapterInfo:
     config_file = path / "adapter_config.json"
     try:
         if not config_file.is_file() or not (path / "adapter_model.safetensors").is_file():
-            raise AdapterMismatch(f"{path} is not a PEFT adapter folder (needs adapter_config.json and "
-                                  "adapter_model.safetensors)")
+            raise AdapterMismatch(
+                f"{path} is not a PEFT adapter folder (needs adapter_config.json and adapter_model.safetensors)"
+            )
         config = json.loads(config_file.read_text())
     except OSError as exc:
         raise AdapterMismatch(f"{path} cannot be read ({exc.strerror or type(exc).__name__})") from None
@@ -75,12 +78,16 @@ def read_adapter_config(path: Path) -> AdapterInfo:
     if config.get("peft_type") != "LORA":
         raise UnsupportedAdapter(f"Only LoRA adapters can be served; this one is {config.get('peft_type')!r}.")
     if config.get("use_dora"):
-        raise UnsupportedAdapter("DoRA adapters (use_dora: true) are not supported: their magnitude vectors cannot be "
-                                 "batched with other adapters. Merge it, or train a plain LoRA.")
+        raise UnsupportedAdapter(
+            "DoRA adapters (use_dora: true) are not supported: their magnitude vectors cannot be "
+            "batched with other adapters. Merge it, or train a plain LoRA."
+        )
     if config.get("modules_to_save"):
-        raise UnsupportedAdapter(f"Adapters with modules_to_save ({config['modules_to_save']}) are not supported: they "
-                                 "replace whole base modules, which other adapters on the same base share. Train "
-                                 "without modules_to_save.")
+        raise UnsupportedAdapter(
+            f"Adapters with modules_to_save ({config['modules_to_save']}) are not supported: they "
+            "replace whole base modules, which other adapters on the same base share. Train "
+            "without modules_to_save."
+        )
     targets = config.get("target_modules")
     if isinstance(targets, str):
         targets = [targets]
@@ -90,9 +97,13 @@ def read_adapter_config(path: Path) -> AdapterInfo:
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1 or not isinstance(alpha, int | float):
         raise AdapterMismatch("adapter_config.json needs 'r' (a positive integer) and a numeric 'lora_alpha'")
     base = config.get("base_model_name_or_path")
-    return AdapterInfo(r=rank, alpha=float(alpha), target_modules=tuple(targets),
-                       base_model_name_or_path=base if isinstance(base, str) and base else None,
-                       per_module_ranks=bool(config.get("rank_pattern")))
+    return AdapterInfo(
+        r=rank,
+        alpha=float(alpha),
+        target_modules=tuple(targets),
+        base_model_name_or_path=base if isinstance(base, str) and base else None,
+        per_module_ranks=bool(config.get("rank_pattern")),
+    )
 
 
 def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
@@ -121,7 +132,9 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
         rank = shape[0 if ".lora_A." in key else -1] if info.per_module_ranks else info.r
         expected = (rank, module.in_features) if ".lora_A." in key else (module.out_features, rank)
         if shape != expected:
-            raise AdapterMismatch(f"adapter weight {key} has shape {shape}; the base model and r={info.r} need {expected}")
+            raise AdapterMismatch(
+                f"adapter weight {key} has shape {shape}; the base model and r={info.r} need {expected}"
+            )
     return info
 
 

@@ -29,8 +29,10 @@ class AutoscalingConfig:
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas) or self.target_ongoing_requests < 1:
-            raise ValueError(f"autoscaling needs 0 <= min_replicas <= max_replicas, max_replicas >= 1 and "
-                             f"target_ongoing_requests >= 1, not {self}")
+            raise ValueError(
+                f"autoscaling needs 0 <= min_replicas <= max_replicas, max_replicas >= 1 and "
+                f"target_ongoing_requests >= 1, not {self}"
+            )
 
     def desired_replicas(self, ongoing: int) -> int:
         """Replicas a group carrying ``ongoing`` requests should have (at least 1 when ``ongoing`` > 0)."""

@@ -23,8 +23,14 @@ class AvailableModel:
 
 def available_models(models_dir: Path) -> list[AvailableModel]:
     """The embedded model (pulled or not), folders under ``models_dir`` and hub-cache snapshots."""
-    rows = [AvailableModel(EMBEDDED_MODEL_ID, "embedded", is_pulled(models_dir),
-                           embedded_model_dir(models_dir) if is_pulled(models_dir) else None)]
+    rows = [
+        AvailableModel(
+            EMBEDDED_MODEL_ID,
+            "embedded",
+            is_pulled(models_dir),
+            embedded_model_dir(models_dir) if is_pulled(models_dir) else None,
+        )
+    ]
     if models_dir.is_dir():
         for folder in sorted(models_dir.iterdir()):
             if folder.name != EMBEDDED_MODEL_ID and (folder / "config.json").is_file():
@@ -45,7 +51,9 @@ def _hub_cache_models() -> list[AvailableModel]:
     for repo in sorted(cache.repos, key=lambda r: r.repo_id):
         if repo.repo_type != "model" or repo.repo_id == EMBEDDED_HUB_ID:
             continue
-        snapshot = next((rev.snapshot_path for rev in repo.revisions if (rev.snapshot_path / "config.json").exists()), None)
+        snapshot = next(
+            (rev.snapshot_path for rev in repo.revisions if (rev.snapshot_path / "config.json").exists()), None
+        )
         if snapshot is not None:
             rows.append(AvailableModel(repo.repo_id, "hf-cache", True, snapshot))
     return rows

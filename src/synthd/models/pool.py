@@ -66,8 +66,12 @@ class PoolFull(Overloaded):
     """``max_loaded_models`` replicas are resident and every one is serving requests."""
 
     def __init__(self, resident: int) -> None:
-        super().__init__(f"{resident} models are loaded (the server's maximum) and all are serving requests; "
-                         "retry shortly.", retry_after_s=POOL_FULL_RETRY_AFTER_S, param="model", code="pool_full")
+        super().__init__(
+            f"{resident} models are loaded (the server's maximum) and all are serving requests; retry shortly.",
+            retry_after_s=POOL_FULL_RETRY_AFTER_S,
+            param="model",
+            code="pool_full",
+        )
 
 
 class EngineFactory(Protocol):
@@ -170,10 +174,18 @@ class ModelPool:
         autoscaling: replica bounds per model and placement label.
     """
 
-    def __init__(self, registry: ModelRegistry, planner: PlacementPlanner, *, engine_kind: str = "native",
-                 engine_config: EngineConfig = EngineConfig(), max_loaded_models: int = 4,
-                 idle_timeout_s: float | None = None, engine_factory: EngineFactory | None = None,
-                 autoscaling: AutoscalingConfig = AutoscalingConfig()) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        planner: PlacementPlanner,
+        *,
+        engine_kind: str = "native",
+        engine_config: EngineConfig = EngineConfig(),
+        max_loaded_models: int = 4,
+        idle_timeout_s: float | None = None,
+        engine_factory: EngineFactory | None = None,
+        autoscaling: AutoscalingConfig = AutoscalingConfig(),
+    ) -> None:
         self.registry = registry
         self.planner = planner
         self.engine_kind = engine_kind
@@ -220,21 +232,34 @@ class ModelPool:
             return self._fine_tune_status(model_id)
         labels = {str(o) for o in preference.options}
         replicas = [r for r in self.replicas(model_id) if preference.is_auto or r.placement.label in labels]
-        best = next((r for state in (WarmupState.WARMED, WarmupState.WARMING, WarmupState.FAILED)
-                     for r in replicas if r.state == state), None)
+        best = next(
+            (
+                r
+                for state in (WarmupState.WARMED, WarmupState.WARMING, WarmupState.FAILED)
+                for r in replicas
+                if r.state == state
+            ),
+            None,
+        )
         if best is None:
             error = self._failed.get(model_id)
             return ModelStatus(model_id, WarmupState.FAILED if error else WarmupState.COLD, error=error)
-        return ModelStatus(model_id, best.state, best.placement.label, best.placement.devices[0].node,
-                           best.load_seconds, best.error)
+        return ModelStatus(
+            model_id, best.state, best.placement.label, best.placement.devices[0].node, best.load_seconds, best.error
+        )
 
     def _fine_tune_status(self, model_id: str) -> ModelStatus:
         task = self._fine_tune_warmups.get(model_id)
         holders = [r for r in self._replicas if r.engine is not None and model_id in r.engine.list_loras()]
         if holders:
             replica = holders[0]
-            return ModelStatus(model_id, WarmupState.WARMED, replica.placement.label,
-                               replica.placement.devices[0].node, replica.load_seconds)
+            return ModelStatus(
+                model_id,
+                WarmupState.WARMED,
+                replica.placement.label,
+                replica.placement.devices[0].node,
+                replica.load_seconds,
+            )
         if task is not None and not task.done():
             return ModelStatus(model_id, WarmupState.WARMING)
         if (error := self._fine_tune_errors.get(model_id)) is not None:
@@ -261,8 +286,12 @@ class ModelPool:
         replica.leases += 1
         if adapter is not None:
             self._adapter_leases[adapter.model_id] = self._adapter_leases.get(adapter.model_id, 0) + 1
-        lease = Lease(replica, adapter.model_id if adapter else source.model_id,
-                      LoRARef(adapter.model_id, adapter.path) if adapter else None, self._release)
+        lease = Lease(
+            replica,
+            adapter.model_id if adapter else source.model_id,
+            LoRARef(adapter.model_id, adapter.path) if adapter else None,
+            self._release,
+        )
         try:
             if replica.task is not None and not replica.task.done():
                 await asyncio.shield(replica.task)
@@ -295,8 +324,9 @@ class ModelPool:
         outcome = "already_warmed" if replica.state == WarmupState.WARMED else "already_warming"
         return outcome, self.status(source.model_id, preference)
 
-    async def _warmup_fine_tune(self, adapter: AdapterRef, source: ModelSource,
-                                preference: GPUPreference) -> tuple[str, ModelStatus]:
+    async def _warmup_fine_tune(
+        self, adapter: AdapterRef, source: ModelSource, preference: GPUPreference
+    ) -> tuple[str, ModelStatus]:
         current = self._fine_tune_status(adapter.model_id)
         if current.state == WarmupState.WARMED and self._find(source.model_id, preference) is not None:
             return "already_warmed", current
@@ -316,25 +346,35 @@ class ModelPool:
                 await lease.engine.add_lora(LoRARef(adapter.model_id, adapter.path))
                 self._fine_tune_errors.pop(adapter.model_id, None)
             except Exception as exc:  # recorded as the fine-tune's warmup error
-                self._fine_tune_errors[adapter.model_id] = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                self._fine_tune_errors[adapter.model_id] = (
+                    getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                )
             finally:
                 lease.release()
 
         self._fine_tune_warmups[adapter.model_id] = asyncio.create_task(load())
-        return "warming", ModelStatus(adapter.model_id, WarmupState.WARMING, replica.placement.label,
-                                      replica.placement.node)
+        return "warming", ModelStatus(
+            adapter.model_id, WarmupState.WARMING, replica.placement.label, replica.placement.node
+        )
 
     def _find(self, model_id: str, preference: GPUPreference) -> Replica | None:
         """A loading or warmed replica meeting ``preference``, least leased first."""
         labels = {str(o) for o in preference.options}
-        fitting = [r for r in self.replicas(model_id) if r.state in (WarmupState.WARMING, WarmupState.WARMED)
-                   and (preference.is_auto or r.placement.label in labels)]
+        fitting = [
+            r
+            for r in self.replicas(model_id)
+            if r.state in (WarmupState.WARMING, WarmupState.WARMED)
+            and (preference.is_auto or r.placement.label in labels)
+        ]
         return min(fitting, key=lambda r: (r.state != WarmupState.WARMED, r.leases), default=None)
 
     def _group(self, replica: Replica) -> list[Replica]:
         """Loading or warmed replicas of ``replica``'s model on its placement label."""
-        return [r for r in self.replicas(replica.model_id) if r.placement.label == replica.placement.label
-                and r.state in (WarmupState.WARMING, WarmupState.WARMED)]
+        return [
+            r
+            for r in self.replicas(replica.model_id)
+            if r.placement.label == replica.placement.label and r.state in (WarmupState.WARMING, WarmupState.WARMED)
+        ]
 
     def _scale_out(self, source: ModelSource, replica: Replica) -> None:
         """Start another replica of ``replica``'s group in the background when the requests in
@@ -349,8 +389,9 @@ class ModelPool:
         async def start() -> None:
             try:
                 added = await self._start(source, GPUPreference((replica.placement.option,)), another=True)
-                log.info("scaling %s on %s out to %d replicas (%s)", key[0], key[1], len(group) + 1,
-                         added.placement.where)
+                log.info(
+                    "scaling %s on %s out to %d replicas (%s)", key[0], key[1], len(group) + 1, added.placement.where
+                )
             except SynthdError as exc:
                 log.info("cannot scale %s on %s out: %s", key[0], key[1], exc.message)
             finally:
@@ -362,22 +403,26 @@ class ModelPool:
         """The replica ``_start_or_join`` started or joined."""
         return (await self._start_or_join(source, preference, another))[0]
 
-    async def _start_or_join(self, source: ModelSource, preference: GPUPreference,
-                             another: bool = False) -> tuple[Replica, bool]:
+    async def _start_or_join(
+        self, source: ModelSource, preference: GPUPreference, another: bool = False
+    ) -> tuple[Replica, bool]:
         """Plan a placement and start loading a replica there; returns it and whether this call
         started it. Planning runs in a thread; the result is checked again afterwards, so two
         concurrent starts never share a GPU or load one model twice (the later one joins the
         earlier's replica, unless ``another`` asks for one more replica of a group)."""
         for _ in range(3):
             try:
-                placement, _ = await asyncio.to_thread(self.planner.plan, source.path, preference, "inference",
-                                                       self.busy_devices())
+                placement, _ = await asyncio.to_thread(
+                    self.planner.plan, source.path, preference, "inference", self.busy_devices()
+                )
             except (OSError, ValueError) as exc:
                 self._failed[source.model_id] = f"cannot read its config.json: {exc}"
                 raise ModelLoadFailed(source.model_id, self._failed[source.model_id]) from None
             if placement.remote:
-                raise GPUUnavailable(f"{placement.label} is a declared cluster device ({placement.devices[0].node}); "
-                                     "this process runs models only on its local devices.")
+                raise GPUUnavailable(
+                    f"{placement.label} is a declared cluster device ({placement.devices[0].node}); "
+                    "this process runs models only on its local devices."
+                )
             existing = None if another else self._find(source.model_id, preference)
             if existing is not None:  # another request started one while we planned
                 return existing, False
@@ -400,7 +445,8 @@ class ModelPool:
         started = time.perf_counter()
         try:
             replica.engine, replica.placement = await asyncio.to_thread(
-                self.engine_factory, replica.model_id, replica.source.path, replica.placement)
+                self.engine_factory, replica.model_id, replica.source.path, replica.placement
+            )
         except Exception as exc:  # any load failure becomes the replica's (and the model's) reason
             log.warning("loading %s failed: %s", replica.model_id, exc)
             replica.state, replica.error = WarmupState.FAILED, f"{type(exc).__name__}: {exc}"
@@ -460,8 +506,14 @@ class ModelPool:
         if self.idle_timeout_s is None:
             return []
         now = time.monotonic()
-        idle = sorted((r for r in self._replicas if r.state == WarmupState.WARMED and r.leases == 0
-                       and now - r.last_used > self.idle_timeout_s), key=lambda r: r.last_used)
+        idle = sorted(
+            (
+                r
+                for r in self._replicas
+                if r.state == WarmupState.WARMED and r.leases == 0 and now - r.last_used > self.idle_timeout_s
+            ),
+            key=lambda r: r.last_used,
+        )
         unloaded = []
         for replica in idle:
             if len(self._group(replica)) > self.autoscaling.min_replicas:

@@ -29,8 +29,13 @@ class ModelRegistry:
         list_fine_tunes: every stored fine-tune. Blocking.
     """
 
-    def __init__(self, models_dir: Path, served: list[ModelSource], find_fine_tune: FineTuneLookup,
-                 list_fine_tunes: FineTuneListing) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        served: list[ModelSource],
+        find_fine_tune: FineTuneLookup,
+        list_fine_tunes: FineTuneListing,
+    ) -> None:
         self.models_dir = models_dir
         self.served = {source.model_id: source for source in served}
         self._find_fine_tune = find_fine_tune

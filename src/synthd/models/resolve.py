@@ -45,8 +45,11 @@ def check_model_id(model: str) -> None:
         InvalidRequest: the id is malformed (``param`` model).
     """
     if not model or len(model) > MAX_MODEL_ID_CHARS or not model.isprintable():
-        raise InvalidRequest(f"Invalid model id: it must be 1 to {MAX_MODEL_ID_CHARS} printable characters.",
-                             param="model", code="invalid_model")
+        raise InvalidRequest(
+            f"Invalid model id: it must be 1 to {MAX_MODEL_ID_CHARS} printable characters.",
+            param="model",
+            code="invalid_model",
+        )
 
 
 def resolve_model(model: str, models_dir: Path) -> ModelSource:

@@ -43,8 +43,10 @@ class BatchCreate(StrictModel):
             raise ValueError(f"at most {MAX_METADATA_PAIRS} key-value pairs")
         for key, value in metadata.items():
             if len(key) > MAX_METADATA_KEY_CHARS or len(value) > MAX_METADATA_VALUE_CHARS:
-                raise ValueError(f"keys are at most {MAX_METADATA_KEY_CHARS} characters and values at most "
-                                 f"{MAX_METADATA_VALUE_CHARS}")
+                raise ValueError(
+                    f"keys are at most {MAX_METADATA_KEY_CHARS} characters and values at most "
+                    f"{MAX_METADATA_VALUE_CHARS}"
+                )
         return metadata
 
 
@@ -103,8 +105,9 @@ class Batch(BaseModel):
     errors: BatchErrors | None = None
     input_file_id: str
     completion_window: str
-    status: Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
-                    "cancelled"]
+    status: Literal[
+        "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
+    ]
     output_file_id: str | None = None
     error_file_id: str | None = None
     created_at: int

@@ -56,9 +56,16 @@ def parse_lines(content: bytes, endpoint: str) -> list[BatchLine]:
         line = _parse_line(number, raw, endpoint)
         if line.custom_id is not None:
             if line.custom_id in seen:
-                line = BatchLine(number, line.custom_id, problem=MalformedLine(
-                    f"Line {number}: custom_id '{line.custom_id}' was already used by an earlier line; each request "
-                    "needs its own.", param="custom_id", code="duplicate_custom_id"))
+                line = BatchLine(
+                    number,
+                    line.custom_id,
+                    problem=MalformedLine(
+                        f"Line {number}: custom_id '{line.custom_id}' was already used by an earlier line; each request "
+                        "needs its own.",
+                        param="custom_id",
+                        code="duplicate_custom_id",
+                    ),
+                )
             seen.add(line.custom_id)
         lines.append(line)
     return lines
@@ -68,34 +75,53 @@ def _parse_line(number: int, raw: bytes, endpoint: str) -> BatchLine:
     try:
         item = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        return BatchLine(number, None, problem=MalformedLine(
-            f"Line {number} is not valid JSON.", code="invalid_json_line"))
+        return BatchLine(
+            number, None, problem=MalformedLine(f"Line {number} is not valid JSON.", code="invalid_json_line")
+        )
     if not isinstance(item, dict):
-        return BatchLine(number, None, problem=MalformedLine(
-            f"Line {number} is not a JSON object.", code="invalid_json_line"))
+        return BatchLine(
+            number, None, problem=MalformedLine(f"Line {number} is not a JSON object.", code="invalid_json_line")
+        )
     custom_id = item.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
-        return BatchLine(number, None, problem=MalformedLine(
-            f"Line {number} has no custom_id (a non-empty string).", param="custom_id", code="invalid_custom_id"))
+        return BatchLine(
+            number,
+            None,
+            problem=MalformedLine(
+                f"Line {number} has no custom_id (a non-empty string).", param="custom_id", code="invalid_custom_id"
+            ),
+        )
     return BatchLine(number, custom_id, *_request(number, item, endpoint))
 
 
-def _request(number: int, item: dict, endpoint: str
-             ) -> tuple[ChatCompletionRequest | CompletionRequest | None, Exception | None]:
+def _request(
+    number: int, item: dict, endpoint: str
+) -> tuple[ChatCompletionRequest | CompletionRequest | None, Exception | None]:
     unknown = sorted(set(item) - set(LINE_KEYS))
     if unknown:
-        return None, MalformedLine(f"Line {number} has keys a batch line does not have: {', '.join(unknown)}.",
-                                   param=unknown[0], code="unsupported_parameter")
+        return None, MalformedLine(
+            f"Line {number} has keys a batch line does not have: {', '.join(unknown)}.",
+            param=unknown[0],
+            code="unsupported_parameter",
+        )
     if item.get("method") != "POST":
-        return None, MalformedLine(f"Line {number}: method must be 'POST', not {item.get('method')!r}.",
-                                   param="method", code="invalid_method")
+        return None, MalformedLine(
+            f"Line {number}: method must be 'POST', not {item.get('method')!r}.", param="method", code="invalid_method"
+        )
     url = item.get("url")
     if url not in BATCH_ENDPOINTS:
-        return None, MalformedLine(f"Line {number}: url {url!r} is not an endpoint synthd batches run "
-                                   f"({', '.join(BATCH_ENDPOINTS)}).", param="url", code="invalid_url")
+        return None, MalformedLine(
+            f"Line {number}: url {url!r} is not an endpoint synthd batches run ({', '.join(BATCH_ENDPOINTS)}).",
+            param="url",
+            code="invalid_url",
+        )
     if url != endpoint:
-        return None, MalformedLine(f"Line {number}: url '{url}' differs from the batch's endpoint '{endpoint}'; all "
-                                   "requests in a batch use its endpoint.", param="url", code="invalid_url")
+        return None, MalformedLine(
+            f"Line {number}: url '{url}' differs from the batch's endpoint '{endpoint}'; all "
+            "requests in a batch use its endpoint.",
+            param="url",
+            code="invalid_url",
+        )
     body = item.get("body")
     if not isinstance(body, dict):
         return None, MalformedLine(f"Line {number} has no body object.", param="body", code="invalid_body")
@@ -104,6 +130,9 @@ def _request(number: int, item: dict, endpoint: str
     except ValidationError as exc:
         return None, exc
     if request.stream:
-        return None, InvalidRequest("Streaming is not available in a batch: remove 'stream' from the body.",
-                                    param="stream", code="invalid_value")
+        return None, InvalidRequest(
+            "Streaming is not available in a batch: remove 'stream' from the body.",
+            param="stream",
+            code="invalid_value",
+        )
     return request, None

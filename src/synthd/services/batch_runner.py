@@ -94,8 +94,17 @@ class BatchRunner:
         gate_poll_s: how often a line waiting for that looks again (seconds).
     """
 
-    def __init__(self, store: BatchStore, repo: Repository, serving: OpenAIServing, error_reply: ErrorReply, *,
-                 max_in_flight: int = 2, quiet_s: float = 2.0, gate_poll_s: float = 0.02) -> None:
+    def __init__(
+        self,
+        store: BatchStore,
+        repo: Repository,
+        serving: OpenAIServing,
+        error_reply: ErrorReply,
+        *,
+        max_in_flight: int = 2,
+        quiet_s: float = 2.0,
+        gate_poll_s: float = 0.02,
+    ) -> None:
         self.store = store
         self.repo = repo
         self.serving = serving
@@ -167,8 +176,16 @@ class BatchRunner:
         """The batch's parsed input, or None when the file is gone (the batch is failed)."""
         record = await asyncio.to_thread(self.repo.get_file, batch.input_file_id)
         if record is None:
-            await self._fail(batch.id, [{"code": "file_not_found", "param": "input_file_id",
-                                         "message": f"The input file '{batch.input_file_id}' was deleted."}])
+            await self._fail(
+                batch.id,
+                [
+                    {
+                        "code": "file_not_found",
+                        "param": "input_file_id",
+                        "message": f"The input file '{batch.input_file_id}' was deleted.",
+                    }
+                ],
+            )
             return None
         content = await asyncio.to_thread(self.repo.read_file, record)
         return await asyncio.to_thread(parse_lines, content, batch.endpoint)
@@ -181,25 +198,50 @@ class BatchRunner:
             await self._fail(batch.id, [{"code": "empty_file", "message": "The input file has no request lines."}])
             return
         if len(lines) > MAX_BATCH_REQUESTS:
-            await self._fail(batch.id, [{"code": "too_many_requests", "message":
-                                         f"The input file has {len(lines)} requests; a batch holds at most "
-                                         f"{MAX_BATCH_REQUESTS}."}])
+            await self._fail(
+                batch.id,
+                [
+                    {
+                        "code": "too_many_requests",
+                        "message": f"The input file has {len(lines)} requests; a batch holds at most "
+                        f"{MAX_BATCH_REQUESTS}.",
+                    }
+                ],
+            )
             return
-        missing = await self._missing_models({line.request.model for line in lines if line.request is not None},
-                                              batch_principal(batch))
-        problems = [(line, line.problem or missing[line.request.model]) for line in lines
-                    if line.problem is not None or line.request.model in missing]
+        missing = await self._missing_models(
+            {line.request.model for line in lines if line.request is not None}, batch_principal(batch)
+        )
+        problems = [
+            (line, line.problem or missing[line.request.model])
+            for line in lines
+            if line.problem is not None or line.request.model in missing
+        ]
         if len(problems) == len(lines):
-            await self._fail(batch.id, [self._error_item(line, problem) for line, problem in problems[:MAX_LISTED_ERRORS]])
+            await self._fail(
+                batch.id, [self._error_item(line, problem) for line, problem in problems[:MAX_LISTED_ERRORS]]
+            )
             return
         await asyncio.to_thread(self.store.delete_results, batch.id)  # a validation cut short by a restart
         model = next(line.request.model for line in lines if line.request is not None)
-        await asyncio.to_thread(self.store.update, batch.id, total=len(lines), completed=0, failed=0, input_tokens=0,
-                                output_tokens=0, model=model)
-        await asyncio.to_thread(self.store.add_errors, batch.id,
-                                [(line.number, self._error_record(line, problem)) for line, problem in problems])
-        await asyncio.to_thread(self.store.transition, batch.id, (BatchStatus.VALIDATING,), BatchStatus.IN_PROGRESS,
-                                in_progress_at=_now())
+        await asyncio.to_thread(
+            self.store.update,
+            batch.id,
+            total=len(lines),
+            completed=0,
+            failed=0,
+            input_tokens=0,
+            output_tokens=0,
+            model=model,
+        )
+        await asyncio.to_thread(
+            self.store.add_errors,
+            batch.id,
+            [(line.number, self._error_record(line, problem)) for line, problem in problems],
+        )
+        await asyncio.to_thread(
+            self.store.transition, batch.id, (BatchStatus.VALIDATING,), BatchStatus.IN_PROGRESS, in_progress_at=_now()
+        )
 
     async def _missing_models(self, models: set[str], principal: Principal) -> dict[str, Exception]:
         """The models among ``models`` this server cannot serve or ``principal`` may not use, with
@@ -218,8 +260,12 @@ class BatchRunner:
         """An entry of a failed batch's ``errors``."""
         _, body = self.error_reply(problem)
         error = body["error"]
-        return {"code": error.get("code") or "invalid_request", "line": line.number, "message": error["message"],
-                "param": error.get("param")}
+        return {
+            "code": error.get("code") or "invalid_request",
+            "line": line.number,
+            "message": error["message"],
+            "param": error.get("param"),
+        }
 
     # --- in progress ---------------------------------------------------------------------------------
     async def _run(self, batch: BatchRecord) -> None:
@@ -261,8 +307,13 @@ class BatchRunner:
         if expired:
             await self._expire(batch)
         else:
-            await asyncio.to_thread(self.store.transition, batch.id, (BatchStatus.IN_PROGRESS,), BatchStatus.FINALIZING,
-                                    finalizing_at=_now())
+            await asyncio.to_thread(
+                self.store.transition,
+                batch.id,
+                (BatchStatus.IN_PROGRESS,),
+                BatchStatus.FINALIZING,
+                finalizing_at=_now(),
+            )
 
     async def _run_line(self, batch_id: str, line: BatchLine, principal: Principal) -> None:
         """Answer one line as ``principal`` and store its result (the error the endpoint would
@@ -274,9 +325,15 @@ class BatchRunner:
                 log.exception("batch %s line %d failed", batch_id, line.number)
             await asyncio.to_thread(self.store.add_result, batch_id, line.number, False, self._error_record(line, exc))
             return
-        await asyncio.to_thread(self.store.add_result, batch_id, line.number, True,
-                                self._record(line, SUCCESS_STATUS, body), usage["prompt_tokens"],
-                                usage["completion_tokens"])
+        await asyncio.to_thread(
+            self.store.add_result,
+            batch_id,
+            line.number,
+            True,
+            self._record(line, SUCCESS_STATUS, body),
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+        )
 
     async def _answer_with_retries(self, line: BatchLine, principal: Principal) -> tuple[dict, dict]:
         """``_answer``, again after ``retry_after_s`` while the server is transiently overloaded."""
@@ -292,8 +349,11 @@ class BatchRunner:
         request = line.request
         assert request is not None
         chat = isinstance(request, ChatCompletionRequest)
-        prepared = await (self.serving.prepare_chat(request, principal=principal) if chat
-                          else self.serving.prepare_completion(request, principal=principal))
+        prepared = await (
+            self.serving.prepare_chat(request, principal=principal)
+            if chat
+            else self.serving.prepare_completion(request, principal=principal)
+        )
         try:
             prepared.params = [replace(params, priority=BATCH_PRIORITY) for params in prepared.params]
             engine = prepared.lease.engine
@@ -328,20 +388,32 @@ class BatchRunner:
         done = await asyncio.to_thread(self.store.done_lines, batch.id)
         for line in lines:
             if line.number not in done:
-                record = self._record(line, error={"code": "batch_expired", "message":
-                                                   "This request could not be executed before the completion window "
-                                                   "expired."})
+                record = self._record(
+                    line,
+                    error={
+                        "code": "batch_expired",
+                        "message": "This request could not be executed before the completion window expired.",
+                    },
+                )
                 await asyncio.to_thread(self.store.add_result, batch.id, line.number, False, record)
         await self._finish(await self._get(batch.id), BatchStatus.IN_PROGRESS, BatchStatus.EXPIRED, "expired_at")
 
     # --- records and endings -------------------------------------------------------------------------
-    def _record(self, line: BatchLine, status_code: int | None = None, body: dict | None = None,
-                error: dict | None = None) -> dict:
+    def _record(
+        self, line: BatchLine, status_code: int | None = None, body: dict | None = None, error: dict | None = None
+    ) -> dict:
         """One line of the output or error file, in OpenAI's batch output format."""
-        response = None if status_code is None else {"status_code": status_code,
-                                                     "request_id": f"req_{uuid.uuid4().hex}", "body": body}
-        return {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line.custom_id, "response": response,
-                "error": error}
+        response = (
+            None
+            if status_code is None
+            else {"status_code": status_code, "request_id": f"req_{uuid.uuid4().hex}", "body": body}
+        )
+        return {
+            "id": f"batch_req_{uuid.uuid4().hex[:24]}",
+            "custom_id": line.custom_id,
+            "response": response,
+            "error": error,
+        }
 
     def _error_record(self, line: BatchLine, problem: Exception) -> dict:
         if isinstance(problem, MalformedLine):
@@ -354,12 +426,14 @@ class BatchRunner:
         files = {}
         if batch.output_file_id is None:
             outputs = await asyncio.to_thread(self.store.results, batch.id, True)
-            record = await asyncio.to_thread(self.repo.add_file, f"{batch.id}_output.jsonl", "batch_output",
-                                             _jsonl(outputs), batch.project)
+            record = await asyncio.to_thread(
+                self.repo.add_file, f"{batch.id}_output.jsonl", "batch_output", _jsonl(outputs), batch.project
+            )
             files["output_file_id"] = record.id
         if batch.error_file_id is None and (errors := await asyncio.to_thread(self.store.results, batch.id, False)):
-            record = await asyncio.to_thread(self.repo.add_file, f"{batch.id}_error.jsonl", "batch_output",
-                                             _jsonl(errors), batch.project)
+            record = await asyncio.to_thread(
+                self.repo.add_file, f"{batch.id}_error.jsonl", "batch_output", _jsonl(errors), batch.project
+            )
             files["error_file_id"] = record.id
         if files:
             await asyncio.to_thread(self.store.update, batch.id, **files)
@@ -367,6 +441,11 @@ class BatchRunner:
             await asyncio.to_thread(self.store.delete_results, batch.id)
 
     async def _fail(self, batch_id: str, errors: list[dict]) -> None:
-        await asyncio.to_thread(self.store.transition, batch_id, (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS,
-                                                                  BatchStatus.CANCELLING),
-                                BatchStatus.FAILED, failed_at=_now(), errors=errors)
+        await asyncio.to_thread(
+            self.store.transition,
+            batch_id,
+            (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING),
+            BatchStatus.FAILED,
+            failed_at=_now(),
+            errors=errors,
+        )

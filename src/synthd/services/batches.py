@@ -33,17 +33,29 @@ def batch_object(record: BatchRecord) -> Batch:
     """Wire form of a stored batch (``usage`` once a line has been answered)."""
     tokens = record.input_tokens + record.output_tokens
     return Batch(
-        id=record.id, endpoint=record.endpoint, input_file_id=record.input_file_id,
-        completion_window=record.completion_window, status=record.status,
+        id=record.id,
+        endpoint=record.endpoint,
+        input_file_id=record.input_file_id,
+        completion_window=record.completion_window,
+        status=record.status,
         errors=BatchErrors(data=[BatchErrorItem(**e) for e in record.errors]) if record.errors else None,
-        output_file_id=record.output_file_id, error_file_id=record.error_file_id, created_at=record.created_at,
-        in_progress_at=record.in_progress_at, expires_at=record.expires_at, finalizing_at=record.finalizing_at,
-        completed_at=record.completed_at, failed_at=record.failed_at, expired_at=record.expired_at,
-        cancelling_at=record.cancelling_at, cancelled_at=record.cancelled_at,
+        output_file_id=record.output_file_id,
+        error_file_id=record.error_file_id,
+        created_at=record.created_at,
+        in_progress_at=record.in_progress_at,
+        expires_at=record.expires_at,
+        finalizing_at=record.finalizing_at,
+        completed_at=record.completed_at,
+        failed_at=record.failed_at,
+        expired_at=record.expired_at,
+        cancelling_at=record.cancelling_at,
+        cancelled_at=record.cancelled_at,
         request_counts=BatchRequestCounts(total=record.total, completed=record.completed, failed=record.failed),
-        model=record.model, metadata=record.batch_metadata,
-        usage=BatchUsage(input_tokens=record.input_tokens, output_tokens=record.output_tokens,
-                         total_tokens=tokens) if tokens else None,
+        model=record.model,
+        metadata=record.batch_metadata,
+        usage=BatchUsage(input_tokens=record.input_tokens, output_tokens=record.output_tokens, total_tokens=tokens)
+        if tokens
+        else None,
     )
 
 
@@ -74,22 +86,47 @@ class BatchService:
                 ``principal`` may not see.
         """
         if body.endpoint not in BATCH_ENDPOINTS:
-            raise InvalidRequest(f"Invalid value for 'endpoint': '{body.endpoint}'; synthd batches run "
-                                 f"{' and '.join(BATCH_ENDPOINTS)}.", param="endpoint", code="invalid_value")
+            raise InvalidRequest(
+                f"Invalid value for 'endpoint': '{body.endpoint}'; synthd batches run {' and '.join(BATCH_ENDPOINTS)}.",
+                param="endpoint",
+                code="invalid_value",
+            )
         if body.completion_window != COMPLETION_WINDOW:
-            raise InvalidRequest(f"Invalid value for 'completion_window': '{body.completion_window}'; only "
-                                 f"'{COMPLETION_WINDOW}' is supported.", param="completion_window", code="invalid_value")
-        file = visible_or_raise(await asyncio.to_thread(self.repo.get_file, body.input_file_id), principal,
-                                file_not_found(body.input_file_id, "input_file_id"))
+            raise InvalidRequest(
+                f"Invalid value for 'completion_window': '{body.completion_window}'; only "
+                f"'{COMPLETION_WINDOW}' is supported.",
+                param="completion_window",
+                code="invalid_value",
+            )
+        file = visible_or_raise(
+            await asyncio.to_thread(self.repo.get_file, body.input_file_id),
+            principal,
+            file_not_found(body.input_file_id, "input_file_id"),
+        )
         if file.purpose != "batch":
-            raise InvalidRequest(f"The input file '{file.id}' has purpose '{file.purpose}'; upload it with purpose "
-                                 "'batch'.", param="input_file_id", code="invalid_value")
+            raise InvalidRequest(
+                f"The input file '{file.id}' has purpose '{file.purpose}'; upload it with purpose 'batch'.",
+                param="input_file_id",
+                code="invalid_value",
+            )
         now = int(time.time())
-        record = BatchRecord(id=new_batch_id(), endpoint=body.endpoint, input_file_id=file.id,
-                             completion_window=body.completion_window, status=BatchStatus.VALIDATING,
-                             batch_metadata=body.metadata, total=0, completed=0, failed=0, input_tokens=0,
-                             output_tokens=0, created_at=now, created_ns=time.time_ns(),
-                             expires_at=now + COMPLETION_WINDOW_S, project=principal.project)
+        record = BatchRecord(
+            id=new_batch_id(),
+            endpoint=body.endpoint,
+            input_file_id=file.id,
+            completion_window=body.completion_window,
+            status=BatchStatus.VALIDATING,
+            batch_metadata=body.metadata,
+            total=0,
+            completed=0,
+            failed=0,
+            input_tokens=0,
+            output_tokens=0,
+            created_at=now,
+            created_ns=time.time_ns(),
+            expires_at=now + COMPLETION_WINDOW_S,
+            project=principal.project,
+        )
         await asyncio.to_thread(self.store.add, record)
         self.runner.wake()
         return batch_object(record)
@@ -109,8 +146,9 @@ class BatchService:
         """Batches ``principal`` may see, newest first, after the batch id ``after``."""
         records, more = await asyncio.to_thread(self.store.page, after, limit, principal.scope)
         data = [batch_object(r) for r in records]
-        return BatchList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
-                         has_more=more)
+        return BatchList(
+            data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=more
+        )
 
     async def cancel(self, batch_id: str, principal: Principal = OPERATOR) -> Batch:
         """Cancel a batch that is ``validating`` or ``in_progress`` (one already ``cancelling`` or
@@ -121,12 +159,18 @@ class BatchService:
                 already ended.
         """
         await self._get(batch_id, principal)
-        if await asyncio.to_thread(self.store.transition, batch_id, (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS),
-                                   BatchStatus.CANCELLING, cancelling_at=int(time.time())):
+        if await asyncio.to_thread(
+            self.store.transition,
+            batch_id,
+            (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS),
+            BatchStatus.CANCELLING,
+            cancelling_at=int(time.time()),
+        ):
             self.runner.cancel(batch_id)
         record = await asyncio.to_thread(self.store.get, batch_id)
         assert record is not None
         if record.status not in (BatchStatus.CANCELLING, BatchStatus.FINALIZING):
-            raise Conflict(f"Cannot cancel a batch with status '{record.status}'.", param="batch_id",
-                           code="batch_not_cancellable")
+            raise Conflict(
+                f"Cannot cancel a batch with status '{record.status}'.", param="batch_id", code="batch_not_cancellable"
+            )
         return batch_object(record)

@@ -119,8 +119,9 @@ class OpenAIServing:
         access: which ``ft:`` models each caller may use (None: every model to everyone).
     """
 
-    def __init__(self, pool: ModelPool, on_request: RequestObserver | None = None,
-                 access: ModelAccess | None = None) -> None:
+    def __init__(
+        self, pool: ModelPool, on_request: RequestObserver | None = None, access: ModelAccess | None = None
+    ) -> None:
         self.pool = pool
         self.on_request = on_request
         self.access = access
@@ -130,8 +131,9 @@ class OpenAIServing:
         """``system_fingerprint``: synthd version, the devices used (placement, node) and the dtype."""
         return f"synthd-{__version__}-{prepared.gpu}-{prepared.lease.engine.dtype}"
 
-    async def _lease(self, model: str, body_preference: str | None, header_preference: str | None,
-                     principal: Principal) -> Lease:
+    async def _lease(
+        self, model: str, body_preference: str | None, header_preference: str | None, principal: Principal
+    ) -> Lease:
         """The model leased on a placement meeting the GPU preference (the body's wins over the
         header's), if ``principal`` may use it (else ``ModelNotFound``, as for an unknown id)."""
         preference = parse_gpu_preference(body_preference if body_preference is not None else header_preference)
@@ -140,8 +142,9 @@ class OpenAIServing:
         return await self.pool.acquire(model, preference)
 
     # --- chat completions -----------------------------------------------------------------------
-    async def prepare_chat(self, request: ChatCompletionRequest, header_preference: str | None = None,
-                           principal: Principal = OPERATOR) -> PreparedRequest:
+    async def prepare_chat(
+        self, request: ChatCompletionRequest, header_preference: str | None = None, principal: Principal = OPERATOR
+    ) -> PreparedRequest:
         """Lease the model (loading it if cold), render and tokenize the messages, check the guide.
 
         Raises:
@@ -149,9 +152,11 @@ class OpenAIServing:
                 schema or logit bias; the errors of ``ModelPool.acquire``.
         """
         if request.wants_auto_tools():
-            raise InvalidRequest("tool_choice 'auto' needs a tool-call parser for the model's own format, which "
-                                 "synthd does not have: use 'required', a named function, or 'none'",
-                                 param="tool_choice")
+            raise InvalidRequest(
+                "tool_choice 'auto' needs a tool-call parser for the model's own format, which "
+                "synthd does not have: use 'required', a named function, or 'none'",
+                param="tool_choice",
+            )
         lease = await self._lease(request.model, request.gpu_preference, header_preference, principal)
         try:
             engine = lease.engine
@@ -167,8 +172,9 @@ class OpenAIServing:
                     exc.param = "tools" if tools_schema is not None else "response_format.json_schema.schema"
                     raise
             param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
-            prepared = self._prepare(lease, [prompt], request, request.token_limit(), "messages", param, "chatcmpl",
-                                     request.logprobs_count())
+            prepared = self._prepare(
+                lease, [prompt], request, request.token_limit(), "messages", param, "chatcmpl", request.logprobs_count()
+            )
             prepared.guide = guide
             prepared.tool_mode, prepared.tool_name = request.forced_tool_mode(), forced_name(request)
             prepared.key_id = principal.key_id
@@ -183,11 +189,22 @@ class OpenAIServing:
         choices = []
         for index, result in enumerate(results):
             message, finish = self._reply(prepared, result)
-            choices.append(ChatChoice(index=index, message=message, finish_reason=finish,
-                                      logprobs=self._chat_logprobs(prepared, result.logprobs)))
-        return ChatCompletion(id=prepared.request_id, created=prepared.created, model=prepared.model_id,
-                              choices=choices, usage=self._usage(prepared, results),
-                              system_fingerprint=self.fingerprint(prepared))
+            choices.append(
+                ChatChoice(
+                    index=index,
+                    message=message,
+                    finish_reason=finish,
+                    logprobs=self._chat_logprobs(prepared, result.logprobs),
+                )
+            )
+        return ChatCompletion(
+            id=prepared.request_id,
+            created=prepared.created,
+            model=prepared.model_id,
+            choices=choices,
+            usage=self._usage(prepared, results),
+            system_fingerprint=self.fingerprint(prepared),
+        )
 
     async def chat_stream(self, prepared: PreparedRequest, include_usage: bool) -> AsyncIterator[str]:
         """SSE ``chat.completion.chunk`` events, then a usage chunk if asked (the router adds
@@ -196,9 +213,16 @@ class OpenAIServing:
         Raises:
             SynthdError: generation failed; the router turns it into an error event.
         """
+
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-            body = ChatCompletionChunk(id=prepared.request_id, created=prepared.created, model=prepared.model_id,
-                                       choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared))
+            body = ChatCompletionChunk(
+                id=prepared.request_id,
+                created=prepared.created,
+                model=prepared.model_id,
+                choices=choices,
+                usage=usage,
+                system_fingerprint=self.fingerprint(prepared),
+            )
             return sse(body.model_dump(exclude=None if include_usage else {"usage"}))
 
         for index in range(len(prepared.params)):
@@ -210,19 +234,36 @@ class OpenAIServing:
                 if output.finish_reason is None:
                     continue
                 outputs = held.pop(index)
-                result = ChoiceResult("".join(o.text for o in outputs), output.completion_tokens,
-                                      output.finish_reason, [lp for o in outputs for lp in o.logprobs])
+                result = ChoiceResult(
+                    "".join(o.text for o in outputs),
+                    output.completion_tokens,
+                    output.finish_reason,
+                    [lp for o in outputs for lp in o.logprobs],
+                )
                 message, finish = self._reply(prepared, result)
-                calls = [DeltaToolCall(index=i, id=c.id, function=c.function) for i, c in enumerate(message.tool_calls or [])]
-                yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=message.content, tool_calls=calls or None),
-                                             logprobs=self._chat_logprobs(prepared, result.logprobs))])
+                calls = [
+                    DeltaToolCall(index=i, id=c.id, function=c.function) for i, c in enumerate(message.tool_calls or [])
+                ]
+                yield chunk(
+                    [
+                        ChatChunkChoice(
+                            index=index,
+                            delta=DeltaMessage(content=message.content, tool_calls=calls or None),
+                            logprobs=self._chat_logprobs(prepared, result.logprobs),
+                        )
+                    ]
+                )
                 yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(), finish_reason=finish)])
             else:
                 logprobs = self._chat_logprobs(prepared, list(output.logprobs))
                 if output.text or logprobs is not None:
-                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=output.text), logprobs=logprobs)])
+                    yield chunk(
+                        [ChatChunkChoice(index=index, delta=DeltaMessage(content=output.text), logprobs=logprobs)]
+                    )
                 if output.finish_reason is not None:
-                    yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(), finish_reason=output.finish_reason)])
+                    yield chunk(
+                        [ChatChunkChoice(index=index, delta=DeltaMessage(), finish_reason=output.finish_reason)]
+                    )
             if results is not None and include_usage:
                 yield chunk([], self._usage(prepared, results))
 
@@ -237,8 +278,10 @@ class OpenAIServing:
             calls = parse_tool_calls(result.text, prepared.tool_mode, prepared.tool_name)
         except ValueError:
             return text
-        return (AssistantMessage(content=None, tool_calls=calls),
-                "tool_calls" if prepared.tool_mode == "required" else "stop")
+        return (
+            AssistantMessage(content=None, tool_calls=calls),
+            "tool_calls" if prepared.tool_mode == "required" else "stop",
+        )
 
     @staticmethod
     def _chat_logprobs(prepared: PreparedRequest, logprobs: list[TokenLogprob]) -> ChoiceLogprobs | None:
@@ -246,14 +289,22 @@ class OpenAIServing:
             return None
         if not logprobs:
             return None
-        return ChoiceLogprobs(content=[
-            WireTokenLogprob(token=lp.token, logprob=lp.logprob, bytes=list(lp.bytes),
-                             top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(b)) for t, v, b in lp.top])
-            for lp in logprobs])
+        return ChoiceLogprobs(
+            content=[
+                WireTokenLogprob(
+                    token=lp.token,
+                    logprob=lp.logprob,
+                    bytes=list(lp.bytes),
+                    top_logprobs=[TopLogprob(token=t, logprob=v, bytes=list(b)) for t, v, b in lp.top],
+                )
+                for lp in logprobs
+            ]
+        )
 
     # --- completions ------------------------------------------------------------------------------
-    async def prepare_completion(self, request: CompletionRequest, header_preference: str | None = None,
-                                 principal: Principal = OPERATOR) -> PreparedRequest:
+    async def prepare_completion(
+        self, request: CompletionRequest, header_preference: str | None = None, principal: Principal = OPERATOR
+    ) -> PreparedRequest:
         """Lease the model (loading it if cold) and tokenize the prompts.
 
         Raises:
@@ -265,8 +316,9 @@ class OpenAIServing:
             prompts = await asyncio.to_thread(lambda: [lease.engine.encode(text) for text in request.prompts()])
             if any(not ids for ids in prompts):
                 raise InvalidRequest("The prompt must not be empty.", param="prompt")
-            prepared = self._prepare(lease, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl",
-                                     request.logprobs)
+            prepared = self._prepare(
+                lease, prompts, request, request.max_tokens, "prompt", "max_tokens", "cmpl", request.logprobs
+            )
             prepared.key_id = principal.key_id
             return prepared
         except BaseException:
@@ -277,11 +329,20 @@ class OpenAIServing:
         """Run every choice to the end and build the ``text_completion``."""
         results = await self._collect(prepared)
         return Completion(
-            id=prepared.request_id, created=prepared.created, model=prepared.model_id,
-            choices=[CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason,
-                                      logprobs=self._completion_logprobs(prepared, r.logprobs, 0))
-                     for i, r in enumerate(results)],
-            usage=self._usage(prepared, results), system_fingerprint=self.fingerprint(prepared),
+            id=prepared.request_id,
+            created=prepared.created,
+            model=prepared.model_id,
+            choices=[
+                CompletionChoice(
+                    index=i,
+                    text=r.text,
+                    finish_reason=r.finish_reason,
+                    logprobs=self._completion_logprobs(prepared, r.logprobs, 0),
+                )
+                for i, r in enumerate(results)
+            ],
+            usage=self._usage(prepared, results),
+            system_fingerprint=self.fingerprint(prepared),
         )
 
     async def completion_stream(self, prepared: PreparedRequest, include_usage: bool) -> AsyncIterator[str]:
@@ -290,9 +351,16 @@ class OpenAIServing:
         Raises:
             SynthdError: generation failed; the router turns it into an error event.
         """
+
         def event(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-            body = Completion(id=prepared.request_id, created=prepared.created, model=prepared.model_id,
-                              choices=choices, usage=usage, system_fingerprint=self.fingerprint(prepared))
+            body = Completion(
+                id=prepared.request_id,
+                created=prepared.created,
+                model=prepared.model_id,
+                choices=choices,
+                usage=usage,
+                system_fingerprint=self.fingerprint(prepared),
+            )
             return sse(body.model_dump(exclude=None if include_usage else {"usage"}))
 
         offsets = [0] * len(prepared.params)
@@ -300,25 +368,45 @@ class OpenAIServing:
             if output.text or output.finish_reason is not None:
                 logprobs = self._completion_logprobs(prepared, list(output.logprobs), offsets[index])
                 offsets[index] += len(output.text)
-                yield event([CompletionChoice(index=index, text=output.text, finish_reason=output.finish_reason,
-                                              logprobs=logprobs)])
+                yield event(
+                    [
+                        CompletionChoice(
+                            index=index, text=output.text, finish_reason=output.finish_reason, logprobs=logprobs
+                        )
+                    ]
+                )
             if results is not None and include_usage:
                 yield event([], self._usage(prepared, results))
 
     @staticmethod
-    def _completion_logprobs(prepared: PreparedRequest, logprobs: list[TokenLogprob], offset: int) -> CompletionLogprobs | None:
+    def _completion_logprobs(
+        prepared: PreparedRequest, logprobs: list[TokenLogprob], offset: int
+    ) -> CompletionLogprobs | None:
         if prepared.params[0].logprobs is None:
             return None
         offsets = []
         for lp in logprobs:
             offsets.append(offset)
             offset += len(lp.token)
-        return CompletionLogprobs(tokens=[lp.token for lp in logprobs], token_logprobs=[lp.logprob for lp in logprobs],
-                                  top_logprobs=[{t: v for t, v, _ in lp.top} for lp in logprobs], text_offset=offsets)
+        return CompletionLogprobs(
+            tokens=[lp.token for lp in logprobs],
+            token_logprobs=[lp.logprob for lp in logprobs],
+            top_logprobs=[{t: v for t, v, _ in lp.top} for lp in logprobs],
+            text_offset=offsets,
+        )
 
     # --- shared -----------------------------------------------------------------------------------
-    def _prepare(self, lease: Lease, prompts: list[list[int]], request: SamplingFields, token_limit: int | None,
-                 prompt_param: str, limit_param: str, id_prefix: str, logprobs: int | None) -> PreparedRequest:
+    def _prepare(
+        self,
+        lease: Lease,
+        prompts: list[list[int]],
+        request: SamplingFields,
+        token_limit: int | None,
+        prompt_param: str,
+        limit_param: str,
+        id_prefix: str,
+        logprobs: int | None,
+    ) -> PreparedRequest:
         context = lease.engine.max_model_len
         longest = max(len(ids) for ids in prompts)
         if longest >= context or (token_limit is not None and longest + token_limit > context):
@@ -326,31 +414,51 @@ class OpenAIServing:
             raise InvalidRequest(
                 f"This model's maximum context length is {context} tokens. However, you requested "
                 f"{longest} prompt tokens{asked}. Please reduce the length of the {prompt_param} or {limit_param}.",
-                param=prompt_param if token_limit is None else limit_param, code="context_length_exceeded")
+                param=prompt_param if token_limit is None else limit_param,
+                code="context_length_exceeded",
+            )
         bias = request.logit_bias_pairs()
         vocab = len(lease.engine.tokenizer)
         if any(token >= vocab for token, _ in bias):
-            raise InvalidRequest(f"logit_bias names a token id outside the vocabulary (0-{vocab - 1}).",
-                                 param="logit_bias", code="invalid_value")
+            raise InvalidRequest(
+                f"logit_bias names a token id outside the vocabulary (0-{vocab - 1}).",
+                param="logit_bias",
+                code="invalid_value",
+            )
         ids, params = [], []
         for prompt in prompts:
             for choice in range(request.n):
                 ids.append(prompt)
-                params.append(SamplingParams(
-                    max_tokens=token_limit if token_limit is not None else context - len(prompt),
-                    temperature=request.temperature, top_p=request.top_p, stop=request.stop_list(),
-                    seed=None if request.seed is None else (request.seed + choice) % 2**64,
-                    presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
-                    logit_bias=bias, logprobs=logprobs, ignore_eos=request.ignore_eos,
-                ))
-        return PreparedRequest(lease=lease, prompt_ids=ids, params=params, prompt_tokens=sum(len(p) for p in prompts),
-                               request_id=f"{id_prefix}-{uuid.uuid4().hex}")
+                params.append(
+                    SamplingParams(
+                        max_tokens=token_limit if token_limit is not None else context - len(prompt),
+                        temperature=request.temperature,
+                        top_p=request.top_p,
+                        stop=request.stop_list(),
+                        seed=None if request.seed is None else (request.seed + choice) % 2**64,
+                        presence_penalty=request.presence_penalty,
+                        frequency_penalty=request.frequency_penalty,
+                        logit_bias=bias,
+                        logprobs=logprobs,
+                        ignore_eos=request.ignore_eos,
+                    )
+                )
+        return PreparedRequest(
+            lease=lease,
+            prompt_ids=ids,
+            params=params,
+            prompt_tokens=sum(len(p) for p in prompts),
+            request_id=f"{id_prefix}-{uuid.uuid4().hex}",
+        )
 
     @staticmethod
     def _usage(prepared: PreparedRequest, results: list[ChoiceResult]) -> Usage:
         completion = sum(r.completion_tokens for r in results)
-        return Usage(prompt_tokens=prepared.prompt_tokens, completion_tokens=completion,
-                     total_tokens=prepared.prompt_tokens + completion)
+        return Usage(
+            prompt_tokens=prepared.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=prepared.prompt_tokens + completion,
+        )
 
     async def _collect(self, prepared: PreparedRequest) -> list[ChoiceResult]:
         results: list[ChoiceResult] = []
@@ -359,8 +467,9 @@ class OpenAIServing:
                 results = finished
         return results
 
-    async def _stream_outputs(self, prepared: PreparedRequest
-                              ) -> AsyncIterator[tuple[int, RequestOutput, list[ChoiceResult] | None]]:
+    async def _stream_outputs(
+        self, prepared: PreparedRequest
+    ) -> AsyncIterator[tuple[int, RequestOutput, list[ChoiceResult] | None]]:
         """Fan in every choice's outputs as ``(choice index, output, results)``; ``results`` (all
         choices) comes with the last output. Records the request's metrics once it ends.
 
@@ -376,8 +485,13 @@ class OpenAIServing:
 
         async def pump(index: int) -> None:
             try:
-                async for output in engine.generate(f"{prepared.request_id}-{index}", prepared.prompt_ids[index],
-                                                    prepared.params[index], prepared.lease.lora, prepared.guide):
+                async for output in engine.generate(
+                    f"{prepared.request_id}-{index}",
+                    prepared.prompt_ids[index],
+                    prepared.params[index],
+                    prepared.lease.lora,
+                    prepared.guide,
+                ):
                     await queue.put((index, output))
             except Exception as exc:  # surfaced as this request's error, never a silent hang
                 await queue.put((index, exc))
@@ -408,10 +522,18 @@ class OpenAIServing:
             for task in tasks:
                 task.cancel()
             if self.on_request is not None:
-                self.on_request(RequestRecord(
-                    model=prepared.model_id, prompt_tokens=prepared.prompt_tokens,
-                    completion_tokens=sum(r.completion_tokens for r in results),
-                    finish_reason=finish_reason if pending == 0 else "abort", n=len(results),
-                    arrival_s=prepared.arrival_s, scheduled_s=scheduled_s, first_token_s=first_token_s,
-                    finished_s=time.perf_counter(), max_choice_tokens=max(r.completion_tokens for r in results),
-                    key_id=prepared.key_id))
+                self.on_request(
+                    RequestRecord(
+                        model=prepared.model_id,
+                        prompt_tokens=prepared.prompt_tokens,
+                        completion_tokens=sum(r.completion_tokens for r in results),
+                        finish_reason=finish_reason if pending == 0 else "abort",
+                        n=len(results),
+                        arrival_s=prepared.arrival_s,
+                        scheduled_s=scheduled_s,
+                        first_token_s=first_token_s,
+                        finished_s=time.perf_counter(),
+                        max_choice_tokens=max(r.completion_tokens for r in results),
+                        key_id=prepared.key_id,
+                    )
+                )

@@ -28,8 +28,9 @@ ENVELOPE_BYTES = 64 * 1024
 
 def file_object(record: FileRecord) -> FileObject:
     """Wire form of a stored file."""
-    return FileObject(id=record.id, bytes=record.bytes, created_at=record.created_at, filename=record.filename,
-                      purpose=record.purpose)
+    return FileObject(
+        id=record.id, bytes=record.bytes, created_at=record.created_at, filename=record.filename, purpose=record.purpose
+    )
 
 
 def file_not_found(file_id: str, param: str = "file_id") -> NotFound:
@@ -50,8 +51,9 @@ class MultipartUpload:
         kind, options = parse_options_header(content_type or "")
         boundary = options.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
-            raise InvalidRequest("Upload the file as multipart/form-data with the fields 'file' and 'purpose'.",
-                                 param="file")
+            raise InvalidRequest(
+                "Upload the file as multipart/form-data with the fields 'file' and 'purpose'.", param="file"
+            )
         self.upload = upload
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
@@ -60,19 +62,28 @@ class MultipartUpload:
         self._header = (b"", b"")
         self._field: tuple[str, bytearray] | None = None
         self._in_file = False
-        self._parser = MultipartParser(boundary, callbacks={
-            "on_part_begin": self._part_begin, "on_header_field": self._header_field,
-            "on_header_value": self._header_value, "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-        })
+        self._parser = MultipartParser(
+            boundary,
+            callbacks={
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+            },
+        )
 
     def write(self, chunk: bytes) -> None:
         """Parse one chunk of the body."""
         self.received += len(chunk)
         if self.received > self.upload.limit_bytes + ENVELOPE_BYTES:
-            raise PayloadTooLarge(f"File is larger than the limit of {self.upload.limit_bytes} bytes.", param="file",
-                                  code="file_too_large")
+            raise PayloadTooLarge(
+                f"File is larger than the limit of {self.upload.limit_bytes} bytes.",
+                param="file",
+                code="file_too_large",
+            )
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
@@ -116,8 +127,9 @@ class MultipartUpload:
         assert self._field is not None
         self._field[1].extend(data[start:end])
         if len(self._field[1]) > FIELD_LIMIT_BYTES:
-            raise InvalidRequest(f"Form field '{self._field[0]}' is longer than {FIELD_LIMIT_BYTES} bytes.",
-                                 param=self._field[0] or None)
+            raise InvalidRequest(
+                f"Form field '{self._field[0]}' is longer than {FIELD_LIMIT_BYTES} bytes.", param=self._field[0] or None
+            )
 
     def _part_end(self) -> None:
         if self._field is not None:
@@ -131,8 +143,9 @@ class FilesService:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
 
-    async def upload(self, content_type: str | None, body: AsyncIterator[bytes], limit_bytes: int,
-                     principal: Principal = OPERATOR) -> FileObject:
+    async def upload(
+        self, content_type: str | None, body: AsyncIterator[bytes], limit_bytes: int, principal: Principal = OPERATOR
+    ) -> FileObject:
         """Stream a multipart upload (``file``, ``purpose``) to disk and record it, owned by
         ``principal``'s project.
 
@@ -147,12 +160,12 @@ class FilesService:
             await asyncio.to_thread(form.finish)
             purpose = form.fields.get("purpose")
             if purpose not in FILE_PURPOSES:
-                raise InvalidRequest(f"Invalid purpose '{purpose}'; expected one of {', '.join(FILE_PURPOSES)}.",
-                                     param="purpose")
+                raise InvalidRequest(
+                    f"Invalid purpose '{purpose}'; expected one of {', '.join(FILE_PURPOSES)}.", param="purpose"
+                )
             if form.filename is None:
                 raise InvalidRequest("No file: send it as the multipart field 'file'.", param="file")
-            record = await asyncio.to_thread(self.repo.commit_upload, upload, form.filename, purpose,
-                                             principal.project)
+            record = await asyncio.to_thread(self.repo.commit_upload, upload, form.filename, purpose, principal.project)
         except BaseException:
             await asyncio.shield(asyncio.to_thread(upload.abort))
             raise

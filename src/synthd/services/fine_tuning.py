@@ -46,14 +46,30 @@ def job_object(job: JobRecord) -> FineTuningJob:
     """Wire form of a job (hyperparameters also at top level, as OpenAI still sends them)."""
     method_type = job.method["type"]
     return FineTuningJob(
-        id=job.id, created_at=job.created_at, error=JobError(**job.error) if job.error else None,
-        fine_tuned_model=job.fine_tuned_model, finished_at=job.finished_at,
-        hyperparameters=job.method.get(method_type, {}).get("hyperparameters", {}), model=job.model, seed=job.seed,
-        status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
-        validation_file=job.validation_file, estimated_finish=job.estimated_finish, metadata=job.job_metadata,
-        method=job.method, user_provided_suffix=job.suffix, lora=job.lora, gpu=job.gpu, gpu_preference=job.gpu_preference,
-        integrations=job.integrations, result_files=job.result_files or [], from_checkpoint=job.from_checkpoint,
-        n_checkpoints=job.n_checkpoints, n_evals=job.n_evals,
+        id=job.id,
+        created_at=job.created_at,
+        error=JobError(**job.error) if job.error else None,
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=job.finished_at,
+        hyperparameters=job.method.get(method_type, {}).get("hyperparameters", {}),
+        model=job.model,
+        seed=job.seed,
+        status=job.status,
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        estimated_finish=job.estimated_finish,
+        metadata=job.job_metadata,
+        method=job.method,
+        user_provided_suffix=job.suffix,
+        lora=job.lora,
+        gpu=job.gpu,
+        gpu_preference=job.gpu_preference,
+        integrations=job.integrations,
+        result_files=job.result_files or [],
+        from_checkpoint=job.from_checkpoint,
+        n_checkpoints=job.n_checkpoints,
+        n_evals=job.n_evals,
     )
 
 
@@ -90,10 +106,15 @@ class FineTuningService:
         if source is not None:
             origin, init_adapter, source = self._checkpoint(source, principal)
             if is_fine_tune(body.model) and body.model != source:
-                raise _invalid("Give the model to continue either as 'model' or as 'from_checkpoint', not both.", "model")
+                raise _invalid(
+                    "Give the model to continue either as 'model' or as 'from_checkpoint', not both.", "model"
+                )
             if not is_fine_tune(body.model) and self.registry.canonical(body.model) != origin:
-                raise _invalid(f"'from_checkpoint' {source} was trained on '{origin}', not '{body.model}'.",
-                               "from_checkpoint", "checkpoint_base_mismatch")
+                raise _invalid(
+                    f"'from_checkpoint' {source} was trained on '{origin}', not '{body.model}'.",
+                    "from_checkpoint",
+                    "checkpoint_base_mismatch",
+                )
             if body.lora is not None:
                 raise _invalid("LoRA settings come from the checkpoint when continuing training.", "lora")
             lora = _adapter_lora(Path(init_adapter))
@@ -113,34 +134,60 @@ class FineTuningService:
             if record is None or not principal.can_see(record.project):
                 raise _invalid(f"No file with id '{file_id}'.", param, "file_not_found")
             if record.purpose != FINE_TUNE_PURPOSE:
-                raise _invalid(f"File '{file_id}' has purpose '{record.purpose}'; fine-tuning needs "
-                               f"purpose '{FINE_TUNE_PURPOSE}'.", param, "invalid_file_purpose")
+                raise _invalid(
+                    f"File '{file_id}' has purpose '{record.purpose}'; fine-tuning needs "
+                    f"purpose '{FINE_TUNE_PURPOSE}'.",
+                    param,
+                    "invalid_file_purpose",
+                )
         for integration in body.integrations or ():
             if integration.type == "wandb" and importlib.util.find_spec("wandb") is None:
-                raise _invalid("The wandb integration needs the 'wandb' package on the server (pip install wandb).",
-                               "integrations", "integration_unavailable")
+                raise _invalid(
+                    "The wandb integration needs the 'wandb' package on the server (pip install wandb).",
+                    "integrations",
+                    "integration_unavailable",
+                )
         if body.n_evals is not None and body.validation_file is None:
             raise _invalid("'n_evals' needs a 'validation_file'.", "n_evals")
         purpose = "dpo" if method_type == "dpo" else "sft"
         placement, _ = self.planner.plan(source_model.path, parse_gpu_preference(body.gpu_preference), purpose)
         if lora is None:
             lora_in = body.lora or LoRAIn()
-            if lora_in.target_modules and (missing := missing_targets(lora_in.target_modules,
-                                                                      linear_modules(source_model.path))):
-                raise _invalid(f"lora.target_modules {missing} name no linear module of '{base}' (e.g. q_proj, "
-                               "v_proj, or 'all-linear').", "lora.target_modules")
-            lora = LoRASettings(r=lora_in.r, alpha=lora_in.alpha, dropout=lora_in.dropout,
-                                target_modules=tuple(lora_in.target_modules or DEFAULT_TARGET_MODULES))
+            if lora_in.target_modules and (
+                missing := missing_targets(lora_in.target_modules, linear_modules(source_model.path))
+            ):
+                raise _invalid(
+                    f"lora.target_modules {missing} name no linear module of '{base}' (e.g. q_proj, "
+                    "v_proj, or 'all-linear').",
+                    "lora.target_modules",
+                )
+            lora = LoRASettings(
+                r=lora_in.r,
+                alpha=lora_in.alpha,
+                dropout=lora_in.dropout,
+                target_modules=tuple(lora_in.target_modules or DEFAULT_TARGET_MODULES),
+            )
         job = JobRecord(
-            id=new_id("ftjob"), model=base, status=JobStatus.VALIDATING_FILES,
+            id=new_id("ftjob"),
+            model=base,
+            status=JobStatus.VALIDATING_FILES,
             method={"type": method_type, method_type: {"hyperparameters": hyper.model_dump(exclude_none=True)}},
-            lora=lora.to_dict(), training_file=body.training_file, validation_file=body.validation_file,
-            suffix=body.suffix, seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
-            job_metadata=body.metadata, gpu_preference=body.gpu_preference, gpu=placement.label, created_at=now(),
+            lora=lora.to_dict(),
+            training_file=body.training_file,
+            validation_file=body.validation_file,
+            suffix=body.suffix,
+            seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
+            job_metadata=body.metadata,
+            gpu_preference=body.gpu_preference,
+            gpu=placement.label,
+            created_at=now(),
             model_path=str(source_model.path),
             integrations=[i.model_dump(exclude_none=True) for i in body.integrations] if body.integrations else None,
-            from_checkpoint=source, init_adapter=init_adapter, n_checkpoints=body.n_checkpoints or DEFAULT_N_CHECKPOINTS,
-            n_evals=body.n_evals, project=principal.project,
+            from_checkpoint=source,
+            init_adapter=init_adapter,
+            n_checkpoints=body.n_checkpoints or DEFAULT_N_CHECKPOINTS,
+            n_evals=body.n_evals,
+            project=principal.project,
         )
         return job_object(self.repo.add_job(job))
 
@@ -148,8 +195,9 @@ class FineTuningService:
         """A job ``principal`` may see. Raises NotFound."""
         return job_object(self._job(job_id, principal))
 
-    def list_jobs(self, after: str | None, limit: int,
-                  principal: Principal = OPERATOR) -> tuple[list[FineTuningJob], bool]:
+    def list_jobs(
+        self, after: str | None, limit: int, principal: Principal = OPERATOR
+    ) -> tuple[list[FineTuningJob], bool]:
         """A page of the jobs ``principal`` may see, newest first."""
         jobs, more = self.repo.list_jobs(after, limit, project=principal.scope)
         return [job_object(j) for j in jobs], more
@@ -164,8 +212,11 @@ class FineTuningService:
         job = await asyncio.to_thread(self._job, job_id, principal)
         if not await asyncio.to_thread(self.repo.request_flag, job_id, "cancel_requested", True, ACTIVE):
             job = await asyncio.to_thread(self._job, job_id)
-            raise Conflict(f"Job '{job_id}' has already {job.status}; it cannot be cancelled.", param="fine_tuning_job_id",
-                           code="job_not_cancellable")
+            raise Conflict(
+                f"Job '{job_id}' has already {job.status}; it cannot be cancelled.",
+                param="fine_tuning_job_id",
+                code="job_not_cancellable",
+            )
         return await self._settle(job_id, lambda j: JobStatus(j.status).ended)
 
     async def pause_job(self, job_id: str, principal: Principal = OPERATOR) -> FineTuningJob:
@@ -176,11 +227,15 @@ class FineTuningService:
             NotFound: unknown job. Conflict: not queued or running (``job_not_pausable``).
         """
         await asyncio.to_thread(self._job, job_id, principal)
-        if not await asyncio.to_thread(self.repo.request_flag, job_id, "pause_requested", True,
-                                       (JobStatus.QUEUED, JobStatus.RUNNING)):
+        if not await asyncio.to_thread(
+            self.repo.request_flag, job_id, "pause_requested", True, (JobStatus.QUEUED, JobStatus.RUNNING)
+        ):
             job = await asyncio.to_thread(self._job, job_id)
-            raise Conflict(f"Job '{job_id}' is {job.status}; only queued or running jobs can be paused.",
-                           param="fine_tuning_job_id", code="job_not_pausable")
+            raise Conflict(
+                f"Job '{job_id}' is {job.status}; only queued or running jobs can be paused.",
+                param="fine_tuning_job_id",
+                code="job_not_pausable",
+            )
         return await self._settle(job_id, lambda j: j.status == JobStatus.PAUSED or JobStatus(j.status).ended)
 
     async def resume_job(self, job_id: str, principal: Principal = OPERATOR) -> FineTuningJob:
@@ -192,8 +247,9 @@ class FineTuningService:
         await asyncio.to_thread(self._job, job_id, principal)
         if not await asyncio.to_thread(self.repo.request_flag, job_id, "pause_requested", False, (JobStatus.PAUSED,)):
             job = await asyncio.to_thread(self._job, job_id)
-            raise Conflict(f"Job '{job_id}' is {job.status}, not paused.", param="fine_tuning_job_id",
-                           code="job_not_paused")
+            raise Conflict(
+                f"Job '{job_id}' is {job.status}, not paused.", param="fine_tuning_job_id", code="job_not_paused"
+            )
         return await self._settle(job_id, lambda j: j.status != JobStatus.PAUSED)
 
     async def _settle(self, job_id: str, done) -> FineTuningJob:
@@ -208,22 +264,39 @@ class FineTuningService:
         """A page of events, newest first."""
         self._job(job_id, principal)
         events, more = self.repo.list_events(job_id, after, limit)
-        return JobEventList(data=[JobEventObject(id=e.id, created_at=e.created_at, level=e.level, message=e.message,
-                                                 data=e.data, type=e.type) for e in events], has_more=more)
+        return JobEventList(
+            data=[
+                JobEventObject(
+                    id=e.id, created_at=e.created_at, level=e.level, message=e.message, data=e.data, type=e.type
+                )
+                for e in events
+            ],
+            has_more=more,
+        )
 
-    def checkpoints(self, job_id: str, after: str | None, limit: int,
-                    principal: Principal = OPERATOR) -> CheckpointList:
+    def checkpoints(
+        self, job_id: str, after: str | None, limit: int, principal: Principal = OPERATOR
+    ) -> CheckpointList:
         """A page of checkpoints, newest first. Listed once the job succeeded: each is then a
         servable ``ft:…:ckpt-step-N`` model (as on OpenAI, where checkpoints come with success)."""
         job = self._job(job_id, principal)
-        rows, more = self.repo.list_checkpoints(job_id, after, limit) if job.status == JobStatus.SUCCEEDED else ([], False)
-        data = [CheckpointObject(id=c.id, created_at=c.created_at, fine_tuning_job_id=job_id, step_number=c.step_number,
-                                 metrics=CheckpointMetrics(**{**c.metrics, "step": c.step_number}),
-                                 fine_tuned_model_checkpoint=str(FineTuneId(job.model, job.suffix or "", job_id,
-                                                                            c.step_number)))
-                for c in rows]
-        return CheckpointList(data=data, has_more=more, first_id=data[0].id if data else None,
-                              last_id=data[-1].id if data else None)
+        rows, more = (
+            self.repo.list_checkpoints(job_id, after, limit) if job.status == JobStatus.SUCCEEDED else ([], False)
+        )
+        data = [
+            CheckpointObject(
+                id=c.id,
+                created_at=c.created_at,
+                fine_tuning_job_id=job_id,
+                step_number=c.step_number,
+                metrics=CheckpointMetrics(**{**c.metrics, "step": c.step_number}),
+                fine_tuned_model_checkpoint=str(FineTuneId(job.model, job.suffix or "", job_id, c.step_number)),
+            )
+            for c in rows
+        ]
+        return CheckpointList(
+            data=data, has_more=more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
+        )
 
     def _job(self, job_id: str, principal: Principal = OPERATOR) -> JobRecord:
         return visible_or_raise(self.repo.get_job(job_id), principal, job_not_found(job_id))
@@ -234,27 +307,39 @@ class FineTuningService:
         if is_fine_tune(source):
             model_id = source
             if not ModelAccess(self.repo).visible(principal, model_id):
-                raise _invalid(f"'from_checkpoint' {source}: no such fine-tuned model or checkpoint.",
-                               "from_checkpoint", "checkpoint_not_found")
+                raise _invalid(
+                    f"'from_checkpoint' {source}: no such fine-tuned model or checkpoint.",
+                    "from_checkpoint",
+                    "checkpoint_not_found",
+                )
         else:
             job_id, _, step = source.partition(":")
             job = self.repo.get_job(job_id)
             if job is None or not principal.can_see(job.project) or job.status != JobStatus.SUCCEEDED:
-                raise _invalid(f"'from_checkpoint' {source}: no succeeded fine-tuning job '{job_id}'.",
-                               "from_checkpoint", "checkpoint_not_found")
+                raise _invalid(
+                    f"'from_checkpoint' {source}: no succeeded fine-tuning job '{job_id}'.",
+                    "from_checkpoint",
+                    "checkpoint_not_found",
+                )
             if step and not step.isdigit():
                 raise _invalid(f"'from_checkpoint' {source}: the step after ':' must be a number.", "from_checkpoint")
             model_id = str(FineTuneId(job.model, job.suffix or "", job.id, int(step) if step else None))
         record = self.repo.get_model(model_id)
         if record is None or not Path(record.adapter_path, "adapter_config.json").is_file():
-            raise _invalid(f"'from_checkpoint' {source}: no such fine-tuned model or checkpoint.", "from_checkpoint",
-                           "checkpoint_not_found")
+            raise _invalid(
+                f"'from_checkpoint' {source}: no such fine-tuned model or checkpoint.",
+                "from_checkpoint",
+                "checkpoint_not_found",
+            )
         return record.base_model, record.adapter_path, model_id
 
     @staticmethod
     def _method(body: FineTuningJobCreate) -> tuple[str, HyperparametersIn]:
         if body.method is not None:
-            if body.training_type is not None and {"sft": "supervised", "dpo": "dpo"}[body.training_type] != body.method.type:
+            if (
+                body.training_type is not None
+                and {"sft": "supervised", "dpo": "dpo"}[body.training_type] != body.method.type
+            ):
                 raise _invalid("'training_type' and 'method.type' disagree.", "training_type")
             chosen = getattr(body.method, body.method.type)
             hyper = chosen.hyperparameters if chosen else (body.hyperparameters or HyperparametersIn())
@@ -269,5 +354,9 @@ class FineTuningService:
 
 def _adapter_lora(folder: Path) -> LoRASettings:
     config = json.loads((folder / "adapter_config.json").read_text())
-    return LoRASettings(r=int(config["r"]), alpha=int(config["lora_alpha"]), dropout=float(config.get("lora_dropout", 0)),
-                        target_modules=tuple(sorted(config["target_modules"])))
+    return LoRASettings(
+        r=int(config["r"]),
+        alpha=int(config["lora_alpha"]),
+        dropout=float(config.get("lora_dropout", 0)),
+        target_modules=tuple(sorted(config["target_modules"])),
+    )

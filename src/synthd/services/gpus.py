@@ -35,10 +35,21 @@ def gpu_report(pool: ModelPool) -> GPUReport:
     for replica in pool.replicas():
         replicas.setdefault(replica.model_id, []).append(f"{replica.placement.where} ({replica.state.value})")
     return GPUReport(
-        catalog=[CatalogEntry(name=g.name, memory_gib=g.memory_gib, price_per_hour=g.price_per_hour,
-                              aliases=list(g.aliases)) for g in CATALOG],
-        inventory=[DeviceEntry(key=d.key, type=d.gpu.name, memory_gib=d.gpu.memory_gib, node=d.node, remote=d.remote,
-                               in_use_by=holders.get(d.key, [])) for d in inventory],
+        catalog=[
+            CatalogEntry(name=g.name, memory_gib=g.memory_gib, price_per_hour=g.price_per_hour, aliases=list(g.aliases))
+            for g in CATALOG
+        ],
+        inventory=[
+            DeviceEntry(
+                key=d.key,
+                type=d.gpu.name,
+                memory_gib=d.gpu.memory_gib,
+                node=d.node,
+                remote=d.remote,
+                in_use_by=holders.get(d.key, []),
+            )
+            for d in inventory
+        ],
         nodes=_nodes(inventory, holders),
         in_use={r.model_id: r.placement.label for r in pool.replicas()},
         replicas=replicas,
@@ -55,13 +66,18 @@ def _nodes(inventory: list[Device], holders: dict[str, list[str]]) -> list[NodeE
     for (node, gpu), devices in by_node.items():
         held = [d for d in devices if holders.get(d.key)] if gpu != CPU_NAME else []
         users = sorted({owner for d in devices for owner in holders.get(d.key, [])})
-        entries.append(NodeEntry(node=node, type=gpu, devices=len(devices), free=len(devices) - len(held),
-                                 in_use_by=users))
+        entries.append(
+            NodeEntry(node=node, type=gpu, devices=len(devices), free=len(devices) - len(held), in_use_by=users)
+        )
     return entries
 
 
-def validate_preference(planner: PlacementPlanner, registry: ModelRegistry, request: GPUValidateRequest,
-                        serving_busy: set[str] | frozenset[str] = frozenset()) -> GPUValidateResponse:
+def validate_preference(
+    planner: PlacementPlanner,
+    registry: ModelRegistry,
+    request: GPUValidateRequest,
+    serving_busy: set[str] | frozenset[str] = frozenset(),
+) -> GPUValidateResponse:
     """What placement would do for ``request``, without loading anything. Blocking.
 
     Raises:
@@ -71,19 +87,42 @@ def validate_preference(planner: PlacementPlanner, registry: ModelRegistry, requ
     try:
         preference = parse_gpu_preference(request.gpu_preference)
     except GPUSpecError as exc:
-        return GPUValidateResponse(valid=False, fits=False, available=False, selected=None, required_gib=None,
-                                   offered_gib=None, reason=str(exc), **answer)
-    source = registry.base(registry.fine_tune(request.model).base_model if registry.is_adapter(request.model)
-                           else request.model)
+        return GPUValidateResponse(
+            valid=False,
+            fits=False,
+            available=False,
+            selected=None,
+            required_gib=None,
+            offered_gib=None,
+            reason=str(exc),
+            **answer,
+        )
+    source = registry.base(
+        registry.fine_tune(request.model).base_model if registry.is_adapter(request.model) else request.model
+    )
     try:
         placement, needed = planner.plan(source.path, preference, request.purpose, serving_busy)
     except SelectionError as exc:
-        return GPUValidateResponse(valid=True, fits=not isinstance(exc, GPUNotSupported), available=False,
-                                   selected=None, required_gib=_round(exc.required_gib),
-                                   offered_gib=_round(exc.offered_gib), reason=exc.message, **answer)
-    return GPUValidateResponse(valid=True, fits=True, available=True, selected=placement.label,
-                               required_gib=_round(needed.total_gib), offered_gib=_round(placement.offered_gib),
-                               reason=None, **answer)
+        return GPUValidateResponse(
+            valid=True,
+            fits=not isinstance(exc, GPUNotSupported),
+            available=False,
+            selected=None,
+            required_gib=_round(exc.required_gib),
+            offered_gib=_round(exc.offered_gib),
+            reason=exc.message,
+            **answer,
+        )
+    return GPUValidateResponse(
+        valid=True,
+        fits=True,
+        available=True,
+        selected=placement.label,
+        required_gib=_round(needed.total_gib),
+        offered_gib=_round(placement.offered_gib),
+        reason=None,
+        **answer,
+    )
 
 
 async def validate_on_pool(pool: ModelPool, request: GPUValidateRequest) -> GPUValidateResponse:
@@ -91,8 +130,9 @@ async def validate_on_pool(pool: ModelPool, request: GPUValidateRequest) -> GPUV
     return await asyncio.to_thread(validate_preference, pool.planner, pool.registry, request, pool.busy_devices())
 
 
-async def start_warmup(pool: ModelPool, model: str, body_preference: str | None,
-                       header_preference: str | None) -> WarmupResponse:
+async def start_warmup(
+    pool: ModelPool, model: str, body_preference: str | None, header_preference: str | None
+) -> WarmupResponse:
     """Begin (or join) the background load of ``model`` (the body's preference wins over the header's).
 
     Raises:
@@ -112,8 +152,14 @@ async def warmup_status(pool: ModelPool, model: str, header_preference: str | No
     preference = parse_gpu_preference(header_preference)
     source, adapter = await pool.resolve(model)
     status = pool.status(adapter.model_id if adapter else source.model_id, preference)
-    return WarmupStatus(model=status.model, status=status.state.value, gpu=status.gpu, node=status.node,
-                        load_seconds=_round(status.load_seconds), error=status.error)
+    return WarmupStatus(
+        model=status.model,
+        status=status.state.value,
+        gpu=status.gpu,
+        node=status.node,
+        load_seconds=_round(status.load_seconds),
+        error=status.error,
+    )
 
 
 def _round(value: float | None) -> float | None:

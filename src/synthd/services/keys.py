@@ -73,22 +73,36 @@ class KeyService:
         self._admin_digest = _digest(admin_key) if admin_key else None
         self._keys_exist = False
 
-    def create(self, project: str, *, admin: bool = False, rpm: int | None = None,
-               tpm: int | None = None) -> tuple[KeyInfo, str]:
+    def create(
+        self, project: str, *, admin: bool = False, rpm: int | None = None, tpm: int | None = None
+    ) -> tuple[KeyInfo, str]:
         """A new key of ``project``: its listing and its secret (shown once, never stored).
 
         Raises:
             InvalidRequest: a malformed project name, or a limit below 1.
         """
         if not PROJECT_PATTERN.fullmatch(project):
-            raise InvalidRequest(f"Invalid project name '{project}': 1-64 letters, digits, '.', '_' or '-', "
-                                 "starting with a letter or digit.", param="project")
+            raise InvalidRequest(
+                f"Invalid project name '{project}': 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit.",
+                param="project",
+            )
         for name, limit in (("rpm", rpm), ("tpm", tpm)):
             if limit is not None and limit < 1:
                 raise InvalidRequest(f"--{name} must be at least 1.", param=name)
         secret = KEY_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
-        key = self.store.add(ApiKey(id=new_id("key"), project=project, is_admin=admin, secret_sha256=_digest(secret),
-                                    hint=secret[-4:], rpm=rpm, tpm=tpm, created_at=now()))
+        key = self.store.add(
+            ApiKey(
+                id=new_id("key"),
+                project=project,
+                is_admin=admin,
+                secret_sha256=_digest(secret),
+                hint=secret[-4:],
+                rpm=rpm,
+                tpm=tpm,
+                created_at=now(),
+            )
+        )
         return _info(key), secret
 
     def list(self) -> list[KeyInfo]:
@@ -124,8 +138,9 @@ class KeyService:
             return Caller(OPERATOR)
         token = bearer_token(authorization)
         if token is None:
-            raise Unauthenticated("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
-                                  code="invalid_api_key")
+            raise Unauthenticated(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.", code="invalid_api_key"
+            )
         digest = _digest(token)
         if self._admin_digest is not None and hmac.compare_digest(digest, self._admin_digest):
             return Caller(OPERATOR)

@@ -44,29 +44,37 @@ class LoRAAdapterService:
                 ``unsupported_adapter``). Conflict: an adapter of that name is still being unloaded.
         """
         if not name or not path:
-            raise InvalidRequest("Both 'lora_name' and 'lora_path' must be provided.",
-                                 param="lora_name" if not name else "lora_path")
+            raise InvalidRequest(
+                "Both 'lora_name' and 'lora_path' must be provided.", param="lora_name" if not name else "lora_path"
+            )
         if load_inplace:
-            raise InvalidRequest("load_inplace is not supported by synthd: unload the adapter, then load it again.",
-                                 param="load_inplace")
+            raise InvalidRequest(
+                "load_inplace is not supported by synthd: unload the adapter, then load it again.", param="load_inplace"
+            )
         try:
             check_model_id(name)
         except InvalidRequest as exc:
             exc.param = "lora_name"
             raise
         if is_fine_tune(name):
-            raise InvalidRequest(f"The lora adapter name '{name}' starts with 'ft:', which is reserved for fine-tuned "
-                                 "models stored by synthd; choose another name.", param="lora_name")
+            raise InvalidRequest(
+                f"The lora adapter name '{name}' starts with 'ft:', which is reserved for fine-tuned "
+                "models stored by synthd; choose another name.",
+                param="lora_name",
+            )
         registry = self.pool.registry
         async with self._lock:
             if registry.runtime_adapter(name) is not None:
                 raise InvalidRequest(f"The lora adapter '{name}' has already been loaded.", param="lora_name")
             if self.pool.is_retiring(name):
-                raise Conflict(f"The lora adapter '{name}' is still being unloaded (requests are running on it); "
-                               "retry shortly.", param="lora_name")
+                raise Conflict(
+                    f"The lora adapter '{name}' is still being unloaded (requests are running on it); retry shortly.",
+                    param="lora_name",
+                )
             if await asyncio.to_thread(self._is_base, name):
-                raise InvalidRequest(f"The lora adapter '{name}' conflicts with a served base model.",
-                                     param="lora_name")
+                raise InvalidRequest(
+                    f"The lora adapter '{name}' conflicts with a served base model.", param="lora_name"
+                )
             folder = Path(path).expanduser().absolute()
             try:
                 base = await asyncio.to_thread(self._base_for, folder)
@@ -124,8 +132,10 @@ class LoRAAdapterService:
             except (ModelNotFound, InvalidRequest):
                 pass
         if not served:
-            raise InvalidRequest("The server serves no base model to load the adapter on; name one in "
-                                 "adapter_config.json's base_model_name_or_path.")
+            raise InvalidRequest(
+                "The server serves no base model to load the adapter on; name one in "
+                "adapter_config.json's base_model_name_or_path."
+            )
         return served[0]
 
 

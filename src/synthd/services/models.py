@@ -32,11 +32,20 @@ class ModelsService:
         status: ModelStatus = self.pool.status(model_id)
         replica = next((r for r in self.pool.replicas(parent or model_id) if r.engine is not None), None)
         requests, tokens = self.usage.get(model_id)
-        return ModelCard(id=model_id, created=created, root=root, parent=parent,
-                         max_model_len=replica.engine.max_model_len if replica and replica.engine else None,
-                         status=status.state.value, gpu=status.gpu, node=status.node,
-                         load_seconds=None if status.load_seconds is None else round(status.load_seconds, 3),
-                         error=status.error, requests_served=requests, tokens_served=tokens)
+        return ModelCard(
+            id=model_id,
+            created=created,
+            root=root,
+            parent=parent,
+            max_model_len=replica.engine.max_model_len if replica and replica.engine else None,
+            status=status.state.value,
+            gpu=status.gpu,
+            node=status.node,
+            load_seconds=None if status.load_seconds is None else round(status.load_seconds, 3),
+            error=status.error,
+            requests_served=requests,
+            tokens_served=tokens,
+        )
 
     async def _base_card(self, source: ModelSource) -> ModelCard:
         replicas = self.pool.replicas(source.model_id)
@@ -53,8 +62,11 @@ class ModelsService:
         fine_tunes = await asyncio.to_thread(self.pool.registry.fine_tunes)
         visible = await asyncio.to_thread(self.access.visible_ids, principal, [ref.model_id for ref in fine_tunes])
         fine_tunes = [*(ref for ref in fine_tunes if ref.model_id in visible), *self.pool.registry.runtime_adapters()]
-        ids = [*self.pool.registry.served, *(r.model_id for r in self.pool.replicas()),
-               *(ref.base_model for ref in fine_tunes)]
+        ids = [
+            *self.pool.registry.served,
+            *(r.model_id for r in self.pool.replicas()),
+            *(ref.base_model for ref in fine_tunes),
+        ]
         bases: dict[str, ModelSource] = {}
         for model_id in dict.fromkeys(ids):
             try:
@@ -85,12 +97,18 @@ class ModelsService:
         """
         await self.access.check_deletable(principal, model_id)
         if self.pool.registry.runtime_adapter(model_id) is not None:
-            raise InvalidRequest(f"'{model_id}' is a runtime LoRA adapter; remove it with POST /v1/unload_lora_adapter.",
-                                 param="model", code="model_not_deletable")
+            raise InvalidRequest(
+                f"'{model_id}' is a runtime LoRA adapter; remove it with POST /v1/unload_lora_adapter.",
+                param="model",
+                code="model_not_deletable",
+            )
         if not is_fine_tune(model_id):
             await self.pool.resolve(model_id)
-            raise InvalidRequest(f"'{model_id}' is a base model; only fine-tuned models can be deleted.",
-                                 param="model", code="model_not_deletable")
+            raise InvalidRequest(
+                f"'{model_id}' is a base model; only fine-tuned models can be deleted.",
+                param="model",
+                code="model_not_deletable",
+            )
         _, adapter = await self.pool.resolve(model_id)
         assert adapter is not None
         record = await asyncio.to_thread(self.repo.delete_model, model_id)

@@ -108,8 +108,11 @@ class ModelAccess:
         await self.check(principal, model)
         parsed = FineTuneId.parse(model)
         if not principal.is_admin and parsed is not None and parsed.job_id is None:
-            raise PermissionDenied(f"'{model}' was imported by the operator; only an admin key may delete it.",
-                                   param="model", code="insufficient_permissions")
+            raise PermissionDenied(
+                f"'{model}' was imported by the operator; only an admin key may delete it.",
+                param="model",
+                code="insufficient_permissions",
+            )
 
     def visible_ids(self, principal: Principal, models: list[str]) -> set[str]:
         """The subset of ``models`` ``principal`` may use, with one read of the jobs' projects. Blocking."""

@@ -82,14 +82,20 @@ class RateLimiter:
         window.prune(now - WINDOW_S)
         if rpm is not None and len(window.requests) >= rpm:
             limits = self._state(window, now, rpm, tpm)
-            raise RateLimitExceeded(f"Rate limit reached for requests: {rpm} per minute. Please try again in "
-                                    f"{window.requests[0] + WINDOW_S - now:.1f}s.",
-                                    window.requests[0] + WINDOW_S - now, limits)
+            raise RateLimitExceeded(
+                f"Rate limit reached for requests: {rpm} per minute. Please try again in "
+                f"{window.requests[0] + WINDOW_S - now:.1f}s.",
+                window.requests[0] + WINDOW_S - now,
+                limits,
+            )
         if tpm is not None and window.tokens_used >= tpm:
             limits = self._state(window, now, rpm, tpm)
-            raise RateLimitExceeded(f"Rate limit reached for tokens: {tpm} per minute (used {window.tokens_used}). "
-                                    f"Please try again in {self._tokens_free_in(window, now, tpm):.1f}s.",
-                                    self._tokens_free_in(window, now, tpm), limits)
+            raise RateLimitExceeded(
+                f"Rate limit reached for tokens: {tpm} per minute (used {window.tokens_used}). "
+                f"Please try again in {self._tokens_free_in(window, now, tpm):.1f}s.",
+                self._tokens_free_in(window, now, tpm),
+                limits,
+            )
         window.requests.append(now)
         return self._state(window, now, rpm, tpm)
 

@@ -34,11 +34,19 @@ def tool_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
     if mode == "required":
         # Each tool's schema moves under the wrapper's $defs, its local refs ("#/$defs/Inner", "#")
         # rewritten to point there, so pydantic-style schemas with $defs keep resolving.
-        defs = {f"tool_{i}": rebase_refs(t.function.parameters or NO_ARGUMENTS, f"#/$defs/tool_{i}")
-                for i, t in enumerate(tools)}
-        branches = [{"type": "object", "properties": {"name": {"const": t.function.name},
-                                                      "parameters": {"$ref": f"#/$defs/tool_{i}"}},
-                     "required": ["name", "parameters"], "additionalProperties": False} for i, t in enumerate(tools)]
+        defs = {
+            f"tool_{i}": rebase_refs(t.function.parameters or NO_ARGUMENTS, f"#/$defs/tool_{i}")
+            for i, t in enumerate(tools)
+        }
+        branches = [
+            {
+                "type": "object",
+                "properties": {"name": {"const": t.function.name}, "parameters": {"$ref": f"#/$defs/tool_{i}"}},
+                "required": ["name", "parameters"],
+                "additionalProperties": False,
+            }
+            for i, t in enumerate(tools)
+        ]
         schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": branches}, "$defs": defs}
         if request.parallel_tool_calls is False:
             schema["maxItems"] = 1
@@ -73,8 +81,10 @@ def template_messages(messages: list[ChatMessage], chat_template: str | None) ->
     renders_calls = "tool_calls" in (chat_template or "")
     rendered = []
     for message in messages:
-        entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
-                                 "content": message.text()}
+        entry: dict[str, Any] = {
+            "role": "system" if message.role == "developer" else message.role,
+            "content": message.text(),
+        }
         if message.tool_calls:
             calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in message.tool_calls]
             if renders_calls:
@@ -93,9 +103,10 @@ def parse_tool_calls(text: str, mode: ToolMode, name: str | None) -> list[ToolCa
     if mode == "named":
         json.loads(text)
         return [ToolCall(id=new_call_id(), function=CalledFunction(name=name or "", arguments=text))]
-    return [ToolCall(id=new_call_id(), function=CalledFunction(name=item["name"],
-                                                               arguments=json.dumps(item["parameters"])))
-            for item in json.loads(text)]
+    return [
+        ToolCall(id=new_call_id(), function=CalledFunction(name=item["name"], arguments=json.dumps(item["parameters"])))
+        for item in json.loads(text)
+    ]
 
 
 def new_call_id() -> str:

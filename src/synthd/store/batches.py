@@ -139,9 +139,11 @@ class BatchStore:
     def transition(self, batch_id: str, sources: tuple[BatchStatus, ...], target: BatchStatus, **fields) -> bool:
         """Set ``status`` to ``target`` (and ``fields``) only if it is one of ``sources``; True if it was."""
         with self._session() as session:
-            result = session.execute(update(BatchRecord)
-                                     .where(BatchRecord.id == batch_id, BatchRecord.status.in_(sources))
-                                     .values(status=target, **fields))
+            result = session.execute(
+                update(BatchRecord)
+                .where(BatchRecord.id == batch_id, BatchRecord.status.in_(sources))
+                .values(status=target, **fields)
+            )
             return result.rowcount == 1
 
     def update(self, batch_id: str, **fields) -> None:
@@ -149,23 +151,35 @@ class BatchStore:
         with self._session() as session:
             session.execute(update(BatchRecord).where(BatchRecord.id == batch_id).values(**fields))
 
-    def add_result(self, batch_id: str, line: int, ok: bool, record: dict, input_tokens: int = 0,
-                   output_tokens: int = 0) -> None:
+    def add_result(
+        self, batch_id: str, line: int, ok: bool, record: dict, input_tokens: int = 0, output_tokens: int = 0
+    ) -> None:
         """Record one line's outcome and count it (``completed`` or ``failed``, and its tokens) in
         the same transaction."""
         counter = BatchRecord.completed if ok else BatchRecord.failed
         with self._session() as session:
             session.add(BatchResult(batch_id=batch_id, line=line, ok=ok, record=record))
-            session.execute(update(BatchRecord).where(BatchRecord.id == batch_id).values({
-                counter: counter + 1, BatchRecord.input_tokens: BatchRecord.input_tokens + input_tokens,
-                BatchRecord.output_tokens: BatchRecord.output_tokens + output_tokens}))
+            session.execute(
+                update(BatchRecord)
+                .where(BatchRecord.id == batch_id)
+                .values(
+                    {
+                        counter: counter + 1,
+                        BatchRecord.input_tokens: BatchRecord.input_tokens + input_tokens,
+                        BatchRecord.output_tokens: BatchRecord.output_tokens + output_tokens,
+                    }
+                )
+            )
 
     def add_errors(self, batch_id: str, records: list[tuple[int, dict]]) -> None:
         """Record many failed lines (``(line, record)`` pairs) and count them, in one transaction."""
         with self._session() as session:
-            session.add_all([BatchResult(batch_id=batch_id, line=line, ok=False, record=record) for line, record in records])
-            session.execute(update(BatchRecord).where(BatchRecord.id == batch_id)
-                            .values(failed=BatchRecord.failed + len(records)))
+            session.add_all(
+                [BatchResult(batch_id=batch_id, line=line, ok=False, record=record) for line, record in records]
+            )
+            session.execute(
+                update(BatchRecord).where(BatchRecord.id == batch_id).values(failed=BatchRecord.failed + len(records))
+            )
 
     def done_lines(self, batch_id: str) -> set[int]:
         """Line numbers that already have a result."""
@@ -175,8 +189,11 @@ class BatchStore:
     def results(self, batch_id: str, ok: bool) -> list[dict]:
         """Output records (``ok``) or error records, in input order."""
         with self._session() as session:
-            query = (select(BatchResult.record).where(BatchResult.batch_id == batch_id, BatchResult.ok == ok)
-                     .order_by(BatchResult.line))
+            query = (
+                select(BatchResult.record)
+                .where(BatchResult.batch_id == batch_id, BatchResult.ok == ok)
+                .order_by(BatchResult.line)
+            )
             return list(session.scalars(query))
 
     def delete_results(self, batch_id: str) -> None:

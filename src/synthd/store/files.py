@@ -80,8 +80,9 @@ class Upload:
         self.size += len(data)
         if self.size > self.limit_bytes:
             self.abort()
-            raise PayloadTooLarge(f"File is larger than the limit of {self.limit_bytes} bytes.", param="file",
-                                  code="file_too_large")
+            raise PayloadTooLarge(
+                f"File is larger than the limit of {self.limit_bytes} bytes.", param="file", code="file_too_large"
+            )
         failpoints.check("upload_write", self.path)
         self._handle.write(data)
 

@@ -71,11 +71,19 @@ class Repository:
         write_atomic(path, content)
         return self.add_file_record(file_id, filename, purpose, path, project)
 
-    def add_file_record(self, file_id: str, filename: str, purpose: str, path: Path,
-                        project: str | None = None) -> FileRecord:
+    def add_file_record(
+        self, file_id: str, filename: str, purpose: str, path: Path, project: str | None = None
+    ) -> FileRecord:
         """Record bytes already in place at ``path``, owned by ``project``."""
-        record = FileRecord(id=file_id, filename=filename, purpose=purpose, bytes=path.stat().st_size,
-                            created_at=now(), path=str(path), project=project)
+        record = FileRecord(
+            id=file_id,
+            filename=filename,
+            purpose=purpose,
+            bytes=path.stat().st_size,
+            created_at=now(),
+            path=str(path),
+            project=project,
+        )
         with self.session() as session:
             session.add(record)
         return record
@@ -123,8 +131,9 @@ class Repository:
         with self.session() as session:
             return session.get(JobRecord, job_id)
 
-    def list_jobs(self, after: str | None, limit: int, status: str | None = None,
-                  project: str | None = None) -> tuple[list[JobRecord], bool]:
+    def list_jobs(
+        self, after: str | None, limit: int, status: str | None = None, project: str | None = None
+    ) -> tuple[list[JobRecord], bool]:
         """Jobs newest first, after the cursor ``after`` (only ``project``'s when given); returns (page, has_more)."""
         with self.session() as session:
             query = select(JobRecord).order_by(JobRecord.created_at.desc(), JobRecord.id.desc())
@@ -135,7 +144,7 @@ class Repository:
             jobs = list(session.scalars(query))
         if after:
             ids = [j.id for j in jobs]
-            jobs = jobs[ids.index(after) + 1:] if after in ids else []
+            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
         return jobs[:limit], len(jobs) > limit
 
     def job_projects(self) -> dict[str, str | None]:
@@ -149,8 +158,17 @@ class Repository:
             query = select(JobRecord).where(JobRecord.status.in_(statuses)).order_by(JobRecord.created_ns)
             return list(session.scalars(query))
 
-    def transition(self, job_id: str, source: Iterable[JobStatus], target: JobStatus, message: str | None = None, *,
-                   owner: str | None = None, level: str = "info", **fields) -> bool:
+    def transition(
+        self,
+        job_id: str,
+        source: Iterable[JobStatus],
+        target: JobStatus,
+        message: str | None = None,
+        *,
+        owner: str | None = None,
+        level: str = "info",
+        **fields,
+    ) -> bool:
         """Move a job from any of ``source`` to ``target`` and set ``fields``, in one conditional
         ``UPDATE … WHERE id = … AND status IN (…)`` (and ``lease_owner = owner`` when given), adding
         the event ``message`` only if it applied. Returns whether this call won."""
@@ -160,19 +178,34 @@ class Repository:
                 session.add(self._event(job_id, message, level=level))
             return won
 
-    def succeed(self, job_id: str, owner: str, message: str, models: list[NewModel], result_file: FileRecord | None,
-                **fields) -> bool:
+    def succeed(
+        self, job_id: str, owner: str, message: str, models: list[NewModel], result_file: FileRecord | None, **fields
+    ) -> bool:
         """``running → succeeded`` unless a cancel was asked first, registering ``models`` and the
         result file in the same transaction: a cancel that won leaves no model behind, and one that
         comes after finds the job ended. Returns whether it won."""
         with self.session() as session:
-            won = self._conditional(session, job_id, [JobStatus.RUNNING], owner, extra=[~JobRecord.cancel_requested],
-                                    status=JobStatus.SUCCEEDED, **fields)
+            won = self._conditional(
+                session,
+                job_id,
+                [JobStatus.RUNNING],
+                owner,
+                extra=[~JobRecord.cancel_requested],
+                status=JobStatus.SUCCEEDED,
+                **fields,
+            )
             if not won:
                 return False
             for model in models:
-                session.merge(FineTunedModel(id=model.id, base_model=model.base_model, job_id=job_id,
-                                             adapter_path=model.adapter_path, created_at=now()))
+                session.merge(
+                    FineTunedModel(
+                        id=model.id,
+                        base_model=model.base_model,
+                        job_id=job_id,
+                        adapter_path=model.adapter_path,
+                        created_at=now(),
+                    )
+                )
             if result_file is not None:
                 session.add(result_file)
             session.add(self._event(job_id, message))
@@ -183,35 +216,53 @@ class Repository:
         cancelled before); returns whether it applied."""
         assert flag in ("cancel_requested", "pause_requested"), flag
         with self.session() as session:
-            return self._conditional(session, job_id, statuses, None, extra=[~JobRecord.cancel_requested],
-                                     **{flag: value})
+            return self._conditional(
+                session, job_id, statuses, None, extra=[~JobRecord.cancel_requested], **{flag: value}
+            )
 
     def claim(self, job_id: str, owner: str, **fields) -> bool:
         """``queued → running`` under ``owner``'s lease (heartbeat now); returns whether it won."""
         with self.session() as session:
-            return self._conditional(session, job_id, [JobStatus.QUEUED], None, extra=[~JobRecord.cancel_requested,
-                                     ~JobRecord.pause_requested], status=JobStatus.RUNNING, lease_owner=owner,
-                                     lease_heartbeat_at=time.time(), **fields)
+            return self._conditional(
+                session,
+                job_id,
+                [JobStatus.QUEUED],
+                None,
+                extra=[~JobRecord.cancel_requested, ~JobRecord.pause_requested],
+                status=JobStatus.RUNNING,
+                lease_owner=owner,
+                lease_heartbeat_at=time.time(),
+                **fields,
+            )
 
     def heartbeat(self, owner: str) -> None:
         """Renew ``owner``'s lease on every running job it holds."""
         with self.session() as session:
-            session.execute(update(JobRecord).where(JobRecord.lease_owner == owner, JobRecord.status == JobStatus.RUNNING)
-                            .values(lease_heartbeat_at=time.time()).execution_options(synchronize_session=False))
+            session.execute(
+                update(JobRecord)
+                .where(JobRecord.lease_owner == owner, JobRecord.status == JobStatus.RUNNING)
+                .values(lease_heartbeat_at=time.time())
+                .execution_options(synchronize_session=False)
+            )
 
     def job_flags(self, job_id: str) -> tuple[bool, bool]:
         """``(cancel_requested, pause_requested)`` of a job (both False if unknown)."""
         with self.session() as session:
-            row = session.execute(select(JobRecord.cancel_requested, JobRecord.pause_requested)
-                                  .where(JobRecord.id == job_id)).first()
+            row = session.execute(
+                select(JobRecord.cancel_requested, JobRecord.pause_requested).where(JobRecord.id == job_id)
+            ).first()
         return (bool(row[0]), bool(row[1])) if row else (False, False)
 
     def set_fields(self, job_id: str, **fields) -> None:
         """Set non-status fields (``worker_pid``, ``estimated_finish``, resolved hyperparameters)."""
         assert "status" not in fields, "status changes go through transition()"
         with self.session() as session:
-            session.execute(update(JobRecord).where(JobRecord.id == job_id).values(**fields)
-                            .execution_options(synchronize_session=False))
+            session.execute(
+                update(JobRecord)
+                .where(JobRecord.id == job_id)
+                .values(**fields)
+                .execution_options(synchronize_session=False)
+            )
 
     def add_event(self, job_id: str, message: str, data: dict | None = None, level: str = "info") -> None:
         """Append an event (``type`` ``metrics`` when ``data`` is given)."""
@@ -224,8 +275,12 @@ class Repository:
         with self.session() as session:
             session.add_all(self._event(job_id, m, d, "metrics" if d else "message") for m, d in events)
             if fields:
-                session.execute(update(JobRecord).where(JobRecord.id == job_id).values(**fields)
-                                .execution_options(synchronize_session=False))
+                session.execute(
+                    update(JobRecord)
+                    .where(JobRecord.id == job_id)
+                    .values(**fields)
+                    .execution_options(synchronize_session=False)
+                )
 
     def list_events(self, job_id: str, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
         """Events newest first (OpenAI's order), after the cursor ``after``; returns (page, has_more)."""
@@ -242,18 +297,31 @@ class Repository:
     def add_checkpoint(self, job_id: str, step: int, metrics: dict, path: str, adapter_path: str) -> None:
         """Record a checkpoint (replacing one of the same step from an earlier attempt) and its event."""
         with self.session() as session:
-            for old in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id,
-                                                                Checkpoint.step_number == step)):
+            for old in session.scalars(
+                select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step_number == step)
+            ):
                 session.delete(old)
-            session.add(Checkpoint(id=new_id("ftckpt"), job_id=job_id, created_at=now(), step_number=step,
-                                   metrics=metrics, path=path, adapter_path=adapter_path))
+            session.add(
+                Checkpoint(
+                    id=new_id("ftckpt"),
+                    job_id=job_id,
+                    created_at=now(),
+                    step_number=step,
+                    metrics=metrics,
+                    path=path,
+                    adapter_path=adapter_path,
+                )
+            )
             session.add(self._event(job_id, f"Checkpoint saved at step {step}", {"step": step, **metrics}, "metrics"))
 
     def checkpoints(self, job_id: str) -> list[Checkpoint]:
         """Every checkpoint of a job, newest first."""
         with self.session() as session:
-            return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
-                                        .order_by(Checkpoint.step_number.desc())))
+            return list(
+                session.scalars(
+                    select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step_number.desc())
+                )
+            )
 
     def delete_checkpoints(self, ids: Iterable[str]) -> None:
         """Drop checkpoint records."""
@@ -266,23 +334,27 @@ class Repository:
     def metric_events(self, job_id: str) -> list[JobEvent]:
         """A job's ``metrics`` events, oldest first."""
         with self.session() as session:
-            return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
-                                        .order_by(JobEvent.seq)))
+            return list(
+                session.scalars(
+                    select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics").order_by(JobEvent.seq)
+                )
+            )
 
     def list_checkpoints(self, job_id: str, after: str | None, limit: int) -> tuple[list[Checkpoint], bool]:
         """Checkpoints newest first; returns (page, has_more)."""
         rows = self.checkpoints(job_id)
         if after:
             ids = [c.id for c in rows]
-            rows = rows[ids.index(after) + 1:] if after in ids else []
+            rows = rows[ids.index(after) + 1 :] if after in ids else []
         return rows[:limit], len(rows) > limit
 
     # --- models -------------------------------------------------------------------------------
     def add_model(self, model_id: str, base: str, adapter_path: str, job_id: str | None) -> None:
         """Register a servable fine-tune."""
         with self.session() as session:
-            session.merge(FineTunedModel(id=model_id, base_model=base, job_id=job_id, adapter_path=adapter_path,
-                                         created_at=now()))
+            session.merge(
+                FineTunedModel(id=model_id, base_model=base, job_id=job_id, adapter_path=adapter_path, created_at=now())
+            )
 
     def get_model(self, model_id: str) -> FineTunedModel | None:
         """A fine-tuned model or None."""
@@ -303,8 +375,14 @@ class Repository:
             return record
 
     @staticmethod
-    def _conditional(session: Session, job_id: str, source: Iterable[JobStatus], owner: str | None,
-                     extra: list | None = None, **values) -> bool:
+    def _conditional(
+        session: Session,
+        job_id: str,
+        source: Iterable[JobStatus],
+        owner: str | None,
+        extra: list | None = None,
+        **values,
+    ) -> bool:
         query = update(JobRecord).where(JobRecord.id == job_id, JobRecord.status.in_(list(source)), *(extra or []))
         if owner is not None:
             query = query.where(JobRecord.lease_owner == owner)
@@ -312,6 +390,9 @@ class Repository:
         return result.rowcount == 1
 
     @staticmethod
-    def _event(job_id: str, message: str, data: dict | None = None, type: str = "message", level: str = "info") -> JobEvent:
-        return JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, message=message,
-                        type=type, data=data)
+    def _event(
+        job_id: str, message: str, data: dict | None = None, type: str = "message", level: str = "info"
+    ) -> JobEvent:
+        return JobEvent(
+            id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, message=message, type=type, data=data
+        )

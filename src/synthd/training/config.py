@@ -78,6 +78,7 @@ class Hyperparameters:
     @classmethod
     def resolve(cls, raw: dict, method: str, examples: int) -> "Hyperparameters":
         """Numbers for ``raw`` (values may be ``"auto"`` or absent) given the training set size."""
+
         def given(name: str):
             value = raw.get(name, "auto")
             return None if value in (None, "auto") else value
@@ -87,16 +88,21 @@ class Hyperparameters:
         return cls(
             n_epochs=int(given("n_epochs") or auto_epochs(examples)),
             batch_size=batch_size,
-            learning_rate_multiplier=float(multiplier if multiplier is not None else auto_learning_rate_multiplier(batch_size)),
+            learning_rate_multiplier=float(
+                multiplier if multiplier is not None else auto_learning_rate_multiplier(batch_size)
+            ),
             beta=float(given("beta") or 0.1) if method == "dpo" else None,
         )
 
     @classmethod
     def from_dict(cls, values: dict) -> "Hyperparameters":
         """Inverse of ``to_dict`` (resolved values only)."""
-        return cls(n_epochs=int(values["n_epochs"]), batch_size=int(values["batch_size"]),
-                   learning_rate_multiplier=float(values["learning_rate_multiplier"]),
-                   beta=float(values["beta"]) if values.get("beta") is not None else None)
+        return cls(
+            n_epochs=int(values["n_epochs"]),
+            batch_size=int(values["batch_size"]),
+            learning_rate_multiplier=float(values["learning_rate_multiplier"]),
+            beta=float(values["beta"]) if values.get("beta") is not None else None,
+        )
 
     def to_dict(self) -> dict:
         """OpenAI's ``hyperparameters`` object (beta only for DPO)."""

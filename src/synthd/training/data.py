@@ -112,8 +112,12 @@ def _sft_row(record: object) -> dict:
             raise ValueError("'prompt' and 'completion' must be strings")
         if not record["completion"]:
             raise ValueError("'completion' is empty")
-        return {"messages": [{"role": "user", "content": record["prompt"]},
-                             {"role": "assistant", "content": record["completion"], "weight": 1}]}
+        return {
+            "messages": [
+                {"role": "user", "content": record["prompt"]},
+                {"role": "assistant", "content": record["completion"], "weight": 1},
+            ]
+        }
     raise ValueError("expected {'messages': [...]} or {'prompt': ..., 'completion': ...} for supervised fine-tuning")
 
 
@@ -148,8 +152,10 @@ def _dpo_row(record: object) -> dict:
         chosen = _as_turns(record["chosen"], "chosen", "assistant")
         rejected = _as_turns(record["rejected"], "rejected", "assistant")
     else:
-        raise ValueError("expected OpenAI's {'input', 'preferred_output', 'non_preferred_output'} or TRL's "
-                         "{'prompt', 'chosen', 'rejected'} for DPO")
+        raise ValueError(
+            "expected OpenAI's {'input', 'preferred_output', 'non_preferred_output'} or TRL's "
+            "{'prompt', 'chosen', 'rejected'} for DPO"
+        )
     for name, turns in (("chosen", chosen), ("rejected", rejected)):
         if turns[-1]["role"] != "assistant":
             raise ValueError(f"the {name} answer must end with an assistant message")

@@ -38,8 +38,9 @@ class WorkerHandle(Protocol):
 class WorkerLauncher(Protocol):
     """Starts ``python -m synthd.training.worker JOB_ID``."""
 
-    def launch(self, job_id: str, env: dict[str, str], log_path: Path, gpu: str, node: str | None = None
-               ) -> WorkerHandle:
+    def launch(
+        self, job_id: str, env: dict[str, str], log_path: Path, gpu: str, node: str | None = None
+    ) -> WorkerHandle:
         """Start the worker for ``job_id`` with ``env``, its stderr appended to ``log_path``, on the
         devices ``gpu`` names (a placement label: ``cpu``, ``A100-40GB:2``), on ``node`` when given.
 
@@ -53,10 +54,16 @@ class LocalLauncher:
     """Workers as child processes of this server (the devices come from ``env``'s
     ``CUDA_VISIBLE_DEVICES``)."""
 
-    def launch(self, job_id: str, env: dict[str, str], log_path: Path, gpu: str, node: str | None = None
-               ) -> subprocess.Popen:
+    def launch(
+        self, job_id: str, env: dict[str, str], log_path: Path, gpu: str, node: str | None = None
+    ) -> subprocess.Popen:
         """See ``WorkerLauncher.launch``."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
-            return subprocess.Popen([sys.executable, "-m", "synthd.training.worker", job_id], env=env,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
+            return subprocess.Popen(
+                [sys.executable, "-m", "synthd.training.worker", job_id],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )

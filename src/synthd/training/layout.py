@@ -66,6 +66,9 @@ class JobLayout:
 def latest_checkpoint(trainer_dir: Path) -> Path | None:
     """The complete ``checkpoint-N`` folder with the highest N (``trainer_state.json`` is written
     last, so its presence marks a finished save), or None."""
-    found = [p for p in trainer_dir.glob("checkpoint-*")
-             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    found = [
+        p
+        for p in trainer_dir.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)

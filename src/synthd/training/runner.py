@@ -76,10 +76,17 @@ class JobCallback(TrainerCallback):
         if "loss" not in logs:
             return
         self.last["train_loss"] = float(logs["loss"])
-        data = {"step": state.global_step, "total_steps": state.max_steps, "train_loss": float(logs["loss"]),
-                "learning_rate": float(logs.get("learning_rate", 0.0)), "epoch": float(logs.get("epoch", 0.0))}
+        data = {
+            "step": state.global_step,
+            "total_steps": state.max_steps,
+            "train_loss": float(logs["loss"]),
+            "learning_rate": float(logs.get("learning_rate", 0.0)),
+            "epoch": float(logs.get("epoch", 0.0)),
+        }
         if "mean_token_accuracy" in logs:
-            self.last["train_mean_token_accuracy"] = data["train_mean_token_accuracy"] = float(logs["mean_token_accuracy"])
+            self.last["train_mean_token_accuracy"] = data["train_mean_token_accuracy"] = float(
+                logs["mean_token_accuracy"]
+            )
         for key in ("rewards/margins", "rewards/accuracies"):
             if key in logs:
                 data[key.replace("/", "_")] = float(logs[key])
@@ -94,10 +101,14 @@ class JobCallback(TrainerCallback):
         self.last["valid_loss"] = float(logs["eval_loss"])
         data = {"step": state.global_step, "total_steps": state.max_steps, "valid_loss": self.last["valid_loss"]}
         if "eval_mean_token_accuracy" in logs:
-            self.last["valid_mean_token_accuracy"] = data["valid_mean_token_accuracy"] = float(logs["eval_mean_token_accuracy"])
+            self.last["valid_mean_token_accuracy"] = data["valid_mean_token_accuracy"] = float(
+                logs["eval_mean_token_accuracy"]
+            )
         if "eval_rewards/accuracies" in logs:
             data["valid_rewards_accuracies"] = float(logs["eval_rewards/accuracies"])
-        self.pending.append((f"Step {state.global_step}/{state.max_steps}: validation loss={data['valid_loss']:.4f}", data))
+        self.pending.append(
+            (f"Step {state.global_step}/{state.max_steps}: validation loss={data['valid_loss']:.4f}", data)
+        )
 
     def on_save(self, args, state, control, **kwargs):
         source = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -148,33 +159,66 @@ def build_trainer(repo: Repository, job_id: str, model_path: Path, layout: JobLa
     total_steps = hyper.total_steps(len(train.rows))
     n_evals = min(job.n_evals or DEFAULT_N_EVALS, total_steps)
     common = dict(
-        output_dir=str(layout.trainer_dir), num_train_epochs=hyper.n_epochs, per_device_train_batch_size=hyper.batch_size,
-        per_device_eval_batch_size=hyper.batch_size, learning_rate=hyper.learning_rate, logging_steps=1,
-        save_strategy="steps", save_steps=save_steps(total_steps, job.n_checkpoints), save_total_limit=1,
-        report_to=report_to(job.integrations), run_name=job.id, seed=job.seed, data_seed=job.seed, use_cpu=not torch.cuda.is_available(), max_length=MAX_LENGTH,
-        disable_tqdm=True, eval_strategy="steps" if valid else "no", eval_steps=save_steps(total_steps, n_evals),
-        include_num_input_tokens_seen="all", lr_scheduler_type="linear", warmup_steps=0,
+        output_dir=str(layout.trainer_dir),
+        num_train_epochs=hyper.n_epochs,
+        per_device_train_batch_size=hyper.batch_size,
+        per_device_eval_batch_size=hyper.batch_size,
+        learning_rate=hyper.learning_rate,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=save_steps(total_steps, job.n_checkpoints),
+        save_total_limit=1,
+        report_to=report_to(job.integrations),
+        run_name=job.id,
+        seed=job.seed,
+        data_seed=job.seed,
+        use_cpu=not torch.cuda.is_available(),
+        max_length=MAX_LENGTH,
+        disable_tqdm=True,
+        eval_strategy="steps" if valid else "no",
+        eval_steps=save_steps(total_steps, n_evals),
+        include_num_input_tokens_seen="all",
+        lr_scheduler_type="linear",
+        warmup_steps=0,
     )
     if job.init_adapter:
         model = PeftModel.from_pretrained(model, job.init_adapter, is_trainable=True)
         peft_config = None
     else:
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        return DPOTrainer(model=model, args=DPOConfig(beta=hyper.beta, **common), processing_class=tokenizer,
-                          peft_config=peft_config, callbacks=callbacks, train_dataset=Dataset.from_list(train.rows),
-                          eval_dataset=Dataset.from_list(valid.rows) if valid else None)
+        return DPOTrainer(
+            model=model,
+            args=DPOConfig(beta=hyper.beta, **common),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+            train_dataset=Dataset.from_list(train.rows),
+            eval_dataset=Dataset.from_list(valid.rows) if valid else None,
+        )
     from trl import SFTConfig, SFTTrainer
 
     from synthd.training.sft_data import tokenize_rows
 
     train_set = Dataset.from_list(tokenize_rows(tokenizer, train.rows, MAX_LENGTH))
     valid_set = Dataset.from_list(tokenize_rows(tokenizer, valid.rows, MAX_LENGTH)) if valid else None
-    return SFTTrainer(model=model, args=SFTConfig(**common), processing_class=tokenizer, peft_config=peft_config,
-                      callbacks=callbacks, train_dataset=train_set, eval_dataset=valid_set)
+    return SFTTrainer(
+        model=model,
+        args=SFTConfig(**common),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+        train_dataset=train_set,
+        eval_dataset=valid_set,
+    )
 
 
 def run_job(repo: Repository, job_id: str, model_path: Path, layout: JobLayout) -> RunOutcome:

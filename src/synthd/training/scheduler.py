@@ -119,8 +119,12 @@ def step_metrics_csv(events: list[dict]) -> bytes:
         if "step" not in data or not ({"train_loss", "valid_loss"} & data.keys()):
             continue
         row = rows.setdefault(int(data["step"]), {"step": int(data["step"])})
-        for source, target in (("train_loss", "train_loss"), ("train_mean_token_accuracy", "train_accuracy"),
-                               ("valid_loss", "valid_loss"), ("valid_mean_token_accuracy", "valid_accuracy")):
+        for source, target in (
+            ("train_loss", "train_loss"),
+            ("train_mean_token_accuracy", "train_accuracy"),
+            ("valid_loss", "valid_loss"),
+            ("valid_mean_token_accuracy", "valid_accuracy"),
+        ):
             if source in data:
                 row[target] = data[source]
     out = io.StringIO()
@@ -146,9 +150,18 @@ class JobScheduler:
             Ray cluster).
     """
 
-    def __init__(self, repo: Repository, home: Path, *, models_dir: Path, planner: PlacementPlanner,
-                 serving_busy: Callable[[], set[str]] = set, max_concurrent: int = 1,
-                 env: dict[str, str] | None = None, launcher: WorkerLauncher | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        home: Path,
+        *,
+        models_dir: Path,
+        planner: PlacementPlanner,
+        serving_busy: Callable[[], set[str]] = set,
+        max_concurrent: int = 1,
+        env: dict[str, str] | None = None,
+        launcher: WorkerLauncher | None = None,
+    ) -> None:
         self.repo = repo
         self.home = home
         self.models_dir = models_dir
@@ -272,22 +285,41 @@ class JobScheduler:
             owner = job.lease_owner
             checkpoint = latest_checkpoint(JobLayout(self.home, job.id).trainer_dir)
             if job.cancel_requested:
-                self.repo.transition(job.id, [S.RUNNING], S.CANCELLED, "Fine-tuning job cancelled", owner=owner,
-                                     finished_at=now(), lease_owner=None)
+                self.repo.transition(
+                    job.id,
+                    [S.RUNNING],
+                    S.CANCELLED,
+                    "Fine-tuning job cancelled",
+                    owner=owner,
+                    finished_at=now(),
+                    lease_owner=None,
+                )
             elif checkpoint is not None:
                 target = S.PAUSED if job.pause_requested else S.QUEUED
-                self.repo.transition(job.id, [S.RUNNING], target,
-                                     f"Server restarted: job re-queued to resume from {checkpoint.name}", owner=owner,
-                                     lease_owner=None, worker_pid=None)
+                self.repo.transition(
+                    job.id,
+                    [S.RUNNING],
+                    target,
+                    f"Server restarted: job re-queued to resume from {checkpoint.name}",
+                    owner=owner,
+                    lease_owner=None,
+                    worker_pid=None,
+                )
             else:
-                self._fail(job.id, "server_restarted", "The server running this job stopped before its first "
-                           "checkpoint was saved, so it cannot resume; create the job again.", owner=owner)
+                self._fail(
+                    job.id,
+                    "server_restarted",
+                    "The server running this job stopped before its first "
+                    "checkpoint was saved, so it cannot resume; create the job again.",
+                    owner=owner,
+                )
 
     # --- validation ----------------------------------------------------------------------------
     def _validate(self, job: JobRecord) -> None:
         if job.cancel_requested:
-            self.repo.transition(job.id, [S.VALIDATING_FILES], S.CANCELLED, "Fine-tuning job cancelled",
-                                 finished_at=now())
+            self.repo.transition(
+                job.id, [S.VALIDATING_FILES], S.CANCELLED, "Fine-tuning job cancelled", finished_at=now()
+            )
             return
         method = job.method["type"]
         examples = 0
@@ -296,20 +328,31 @@ class JobScheduler:
                 continue
             record = self.repo.get_file(file_id)
             if record is None:
-                self._fail(job.id, f"invalid_{param}", f"{param} {file_id} was deleted", param, source=S.VALIDATING_FILES)
+                self._fail(
+                    job.id, f"invalid_{param}", f"{param} {file_id} was deleted", param, source=S.VALIDATING_FILES
+                )
                 return
             try:
                 rows = load_jsonl(self.repo.read_file(record), method).rows
             except Exception as exc:  # any fault in one file fails that job alone
-                self._fail(job.id, f"invalid_{param}", f"{param} {file_id} ({record.filename}): {exc}", param,
-                           source=S.VALIDATING_FILES)
+                self._fail(
+                    job.id,
+                    f"invalid_{param}",
+                    f"{param} {file_id} ({record.filename}): {exc}",
+                    param,
+                    source=S.VALIDATING_FILES,
+                )
                 return
             examples = examples or len(rows)
         raw = job.method.get(method, {}).get("hyperparameters", {})
         hyper = Hyperparameters.resolve(raw, method, examples)
-        self.repo.transition(job.id, [S.VALIDATING_FILES], S.QUEUED,
-                             f"Files validated ({examples} training examples); job queued",
-                             method={**job.method, method: {"hyperparameters": hyper.to_dict()}})
+        self.repo.transition(
+            job.id,
+            [S.VALIDATING_FILES],
+            S.QUEUED,
+            f"Files validated ({examples} training examples); job queued",
+            method={**job.method, method: {"hyperparameters": hyper.to_dict()}},
+        )
 
     # --- requests (cancel, pause, resume) ------------------------------------------------------
     def _apply_requests(self) -> None:
@@ -344,8 +387,13 @@ class JobScheduler:
                         self._waiting_for_devices.add(job.id)
                         self.repo.add_event(job.id, f"Waiting for devices: {getattr(exc, 'message', exc)}")
                     continue
-                self._fail(job.id, getattr(exc, "code", None) or "placement_failed",
-                           f"Cannot place the job: {getattr(exc, 'message', exc)}", "gpu_preference", source=S.QUEUED)
+                self._fail(
+                    job.id,
+                    getattr(exc, "code", None) or "placement_failed",
+                    f"Cannot place the job: {getattr(exc, 'message', exc)}",
+                    "gpu_preference",
+                    source=S.QUEUED,
+                )
                 continue
             self._waiting_for_devices.discard(job.id)
             gpus = [d for d in placement.devices if d.gpu.name != "cpu"]
@@ -353,22 +401,32 @@ class JobScheduler:
             layout = JobLayout(self.home, job.id)
             resume = latest_checkpoint(layout.trainer_dir)
             message = f"Resuming from {resume.name}" if resume else "Fine-tuning job started"
-            if not self.repo.claim(job.id, self.owner, started_at=job.started_at or now(), attempts=job.attempts + 1,
-                                   gpu=placement.label):
+            if not self.repo.claim(
+                job.id, self.owner, started_at=job.started_at or now(), attempts=job.attempts + 1, gpu=placement.label
+            ):
                 self.reservations.release(job.id)
                 continue
             self.repo.add_event(job.id, f"{message} on {placement.label}")
             layout.folder.mkdir(parents=True, exist_ok=True)
             layout.result.unlink(missing_ok=True)
             layout.error.unlink(missing_ok=True)
-            starts.append(Start(job.id, {"CUDA_VISIBLE_DEVICES": ",".join(str(d.index) for d in gpus),
-                                         **tracking_env(layout, job.integrations)}, placement))
+            starts.append(
+                Start(
+                    job.id,
+                    {
+                        "CUDA_VISIBLE_DEVICES": ",".join(str(d.index) for d in gpus),
+                        **tracking_env(layout, job.integrations),
+                    },
+                    placement,
+                )
+            )
         return starts
 
     def _place(self, job: JobRecord, serving_busy: set[str]) -> Placement:
         purpose = "dpo" if job.method["type"] == "dpo" else "sft"
-        placement, _ = self.planner.plan(model_path(job, self.models_dir), parse_gpu_preference(job.gpu_preference),
-                                         purpose, serving_busy)
+        placement, _ = self.planner.plan(
+            model_path(job, self.models_dir), parse_gpu_preference(job.gpu_preference), purpose, serving_busy
+        )
         if placement.remote:
             raise RuntimeError(f"{placement.label} is in a declared pool; training runs on this host's devices only")
         return placement
@@ -389,12 +447,18 @@ class JobScheduler:
         try:
             if process is None:
                 assert start.placement is not None
-                process = self.launcher.launch(start.job_id, {**self.env, **start.env, PARENT_ENV: str(os.getpid())},
-                                               layout.log, start.placement.label, start.placement.node)
+                process = self.launcher.launch(
+                    start.job_id,
+                    {**self.env, **start.env, PARENT_ENV: str(os.getpid())},
+                    layout.log,
+                    start.placement.label,
+                    start.placement.node,
+                )
         except OSError as exc:
             self.reservations.release(start.job_id)
-            self._fail(start.job_id, "worker_start_failed", f"Could not start the training worker: {exc}",
-                       owner=self.owner)
+            self._fail(
+                start.job_id, "worker_start_failed", f"Could not start the training worker: {exc}", owner=self.owner
+            )
             return
         self._workers[start.job_id] = Worker(start.job_id, process)
         self.repo.set_fields(start.job_id, worker_pid=process.pid)
@@ -427,7 +491,10 @@ class JobScheduler:
             self._standby = subprocess.Popen(
                 [sys.executable, "-m", "synthd.training.worker", "--standby"],
                 env={**self.env, "CUDA_VISIBLE_DEVICES": "", PARENT_ENV: str(os.getpid())},
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log_file)
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
 
     # --- ending --------------------------------------------------------------------------------
     def _reap(self, worker: Worker) -> None:
@@ -445,20 +512,43 @@ class JobScheduler:
         elif outcome == "succeeded":
             self._succeed(job, result)
         elif outcome == "paused":
-            self.repo.transition(job_id, [S.RUNNING], S.PAUSED, f"Fine-tuning job paused at step {result['step']}",
-                                 owner=self.owner, lease_owner=None, worker_pid=None)
+            self.repo.transition(
+                job_id,
+                [S.RUNNING],
+                S.PAUSED,
+                f"Fine-tuning job paused at step {result['step']}",
+                owner=self.owner,
+                lease_owner=None,
+                worker_pid=None,
+            )
         elif outcome == "cancelled":
             self._end(job_id, S.CANCELLED, "Fine-tuning job cancelled")
         elif code == EXIT_FOLDER_BUSY:
-            self.repo.transition(job_id, [S.RUNNING], S.QUEUED, "Another trainer still holds the job's folder; "
-                                 "job re-queued", owner=self.owner, lease_owner=None, worker_pid=None)
+            self.repo.transition(
+                job_id,
+                [S.RUNNING],
+                S.QUEUED,
+                "Another trainer still holds the job's folder; job re-queued",
+                owner=self.owner,
+                lease_owner=None,
+                worker_pid=None,
+            )
         elif code == 1 and (error := _read_json(layout.error)):
-            self._fail(job_id, error.get("code", "training_error"), error.get("message", "training failed"),
-                       error.get("param"), owner=self.owner)
+            self._fail(
+                job_id,
+                error.get("code", "training_error"),
+                error.get("message", "training failed"),
+                error.get("param"),
+                owner=self.owner,
+            )
         else:
             tail = log_tail(layout.log)
-            self._fail(job_id, "worker_crashed", f"The training worker {exit_reason(code)}" + (f": {tail}" if tail else ""),
-                       owner=self.owner)
+            self._fail(
+                job_id,
+                "worker_crashed",
+                f"The training worker {exit_reason(code)}" + (f": {tail}" if tail else ""),
+                owner=self.owner,
+            )
 
     def _succeed(self, job: JobRecord, result: dict) -> None:
         layout = JobLayout(self.home, job.id)
@@ -468,12 +558,24 @@ class JobScheduler:
         kept, dropped = saved[:keep], saved[keep:]
         models = [NewModel(fine_tuned, job.model, str(layout.adapter))] + [
             NewModel(str(FineTuneId(job.model, job.suffix or "", job.id, c.step_number)), job.model, c.adapter_path)
-            for c in kept if c.adapter_path]
+            for c in kept
+            if c.adapter_path
+        ]
         result_file = self._result_file(job.id, job.project)
-        won = self.repo.succeed(job.id, self.owner, "The job has successfully completed", models, result_file,
-                                fine_tuned_model=fine_tuned, trained_tokens=int(result.get("trained_tokens", 0)),
-                                finished_at=now(), estimated_finish=None, result_files=[result_file.id],
-                                lease_owner=None, worker_pid=None)
+        won = self.repo.succeed(
+            job.id,
+            self.owner,
+            "The job has successfully completed",
+            models,
+            result_file,
+            fine_tuned_model=fine_tuned,
+            trained_tokens=int(result.get("trained_tokens", 0)),
+            finished_at=now(),
+            estimated_finish=None,
+            result_files=[result_file.id],
+            lease_owner=None,
+            worker_pid=None,
+        )
         if not won:  # a cancel came first: nothing from this job is served
             Path(result_file.path).unlink(missing_ok=True)
             self._end(job.id, S.CANCELLED, "Fine-tuning job cancelled")
@@ -490,19 +592,53 @@ class JobScheduler:
         path = self.repo.files_dir / file_id
         content = step_metrics_csv(events)
         write_atomic(path, content)
-        return FileRecord(id=file_id, filename="step_metrics.csv", purpose=RESULT_PURPOSE, bytes=len(content),
-                          created_at=now(), path=str(path), project=project)
+        return FileRecord(
+            id=file_id,
+            filename="step_metrics.csv",
+            purpose=RESULT_PURPOSE,
+            bytes=len(content),
+            created_at=now(),
+            path=str(path),
+            project=project,
+        )
 
     def _end(self, job_id: str, status: JobStatus, message: str) -> None:
-        if self.repo.transition(job_id, [S.RUNNING], status, message, owner=self.owner, finished_at=now(),
-                                estimated_finish=None, lease_owner=None, worker_pid=None):
+        if self.repo.transition(
+            job_id,
+            [S.RUNNING],
+            status,
+            message,
+            owner=self.owner,
+            finished_at=now(),
+            estimated_finish=None,
+            lease_owner=None,
+            worker_pid=None,
+        ):
             self._discard_outputs(job_id)
 
-    def _fail(self, job_id: str, code: str, message: str, param: str | None = None, *,
-              source: JobStatus = S.RUNNING, owner: str | None = None) -> None:
-        if self.repo.transition(job_id, [source], S.FAILED, message, owner=owner, level="error", finished_at=now(),
-                                estimated_finish=None, error={"code": code, "message": message, "param": param},
-                                lease_owner=None, worker_pid=None):
+    def _fail(
+        self,
+        job_id: str,
+        code: str,
+        message: str,
+        param: str | None = None,
+        *,
+        source: JobStatus = S.RUNNING,
+        owner: str | None = None,
+    ) -> None:
+        if self.repo.transition(
+            job_id,
+            [source],
+            S.FAILED,
+            message,
+            owner=owner,
+            level="error",
+            finished_at=now(),
+            estimated_finish=None,
+            error={"code": code, "message": message, "param": param},
+            lease_owner=None,
+            worker_pid=None,
+        ):
             self._discard_outputs(job_id)
 
     def _discard_outputs(self, job_id: str) -> None:

@@ -33,11 +33,15 @@ def trainable_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or not message.get("weight", 1):
             continue
-        before = tokenizer.apply_chat_template(plain[:index], tokenize=False, add_generation_prompt=True) if index else ""
-        through = tokenizer.apply_chat_template(plain[:index + 1], tokenize=False)
+        before = (
+            tokenizer.apply_chat_template(plain[:index], tokenize=False, add_generation_prompt=True) if index else ""
+        )
+        through = tokenizer.apply_chat_template(plain[: index + 1], tokenize=False)
         if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
-            raise DataFormatError("the model's chat template does not render conversations prefix by prefix, so "
-                                  "assistant turns cannot be told apart for the loss")
+            raise DataFormatError(
+                "the model's chat template does not render conversations prefix by prefix, so "
+                "assistant turns cannot be told apart for the loss"
+            )
         spans.append((len(before), len(through)))
     return text, spans
 
@@ -47,8 +51,10 @@ def tokenize_example(tokenizer, messages: list[dict], max_length: int) -> dict[s
     (keeping the start, as TRL's default ``truncation_mode``)."""
     text, spans = trainable_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    labels = [token if any(start <= offset[0] < end for start, end in spans) else IGNORE_INDEX
-              for token, offset in zip(encoded["input_ids"], encoded["offset_mapping"])]
+    labels = [
+        token if any(start <= offset[0] < end for start, end in spans) else IGNORE_INDEX
+        for token, offset in zip(encoded["input_ids"], encoded["offset_mapping"])
+    ]
     return {"input_ids": encoded["input_ids"][:max_length], "labels": labels[:max_length]}
 
 
@@ -62,6 +68,7 @@ def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> list[dict[str
     examples = [tokenize_example(tokenizer, row["messages"], max_length) for row in rows]
     kept = [e for e in examples if any(label != IGNORE_INDEX for label in e["labels"])]
     if not kept:
-        raise DataFormatError(f"no trainable tokens: no assistant message of weight 1 within the first {max_length} "
-                              "tokens of any example")
+        raise DataFormatError(
+            f"no trainable tokens: no assistant message of weight 1 within the first {max_length} tokens of any example"
+        )
     return kept

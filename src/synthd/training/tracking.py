@@ -29,9 +29,16 @@ def tracking_env(layout: JobLayout, integrations: list[dict] | None) -> dict[str
     env = {"TENSORBOARD_LOGGING_DIR": str(layout.tensorboard)}
     wandb = wandb_settings(integrations)
     if wandb:
-        env.update({"WANDB_DIR": str(layout.folder), "WANDB_PROJECT": wandb["project"],
-                    "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_SILENT": "true",
-                    "WANDB_NAME": wandb.get("name") or layout.job_id, "WANDB_RUN_ID": layout.job_id})
+        env.update(
+            {
+                "WANDB_DIR": str(layout.folder),
+                "WANDB_PROJECT": wandb["project"],
+                "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
+                "WANDB_SILENT": "true",
+                "WANDB_NAME": wandb.get("name") or layout.job_id,
+                "WANDB_RUN_ID": layout.job_id,
+            }
+        )
         if wandb.get("entity"):
             env["WANDB_ENTITY"] = wandb["entity"]
         if wandb.get("tags"):

@@ -41,8 +41,12 @@ from synthd.training.layout import JobLayout
 EXIT_OK, EXIT_FAILED, EXIT_FOLDER_BUSY, EXIT_ORPHANED = 0, 1, 75, 76
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "SYNTHD_PARENT_PID"
-WORKER_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-              "OMP_WAIT_POLICY": "PASSIVE"}
+WORKER_ENV = {
+    "TQDM_DISABLE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
 """Set (unless given) before torch is imported: no progress bars in ``worker.log`` (it keeps warnings
 and tracebacks), and OpenMP threads that sleep instead of spinning when they wait. Measured on this
 2-core machine under load (load average 15): a forward and backward pass of the embedded model on

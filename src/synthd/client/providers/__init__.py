@@ -10,8 +10,8 @@ from synthd.client.providers.openai_chat import (
 )
 
 PROVIDERS: dict[str, type[Provider]] = {
-    cls.name: cls for cls in (SynthdProvider, OpenAIChatProvider, AnthropicProvider, TogetherProvider,
-                              OpenAICompatibleProvider)
+    cls.name: cls
+    for cls in (SynthdProvider, OpenAIChatProvider, AnthropicProvider, TogetherProvider, OpenAICompatibleProvider)
 }
 """Every provider ``LM`` knows, by the name used in ``provider=`` and in ``name/model`` prefixes."""
 

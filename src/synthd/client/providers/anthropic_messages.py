@@ -25,21 +25,31 @@ import anthropic
 from anthropic.types import Message, RawMessageStreamEvent
 
 from synthd.client.errors import ConfigurationError, ProviderError
-from synthd.client.retry import ANTHROPIC_RULES, RetryRules
 from synthd.client.providers.base import STREAM_FAILURES, Provider, StreamPiece
 from synthd.client.request import ChatRequest
 from synthd.client.response import FinishReason, FunctionCall, LMResponse, ToolCall, Usage
+from synthd.client.retry import ANTHROPIC_RULES, RetryRules
 
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` sent when the caller gives none: the largest output every Claude 3+ model allows."""
 
 _STOP_REASONS: dict[str, FinishReason] = {
-    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
-    "tool_use": "tool_calls", "refusal": "content_filter",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
 }
 _ERROR_STATUS = {
-    "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403, "not_found_error": 404,
-    "request_too_large": 413, "rate_limit_error": 429, "api_error": 500, "overloaded_error": 529,
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
 }
 _TOOL_CHOICES = {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}
 
@@ -60,23 +70,31 @@ class AnthropicProvider(Provider):
     def sdk(self) -> anthropic.Anthropic:
         """The SDK client (its own retries off: ``LM`` retries)."""
         if self._sync is None:
-            self._sync = anthropic.Anthropic(api_key=self.api_key, base_url=self.base_url, timeout=self.timeout,
-                                             max_retries=0)
+            self._sync = anthropic.Anthropic(
+                api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+            )
         return self._sync
 
     def async_sdk(self) -> anthropic.AsyncAnthropic:
         """The async SDK client for the running event loop."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            self._async = (loop, anthropic.AsyncAnthropic(api_key=self.api_key, base_url=self.base_url,
-                                                          timeout=self.timeout, max_retries=0))
+            self._async = (
+                loop,
+                anthropic.AsyncAnthropic(
+                    api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+                ),
+            )
         return self._async[1]
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """Keyword arguments for ``messages.create``."""
         system, messages = to_anthropic_messages(request.messages)
-        body: dict[str, Any] = {"model": request.model, "messages": messages,
-                                "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS}
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+        }
         if system:
             body["system"] = system
         if request.stop:
@@ -85,8 +103,13 @@ class AnthropicProvider(Provider):
         extra = {key: value for key, value in sampling.items() if value is not None} | request.extra_body
         tools = [to_anthropic_tool(tool) for tool in request.tools or []]
         if request.response_format is not None:
-            tools.append({"name": request.response_format.name, "input_schema": request.response_format.schema,
-                          "description": "Reply by calling this tool with the answer as its input."})
+            tools.append(
+                {
+                    "name": request.response_format.name,
+                    "input_schema": request.response_format.schema,
+                    "description": "Reply by calling this tool with the answer as its input.",
+                }
+            )
             body["tool_choice"] = {"type": "tool", "name": request.response_format.name}
         elif request.tool_choice is not None:
             body["tool_choice"] = to_anthropic_tool_choice(request.tool_choice)
@@ -111,12 +134,16 @@ class AnthropicProvider(Provider):
         return self.response(message, request)
 
     def stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
-        return self.pieces(lambda: self.sdk().messages.create(**self.body(request), stream=True),
-                           EventAccumulator(self.name, structured_tool(request)))
+        return self.pieces(
+            lambda: self.sdk().messages.create(**self.body(request), stream=True),
+            EventAccumulator(self.name, structured_tool(request)),
+        )
 
     def stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
-        return self.pieces_async(lambda: self.async_sdk().messages.create(**self.body(request), stream=True),
-                                 EventAccumulator(self.name, structured_tool(request)))
+        return self.pieces_async(
+            lambda: self.async_sdk().messages.create(**self.body(request), stream=True),
+            EventAccumulator(self.name, structured_tool(request)),
+        )
 
     def status_of(self, exc: anthropic.APIStatusError) -> int:
         """An ``error`` event inside a stream arrives on a 200 response: its status comes from the
@@ -140,12 +167,18 @@ class AnthropicProvider(Provider):
             elif block.type == "tool_use" and block.name == forced:
                 text.append(json.dumps(block.input))
             elif block.type == "tool_use":
-                calls.append(ToolCall(id=block.id, function=FunctionCall(name=block.name,
-                                                                         arguments=json.dumps(block.input))))
-        return LMResponse(text="".join(text), tool_calls=calls,
-                          finish_reason=stop_reason(message.stop_reason, structured=forced is not None),
-                          usage=usage(message.usage.input_tokens, message.usage.output_tokens, message.usage),
-                          model=message.model, provider=self.name, response_id=message.id)
+                calls.append(
+                    ToolCall(id=block.id, function=FunctionCall(name=block.name, arguments=json.dumps(block.input)))
+                )
+        return LMResponse(
+            text="".join(text),
+            tool_calls=calls,
+            finish_reason=stop_reason(message.stop_reason, structured=forced is not None),
+            usage=usage(message.usage.input_tokens, message.usage.output_tokens, message.usage),
+            model=message.model,
+            provider=self.name,
+            response_id=message.id,
+        )
 
 
 class EventAccumulator:
@@ -178,12 +211,22 @@ class EventAccumulator:
             self.completion_tokens = event.message.usage.output_tokens or 0
         elif event.type == "content_block_start":
             block = event.content_block
-            self.blocks[event.index] = ({"type": "text", "text": block.text} if block.type == "text" else
-                                        {"type": block.type, "id": getattr(block, "id", ""),
-                                         "name": getattr(block, "name", ""), "json": ""})
+            self.blocks[event.index] = (
+                {"type": "text", "text": block.text}
+                if block.type == "text"
+                else {
+                    "type": block.type,
+                    "id": getattr(block, "id", ""),
+                    "name": getattr(block, "name", ""),
+                    "json": "",
+                }
+            )
         elif event.type == "content_block_delta":
-            fresh = ({"type": "text", "text": ""} if event.delta.type == "text_delta" else
-                     {"type": "tool_use", "id": "", "name": "", "json": ""})
+            fresh = (
+                {"type": "text", "text": ""}
+                if event.delta.type == "text_delta"
+                else {"type": "tool_use", "id": "", "name": "", "json": ""}
+            )
             block = self.blocks.setdefault(event.index, fresh)
             if event.delta.type == "text_delta" and block["type"] == "text":
                 block["text"] += event.delta.text
@@ -213,13 +256,22 @@ class EventAccumulator:
             elif block["type"] == "tool_use" and block["name"] == self.forced_tool:
                 text.append(block["json"])
             elif block["type"] == "tool_use":
-                calls.append(ToolCall(id=block["id"], function=FunctionCall(name=block["name"],
-                                                                            arguments=block["json"] or "{}")))
-        return LMResponse(text="".join(text), tool_calls=calls,
-                          finish_reason=stop_reason(self.stop, structured=self.forced_tool is not None),
-                          usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-                                      total_tokens=self.prompt_tokens + self.completion_tokens),
-                          model=self.model, provider=self.provider, response_id=self.response_id)
+                calls.append(
+                    ToolCall(id=block["id"], function=FunctionCall(name=block["name"], arguments=block["json"] or "{}"))
+                )
+        return LMResponse(
+            text="".join(text),
+            tool_calls=calls,
+            finish_reason=stop_reason(self.stop, structured=self.forced_tool is not None),
+            usage=Usage(
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                total_tokens=self.prompt_tokens + self.completion_tokens,
+            ),
+            model=self.model,
+            provider=self.provider,
+            response_id=self.response_id,
+        )
 
 
 def to_anthropic_messages(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
@@ -240,11 +292,25 @@ def to_anthropic_messages(messages: list[dict[str, Any]]) -> tuple[str | None, l
             turn_role, blocks = "assistant", text_blocks(message.get("content"))
             for call in message.get("tool_calls") or []:
                 function = call["function"]
-                blocks.append({"type": "tool_use", "id": call["id"], "name": function["name"],
-                               "input": json.loads(function.get("arguments") or "{}")})
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call["id"],
+                        "name": function["name"],
+                        "input": json.loads(function.get("arguments") or "{}"),
+                    }
+                )
         elif role == "tool":
-            turn_role, blocks = "user", [{"type": "tool_result", "tool_use_id": message["tool_call_id"],
-                                          "content": text_of(message.get("content"))}]
+            turn_role, blocks = (
+                "user",
+                [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": message["tool_call_id"],
+                        "content": text_of(message.get("content")),
+                    }
+                ],
+            )
         else:
             raise ConfigurationError(f"message role {role!r} has no Anthropic counterpart", provider="anthropic")
         if turns and turns[-1]["role"] == turn_role:
@@ -268,8 +334,9 @@ def text_blocks(content: Any) -> list[dict[str, Any]]:
     blocks = []
     for part in content:
         if part.get("type") != "text":
-            raise ConfigurationError(f"content part type {part.get('type')!r} is not supported for Anthropic here",
-                                     provider="anthropic")
+            raise ConfigurationError(
+                f"content part type {part.get('type')!r} is not supported for Anthropic here", provider="anthropic"
+            )
         if part.get("text"):
             blocks.append({"type": "text", "text": part["text"]})
     return blocks
@@ -278,8 +345,10 @@ def text_blocks(content: Any) -> list[dict[str, Any]]:
 def to_anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI function tool as an Anthropic tool."""
     function = tool.get("function", {})
-    converted = {"name": function["name"],
-                 "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+    converted = {
+        "name": function["name"],
+        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+    }
     if function.get("description"):
         converted["description"] = function["description"]
     return converted
@@ -291,8 +360,9 @@ def to_anthropic_tool_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
         return _TOOL_CHOICES[choice]
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict) and choice["function"].get("name"):
         return {"type": "tool", "name": choice["function"]["name"]}
-    raise ConfigurationError(f"tool_choice {choice!r} is not one of auto, none, required or a named function",
-                             provider="anthropic")
+    raise ConfigurationError(
+        f"tool_choice {choice!r} is not one of auto, none, required or a named function", provider="anthropic"
+    )
 
 
 def structured_tool(request: ChatRequest) -> str | None:
@@ -310,7 +380,10 @@ def stop_reason(reason: str | None, *, structured: bool) -> FinishReason | None:
 
 def usage(input_tokens: int | None, output_tokens: int | None, raw: Any) -> Usage:
     """Anthropic usage as OpenAI's: prompt tokens include cache writes and reads."""
-    prompt = (input_tokens or 0) + (getattr(raw, "cache_creation_input_tokens", None) or 0) + (
-        getattr(raw, "cache_read_input_tokens", None) or 0)
+    prompt = (
+        (input_tokens or 0)
+        + (getattr(raw, "cache_creation_input_tokens", None) or 0)
+        + (getattr(raw, "cache_read_input_tokens", None) or 0)
+    )
     completion = output_tokens or 0
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

@@ -89,8 +89,9 @@ class Provider(ABC):
                 raise self.interrupted(exc, delivered=accumulator.delivered) from exc
         yield accumulator.response()
 
-    async def pieces_async(self, open_stream: Callable[[], Awaitable[Any]],
-                           accumulator: Accumulator) -> AsyncIterator[StreamPiece]:
+    async def pieces_async(
+        self, open_stream: Callable[[], Awaitable[Any]], accumulator: Accumulator
+    ) -> AsyncIterator[StreamPiece]:
         """Async twin of ``pieces``."""
         try:
             events = await open_stream()
@@ -114,19 +115,36 @@ class Provider(ABC):
         if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError, httpx2.TimeoutException)):
             return APITimeoutError(f"timed out after {self.timeout:g} s", provider=self.name)
         if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)):
-            return APIConnectionError(f"cannot reach {self.base_url or 'the API'}: {exc.__cause__ or exc}",
-                                      provider=self.name)
+            return APIConnectionError(
+                f"cannot reach {self.base_url or 'the API'}: {exc.__cause__ or exc}", provider=self.name
+            )
         if isinstance(exc, openai.APIStatusError):
-            return status_error(self.status_of(exc), body_message(exc.body) or exc.message, provider=self.name,
-                                headers=exc.response.headers, code=exc.code, param=exc.param, type=exc.type)
+            return status_error(
+                self.status_of(exc),
+                body_message(exc.body) or exc.message,
+                provider=self.name,
+                headers=exc.response.headers,
+                code=exc.code,
+                param=exc.param,
+                type=exc.type,
+            )
         if isinstance(exc, anthropic.APIStatusError):
-            return status_error(self.status_of(exc), body_message(exc.body) or exc.message, provider=self.name,
-                                headers=exc.response.headers, code=getattr(exc, "error_code", None),
-                                type=getattr(exc, "type", None))
+            return status_error(
+                self.status_of(exc),
+                body_message(exc.body) or exc.message,
+                provider=self.name,
+                headers=exc.response.headers,
+                code=getattr(exc, "error_code", None),
+                type=getattr(exc, "type", None),
+            )
         if isinstance(exc, (openai.APIError, anthropic.APIError)):
-            return ProviderError(f"error inside the stream: {body_message(exc.body) or exc.message}",
-                                 provider=self.name, code=getattr(exc, "code", None),
-                                 param=getattr(exc, "param", None), type=getattr(exc, "type", None))
+            return ProviderError(
+                f"error inside the stream: {body_message(exc.body) or exc.message}",
+                provider=self.name,
+                code=getattr(exc, "code", None),
+                param=getattr(exc, "param", None),
+                type=getattr(exc, "type", None),
+            )
         if isinstance(exc, httpx2.HTTPError):
             return self.interrupted(exc, delivered=True)
         raise exc

@@ -21,8 +21,12 @@ WARMUP_POLL_S = 0.5
 """Seconds between warmup status polls."""
 
 _FINISH_REASONS: dict[str, FinishReason] = {
-    "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
-    "content_filter": "content_filter", "eos": "stop",
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "eos": "stop",
 }
 
 
@@ -46,28 +50,45 @@ class OpenAIChatProvider(Provider):
     def sdk(self) -> openai.OpenAI:
         """The SDK client (its own retries off: ``LM`` retries)."""
         if self._sync is None:
-            self._sync = openai.OpenAI(api_key=self.api_key or "unused", base_url=self.base_url,
-                                       timeout=self.timeout, max_retries=0)
+            self._sync = openai.OpenAI(
+                api_key=self.api_key or "unused", base_url=self.base_url, timeout=self.timeout, max_retries=0
+            )
         return self._sync
 
     def async_sdk(self) -> openai.AsyncOpenAI:
         """The async SDK client for the running event loop (an httpx pool cannot cross loops)."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            self._async = (loop, openai.AsyncOpenAI(api_key=self.api_key or "unused", base_url=self.base_url,
-                                                    timeout=self.timeout, max_retries=0))
+            self._async = (
+                loop,
+                openai.AsyncOpenAI(
+                    api_key=self.api_key or "unused", base_url=self.base_url, timeout=self.timeout, max_retries=0
+                ),
+            )
         return self._async[1]
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """Keyword arguments for ``chat.completions.create``."""
         body: dict[str, Any] = {"model": request.model, "messages": request.messages}
-        optional = {"temperature": request.temperature, "top_p": request.top_p, "stop": request.stop,
-                    "seed": request.seed, "tools": request.tools, "tool_choice": request.tool_choice,
-                    self.token_limit_field: request.max_tokens}
+        optional = {
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stop": request.stop,
+            "seed": request.seed,
+            "tools": request.tools,
+            "tool_choice": request.tool_choice,
+            self.token_limit_field: request.max_tokens,
+        }
         body.update({key: value for key, value in optional.items() if value is not None})
         if request.response_format is not None:
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": request.response_format.name, "schema": request.response_format.schema, "strict": True}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": request.response_format.name,
+                    "schema": request.response_format.schema,
+                    "strict": True,
+                },
+            }
         extra = dict(request.extra_body)
         if request.gpu_preference is not None:
             extra["gpu_preference"] = request.gpu_preference
@@ -90,12 +111,14 @@ class OpenAIChatProvider(Provider):
         return self.response(completion)
 
     def stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
-        return self.pieces(lambda: self.sdk().chat.completions.create(**self.stream_body(request)),
-                           ChunkAccumulator(self.name))
+        return self.pieces(
+            lambda: self.sdk().chat.completions.create(**self.stream_body(request)), ChunkAccumulator(self.name)
+        )
 
     def stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
-        return self.pieces_async(lambda: self.async_sdk().chat.completions.create(**self.stream_body(request)),
-                                 ChunkAccumulator(self.name))
+        return self.pieces_async(
+            lambda: self.async_sdk().chat.completions.create(**self.stream_body(request)), ChunkAccumulator(self.name)
+        )
 
     def stream_body(self, request: ChatRequest) -> dict[str, Any]:
         """``body`` streamed, with usage in the last chunk."""
@@ -108,14 +131,23 @@ class OpenAIChatProvider(Provider):
         choice = completion.choices[0]
         if choice.finish_reason is None:
             raise ProviderError("the reply has no finish_reason", provider=self.name)
-        calls = [ToolCall(id=call.id, function=FunctionCall(name=call.function.name,
-                                                             arguments=call.function.arguments or ""))
-                 for call in choice.message.tool_calls or [] if call.type == "function"]
+        calls = [
+            ToolCall(
+                id=call.id, function=FunctionCall(name=call.function.name, arguments=call.function.arguments or "")
+            )
+            for call in choice.message.tool_calls or []
+            if call.type == "function"
+        ]
         counts = completion.usage
         return LMResponse(
-            text=choice.message.content or "", tool_calls=calls, finish_reason=finish_reason(choice.finish_reason),
+            text=choice.message.content or "",
+            tool_calls=calls,
+            finish_reason=finish_reason(choice.finish_reason),
             usage=usage(counts.prompt_tokens, counts.completion_tokens) if counts else Usage(),
-            model=completion.model, provider=self.name, response_id=completion.id)
+            model=completion.model,
+            provider=self.name,
+            response_id=completion.id,
+        )
 
 
 class TogetherProvider(OpenAIChatProvider):
@@ -232,16 +264,26 @@ class ChunkAccumulator:
         """The whole reply. Raises ``ProviderError`` if the stream ended without a finish reason."""
         if self.finish is None:
             raise ProviderError("the stream ended before a finish_reason", provider=self.provider)
-        calls = [ToolCall(id=call["id"], function=FunctionCall(name=call["name"], arguments=call["arguments"]))
-                 for _, call in sorted(self.calls.items())]
-        return LMResponse(text="".join(self.text), tool_calls=calls, finish_reason=finish_reason(self.finish),
-                          usage=self.usage, model=self.model, provider=self.provider, response_id=self.response_id)
+        calls = [
+            ToolCall(id=call["id"], function=FunctionCall(name=call["name"], arguments=call["arguments"]))
+            for _, call in sorted(self.calls.items())
+        ]
+        return LMResponse(
+            text="".join(self.text),
+            tool_calls=calls,
+            finish_reason=finish_reason(self.finish),
+            usage=self.usage,
+            model=self.model,
+            provider=self.provider,
+            response_id=self.response_id,
+        )
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     """``Usage`` with ``total_tokens`` computed, whatever total the server claimed."""
-    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                 total_tokens=prompt_tokens + completion_tokens)
+    return Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
 
 
 def finish_reason(reason: str | None) -> FinishReason | None:

@@ -112,9 +112,16 @@ class StepAttention:
     per_sequence: bool = False
 
 
-def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                   **kwargs) -> tuple[torch.Tensor, None]:
+def slot_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: ``query`` ``[T, heads, 1, head_dim]``, ``key`` and
     ``value`` ``[T, kv_heads, 1, head_dim]`` (after RoPE); returns ``[T, 1, heads, head_dim]``.
     Needs the step's ``StepAttention`` as the ``synthd_step`` keyword (passed through the model's
@@ -133,8 +140,11 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
         if step.per_sequence:
             for row, (slot, length) in enumerate(zip(step.decode_slots.tolist(), step.decode_lengths)):
                 out[row] = F.scaled_dot_product_attention(
-                    grouped[row:row + 1], keys[slot:slot + 1, :, :length], values[slot:slot + 1, :, :length],
-                    scale=scaling).view(heads, head_dim)
+                    grouped[row : row + 1],
+                    keys[slot : slot + 1, :, :length],
+                    values[slot : slot + 1, :, :length],
+                    scale=scaling,
+                ).view(heads, head_dim)
         else:
             length = max(step.decode_lengths)
             if step.decode_dense:
@@ -142,15 +152,22 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
             else:
                 rows_keys = keys[:, :, :length].index_select(0, step.decode_slots)
                 rows_values = values[:, :, :length].index_select(0, step.decode_slots)
-            result = F.scaled_dot_product_attention(grouped, rows_keys, rows_values, attn_mask=step.decode_mask,
-                                                    scale=scaling)
+            result = F.scaled_dot_product_attention(
+                grouped, rows_keys, rows_values, attn_mask=step.decode_mask, scale=scaling
+            )
             out[:decode] = result.reshape(decode, heads, head_dim)
     for span in step.prefills:
-        chunk = q[span.first:span.first + span.n].transpose(0, 1).unsqueeze(0)
+        chunk = q[span.first : span.first + span.n].transpose(0, 1).unsqueeze(0)
         result = F.scaled_dot_product_attention(
-            chunk, keys[span.slot:span.slot + 1, :, :span.end], values[span.slot:span.slot + 1, :, :span.end],
-            attn_mask=span.mask, is_causal=span.mask is None, scale=scaling, enable_gqa=True)
-        out[span.first:span.first + span.n] = result[0].transpose(0, 1)
+            chunk,
+            keys[span.slot : span.slot + 1, :, : span.end],
+            values[span.slot : span.slot + 1, :, : span.end],
+            attn_mask=span.mask,
+            is_causal=span.mask is None,
+            scale=scaling,
+            enable_gqa=True,
+        )
+        out[span.first : span.first + span.n] = result[0].transpose(0, 1)
     return out.view(total, 1, heads, head_dim), None
 
 

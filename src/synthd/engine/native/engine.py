@@ -84,11 +84,23 @@ class NativeEngine:
         batch_invariant: see the module docstring.
     """
 
-    def __init__(self, model_id: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, dtype: str,
-                 max_model_len: int, eos_token_ids: set[int], max_num_seqs: int = 64, max_kv_tokens: int = 262144,
-                 max_waiting: int = 1024, max_loras: int = 8,
-                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, enable_prefix_caching: bool = True,
-                 batch_invariant: bool = False) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        dtype: str,
+        max_model_len: int,
+        eos_token_ids: set[int],
+        max_num_seqs: int = 64,
+        max_kv_tokens: int = 262144,
+        max_waiting: int = 1024,
+        max_loras: int = 8,
+        max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        enable_prefix_caching: bool = True,
+        batch_invariant: bool = False,
+    ) -> None:
         self.model_id = model_id
         self.tokenizer = tokenizer
         self.dtype = dtype
@@ -100,10 +112,17 @@ class NativeEngine:
         self._runner = ModelRunner(model, pad, batch_invariant=batch_invariant)
         self._one_sequence_per_pass = batch_invariant and not rows_are_batch_invariant(model)
         if self._one_sequence_per_pass:
-            log.info("batch-invariant mode: %s GEMMs depend on the batch size here; one forward pass per sequence",
-                     dtype)
-        self._scheduler = Scheduler(max_num_seqs, max_kv_tokens, max_waiting, max_num_batched_tokens,
-                                    enable_prefix_caching=enable_prefix_caching, batch_invariant=batch_invariant)
+            log.info(
+                "batch-invariant mode: %s GEMMs depend on the batch size here; one forward pass per sequence", dtype
+            )
+        self._scheduler = Scheduler(
+            max_num_seqs,
+            max_kv_tokens,
+            max_waiting,
+            max_num_batched_tokens,
+            enable_prefix_caching=enable_prefix_caching,
+            batch_invariant=batch_invariant,
+        )
         self._guided = GuidedDecoding(tokenizer)
         self._requests: dict[str, _Request] = {}
         self._loras: dict[str, LoRARef] = {}
@@ -129,8 +148,14 @@ class NativeEngine:
         self._guided.compile(guide.json_schema)
 
     # --- generation ----------------------------------------------------------------------------
-    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                       lora: LoRARef | None = None, guide: Guide | None = None) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        lora: LoRARef | None = None,
+        guide: Guide | None = None,
+    ) -> AsyncIterator[RequestOutput]:
         """See ``Engine.generate``.
 
         Raises:
@@ -138,8 +163,9 @@ class NativeEngine:
             GenerationError: this sequence failed in the engine.
         """
         matcher = self._guided.matcher(guide.json_schema) if guide is not None else None
-        sequence = Sequence(request_id, list(prompt_token_ids), SamplerState(params, matcher),
-                            lora=lora.name if lora else None)
+        sequence = Sequence(
+            request_id, list(prompt_token_ids), SamplerState(params, matcher), lora=lora.name if lora else None
+        )
         queue: asyncio.Queue[_Step] = asyncio.Queue()
         with self._cond:
             if self._closed:
@@ -168,9 +194,13 @@ class NativeEngine:
                     text += processor.flush()
                 finished = finish is not None
                 yield RequestOutput(
-                    request_id=request_id, text=text, token_ids=step.token_ids,
-                    prompt_tokens=len(sequence.prompt_ids), completion_tokens=sequence.completion_tokens,
-                    finish_reason=finish, logprobs=self._logprobs(step.samples) if params.logprobs is not None else (),
+                    request_id=request_id,
+                    text=text,
+                    token_ids=step.token_ids,
+                    prompt_tokens=len(sequence.prompt_ids),
+                    completion_tokens=sequence.completion_tokens,
+                    finish_reason=finish,
+                    logprobs=self._logprobs(step.samples) if params.logprobs is not None else (),
                     scheduled_s=step.scheduled_s,
                 )
                 if finished:
@@ -278,10 +308,13 @@ class NativeEngine:
     def stats(self) -> EngineStats:
         """See ``Engine.stats``."""
         with self._cond:
-            return EngineStats(running=len(self._scheduler.running), waiting=len(self._scheduler.waiting),
-                               kv_cache_usage=self._scheduler.kv_cache_usage,
-                               prefix_cache_queries=self._scheduler.prefix_cache_queries,
-                               prefix_cache_hits=self._scheduler.prefix_cache_hits)
+            return EngineStats(
+                running=len(self._scheduler.running),
+                waiting=len(self._scheduler.waiting),
+                kv_cache_usage=self._scheduler.kv_cache_usage,
+                prefix_cache_queries=self._scheduler.prefix_cache_queries,
+                prefix_cache_hits=self._scheduler.prefix_cache_hits,
+            )
 
     async def shutdown(self) -> None:
         """See ``Engine.shutdown``."""
@@ -330,8 +363,14 @@ class NativeEngine:
             remaining = self._scheduler.drain()
         self._deliver({s.request_id: _Step(finish_reason="abort") for s in remaining})
 
-    def _step(self, chunks: list[ScheduledChunk], joined: tuple[Sequence, ...], copies: tuple[tuple[int, int, int], ...],
-              slots: int, outputs: dict[str, _Step]) -> None:
+    def _step(
+        self,
+        chunks: list[ScheduledChunk],
+        joined: tuple[Sequence, ...],
+        copies: tuple[tuple[int, int, int], ...],
+        slots: int,
+        outputs: dict[str, _Step],
+    ) -> None:
         now = time.perf_counter()
         failed: set[Sequence] = set()
         for sequence in joined:
@@ -341,8 +380,9 @@ class NativeEngine:
                     self._ensure_lora(sequence.lora)
             except Exception as exc:  # this adapter fails its own request only
                 log.warning("adapter %s failed to load: %s", sequence.lora, exc)
-                outputs[sequence.request_id] = _Step(error=f"adapter '{sequence.lora}' failed to load: {exc}",
-                                                     scheduled_s=now)
+                outputs[sequence.request_id] = _Step(
+                    error=f"adapter '{sequence.lora}' failed to load: {exc}", scheduled_s=now
+                )
                 failed.add(sequence)
                 self._leave(sequence)
         chunks = [c for c in chunks if c.sequence not in failed]
@@ -369,9 +409,7 @@ class NativeEngine:
             finish = None
             if sample.token in self._eos and not params.ignore_eos:
                 finish = "stop"
-            elif sequence.completion_tokens >= params.max_tokens:
-                finish = "length"
-            elif len(sequence.prompt_ids) + sequence.completion_tokens >= self.max_model_len:
+            elif sequence.completion_tokens >= params.max_tokens or len(sequence.prompt_ids) + sequence.completion_tokens >= self.max_model_len:
                 finish = "length"
             outputs[sequence.request_id] = _Step((sample.token,), (sample,), finish, scheduled_s=sequence.scheduled_s)
             if finish is not None:
@@ -384,8 +422,10 @@ class NativeEngine:
     def _deliver(self, outputs: dict[str, _Step]) -> None:
         with self._cond:
             targets = [(self._requests.get(rid), step) for rid, step in outputs.items()]
-        for loop, group in itertools.groupby(sorted(((r.loop, r.queue, s) for r, s in targets if r is not None),
-                                                    key=lambda t: id(t[0])), key=lambda t: t[0]):
+        for loop, group in itertools.groupby(
+            sorted(((r.loop, r.queue, s) for r, s in targets if r is not None), key=lambda t: id(t[0])),
+            key=lambda t: t[0],
+        ):
             items = [(queue, step) for _, queue, step in group]
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_put_all, items)

@@ -42,15 +42,16 @@ class Allocation:
     copy_from: int | None = None
 
 
-def block_hashes(token_ids: list[int], block_size: int, lora: str | None = None,
-                 parent: bytes | None = None, start: int = 0) -> list[bytes]:
+def block_hashes(
+    token_ids: list[int], block_size: int, lora: str | None = None, parent: bytes | None = None, start: int = 0
+) -> list[bytes]:
     """The chained keys of the full blocks of ``token_ids`` from token ``start`` (a block boundary)
     on; ``parent`` is the key of the block before ``start`` (None at 0: see the module docstring)."""
     if parent is None:
         parent = hashlib.sha256((lora or "").encode()).digest()
     keys = []
     for first in range(start, len(token_ids) - block_size + 1, block_size):
-        block = array("q", token_ids[first:first + block_size]).tobytes()
+        block = array("q", token_ids[first : first + block_size]).tobytes()
         parent = hashlib.sha256(parent + block).digest()
         keys.append(parent)
     return keys
@@ -65,7 +66,9 @@ class KVCacheManager:
         enable_prefix_caching: False: every lookup misses and nothing is indexed.
     """
 
-    def __init__(self, max_slots: int, block_size: int = DEFAULT_BLOCK_SIZE, enable_prefix_caching: bool = True) -> None:
+    def __init__(
+        self, max_slots: int, block_size: int = DEFAULT_BLOCK_SIZE, enable_prefix_caching: bool = True
+    ) -> None:
         self.max_slots = max_slots
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
@@ -122,8 +125,13 @@ class KVCacheManager:
         full = len(token_ids) // self.block_size
         if full <= len(held):
             return
-        keys = block_hashes(token_ids[: full * self.block_size], self.block_size, lora,
-                            parent=held[-1] if held else None, start=len(held) * self.block_size)
+        keys = block_hashes(
+            token_ids[: full * self.block_size],
+            self.block_size,
+            lora,
+            parent=held[-1] if held else None,
+            start=len(held) * self.block_size,
+        )
         for key in keys:
             self._index.setdefault(key, set()).add(slot)
         held.extend(keys)

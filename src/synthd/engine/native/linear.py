@@ -17,8 +17,12 @@ import torch
 def can_prepack(model: torch.nn.Module) -> bool:
     """True for a bf16 model on the CPU in a PyTorch built with oneDNN."""
     parameter = next(model.parameters())
-    return (parameter.device.type == "cpu" and parameter.dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return (
+        parameter.device.type == "cpu"
+        and parameter.dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
 
 
 def prepack_linears(model: torch.nn.Module) -> int:
@@ -33,8 +37,9 @@ def prepack_linears(model: torch.nn.Module) -> int:
     return count
 
 
-def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None,
-                  out_features: int) -> torch.Tensor:
+def packed_linear(
+    x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
     """``x @ weight.T + bias`` through oneDNN's packed kernel; ``x`` is ``[..., in_features]``."""
     rows = x.reshape(-1, x.shape[-1])
     out = torch.ops.mkldnn._linear_pointwise(rows, packed_weight, bias, "none", [], "")

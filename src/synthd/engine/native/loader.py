@@ -16,8 +16,13 @@ KV_BUDGET_SHARE = 0.25
 ``kv_cache_tokens`` is not set."""
 
 
-def load_native_engine(model_id: str, path: Path, config: EngineConfig, gpu_indices: list[int] | None = None,
-                       memory_bytes: float | None = None) -> NativeEngine:
+def load_native_engine(
+    model_id: str,
+    path: Path,
+    config: EngineConfig,
+    gpu_indices: list[int] | None = None,
+    memory_bytes: float | None = None,
+) -> NativeEngine:
     """Load weights and tokenizer from ``path`` and start the engine thread.
 
     ``gpu_indices`` are the CUDA ordinals the placement chose: none → CPU, one → that GPU, several →
@@ -35,23 +40,40 @@ def load_native_engine(model_id: str, path: Path, config: EngineConfig, gpu_indi
     tokenizer = AutoTokenizer.from_pretrained(path)
     if len(indices) > 1:
         max_memory = {i: torch.cuda.get_device_properties(i).total_memory for i in indices}
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), device_map="auto",
-                                                     max_memory=max_memory).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), device_map="auto", max_memory=max_memory
+        ).eval()
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     max_model_len = min(context, config.max_model_len or context)
-    kv_tokens = config.kv_cache_tokens or _kv_budget_tokens(model, dtype, memory_bytes, max_model_len,
-                                                            config.max_num_seqs)
-    log.info("loaded %s from %s (%s on %s, %d threads, KV budget %d tokens)", model_id, path, dtype, device,
-             torch.get_num_threads(), kv_tokens)
-    return NativeEngine(model_id, model, tokenizer, dtype=dtype, max_model_len=max_model_len,
-                        eos_token_ids=eos_token_ids(model.generation_config, tokenizer),
-                        max_num_seqs=config.max_num_seqs, max_kv_tokens=kv_tokens, max_waiting=config.max_waiting,
-                        max_loras=config.max_loras, enable_prefix_caching=config.enable_prefix_caching,
-                        batch_invariant=config.batch_invariant,
-                        **({"max_num_batched_tokens": config.max_num_batched_tokens}
-                           if config.max_num_batched_tokens else {}))
+    kv_tokens = config.kv_cache_tokens or _kv_budget_tokens(
+        model, dtype, memory_bytes, max_model_len, config.max_num_seqs
+    )
+    log.info(
+        "loaded %s from %s (%s on %s, %d threads, KV budget %d tokens)",
+        model_id,
+        path,
+        dtype,
+        device,
+        torch.get_num_threads(),
+        kv_tokens,
+    )
+    return NativeEngine(
+        model_id,
+        model,
+        tokenizer,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        eos_token_ids=eos_token_ids(model.generation_config, tokenizer),
+        max_num_seqs=config.max_num_seqs,
+        max_kv_tokens=kv_tokens,
+        max_waiting=config.max_waiting,
+        max_loras=config.max_loras,
+        enable_prefix_caching=config.enable_prefix_caching,
+        batch_invariant=config.batch_invariant,
+        **({"max_num_batched_tokens": config.max_num_batched_tokens} if config.max_num_batched_tokens else {}),
+    )
 
 
 def _kv_budget_tokens(model, dtype: str, memory_bytes: float | None, max_model_len: int, max_num_seqs: int) -> int:

@@ -36,14 +36,23 @@ def rows_are_batch_invariant(model: torch.nn.Module) -> bool:
     bits whatever the number of rows, i.e. its GEMM kernel's reduction order does not depend on the
     batch. Checked per (shape, dtype, device, packed or not) on random data (see
     ``_gemm_rows_invariant``)."""
-    shapes = {(m.in_features, m.out_features, m.weight.dtype, m.weight.device, hasattr(m, "packed_weight"))
-              for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    shapes = {
+        (m.in_features, m.out_features, m.weight.dtype, m.weight.device, hasattr(m, "packed_weight"))
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+    }
     return all(_gemm_rows_invariant(*shape) for shape in shapes)
 
 
 @functools.cache
-def _gemm_rows_invariant(in_features: int, out_features: int, dtype: torch.dtype, device: torch.device,
-                         packed: bool, sizes: tuple[int, ...] = (1, 2, 3, 5, 8, 17, 64)) -> bool:
+def _gemm_rows_invariant(
+    in_features: int,
+    out_features: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    packed: bool,
+    sizes: tuple[int, ...] = (1, 2, 3, 5, 8, 17, 64),
+) -> bool:
     """On this project's CPU bf16 (oneDNN) passes and float32 (MKL) does not: its kernels for 1-3
     rows sum in another order than for more."""
     generator = torch.Generator().manual_seed(0)
@@ -52,9 +61,9 @@ def _gemm_rows_invariant(in_features: int, out_features: int, dtype: torch.dtype
     with torch.inference_mode():
         if packed:
             packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
-            linear = lambda x: packed_linear(x, packed_weight, None, out_features)  # noqa: E731
+            linear = lambda x: packed_linear(x, packed_weight, None, out_features)
         else:
-            linear = lambda x: torch.nn.functional.linear(x, weight)  # noqa: E731
+            linear = lambda x: torch.nn.functional.linear(x, weight)
         reference = linear(rows)
         return all(torch.equal(linear(rows[:n]), reference[:n]) for n in sizes)
 
@@ -80,22 +89,29 @@ class ModelRunner:
         config = model.config
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        self.cache = SlotCache(config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads,
-                               head_dim, model.dtype, self.device)
+        self.cache = SlotCache(
+            config.num_hidden_layers,
+            getattr(config, "num_key_value_heads", None) or heads,
+            head_dim,
+            model.dtype,
+            self.device,
+        )
         self.adapters: set[str] = set()
         self._logit_rows: torch.Tensor | None = None
         model.get_output_embeddings().register_forward_pre_hook(self._select_logit_rows)
 
-    def execute(self, chunks: list[ScheduledChunk], copies: tuple[tuple[int, int, int], ...] = (),
-                slots: int = 0) -> tuple[list[ScheduledChunk], torch.Tensor]:
+    def execute(
+        self, chunks: list[ScheduledChunk], copies: tuple[tuple[int, int, int], ...] = (), slots: int = 0
+    ) -> tuple[list[ScheduledChunk], torch.Tensor]:
         """Run one step: make the prefix-cache ``copies`` ``(from, to, tokens)``, compute ``chunks``
         (``slots``: cache rows the scheduler has handed out), return the chunks that sample and their
         next-token logits (``[len(those), vocab]``, the model's dtype, on its device)."""
         decode = sorted((c for c in chunks if c.num_tokens == 1), key=lambda c: c.sequence.slot)
         longer = [c for c in chunks if c.num_tokens > 1]
         order = decode + longer
-        self.cache.ensure(max(slots, max(c.sequence.slot for c in order) + 1),
-                          max(c.start + c.num_tokens for c in order))
+        self.cache.ensure(
+            max(slots, max(c.sequence.slot for c in order) + 1), max(c.start + c.num_tokens for c in order)
+        )
         for source, target, tokens in copies:
             self.cache.copy(source, target, tokens)
         ids: list[int] = []
@@ -117,27 +133,36 @@ class ModelRunner:
                 end = chunk.start + n
                 mask = None
                 if chunk.start:
-                    mask = (torch.arange(end, device=self.device)[None, :]
-                            <= torch.arange(chunk.start, end, device=self.device)[:, None])
+                    mask = (
+                        torch.arange(end, device=self.device)[None, :]
+                        <= torch.arange(chunk.start, end, device=self.device)[:, None]
+                    )
                 prefills.append(PrefillSpan(first, n, chunk.sequence.slot, end, mask))
         step = self._attention(decode, write_slots, positions, prefills)
         self._logit_rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
         try:
-            out = self.model(input_ids=torch.tensor(ids, device=self.device)[:, None],
-                             position_ids=step.write_positions[:, None], use_cache=False, synthd_step=step,
-                             **self._adapter_kwargs(order))
+            out = self.model(
+                input_ids=torch.tensor(ids, device=self.device)[:, None],
+                position_ids=step.write_positions[:, None],
+                use_cache=False,
+                synthd_step=step,
+                **self._adapter_kwargs(order),
+            )
         finally:
             self._logit_rows = None
         return sampled, out.logits[:, -1]
 
-    def _attention(self, decode: list[ScheduledChunk], write_slots: list[int], positions: list[int],
-                   prefills: list[PrefillSpan]) -> StepAttention:
+    def _attention(
+        self, decode: list[ScheduledChunk], write_slots: list[int], positions: list[int], prefills: list[PrefillSpan]
+    ) -> StepAttention:
         slots = [c.sequence.slot for c in decode]
         lengths = tuple(c.start + 1 for c in decode)
         mask = None
         if decode and not self.batch_invariant:
-            mask = (torch.arange(max(lengths), device=self.device)[None, :]
-                    < torch.tensor(lengths, device=self.device)[:, None])[:, None, None, :]
+            mask = (
+                torch.arange(max(lengths), device=self.device)[None, :]
+                < torch.tensor(lengths, device=self.device)[:, None]
+            )[:, None, None, :]
         return StepAttention(
             cache=self.cache,
             write_slots=torch.tensor(write_slots, device=self.device),

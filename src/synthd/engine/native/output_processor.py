@@ -36,7 +36,7 @@ class OutputProcessor:
             self.stopped, self._held = True, ""
             return text[:cut]
         keep = self._partial_stop_len(text)
-        self._held = text[len(text) - keep:] if keep else ""
+        self._held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]
 
     def flush(self) -> str:

@@ -47,8 +47,13 @@ class SamplerState:
     def plain_greedy(self) -> bool:
         """Greedy with nothing that changes logits: decided by one batched argmax."""
         p = self.params
-        return (self.greedy and self.guide is None and not p.logit_bias
-                and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0)
+        return (
+            self.greedy
+            and self.guide is None
+            and not p.logit_bias
+            and p.presence_penalty == 0.0
+            and p.frequency_penalty == 0.0
+        )
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,11 @@ class QueueFull(TooManyRequests):
     """The engine's waiting queue is full; retry after ``retry_after_s``."""
 
     def __init__(self, max_waiting: int) -> None:
-        super().__init__(f"The engine is overloaded ({max_waiting} requests already waiting); retry shortly.",
-                         retry_after_s=QUEUE_FULL_RETRY_AFTER_S, code="engine_overloaded")
+        super().__init__(
+            f"The engine is overloaded ({max_waiting} requests already waiting); retry shortly.",
+            retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
+            code="engine_overloaded",
+        )
 
 
 @dataclass(eq=False)
@@ -140,9 +143,17 @@ class Scheduler:
         block_size: tokens per prefix-cache block.
     """
 
-    def __init__(self, max_num_seqs: int, max_kv_tokens: int, max_waiting: int,
-                 max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS, *, enable_prefix_caching: bool = True,
-                 batch_invariant: bool = False, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+    def __init__(
+        self,
+        max_num_seqs: int,
+        max_kv_tokens: int,
+        max_waiting: int,
+        max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        *,
+        enable_prefix_caching: bool = True,
+        batch_invariant: bool = False,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+    ) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_kv_tokens = max_kv_tokens
         self.max_waiting = max_waiting
@@ -239,9 +250,9 @@ class Scheduler:
     def _chunk(sequence: Sequence, start: int, size: int) -> ScheduledChunk:
         prompt, generated = sequence.prompt_ids, sequence.sampler.generated
         if start >= len(prompt):
-            ids = tuple(generated[start - len(prompt):start - len(prompt) + size])
+            ids = tuple(generated[start - len(prompt) : start - len(prompt) + size])
         else:
-            ids = tuple(prompt[start:start + size])
+            ids = tuple(prompt[start : start + size])
         sequence.num_computed_tokens = start + size
         return ScheduledChunk(sequence, start, ids, start + size >= len(prompt) + len(generated))
 

@@ -41,24 +41,24 @@ from typing import Any
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
 
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase  # noqa: E402
-from vllm import SamplingParams as VLLMSamplingParams  # noqa: E402
-from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
-from vllm.exceptions import VLLMValidationError  # noqa: E402
-from vllm.inputs import tokens_input  # noqa: E402
-from vllm.lora.request import LoRARequest  # noqa: E402
-from vllm.outputs import CompletionOutput  # noqa: E402
-from vllm.outputs import RequestOutput as VLLMRequestOutput  # noqa: E402
-from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams  # noqa: E402
-from vllm.v1.engine.async_llm import AsyncLLM  # noqa: E402
-from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError  # noqa: E402
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from vllm import SamplingParams as VLLMSamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMValidationError
+from vllm.inputs import tokens_input
+from vllm.lora.request import LoRARequest
+from vllm.outputs import CompletionOutput
+from vllm.outputs import RequestOutput as VLLMRequestOutput
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
-from synthd.engine import prompts  # noqa: E402
-from synthd.engine.config import EngineConfig, pick_dtype  # noqa: E402
-from synthd.engine.guided import GuidedDecoding  # noqa: E402
-from synthd.engine.native.loader import eos_token_ids  # noqa: E402
-from synthd.engine.native.scheduler import QueueFull  # noqa: E402
-from synthd.engine.protocol import (  # noqa: E402
+from synthd.engine import prompts
+from synthd.engine.config import EngineConfig, pick_dtype
+from synthd.engine.guided import GuidedDecoding
+from synthd.engine.native.loader import eos_token_ids
+from synthd.engine.native.scheduler import QueueFull
+from synthd.engine.protocol import (
     EngineStats,
     FinishReason,
     GenerationError,
@@ -69,9 +69,9 @@ from synthd.engine.protocol import (  # noqa: E402
     SamplingParams,
     TokenLogprob,
 )
-from synthd.engine.vllm.stats import StatsSink, stat_logger_class  # noqa: E402
-from synthd.errors import InvalidRequest  # noqa: E402
-from synthd.gpus.memory import DTYPE_BYTES, ModelShape  # noqa: E402
+from synthd.engine.vllm.stats import StatsSink, stat_logger_class
+from synthd.errors import InvalidRequest
+from synthd.gpus.memory import DTYPE_BYTES, ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,19 @@ class VLLMEngine:
         max_waiting: the waiting bound reported by ``QueueFull``.
     """
 
-    def __init__(self, model_id: str, tokenizer: PreTrainedTokenizerBase, dtype: str,
-                 build: Callable[[StatsSink], AsyncLLM], *, eos_token_ids: set[int], max_lora_rank: int | None,
-                 max_cpu_loras: int, max_pending: int, max_waiting: int) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        tokenizer: PreTrainedTokenizerBase,
+        dtype: str,
+        build: Callable[[StatsSink], AsyncLLM],
+        *,
+        eos_token_ids: set[int],
+        max_lora_rank: int | None,
+        max_cpu_loras: int,
+        max_pending: int,
+        max_waiting: int,
+    ) -> None:
         self.model_id = model_id
         self.tokenizer = tokenizer
         self.dtype = dtype
@@ -136,8 +146,14 @@ class VLLMEngine:
         self._guided.compile(guide.json_schema)
 
     # --- generation ----------------------------------------------------------------------------
-    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                       lora: LoRARef | None = None, guide: Guide | None = None) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        lora: LoRARef | None = None,
+        guide: Guide | None = None,
+    ) -> AsyncIterator[RequestOutput]:
         """See ``Engine.generate``.
 
         Raises:
@@ -157,8 +173,13 @@ class VLLMEngine:
             prompt_tokens = len(prompt_token_ids)
             completion_tokens = 0
             scheduled_s: float | None = None
-            stream = llm.generate(tokens_input(prompt_token_ids), sampling, request_id, lora_request=lora_request,
-                                  priority=params.priority)
+            stream = llm.generate(
+                tokens_input(prompt_token_ids),
+                sampling,
+                request_id,
+                lora_request=lora_request,
+                priority=params.priority,
+            )
             async with contextlib.aclosing(stream):
                 async for out in stream:
                     completion = out.outputs[0]
@@ -167,8 +188,12 @@ class VLLMEngine:
                         scheduled_s = _scheduled_s(out)
                     finish = _finish_reason(completion) if out.finished else None
                     yield RequestOutput(
-                        request_id=request_id, text=completion.text, token_ids=tuple(completion.token_ids),
-                        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, finish_reason=finish,
+                        request_id=request_id,
+                        text=completion.text,
+                        token_ids=tuple(completion.token_ids),
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        finish_reason=finish,
                         logprobs=self._logprobs(completion, params.logprobs) if params.logprobs is not None else (),
                         scheduled_s=scheduled_s,
                     )
@@ -190,13 +215,21 @@ class VLLMEngine:
         """vLLM's ``SamplingParams`` for one choice (a fresh object: vLLM writes into it)."""
         try:
             return VLLMSamplingParams(
-                n=1, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-                seed=params.seed, presence_penalty=params.presence_penalty,
-                frequency_penalty=params.frequency_penalty, stop=list(params.stop) or None,
+                n=1,
+                max_tokens=params.max_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=params.seed,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                stop=list(params.stop) or None,
                 stop_token_ids=None if params.ignore_eos else list(self._stop_token_ids),
-                ignore_eos=params.ignore_eos, logit_bias=dict(params.logit_bias) or None, logprobs=params.logprobs,
+                ignore_eos=params.ignore_eos,
+                logit_bias=dict(params.logit_bias) or None,
+                logprobs=params.logprobs,
                 structured_outputs=StructuredOutputsParams(json=guide.json_schema) if guide is not None else None,
-                output_kind=RequestOutputKind.DELTA, skip_special_tokens=True,
+                output_kind=RequestOutputKind.DELTA,
+                skip_special_tokens=True,
             )
         except VLLMValidationError as exc:
             raise InvalidRequest(str(exc), param=exc.parameter) from None
@@ -212,7 +245,9 @@ class VLLMEngine:
         result = []
         for token_id, entries in zip(completion.token_ids, completion.logprobs or ()):
             piece, raw = text(token_id)
-            best = sorted(((lp.rank, i, lp.logprob) for i, lp in entries.items() if lp.rank is not None and lp.rank <= top))
+            best = sorted(
+                ((lp.rank, i, lp.logprob) for i, lp in entries.items() if lp.rank is not None and lp.rank <= top)
+            )
             alternatives = tuple((t, value, b) for t, b, value in ((*text(i), value) for _, i, value in best))
             result.append(TokenLogprob(piece, entries[token_id].logprob, raw, alternatives))
         return tuple(result)
@@ -275,8 +310,10 @@ class VLLMEngine:
             raise GenerationError(f"adapter '{lora.name}' cannot be served: this engine was started without LoRA")
         rank = _adapter_rank(lora.path)
         if rank > self._max_lora_rank:
-            raise GenerationError(f"adapter '{lora.name}' has rank {rank}, above the {self._max_lora_rank} this "
-                                  "engine reserved at start-up (max_lora_rank); restart the server to serve it")
+            raise GenerationError(
+                f"adapter '{lora.name}' has rank {rank}, above the {self._max_lora_rank} this "
+                "engine reserved at start-up (max_lora_rank); restart the server to serve it"
+            )
         if request is None or request.lora_path != str(lora.path):
             request = LoRARequest(lora_name=lora.name, lora_int_id=next(self._lora_ids), lora_path=str(lora.path))
         try:
@@ -406,20 +443,33 @@ def cpu_kv_cache_bytes(config: EngineConfig, path: Path, dtype: str, memory_byte
     return min(share, CPU_KV_CACHE_MAX_BYTES)
 
 
-def engine_arguments(model_id: str, path: Path, config: EngineConfig, gpu_indices: list[int], dtype: str,
-                     memory_bytes: float | None = None) -> dict[str, Any]:
+def engine_arguments(
+    model_id: str,
+    path: Path,
+    config: EngineConfig,
+    gpu_indices: list[int],
+    dtype: str,
+    memory_bytes: float | None = None,
+) -> dict[str, Any]:
     """``AsyncEngineArgs`` fields for one replica: ``tensor_parallel_size`` is the placement's GPU
     count; GPUs get ``gpu_memory_utilization``, the CPU an explicit KV cache size. LoRA is on, sized
     by ``max_loras``/``max_lora_rank``, so that ``ft:`` models share the base's engine."""
     arguments: dict[str, Any] = dict(
-        model=str(path), tokenizer=str(path), served_model_name=model_id, dtype=dtype,
-        max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs,
+        model=str(path),
+        tokenizer=str(path),
+        served_model_name=model_id,
+        dtype=dtype,
+        max_model_len=config.max_model_len,
+        max_num_seqs=config.max_num_seqs,
         tensor_parallel_size=max(1, len(gpu_indices)),
-        enable_lora=True, max_loras=config.max_loras, max_cpu_loras=config.max_loras,
+        enable_lora=True,
+        max_loras=config.max_loras,
+        max_cpu_loras=config.max_loras,
         max_lora_rank=config.max_lora_rank,
         structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
         scheduling_policy="priority",  # SamplingParams.priority: batch-API lines after interactive requests
-        disable_log_stats=True, enable_log_requests=False,
+        disable_log_stats=True,
+        enable_log_requests=False,
     )
     if gpu_indices:
         arguments["gpu_memory_utilization"] = config.gpu_memory_utilization
@@ -428,8 +478,9 @@ def engine_arguments(model_id: str, path: Path, config: EngineConfig, gpu_indice
     return arguments
 
 
-def load_vllm_engine(model_id: str, path: Path, config: EngineConfig, gpu_indices: list[int],
-                     memory_bytes: float | None = None) -> VLLMEngine:
+def load_vllm_engine(
+    model_id: str, path: Path, config: EngineConfig, gpu_indices: list[int], memory_bytes: float | None = None
+) -> VLLMEngine:
     """Start a vLLM engine for the model folder ``path`` on the CUDA ordinals ``gpu_indices`` (none:
     CPU). Blocking (tens of seconds: vLLM spawns its processes and loads the weights); call it
     from a worker thread.
@@ -450,10 +501,24 @@ def load_vllm_engine(model_id: str, path: Path, config: EngineConfig, gpu_indice
         with _environment(environment):
             return AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments), stat_loggers=[stat_logger_class(sink)])
 
-    engine = VLLMEngine(model_id, tokenizer, dtype, build, eos_token_ids=eos_token_ids(generation, tokenizer),
-                        max_lora_rank=config.max_lora_rank, max_cpu_loras=config.max_loras,
-                        max_pending=config.max_num_seqs + config.max_waiting, max_waiting=config.max_waiting)
-    log.info("vLLM engine for %s from %s: %s on %s, max_model_len %d, max_lora_rank %d", model_id, path, dtype,
-             f"cuda:{','.join(map(str, gpu_indices))}" if gpu_indices else "cpu", engine.max_model_len,
-             config.max_lora_rank)
+    engine = VLLMEngine(
+        model_id,
+        tokenizer,
+        dtype,
+        build,
+        eos_token_ids=eos_token_ids(generation, tokenizer),
+        max_lora_rank=config.max_lora_rank,
+        max_cpu_loras=config.max_loras,
+        max_pending=config.max_num_seqs + config.max_waiting,
+        max_waiting=config.max_waiting,
+    )
+    log.info(
+        "vLLM engine for %s from %s: %s on %s, max_model_len %d, max_lora_rank %d",
+        model_id,
+        path,
+        dtype,
+        f"cuda:{','.join(map(str, gpu_indices))}" if gpu_indices else "cpu",
+        engine.max_model_len,
+        config.max_lora_rank,
+    )
     return engine

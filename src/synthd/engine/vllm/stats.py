@@ -38,10 +38,10 @@ class StatsSink:
         """``EngineStats`` now; ``idle`` (no request in flight) zeroes the gauges, which vLLM stops
         reporting once idle."""
         if idle:
-            return EngineStats(prefix_cache_queries=self.prefix_cache_queries,
-                               prefix_cache_hits=self.prefix_cache_hits)
-        return EngineStats(self.running, self.waiting, self.kv_cache_usage, self.prefix_cache_queries,
-                           self.prefix_cache_hits)
+            return EngineStats(prefix_cache_queries=self.prefix_cache_queries, prefix_cache_hits=self.prefix_cache_hits)
+        return EngineStats(
+            self.running, self.waiting, self.kv_cache_usage, self.prefix_cache_queries, self.prefix_cache_hits
+        )
 
 
 def stat_logger_class(sink: StatsSink) -> type[StatLoggerBase]:
@@ -52,8 +52,13 @@ def stat_logger_class(sink: StatsSink) -> type[StatLoggerBase]:
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
             pass
 
-        def record(self, scheduler_stats: SchedulerStats | None, iteration_stats: Any,
-                   mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+        def record(
+            self,
+            scheduler_stats: SchedulerStats | None,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
             if scheduler_stats is not None:
                 sink.record(scheduler_stats)
 

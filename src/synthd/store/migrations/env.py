@@ -8,8 +8,9 @@ from synthd.store.models import Base
 config = context.config
 target_metadata = Base.metadata
 
-connectable = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
-                                 poolclass=pool.NullPool)
+connectable = engine_from_config(
+    config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
+)
 with connectable.connect() as connection:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():

@@ -12,6 +12,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+
 def job_columns() -> tuple[sa.Column, ...]:
     """The new ``fine_tuning_jobs`` columns (fresh objects: a Column belongs to one table)."""
     return (
