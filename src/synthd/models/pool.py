@@ -221,7 +221,7 @@ class ModelPool:
         if self.registry.is_adapter(model):
             ref = await asyncio.to_thread(self.registry.fine_tune, model)
             if ref.model_id in self._retired:
-                raise ModelNotFound(f"The model '{model}' does not exist.")
+                raise ModelNotFound.hidden(model)
             return await asyncio.to_thread(self.registry.base, ref.base_model), ref
         return await asyncio.to_thread(self.registry.base, model), None
 
@@ -279,7 +279,7 @@ class ModelPool:
         source, adapter = await self.resolve(model)
         replica = self._find(source.model_id, preference) or await self._start(source, preference)
         if adapter is not None and adapter.model_id in self._retired:
-            raise ModelNotFound(f"The model '{adapter.model_id}' does not exist.")
+            raise ModelNotFound.hidden(adapter.model_id)
         # Both leases are taken here, with no await since the retired check: a delete from now on
         # waits for this request before its adapter is unloaded and its folder removed.
         self._scale_out(source, replica)

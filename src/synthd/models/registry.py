@@ -67,7 +67,7 @@ class ModelRegistry:
         check_model_id(model)
         ref = self._runtime.get(model) or (self._find_fine_tune(model) if is_fine_tune(model) else None)
         if ref is None:
-            raise ModelNotFound(f"The model '{model}' does not exist.")
+            raise ModelNotFound.hidden(model)
         return ref
 
     def fine_tunes(self) -> list[AdapterRef]:

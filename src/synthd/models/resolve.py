@@ -19,6 +19,12 @@ class ModelNotFound(NotFound):
     def __init__(self, message: str) -> None:
         super().__init__(message, param="model", code="model_not_found")
 
+    @classmethod
+    def hidden(cls, model: str) -> "ModelNotFound":
+        """The one answer for a model id the caller may not use: the same words whether it does not exist,
+        is another project's, or is being retired, so ids cannot be probed."""
+        return cls(f"The model '{model}' does not exist.")
+
 
 @dataclass(frozen=True)
 class ModelSource:

@@ -113,6 +113,6 @@ class ModelsService:
         assert adapter is not None
         record = await asyncio.to_thread(self.repo.delete_model, model_id)
         if record is None:
-            raise ModelNotFound(f"The model '{model_id}' does not exist.")
+            raise ModelNotFound.hidden(model_id)
         await self.pool.retire_fine_tune(model_id, lambda: shutil.rmtree(adapter.path, ignore_errors=True))
         return {"id": model_id, "object": "model", "deleted": True}

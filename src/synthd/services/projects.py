@@ -64,11 +64,6 @@ def visible_or_raise(record: O | None, principal: Principal, error: NotFound) ->
     return record
 
 
-def not_found(model: str) -> ModelNotFound:
-    """The error for a model the caller may not see: the same as for one that does not exist."""
-    return ModelNotFound(f"The model '{model}' does not exist.")
-
-
 class ModelAccess:
     """Which ``ft:`` models a caller may use: those of jobs its project owns, and imported ones.
 
@@ -97,7 +92,7 @@ class ModelAccess:
     async def check(self, principal: Principal, model: str) -> None:
         """Raise ``ModelNotFound`` (as for an unknown id) when ``principal`` may not use ``model``."""
         if not principal.is_admin and not await asyncio.to_thread(self.visible, principal, model):
-            raise not_found(model)
+            raise ModelNotFound.hidden(model)
 
     async def check_deletable(self, principal: Principal, model: str) -> None:
         """``check``, and only an admin key may delete an imported (operator's) adapter.
