@@ -16,7 +16,7 @@ VLLM_STAMP := $(VLLM_VENV)/.synthd-installed
 CONTRACT_TESTS := tests/test_chat.py tests/test_completions.py tests/test_errors.py tests/test_hardening.py \
                   tests/test_ops.py tests/test_serving_fine_tunes.py tests/test_vllm_engine.py
 
-.PHONY: setup bubblewrap browser model demo demo-cluster test test-vllm bench vllm clean
+.PHONY: setup bubblewrap browser model demo demo-cluster test test-vllm bench vllm lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU build; a looser pin would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	# ray: the cluster tests (tests/test_cluster.py) and make demo-cluster; synthd itself imports it
-	# only with --ray-address.
-	$(PY) -m pip install --quiet -e '.[test,ray]'
+	# only with --ray-address. docs and lint: make docs and make lint (both run by .ci/run).
+	$(PY) -m pip install --quiet -e '.[test,ray,docs,lint]'
 	touch $(STAMP)
 
 # bubblewrap (bwrap) isolates the code `synthd eval` runs. Installed with apt-get when missing (as
@@ -86,8 +86,19 @@ test: model
 test-vllm: model vllm
 	SYNTHD_TEST_ENGINE=vllm $(VLLM_PY) -m pytest $(CONTRACT_TESTS) $(PYTEST_ARGS)
 
+# Lint: ruff's checks and its formatter, over every Python file of the repository.
+LINT_PATHS := src tests benchmarks docs
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+# The docs site (mkdocs.yml): the reference pages are generated from the code by docs/hooks.py, so
+# the build imports synthd; --strict fails on any warning (a broken link, a setting without help).
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
 bench: model vllm
 	VLLM_VENV=$(VLLM_VENV) bash benchmarks/compare_vllm.sh
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build site *.egg-info

@@ -129,7 +129,7 @@ def serve(
     'synthd keys create') unless --insecure-no-auth is given.
 
     Example: synthd serve --port 8000 --model SmolLM2-135M-Instruct --engine auto
-    Example: synthd serve --ray-address auto   (on a Ray cluster's head node; see README, Cluster)
+    Example: synthd serve --ray-address auto   (on a Ray cluster's head node; see docs/guides/cluster.md)
     """
     from synthd.api.limits import SecurityConfig, default_allowed_hosts
     from synthd.config import get_settings

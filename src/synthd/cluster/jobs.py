@@ -8,7 +8,7 @@ each other's GPUs. The actor starts the same ``python -m synthd.training.worker 
 launch, with ``CUDA_VISIBLE_DEVICES`` set to the GPUs Ray gave it, its stderr appended to the job's
 log, and a parent-death signal so the worker never outlives the actor. The worker reaches the
 database and the job's folder as it does locally: through ``SYNTHD_DATABASE_URL`` /
-``SYNTHD_HOME`` (on a real cluster, a database server and a shared folder; see README, Cluster).
+``SYNTHD_HOME`` (on a real cluster, a database server and a shared folder; see docs/guides/cluster.md).
 
 Cancelling ends the worker within seconds: the worker stops at its next step when it sees the
 cancel flag, and the scheduler's ``kill`` kills the actor (and so the worker). When the node dies

@@ -48,7 +48,7 @@ def connect(address: str) -> None:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterUnavailable(
             f"Cannot join the Ray cluster at '{address}': {exc}. Start one with "
-            "'ray start --head' (see README, Cluster) or use --ray-address local."
+            "'ray start --head' (see docs/guides/cluster.md) or use --ray-address local."
         ) from None
 
 

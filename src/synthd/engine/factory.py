@@ -27,7 +27,9 @@ def choose_engine(kind: str, cuda_available: bool) -> tuple[str, str]:
         return "native", "asked for (--engine native)"
     if kind == "vllm":
         if not vllm_available():
-            raise InvalidRequest("--engine vllm needs the vllm package: pip install 'synthd[vllm]' (see README)")
+            raise InvalidRequest(
+                "--engine vllm needs the vllm package: pip install 'synthd[vllm]' (docs/guides/serving.md)"
+            )
         return "vllm", "asked for (--engine vllm)"
     if kind != "auto":
         raise InvalidRequest(f"--engine must be native, vllm or auto, not '{kind}'")

