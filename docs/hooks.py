@@ -336,31 +336,35 @@ def benchmark(result_id: str) -> str:
 
 
 def _plot(data: dict, plot: dict) -> bytes:
-    """A grouped bar chart as SVG: one group per ``plot['x']`` value, one bar per ``plot['series']``."""
+    """A grouped bar chart as SVG: one group per ``plot['x']`` value and one bar per
+    ``plot['series']`` value, or, when ``plot['y']`` is a list of columns, one bar per column."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = _rows(data)
+    labels = {c["key"]: c["label"] for c in data["columns"]}
     xs = list(dict.fromkeys(row[plot["x"]] for row in rows))
-    series = list(dict.fromkeys(row[plot["series"]] for row in rows)) if plot.get("series") else [None]
-    width = 0.8 / len(series)
+    if isinstance(plot["y"], list):
+        bars = [(labels[y], y, lambda row: True) for y in plot["y"]]
+    elif plot.get("series"):
+        names = dict.fromkeys(row[plot["series"]] for row in rows)
+        bars = [(name, plot["y"], lambda row, name=name: row[plot["series"]] == name) for name in names]
+    else:
+        bars = [(None, plot["y"], lambda row: True)]
+    width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    for i, name in enumerate(series):
-        values = {row[plot["x"]]: row.get(plot["y"]) for row in rows if name is None or row[plot["series"]] == name}
-        ax.bar(
-            [x + (i - (len(series) - 1) / 2) * width for x in range(len(xs))],
-            [values.get(x) or 0 for x in xs],
-            width,
-            label=name,
-        )
+    for i, (label, y, keep) in enumerate(bars):
+        values = {row[plot["x"]]: row.get(y) for row in rows if keep(row)}
+        offsets = [x + (i - (len(bars) - 1) / 2) * width for x in range(len(xs))]
+        ax.bar(offsets, [values.get(x) or 0 for x in xs], width, label=label)
     if "target" in plot:
         ax.axhline(plot["target"], color="black", linestyle="--", linewidth=1, label=f"target {plot['target']}")
     ax.set_xticks(range(len(xs)), [str(x) for x in xs], fontsize=8)
     ax.set_ylabel(plot["ylabel"])
     ax.set_title(plot["title"], fontsize=10)
-    if plot.get("series") or "target" in plot:
+    if len(bars) > 1 or "target" in plot:
         ax.legend(fontsize=8)
     fig.tight_layout()
     out = io.BytesIO()
