@@ -184,7 +184,7 @@ def http_api() -> str:
 @cache
 def cli() -> str:
     """The CLI reference: Typer's own Markdown for ``synthd`` and every subcommand, headings one
-    level down so that the page keeps its own title."""
+    level down so that the page keeps its own title, and the user's home as ``~`` in defaults."""
     import typer
     import typer.cli
     from typer.models import Context
@@ -193,7 +193,7 @@ def cli() -> str:
 
     command = typer.main.get_command(app)
     text = typer.cli.get_docs_for_click(obj=command, ctx=Context(command, info_name="synthd"), name="synthd")
-    return re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE)
+    return re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE).replace(str(Path.home()), "~")
 
 
 # ---- Configuration ----------------------------------------------------------------------------
@@ -217,10 +217,7 @@ def _type_name(annotation: Any) -> str:
 
 def _default(field: Any) -> str:
     """The field's default as the docs show it: the user's home as ``~``; unset as ``unset``."""
-    if field.default_factory is not None:
-        value = field.default_factory()
-    else:
-        value = field.default
+    value = field.get_default(call_default_factory=True, validated_data={})
     if value is None:
         return "unset"
     text = str(value).replace(str(Path.home()), "~")
