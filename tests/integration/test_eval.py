@@ -70,7 +70,7 @@ def test_report_numbers_against_scripted_openai_answers(fakes, tmp_path: Path) -
     for part, reply in ANSWERS.items():
         fakes["openai"].script.answer(part, reply)
     out = tmp_path / "out"
-    # --unsafe-sandbox only matters where bubblewrap cannot run (tests/test_sandbox.py covers it).
+    # --unsafe-sandbox only matters where bubblewrap cannot run (tests/unit/test_sandbox.py covers it).
     result = synthd_eval(
         "--models",
         "gpt-4o-mini,claude-3-haiku-20240307",

@@ -16,7 +16,7 @@ from conftest import ENDED, MODEL, server_env, wait_for
 
 from synthd.server_process import ServerProcess
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SMALL = b"".join((EXAMPLES / "sft_facts.jsonl").read_bytes().splitlines(keepends=True)[:3])
 """Three examples: each optimizer step is small (these tests are about processes, not learning)."""
 

@@ -19,7 +19,7 @@ from synthd.server_process import ServerProcess
 from synthd.store.db import open_database
 from synthd.store.repository import Repository
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROMPT = [{"role": "user", "content": "What is the capital of Zorbania?"}]
 
 

@@ -15,7 +15,7 @@ from conftest import ENDED, MODEL, server_env, wait_for
 
 from synthd.server_process import ServerProcess
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from conftest import MODEL, server_env
 
 from synthd.server_process import ServerProcess
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SERVER_SECRETS = {
     "OPENAI_API_KEY": "sk-test-openai-0123456789abcdef",
     "ANTHROPIC_API_KEY": "sk-ant-test-0123456789",

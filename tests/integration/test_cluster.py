@@ -32,7 +32,7 @@ from synthd.cluster.inventory import NODE_NAME_LABEL
 from synthd.cluster.replica import ADAPTER_CACHE
 from synthd.server_process import ServerProcess
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 COPY = "smol-copy"
 MB = 1024**2
 NODE = {"object_store_memory": 80 * MB, "memory": 4 * 1024**3, "num_cpus": 2}
