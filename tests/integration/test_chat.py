@@ -5,7 +5,8 @@ import json
 
 import openai
 import pytest
-from conftest import MODEL
+
+from tests.support.server import MODEL
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 

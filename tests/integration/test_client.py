@@ -34,9 +34,9 @@ from synthd.client.errors import retry_after, status_error
 from synthd.client.retry import ANTHROPIC_RULES, OPENAI_RULES, RetryRules, retry_delay, should_retry
 from synthd.client.routing import route
 from synthd.server_process import free_port
-from tests.conftest import MODEL, FakeProvider
 from tests.fakes import anthropic_server, openai_server
-from tests.fakes.script import DEFAULT_TEXT, Reply, serve
+from tests.fakes.script import DEFAULT_TEXT, FakeProvider, Reply, serve
+from tests.support.server import MODEL
 
 PROVIDERS = ["synthd", "openai", "anthropic", "together", "openai_compatible"]
 FAKE_PROVIDERS = PROVIDERS[1:]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import server_env
+from tests.support.server import server_env
 
 
 def test_demo_runs_every_step(models_dir: Path, tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ import httpx
 import openai
 import pytest
 import uvicorn
-from conftest import MODEL, server_env
 from fastapi import FastAPI
 
 from synthd.api.errors import UnexpectedErrorMiddleware, install_error_handlers
 from synthd.server_process import ServerProcess, free_port
+from tests.support.server import MODEL, server_env
 
 GOOD = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
 

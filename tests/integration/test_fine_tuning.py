@@ -1,6 +1,7 @@
 """Files and fine-tuning jobs through the official openai SDK, with real (tiny) training."""
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -8,10 +9,11 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import MODEL, server_env
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from synthd.server_process import ServerProcess
+from tests.support.cli import synthd
+from tests.support.server import MODEL, server_env
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -347,20 +349,12 @@ def test_cancel_mid_run(ft_client: openai.OpenAI) -> None:
 
 
 def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:
-    import subprocess
-    import sys
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return synthd(*args, "--base-url", ft_server.base_url)
 
-    def synthd(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "synthd.cli", *args, "--base-url", ft_server.base_url],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-
-    uploaded = synthd("files", "upload", str(EXAMPLES / "sft_facts.jsonl"))
+    uploaded = cli("files", "upload", str(EXAMPLES / "sft_facts.jsonl"))
     assert uploaded.returncode == 0 and uploaded.stdout.startswith("file-")
-    created = synthd(
+    created = cli(
         "ft",
         "create",
         "--training-file",
@@ -376,10 +370,10 @@ def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:
     assert created.returncode == 0, created.stderr
     assert "succeeded: ft:SmolLM2-135M-Instruct:cli:ftjob-" in created.stdout
     job_id = created.stdout.split()[0]
-    assert job_id in synthd("ft", "list").stdout
-    assert "The job has successfully completed" in synthd("ft", "events", job_id, "--limit", "50").stdout
-    assert json.loads(synthd("ft", "get", job_id).stdout)["status"] == "succeeded"
-    refused = synthd("ft", "cancel", job_id)
+    assert job_id in cli("ft", "list").stdout
+    assert "The job has successfully completed" in cli("ft", "events", job_id, "--limit", "50").stdout
+    assert json.loads(cli("ft", "get", job_id).stdout)["status"] == "succeeded"
+    refused = cli("ft", "cancel", job_id)
     assert refused.returncode == 1 and "already succeeded" in refused.stderr
-    bad = synthd("ft", "create", "--training-file", "file-nope")
+    bad = cli("ft", "create", "--training-file", "file-nope")
     assert bad.returncode == 1 and bad.stderr.startswith("error: 400")

@@ -11,16 +11,11 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import ENDED, MODEL, server_env, wait_for
 
 from synthd.server_process import ServerProcess
+from tests.support.server import ENDED, MODEL, server_env, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("platform-home")
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import openai
-from conftest import ENDED, MODEL, server_env, wait_for
 
 from synthd.server_process import ServerProcess
+from tests.support.server import ENDED, MODEL, server_env, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SMALL = b"".join((EXAMPLES / "sft_facts.jsonl").read_bytes().splitlines(keepends=True)[:3])
