@@ -248,7 +248,7 @@ def test_structured_output_retries_once_showing_the_error(provider: str, fakes) 
     fake.script.push(Reply(json={"name": "Ada", "age": "thirty-six"}), Reply(json={"name": "Ada", "age": 36}))
     response = lm.respond(user_message="Who?", response_model=Person)
     assert response.structured_output == Person(name="Ada", age=36)
-    first, retry = fake.script.requests
+    _first, retry = fake.script.requests
     feedback = retry["messages"][-1]["content"]
     feedback = feedback if isinstance(feedback, str) else feedback[0]["text"]
     assert "age: Input should be a valid integer" in feedback
@@ -457,8 +457,7 @@ def test_stream_broken_midway_raises_and_is_not_retried(provider: str, fakes) ->
     script.push(Reply(break_after=3))
     received: list[str] = []
     with pytest.raises(ProviderError) as caught:
-        for piece in make_lm(provider, fakes).stream(user_message="Hi"):
-            received.append(piece)
+        received.extend(make_lm(provider, fakes).stream(user_message="Hi"))
     assert "".join(received) == "The quick brown"
     assert "stream interrupted" in caught.value.message and len(script.requests) == 1
 

@@ -13,7 +13,8 @@ import openai
 import pytest
 
 from synthd.server_process import ServerProcess
-from tests.support.server import ENDED, MODEL, server_env, wait_for
+from tests.support.jobs import ENDED, wait_for
+from tests.support.server import MODEL, server_env
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

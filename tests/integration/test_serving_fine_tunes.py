@@ -204,8 +204,13 @@ def import_adapter(
     return synthd("models", "import", str(folder), "--base", MODEL, "--name", name, env=server_env(home, models_dir))
 
 
-def test_delete_racing_with_requests(fp32_server: ServerProcess, home: Path, models_dir: Path, tmp_path: Path) -> None:
+def test_delete_racing_with_requests(
+    fp32_server: ServerProcess, home: Path, models_dir: Path, tmp_path: Path, reference
+) -> None:
+    """Chats racing a delete get the adapter's own answer or a 404, never the base's or a mix."""
     assert import_adapter(home, models_dir, tmp_path, "racer", 5).returncode == 0
+    expected = reference(tmp_path / "racer", max_new_tokens=12)
+    assert expected != reference(None, max_new_tokens=12)
     model_id = f"ft:{MODEL}:racer"
 
     async def race() -> tuple[list, int]:
@@ -221,7 +226,7 @@ def test_delete_racing_with_requests(fp32_server: ServerProcess, home: Path, mod
     for answer in answers:
         assert answer.status_code in (200, 404), answer.text
         if answer.status_code == 200:
-            assert answer.json()["choices"][0]["message"]["content"]
+            assert answer.json()["choices"][0]["message"]["content"] == expected
     assert (
         httpx.post(
             f"{fp32_server.base_url}/chat/completions", json={"model": model_id, "messages": PROMPT, "max_tokens": 2}

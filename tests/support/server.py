@@ -1,11 +1,9 @@
-"""The environment of a test server and what tests read back from one: its metrics, its jobs."""
+"""The environment of a test server, and its metrics as tests read them back."""
 
 import os
-import time
 from pathlib import Path
 
 import httpx
-import openai
 from prometheus_client.parser import text_string_to_metric_families
 
 from synthd.models.embedded import EMBEDDED_MODEL_ID
@@ -48,21 +46,3 @@ def metric(server: ServerProcess, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and labels.items() <= sample.labels.items()
     )
-
-
-ENDED = ("succeeded", "failed", "cancelled")
-
-
-def wait_for(client: openai.OpenAI, job_id: str, statuses=ENDED, timeout_s: float = 900):
-    """The fine-tuning job once its status is one of ``statuses`` (polled every 0.5 s).
-
-    Raises:
-        AssertionError: not there after ``timeout_s`` seconds.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in statuses:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")
