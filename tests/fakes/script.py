@@ -4,7 +4,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,12 +48,14 @@ class Reply:
 
 
 class Script:
-    """A queue of replies (the default reply when empty) and a log of the requests received."""
+    """A queue of replies (the default reply when empty) and a log of the requests received: their
+    bodies, headers (lower-case names) and arrival times (``time.monotonic()``)."""
 
     def __init__(self) -> None:
         self.replies: deque[Reply] = deque()
         self.by_prompt: dict[str, Reply] = {}
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.times: list[float] = []
 
     def push(self, *replies: Reply) -> None:
@@ -65,8 +67,10 @@ class Script:
         concurrent clients, whose arrival order is not fixed)."""
         self.by_prompt[prompt_part] = reply
 
-    def next(self, body: dict[str, Any]) -> Reply:
+    def next(self, body: dict[str, Any], headers: Mapping[str, str]) -> Reply:
+        """The reply to a request with ``body`` and ``headers``, logged."""
         self.requests.append(body)
+        self.headers.append({name.lower(): value for name, value in headers.items()})
         self.times.append(time.monotonic())
         last = json.dumps((body.get("messages") or [{}])[-1].get("content"))
         for part, reply in self.by_prompt.items():
@@ -78,7 +82,16 @@ class Script:
         self.replies.clear()
         self.by_prompt.clear()
         self.requests.clear()
+        self.headers.clear()
         self.times.clear()
+
+
+@dataclass
+class FakeProvider:
+    """A fake provider server: its root URL and its script of replies."""
+
+    url: str
+    script: Script
 
 
 def words(text: str) -> list[str]:

@@ -27,7 +27,7 @@ def follow_warmup(
     """POST the warmup; with ``wait``, poll its status under a spinner until done (the LM client's
     synthd provider does both). Returns the last status object. Raises WarmupError with the
     server's message."""
-    server = SynthdProvider(api_key=api_key, base_url=base_url, timeout=30)
+    server = SynthdProvider(api_key=api_key, base_url=base_url, timeout=30, max_retries=0)
     try:
         started = server.warmup(model, gpu)
         console.print(f"{started['model']}: {started['status']} on {started['gpu']}")

@@ -14,6 +14,7 @@ from synthd.client.errors import (
     PermissionDeniedError,
     ProviderError,
     RateLimitError,
+    StreamInterruptedError,
     StructuredOutputError,
     UnprocessableEntityError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProviderError",
     "RateLimitError",
+    "StreamInterruptedError",
     "StructuredOutputError",
     "ToolCall",
     "UnprocessableEntityError",

@@ -5,11 +5,10 @@ connection and timeout errors apart. Each error carries ``provider``, ``status_c
 when no HTTP status came back) and the provider's own ``message``; ``retry_after_s`` holds the
 server's ``retry-after-ms`` / ``Retry-After`` when it sent one. Status errors also keep what the
 server said about the error and about retrying it: ``code``, ``param`` and ``type`` from the error
-body, and ``should_retry`` from the ``x-should-retry`` header (see ``synthd.client.retry``).
+body, and ``should_retry`` from the ``x-should-retry`` header (what the SDKs' retries obey).
 """
 
 import email.utils
-import math
 import time
 from collections.abc import Mapping
 
@@ -48,6 +47,12 @@ class MissingCredentialsError(ConfigurationError):
 
 class APIConnectionError(LMError):
     """The server could not be reached, or the connection broke before a response started."""
+
+
+class StreamInterruptedError(APIConnectionError):
+    """A stream's connection broke after the response started but before its first delta: nothing
+    reached the caller, so ``LM`` sends the request again (the SDK cannot: it had already returned
+    the stream); raised once ``max_retries`` re-sends broke too."""
 
 
 class APITimeoutError(APIConnectionError):
@@ -141,11 +146,6 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
-OVERFLOWING_RETRY_AFTER_S = 121.0
-"""What a numeric ``retry-after`` too large for a float reads as in openai-python: just over its
-``MAX_RETRY_AFTER_DELAY`` (120 s), so the request is not retried rather than retried early."""
-
-
 def status_error(
     status_code: int,
     message: str,
@@ -174,13 +174,12 @@ def status_error(
     )
 
 
-def retry_after(headers: Mapping[str, str], *, overflow_s: float = OVERFLOWING_RETRY_AFTER_S) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds the server asks to wait, as openai-python's ``_parse_retry_after_header`` reads them
     from ``headers`` (lower-case names): ``retry-after-ms`` (milliseconds), else ``retry-after`` as
     seconds (floats allowed), else as an HTTP date (RFC 9110 §10.2.3) minus now; ``None`` when
-    absent or unreadable. Not clamped: zero, negative and infinite values come back as sent (the
-    retry policy ignores them); a number that overflows a float is ``overflow_s`` (the Anthropic
-    SDK reads it as infinite)."""
+    absent or unreadable. Not clamped: zero, negative and infinite values (a number too large for a
+    float too) come back as sent; the SDKs decide what they mean for a retry."""
     for header, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
         value = headers.get(header)
         if value is None:
@@ -189,8 +188,6 @@ def retry_after(headers: Mapping[str, str], *, overflow_s: float = OVERFLOWING_R
             delay = float(value)
         except ValueError:
             continue
-        if delay == math.inf and value.strip().lower() not in ("inf", "+inf", "infinity", "+infinity"):
-            return overflow_s
         return delay / divisor
     try:
         when = email.utils.parsedate_tz(headers.get("retry-after"))  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import openai
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, ValidationError
 
@@ -17,6 +18,7 @@ from synthd.client.errors import (
     ConfigurationError,
     MissingCredentialsError,
     ProviderError,
+    StreamInterruptedError,
     StructuredOutputError,
 )
 from synthd.client.options import check_call
@@ -24,7 +26,6 @@ from synthd.client.providers import PROVIDERS, SynthdProvider
 from synthd.client.providers.base import StreamPiece
 from synthd.client.request import ChatRequest, JSONSchemaFormat
 from synthd.client.response import LMResponse
-from synthd.client.retry import DEFAULT_MAX_RETRIES, async_retrying, retrying
 from synthd.client.routing import route
 
 Message = dict[str, Any]
@@ -40,9 +41,12 @@ class LM:
     provider's variable (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``TOGETHER_API_KEY``,
     ``SYNTH_API_KEY``); the base URL from ``base_url``, the provider's variable (``SYNTH_API_URL``,
     ``OPENAI_BASE_URL``, …) or its default. ``temperature``/``max_tokens`` are defaults for every
-    call; ``max_retries`` counts retries after the first try, by openai-python's rules (408, 409,
-    429, 5xx, timeouts, connection errors; the server's ``x-should-retry`` and ``retry-after``
-    obeyed: see ``synthd.client.retry``); ``timeout`` is seconds per HTTP request.
+    call; ``max_retries`` (default 2, both SDKs' default) counts retries after the first try and is
+    the provider SDK's own ``max_retries``: openai-python or the Anthropic SDK retries as it does
+    (408, 409, 429, 5xx, timeouts, connection errors; the server's ``x-should-retry`` and
+    ``retry-after-ms`` / ``retry-after`` obeyed; ``x-stainless-retry-count`` on each try). ``LM``
+    adds one case the SDKs cannot see, a stream broken before its first delta, which it sends again
+    (see ``_open_stream``). ``timeout`` is seconds per HTTP request.
 
     Raises ConfigurationError (ambiguous model, unknown provider, bad argument) and
     MissingCredentialsError (naming the variable to set) at construction.
@@ -56,7 +60,7 @@ class LM:
         api_key: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_retries: int = openai.DEFAULT_MAX_RETRIES,
         timeout: float = 120.0,
     ) -> None:
         if not isinstance(model, str):
@@ -75,7 +79,7 @@ class LM:
         url = (
             base_url or (os.environ.get(cls.base_url_env_var) if cls.base_url_env_var else None) or cls.default_base_url
         )
-        self._provider = cls(api_key=key, base_url=url, timeout=timeout)
+        self._provider = cls(api_key=key, base_url=url, timeout=timeout, max_retries=max_retries)
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_retries = max_retries
@@ -235,32 +239,40 @@ class LM:
         )
 
     def _complete(self, request: ChatRequest) -> LMResponse:
-        for attempt in retrying(self.max_retries, self._provider.retry_rules):
-            with attempt, malformed_as_error(self.provider):
-                return self._provider.complete(request)
-        raise AssertionError("unreachable: tenacity reraises")
+        with malformed_as_error(self.provider):
+            return self._provider.complete(request)
 
     async def _complete_async(self, request: ChatRequest) -> LMResponse:
-        async for attempt in async_retrying(self.max_retries, self._provider.retry_rules):
-            with attempt, malformed_as_error(self.provider):
-                return await self._provider.complete_async(request)
-        raise AssertionError("unreachable: tenacity reraises")
+        with malformed_as_error(self.provider):
+            return await self._provider.complete_async(request)
 
     def _open_stream(self, request: ChatRequest) -> Iterator[StreamPiece]:
-        """The provider's stream with its first piece already read, retried until then."""
-        for attempt in retrying(self.max_retries, self._provider.retry_rules):
-            with attempt, malformed_as_error(self.provider):
+        """The provider's stream with its first piece already read. The SDK retries the request
+        itself; a stream that broke before its first piece is sent again, immediately (a server that
+        is down is then the SDK's to back off from), at most ``max_retries`` times."""
+        for resends_left in range(self.max_retries, -1, -1):
+            with malformed_as_error(self.provider):
                 pieces = self._provider.stream(request)
-                first = next(pieces)
+                try:
+                    first = next(pieces)
+                    break
+                except StreamInterruptedError:
+                    if not resends_left:
+                        raise
         yield first
         with malformed_as_error(self.provider):
             yield from pieces
 
     async def _open_stream_async(self, request: ChatRequest) -> AsyncIterator[StreamPiece]:
-        async for attempt in async_retrying(self.max_retries, self._provider.retry_rules):
-            with attempt, malformed_as_error(self.provider):
+        for resends_left in range(self.max_retries, -1, -1):
+            with malformed_as_error(self.provider):
                 pieces = self._provider.stream_async(request)
-                first = await anext(pieces)
+                try:
+                    first = await anext(pieces)
+                    break
+                except StreamInterruptedError:
+                    if not resends_left:
+                        raise
         yield first
         with malformed_as_error(self.provider):
             async for piece in pieces:

@@ -28,7 +28,6 @@ from synthd.client.errors import ConfigurationError, ProviderError
 from synthd.client.providers.base import STREAM_FAILURES, Provider, StreamPiece
 from synthd.client.request import ChatRequest
 from synthd.client.response import FinishReason, FunctionCall, LMResponse, ToolCall, Usage
-from synthd.client.retry import ANTHROPIC_RULES, RetryRules
 
 DEFAULT_MAX_TOKENS = 4096
 """``max_tokens`` sent when the caller gives none: the largest output every Claude 3+ model allows."""
@@ -60,18 +59,17 @@ class AnthropicProvider(Provider):
     name: ClassVar[str] = "anthropic"
     key_env_var: ClassVar[str | None] = "ANTHROPIC_API_KEY"
     base_url_env_var: ClassVar[str | None] = "ANTHROPIC_BASE_URL"
-    retry_rules: ClassVar[RetryRules] = ANTHROPIC_RULES
 
-    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float) -> None:
-        super().__init__(api_key=api_key, base_url=base_url, timeout=timeout)
+    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float, max_retries: int) -> None:
+        super().__init__(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
         self._sync: anthropic.Anthropic | None = None
         self._async: tuple[asyncio.AbstractEventLoop, anthropic.AsyncAnthropic] | None = None
 
     def sdk(self) -> anthropic.Anthropic:
-        """The SDK client (its own retries off: ``LM`` retries)."""
+        """The SDK client, retrying as the SDK does (``max_retries``)."""
         if self._sync is None:
             self._sync = anthropic.Anthropic(
-                api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+                api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
             )
         return self._sync
 
@@ -82,7 +80,7 @@ class AnthropicProvider(Provider):
             self._async = (
                 loop,
                 anthropic.AsyncAnthropic(
-                    api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0
+                    api_key=self.api_key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
                 ),
             )
         return self._async[1]

@@ -8,10 +8,16 @@ import anthropic
 import httpx2
 import openai
 
-from synthd.client.errors import APIConnectionError, APITimeoutError, LMError, ProviderError, status_error
+from synthd.client.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    LMError,
+    ProviderError,
+    StreamInterruptedError,
+    status_error,
+)
 from synthd.client.request import ChatRequest
 from synthd.client.response import LMResponse
-from synthd.client.retry import OPENAI_RULES, RetryRules
 
 StreamPiece = str | LMResponse
 """A provider stream yields text deltas (``""`` for a tool-call delta, so the first token can be
@@ -39,8 +45,10 @@ class Provider(ABC):
     ``key_env_var`` names the variable the API key comes from; ``needs_key`` is false for servers
     that may run without one (synthd, any OpenAI-compatible URL). ``default_base_url`` is used when
     neither ``base_url=`` nor ``base_url_env_var`` gives one; ``None`` leaves it to the SDK.
-    ``retry_rules``: where the provider's SDK retries differently from openai-python's.
-    Timing, retries and structured-output validation belong to ``LM``, not to providers.
+    ``max_retries`` goes to the provider's SDK client, which retries as it does (its
+    ``_should_retry``, backoff, ``retry-after`` / ``retry-after-ms`` and ``x-stainless-retry-count``).
+    Timing, the re-send of a stream broken before its first delta, and structured-output validation
+    belong to ``LM``, not to providers.
     """
 
     name: ClassVar[str]
@@ -48,12 +56,12 @@ class Provider(ABC):
     base_url_env_var: ClassVar[str | None] = None
     default_base_url: ClassVar[str | None] = None
     needs_key: ClassVar[bool] = True
-    retry_rules: ClassVar[RetryRules] = OPENAI_RULES
 
-    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float) -> None:
+    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float, max_retries: int) -> None:
         self.api_key = api_key
         self.base_url = base_url
         self.timeout = timeout
+        self.max_retries = max_retries
 
     @abstractmethod
     def complete(self, request: ChatRequest) -> LMResponse:
@@ -151,8 +159,9 @@ class Provider(ABC):
 
     def interrupted(self, exc: Exception, *, delivered: bool) -> LMError:
         """``exc``, raised while reading a stream that had started, as a typed error: an error event
-        keeps its status. A dropped connection is an ``APIConnectionError`` (retried) while nothing
-        was ``delivered``, else a ``ProviderError`` (the caller already has part of the reply)."""
+        keeps its status. A dropped connection is a ``StreamInterruptedError`` (``LM`` sends the
+        request again) while nothing was ``delivered``, else a ``ProviderError`` (the caller already
+        has part of the reply)."""
         if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
             return self.error(exc)
         if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError)) and exc.__cause__:
@@ -161,7 +170,7 @@ class Provider(ABC):
             return self.error(exc)
         message = f"stream interrupted: {type(exc).__name__}: {exc}"
         if not delivered:
-            return APIConnectionError(f"{message} (before the first delta)", provider=self.name)
+            return StreamInterruptedError(f"{message} (before the first delta)", provider=self.name)
         return ProviderError(message, provider=self.name)
 
     def status_of(self, exc: openai.APIStatusError | anthropic.APIStatusError) -> int:

@@ -42,16 +42,19 @@ class OpenAIChatProvider(Provider):
     base_url_env_var: ClassVar[str | None] = "OPENAI_BASE_URL"
     token_limit_field: ClassVar[str] = "max_completion_tokens"
 
-    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float) -> None:
-        super().__init__(api_key=api_key, base_url=base_url, timeout=timeout)
+    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float, max_retries: int) -> None:
+        super().__init__(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
         self._sync: openai.OpenAI | None = None
         self._async: tuple[asyncio.AbstractEventLoop, openai.AsyncOpenAI] | None = None
 
     def sdk(self) -> openai.OpenAI:
-        """The SDK client (its own retries off: ``LM`` retries)."""
+        """The SDK client, retrying as the SDK does (``max_retries``)."""
         if self._sync is None:
             self._sync = openai.OpenAI(
-                api_key=self.api_key or "unused", base_url=self.base_url, timeout=self.timeout, max_retries=0
+                api_key=self.api_key or "unused",
+                base_url=self.base_url,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
             )
         return self._sync
 
@@ -62,7 +65,10 @@ class OpenAIChatProvider(Provider):
             self._async = (
                 loop,
                 openai.AsyncOpenAI(
-                    api_key=self.api_key or "unused", base_url=self.base_url, timeout=self.timeout, max_retries=0
+                    api_key=self.api_key or "unused",
+                    base_url=self.base_url,
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
                 ),
             )
         return self._async[1]
@@ -170,10 +176,10 @@ class OpenAICompatibleProvider(OpenAIChatProvider):
     needs_key: ClassVar[bool] = False
     token_limit_field: ClassVar[str] = "max_tokens"
 
-    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float) -> None:
+    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float, max_retries: int) -> None:
         if not base_url:
             raise ConfigurationError("needs base_url= or OPENAI_COMPATIBLE_BASE_URL", provider=self.name)
-        super().__init__(api_key=api_key, base_url=base_url, timeout=timeout)
+        super().__init__(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
 
 
 class SynthdProvider(OpenAIChatProvider):
@@ -187,8 +193,8 @@ class SynthdProvider(OpenAIChatProvider):
     needs_key: ClassVar[bool] = False
     token_limit_field: ClassVar[str] = "max_tokens"
 
-    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float) -> None:
-        super().__init__(api_key=api_key, base_url=synthd_api_url(base_url), timeout=timeout)
+    def __init__(self, *, api_key: str | None, base_url: str | None, timeout: float, max_retries: int) -> None:
+        super().__init__(api_key=api_key, base_url=synthd_api_url(base_url), timeout=timeout, max_retries=max_retries)
 
     def warmup(self, model: str, gpu_preference: str | None) -> dict[str, Any]:
         """``POST /v1/warmup/{model}``: start loading ``model``; returns the server's warmup object

@@ -8,13 +8,13 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import MODEL, server_env
 from peft import LoraConfig, get_peft_model
-from test_projects import create_key
-from test_serving_fine_tunes import make_adapter, peft_greedy
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from synthd.server_process import ServerProcess
+from tests.support.adapters import make_adapter, peft_greedy
+from tests.support.cli import create_key
+from tests.support.server import MODEL, server_env
 
 PROMPT = [{"role": "user", "content": "What is the capital of Zorbania?"}]
 ADMIN_KEY = "runtime-adapters-admin-key"
@@ -27,11 +27,6 @@ def adapters_dir(models_dir: Path, tmp_path_factory) -> Path:
     for seed, name in ((11, "alpha"), (12, "beta")):
         make_adapter(models_dir / MODEL, work / name, seed)
     return work
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("runtime-adapters-home")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from conftest import MODEL
 
 from synthd.store.db import open_database
 from synthd.store.models import FileRecord, JobRecord
@@ -12,6 +11,7 @@ from synthd.training.data import DataFormatError, load_jsonl
 from synthd.training.layout import JobLayout
 from synthd.training.runner import build_trainer
 from synthd.training.sft_data import IGNORE_INDEX, tokenize_rows
+from tests.support.server import MODEL
 
 CONVERSATION = (
     b'{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, '

@@ -9,11 +9,11 @@ import httpx
 import openai
 import pytest
 import uvicorn
-from conftest import MODEL, server_env
 from fastapi import FastAPI
 
 from synthd.api.errors import UnexpectedErrorMiddleware, install_error_handlers
 from synthd.server_process import ServerProcess, free_port
+from tests.support.server import MODEL, server_env
 
 GOOD = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
 
@@ -203,14 +203,31 @@ def test_lone_surrogate_is_400(server: ServerProcess) -> None:
 
 
 def test_extreme_seeds_and_tiny_temperature_answer(server: ServerProcess) -> None:
-    for extra in (
-        {"seed": 2**63 - 1, "n": 2, "temperature": 1.0},
-        {"seed": -(2**63)},
-        {"temperature": 1e-38},
-        {"temperature": 1e-45, "stream": True},
-    ):
-        response = httpx.post(server.base_url + "/chat/completions", json=with_(**extra), timeout=60)
+    """The int64 ends are seeds like any other (the same seed, the same answer), and temperatures
+    too small for a float32 division mean greedy: the temperature-0 answer, streamed or not."""
+
+    def ask(**extra) -> dict:
+        response = httpx.post(server.base_url + "/chat/completions", json=with_(max_tokens=8, **extra), timeout=60)
         assert response.status_code == 200, (extra, response.text)
+        return response.json()
+
+    def texts(reply: dict) -> list[str]:
+        return [choice["message"]["content"] for choice in reply["choices"]]
+
+    for seed in (2**63 - 1, -(2**63)):
+        first = ask(seed=seed, n=2, temperature=1.0)
+        assert [c["index"] for c in first["choices"]] == [0, 1]
+        assert all(c["finish_reason"] in ("stop", "length") and c["message"]["content"] for c in first["choices"])
+        assert first["usage"]["completion_tokens"] <= 2 * 8
+        assert texts(ask(seed=seed, n=2, temperature=1.0)) == texts(first)  # reproducible at the int64 ends
+    greedy = texts(ask(temperature=0))
+    assert texts(ask(temperature=1e-38)) == greedy
+    with httpx.stream(
+        "POST", server.base_url + "/chat/completions", json=with_(max_tokens=8, temperature=1e-45, stream=True)
+    ) as stream:
+        assert stream.status_code == 200
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
+    assert ["".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])] == greedy
 
 
 def test_invalid_json_is_400(server: ServerProcess) -> None:

@@ -4,18 +4,17 @@ models, leases under concurrent deletes and preferences, bounded queues."""
 
 import asyncio
 import json
-import re
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import MODEL, server_env
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from synthd.server_process import ServerProcess
+from tests.support.server import MODEL, metric, server_env
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -111,15 +110,9 @@ def test_logprobs_on_chat_and_completions(client: openai.OpenAI) -> None:
     assert legacy.text_offset[0] == 0 and "".join(legacy.tokens) == text.choices[0].text
 
 
-def metric(server: ServerProcess, name: str) -> float:
-    text = httpx.get(server.root_url + "/metrics").text
-    pattern = re.compile(rf'^synthd:{re.escape(name)}\{{[^}}]*model_name="{re.escape(MODEL)}"[^}}]*\}} (\S+)$', re.MULTILINE)
-    return sum(float(v) for v in pattern.findall(text))
-
-
 def test_metrics_count_requests_not_sequences(server: ServerProcess, client: openai.OpenAI) -> None:
     before = {
-        n: metric(server, n)
+        n: metric(server, f"synthd:{n}", model_name=MODEL)
         for n in (
             "request_success_total",
             "prompt_tokens_total",
@@ -129,7 +122,7 @@ def test_metrics_count_requests_not_sequences(server: ServerProcess, client: ope
         )
     }
     reply = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=4, n=2, temperature=1, seed=1)
-    after = {n: metric(server, n) for n in before}
+    after = {n: metric(server, f"synthd:{n}", model_name=MODEL) for n in before}
     assert after["request_success_total"] - before["request_success_total"] == 1
     assert after["time_to_first_token_seconds_count"] - before["time_to_first_token_seconds_count"] == 1
     assert after["e2e_request_latency_seconds_count"] - before["e2e_request_latency_seconds_count"] == 1
@@ -144,11 +137,11 @@ def test_engine_gauges_while_a_request_streams(server: ServerProcess, client: op
         )
     )
     next(stream), next(stream)
-    assert metric(server, "num_requests_running") == 1
-    assert metric(server, "num_requests_waiting") == 0
-    assert 0 < metric(server, "kv_cache_usage_perc") <= 1
+    assert metric(server, "synthd:num_requests_running", model_name=MODEL) == 1
+    assert metric(server, "synthd:num_requests_waiting", model_name=MODEL) == 0
+    assert 0 < metric(server, "synthd:kv_cache_usage_perc", model_name=MODEL) <= 1
     assert list(stream)[-1].choices[0].finish_reason == "length"
-    assert metric(server, "num_requests_running") == 0
+    assert metric(server, "synthd:num_requests_running", model_name=MODEL) == 0
 
 
 def test_model_cards_name_models_not_server_paths(client: openai.OpenAI, models_dir: Path) -> None:
@@ -199,20 +192,28 @@ def test_broken_model_fails_its_warmup_with_the_reason(odd_models: Path, tmp_pat
 
 
 def test_concurrent_warmups_respect_max_loaded_models(odd_models: Path, tmp_path: Path) -> None:
+    """Three warmups of one model sent at once with room for one model: the idle embedded model
+    is evicted, one warmup starts the load and the two others join it; one model is ever resident."""
     env = server_env(tmp_path, odd_models, SYNTHD_MAX_LOADED_MODELS="1")
     with ServerProcess(log_path=tmp_path / "server.log", env=env) as server:
         root = server.root_url
-        answers = [httpx.post(f"{root}/warmup/smol-copy") for _ in range(3)]
-        loaded = httpx.get(f"{root}/ready").json()["models"]
-        assert len(loaded) <= 1
-        refused = [a for a in answers if a.status_code == 503]
-        assert all(a.headers.get("retry-after") for a in refused)
+
+        async def together() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as http:
+                return await asyncio.gather(*(http.post(f"{root}/warmup/smol-copy") for _ in range(3)))
+
+        answers = asyncio.run(together())
+        assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+        assert sorted(a.json()["status"] for a in answers) == ["already_warming", "already_warming", "warming"]
+        assert len(httpx.get(f"{root}/ready").json()["models"]) <= 1
         deadline = time.monotonic() + 120
-        while (
-            httpx.get(f"{root}/warmup/status/smol-copy").json()["status"] == "warming" and time.monotonic() < deadline
-        ):
+        while (status := httpx.get(f"{root}/warmup/status/smol-copy").json())[
+            "status"
+        ] == "warming" and time.monotonic() < deadline:
+            assert len(httpx.get(f"{root}/ready").json()["models"]) <= 1
             time.sleep(0.2)
-        assert len(httpx.get(f"{root}/ready").json()["models"]) == 1
+        assert status["status"] == "warmed"
+        assert httpx.get(f"{root}/ready").json()["models"] == ["smol-copy"]
 
 
 @pytest.mark.native_only("the listing comes from the registry before any engine is loaded")

@@ -3,50 +3,23 @@
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import torch
-from conftest import MODEL, server_env
-from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from synthd.server_process import ServerProcess
 from synthd.store.db import open_database
 from synthd.store.repository import Repository
+from tests.support.adapters import PROMPT, make_adapter, peft_greedy
+from tests.support.cli import synthd
+from tests.support.server import MODEL, server_env
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-PROMPT = [{"role": "user", "content": "What is the capital of Zorbania?"}]
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ft-serve-home")
-
-
-def make_adapter(base_dir: Path, out: Path, seed: int, **lora) -> Path:
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False, **lora)
-    get_peft_model(model, config).save_pretrained(out)
-    return out
-
-
-def synthd(home: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**server_env(home, models_dir)}
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "synthd.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=300,
-    )
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +29,9 @@ def imported(home: Path, models_dir: Path, tmp_path_factory) -> list[str]:
     ids = []
     for seed, name in ((1, "alpha"), (2, "beta")):
         folder = make_adapter(models_dir / MODEL, work / name, seed)
-        result = synthd(home, models_dir, "models", "import", str(folder), "--base", MODEL, "--name", name)
+        result = synthd(
+            "models", "import", str(folder), "--base", MODEL, "--name", name, env=server_env(home, models_dir)
+        )
         assert result.returncode == 0, result.stderr
         ids.append(f"ft:{MODEL}:{name}")
     return ids
@@ -78,29 +53,6 @@ def sdk(fp32_server: ServerProcess) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def reference(models_dir: Path):
     return peft_greedy(models_dir)
-
-
-def peft_greedy(models_dir: Path):
-    """``generate(adapter_dir | None, messages=PROMPT, max_new_tokens=16) -> str``: the base model's
-    greedy reply in float32 with the PEFT adapter applied, as PEFT computes it (the reference the
-    served replies must equal)."""
-    tokenizer = AutoTokenizer.from_pretrained(models_dir / MODEL)
-    base = AutoModelForCausalLM.from_pretrained(models_dir / MODEL, dtype=torch.float32).eval()
-
-    def generate(adapter_dir: Path | None, messages=PROMPT, max_new_tokens: int = 16) -> str:
-        model = PeftModel.from_pretrained(base, adapter_dir).eval() if adapter_dir else base
-        try:
-            ids = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-            with torch.no_grad():
-                out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-            return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-        finally:
-            if adapter_dir:
-                model.unload()
-
-    return generate
 
 
 def chat(sdk: openai.OpenAI, model: str, max_tokens: int = 16) -> str:
@@ -181,12 +133,23 @@ def test_mismatched_adapter_is_400(
         )
     )
     get_peft_model(tiny, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "tiny")
-    refused = synthd(home, models_dir, "models", "import", str(tmp_path / "tiny"), "--base", MODEL, "--name", "tiny")
+    refused = synthd(
+        "models", "import", str(tmp_path / "tiny"), "--base", MODEL, "--name", "tiny", env=server_env(home, models_dir)
+    )
     assert refused.returncode == 1 and "shape" in refused.stderr
     gpt2_style = json.loads((tmp_path / "tiny" / "adapter_config.json").read_text())
     gpt2_style["target_modules"] = ["c_attn"]
     (tmp_path / "tiny" / "adapter_config.json").write_text(json.dumps(gpt2_style))
-    other = synthd(home, models_dir, "models", "import", str(tmp_path / "tiny"), "--base", MODEL, "--name", "gpt2ish")
+    other = synthd(
+        "models",
+        "import",
+        str(tmp_path / "tiny"),
+        "--base",
+        MODEL,
+        "--name",
+        "gpt2ish",
+        env=server_env(home, models_dir),
+    )
     assert other.returncode == 1 and "c_attn" in other.stderr
     # An adapter replaced on disk after registration must still fail cleanly at request time.
     repo = Repository(open_database(home), home / "files")
@@ -238,11 +201,16 @@ def import_adapter(
     home: Path, models_dir: Path, work: Path, name: str, seed: int, **lora
 ) -> subprocess.CompletedProcess:
     folder = make_adapter(models_dir / MODEL, work / name, seed, **lora)
-    return synthd(home, models_dir, "models", "import", str(folder), "--base", MODEL, "--name", name)
+    return synthd("models", "import", str(folder), "--base", MODEL, "--name", name, env=server_env(home, models_dir))
 
 
-def test_delete_racing_with_requests(fp32_server: ServerProcess, home: Path, models_dir: Path, tmp_path: Path) -> None:
+def test_delete_racing_with_requests(
+    fp32_server: ServerProcess, home: Path, models_dir: Path, tmp_path: Path, reference
+) -> None:
+    """Chats racing a delete get the adapter's own answer or a 404, never the base's or a mix."""
     assert import_adapter(home, models_dir, tmp_path, "racer", 5).returncode == 0
+    expected = reference(tmp_path / "racer", max_new_tokens=12)
+    assert expected != reference(None, max_new_tokens=12)
     model_id = f"ft:{MODEL}:racer"
 
     async def race() -> tuple[list, int]:
@@ -258,7 +226,7 @@ def test_delete_racing_with_requests(fp32_server: ServerProcess, home: Path, mod
     for answer in answers:
         assert answer.status_code in (200, 404), answer.text
         if answer.status_code == 200:
-            assert answer.json()["choices"][0]["message"]["content"]
+            assert answer.json()["choices"][0]["message"]["content"] == expected
     assert (
         httpx.post(
             f"{fp32_server.base_url}/chat/completions", json={"model": model_id, "messages": PROMPT, "max_tokens": 2}

@@ -19,7 +19,6 @@ from collections import Counter
 
 import pytest
 import schemathesis
-from conftest import MODEL, server_env
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import CheckContext, not_a_server_error
@@ -32,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from synthd.server_process import ServerProcess
+from tests.support.server import MODEL, server_env
 
 KEY = "fuzz-admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -1,24 +1,10 @@
 """The synthd command line, run as a user would (subprocesses)."""
 
 import json
-import os
-import subprocess
-import sys
-
-from conftest import MODEL
 
 from synthd.server_process import ServerProcess, free_port
-
-
-def synthd(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "synthd.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        input=input,
-        timeout=300,
-    )
+from tests.support.cli import synthd
+from tests.support.server import MODEL
 
 
 def test_chat_one_shot_streams_answer(server: ServerProcess) -> None:

@@ -1,7 +1,7 @@
 """The eval checkers, the code sandbox's audit-hook guard and battery loading; no server, no model.
 
 Code runs under bubblewrap where it can run, else under the guard alone (``unsafe_sandbox``): these
-tests are about the checkers and the guard; tests/test_sandbox.py covers bubblewrap."""
+tests are about the checkers and the guard; tests/unit/test_sandbox.py covers bubblewrap."""
 
 import json
 import time

@@ -8,19 +8,14 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import MODEL, server_env
-from test_projects import create_key
 
 from synthd.server_process import ServerProcess
+from tests.support.cli import create_key
+from tests.support.server import MODEL, server_env
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 ENDED = ("completed", "failed", "cancelled", "expired")
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("batches-home")
 
 
 @pytest.fixture(scope="module")

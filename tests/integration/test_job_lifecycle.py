@@ -12,11 +12,12 @@ from pathlib import Path
 
 import httpx
 import openai
-from conftest import ENDED, MODEL, server_env, wait_for
 
 from synthd.server_process import ServerProcess
+from tests.support.jobs import ENDED, wait_for
+from tests.support.server import MODEL, server_env
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SMALL = b"".join((EXAMPLES / "sft_facts.jsonl").read_bytes().splitlines(keepends=True)[:3])
 """Three examples: each optimizer step is small (these tests are about processes, not learning)."""
 
@@ -167,7 +168,9 @@ def test_killed_worker_fails_its_job_with_the_reason(models_dir: Path, tmp_path:
         done = wait_for(client, job.id, timeout_s=60)
         assert done.status == "failed" and done.error.code == "worker_crashed"
         assert "killed by signal SIGKILL" in done.error.message
-        assert done.fine_tuned_model is None and client.models.list().data is not None
+        assert done.fine_tuned_model is None
+        listed = [m.id for m in client.models.list().data]  # the server serves on, without the job's model
+        assert MODEL in listed and not [m for m in listed if job.id in m]
     finally:
         server.stop()
 

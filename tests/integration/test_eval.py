@@ -2,19 +2,17 @@
 (exact report numbers) and against a live synthd server with the embedded model."""
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from synthd.evals.battery import BUILTIN_BATTERY
 from synthd.evals.checkers import check_answer
-from tests.conftest import MODEL
 from tests.fakes import openai_server
 from tests.fakes.script import Reply
+from tests.support.cli import synthd
+from tests.support.server import MODEL
 
 CASES = [
     {"id": "m-right", "category": "math", "prompt": "What is 6*7?", "check": {"kind": "math", "answer": 42}},
@@ -54,24 +52,15 @@ ANSWERS = {
 }
 
 
-def synthd_eval(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "synthd.cli", "eval", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=600,
-    )
-
-
 def test_report_numbers_against_scripted_openai_answers(fakes, tmp_path: Path) -> None:
     battery = tmp_path / "battery.jsonl"
     battery.write_text("\n".join(json.dumps(case) for case in CASES) + "\n")
     for part, reply in ANSWERS.items():
         fakes["openai"].script.answer(part, reply)
     out = tmp_path / "out"
-    # --unsafe-sandbox only matters where bubblewrap cannot run (tests/test_sandbox.py covers it).
-    result = synthd_eval(
+    # --unsafe-sandbox only matters where bubblewrap cannot run (tests/unit/test_sandbox.py covers it).
+    result = synthd(
+        "eval",
         "--models",
         "gpt-4o-mini,claude-3-haiku-20240307",
         "--battery",
@@ -135,7 +124,8 @@ def test_report_numbers_against_scripted_openai_answers(fakes, tmp_path: Path) -
 
 def test_live_synthd_run_reports_what_the_checkers_say(server, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = synthd_eval(
+    result = synthd(
+        "eval",
         "--categories",
         "math,reasoning",
         "--max-tokens",
@@ -191,7 +181,7 @@ def test_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path) ->
     math_only.write_text(json.dumps(CASES[0]) + "\n")
     args = [str(math_only) if arg == "MATH_ONLY" else arg for arg in args]
     out = [] if "--out" in args else ["--out", str(tmp_path / "out")]
-    result = synthd_eval(*args, *out, env={"OPENAI_API_KEY": ""})
+    result = synthd("eval", *args, *out, env={"OPENAI_API_KEY": ""})
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()
     assert len(last) == 1 and last[0].startswith("error: ") and message in last[0]
@@ -208,7 +198,7 @@ def test_coding_cases_need_bubblewrap_or_unsafe_sandbox(fakes, tmp_path: Path) -
     }
     common = ["--models", "gpt-4o-mini", "--battery", str(battery), "--out", str(tmp_path / "out")]
 
-    refused = synthd_eval(*common, env=env)
+    refused = synthd("eval", *common, env=env)
     assert refused.returncode == 1 and fakes["openai"].script.requests == []
     assert refused.stderr.strip().splitlines() == [
         (
@@ -218,7 +208,7 @@ def test_coding_cases_need_bubblewrap_or_unsafe_sandbox(fakes, tmp_path: Path) -
         )
     ]
 
-    unsafe = synthd_eval(*common, "--unsafe-sandbox", env=env)
+    unsafe = synthd("eval", *common, "--unsafe-sandbox", env=env)
     assert unsafe.returncode == 0, unsafe.stderr
     assert (
         "warning: --unsafe-sandbox: coding answers run under the audit-hook guard alone, without bubblewrap "
@@ -228,7 +218,7 @@ def test_coding_cases_need_bubblewrap_or_unsafe_sandbox(fakes, tmp_path: Path) -
     coding = [a for a in report["attempts"] if a["category"] == "coding"]
     assert [(a["case_id"], a["status"], a["reason"]) for a in coding] == [("c-right", "passed", "all tests passed")]
 
-    math_only = synthd_eval(*common, "--categories", "math", env=env)
+    math_only = synthd("eval", *common, "--categories", "math", env=env)
     assert math_only.returncode == 0 and "warning" not in math_only.stdout
 
 
@@ -264,7 +254,8 @@ def test_keys_are_redacted_from_reasons(fakes, tmp_path: Path) -> None:
         ),
     )
     out = tmp_path / "out"
-    result = synthd_eval(
+    result = synthd(
+        "eval",
         "--models",
         "gpt-4o-mini",
         "--battery",

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import MODEL, server_env
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from synthd.server_process import ServerProcess
+from tests.support.server import MODEL, server_env
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps calling Google services, which floods a closed network.
@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 API_KEY = "sk-console-test"

@@ -2,25 +2,14 @@
 (cold and warm requests apart, the server's prefix-cache counters), goodput, and bad options."""
 
 import json
-import subprocess
-import sys
 
-import httpx
 import openai
 import pytest
-from conftest import MODEL
 
 from synthd.bench.runner import PROMPTS, BenchConfig, Goodput, RequestTiming, build_prompts
 from synthd.server_process import ServerProcess
-
-
-def synthd(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "synthd.cli", *args], capture_output=True, text=True, timeout=600)
-
-
-def counter(server: ServerProcess, name: str) -> float:
-    text = httpx.get(f"{server.root_url}/metrics").text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+from tests.support.cli import synthd
+from tests.support.server import MODEL, metric
 
 
 def test_request_rate_with_goodput(server: ServerProcess, tmp_path) -> None:
@@ -79,8 +68,8 @@ def test_shared_prefix_reports_cold_and_warm_and_hits_the_prefix_cache(
         model=MODEL, messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=1
     ).usage.prompt_tokens  # bench sends it first, to check the server
     hits, queries = (
-        counter(server, "synthd:prefix_cache_hits_total"),
-        counter(server, "synthd:prefix_cache_queries_total"),
+        metric(server, "synthd:prefix_cache_hits_total"),
+        metric(server, "synthd:prefix_cache_queries_total"),
     )
     result = synthd(
         "bench",
@@ -105,8 +94,8 @@ def test_shared_prefix_reports_cold_and_warm_and_hits_the_prefix_cache(
     row = json.loads(out.read_text())[0]
     assert row["dataset"] == "shared-prefix" and row["completed"] == 4 and row["prompt_tokens_mean"] > 300
     assert row["ttft_cold_s"]["p50"] > 0 and row["ttft_warm_s"]["p50"] > 0
-    assert counter(server, "synthd:prefix_cache_hits_total") - hits >= 2 * 300  # two warm requests reused it
-    assert counter(server, "synthd:prefix_cache_queries_total") - queries == probe + 4 * row["prompt_tokens_mean"]
+    assert metric(server, "synthd:prefix_cache_hits_total") - hits >= 2 * 300  # two warm requests reused it
+    assert metric(server, "synthd:prefix_cache_queries_total") - queries == probe + 4 * row["prompt_tokens_mean"]
 
 
 def test_shared_prefix_prompts_pair_up_and_are_new_each_run() -> None:

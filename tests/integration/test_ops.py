@@ -1,19 +1,11 @@
 """Health, readiness, Prometheus metrics and client disconnects."""
 
-import re
 import time
 
 import httpx
-from conftest import MODEL
 
 from synthd.server_process import ServerProcess
-
-
-def metric(server: ServerProcess, name: str, labels: str = "") -> float:
-    text = httpx.get(server.root_url + "/metrics").text
-    pattern = rf"^{re.escape(name)}\{{[^}}]*{re.escape(labels)}[^}}]*\}} ([0-9.e+-]+)$"
-    values = [float(v) for v in re.findall(pattern, text, flags=re.MULTILINE)]
-    return sum(values)
+from tests.support.server import MODEL, metric
 
 
 def test_health_and_ready(server: ServerProcess) -> None:
@@ -24,17 +16,17 @@ def test_health_and_ready(server: ServerProcess) -> None:
 
 
 def test_metrics_count_requests_tokens_and_latencies(server: ServerProcess) -> None:
-    before_ok = metric(server, "synthd:requests_total", 'status="200"')
-    before_404 = metric(server, "synthd:requests_total", 'status="404"')
-    before_tokens = metric(server, "synthd:generation_tokens_total", f'model_name="{MODEL}"')
-    before_ttft = metric(server, "synthd:time_to_first_token_seconds_count", f'model_name="{MODEL}"')
+    before_ok = metric(server, "synthd:requests_total", status="200")
+    before_404 = metric(server, "synthd:requests_total", status="404")
+    before_tokens = metric(server, "synthd:generation_tokens_total", model_name=MODEL)
+    before_ttft = metric(server, "synthd:time_to_first_token_seconds_count", model_name=MODEL)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "ignore_eos": True}
     assert httpx.post(server.base_url + "/chat/completions", json=body, timeout=60).status_code == 200
     assert httpx.post(server.base_url + "/chat/completions", json={**body, "model": "nope"}).status_code == 404
-    assert metric(server, "synthd:requests_total", 'status="200"') == before_ok + 1
-    assert metric(server, "synthd:requests_total", 'status="404"') == before_404 + 1
-    assert metric(server, "synthd:generation_tokens_total", f'model_name="{MODEL}"') == before_tokens + 5
-    assert metric(server, "synthd:time_to_first_token_seconds_count", f'model_name="{MODEL}"') == before_ttft + 1
+    assert metric(server, "synthd:requests_total", status="200") == before_ok + 1
+    assert metric(server, "synthd:requests_total", status="404") == before_404 + 1
+    assert metric(server, "synthd:generation_tokens_total", model_name=MODEL) == before_tokens + 5
+    assert metric(server, "synthd:time_to_first_token_seconds_count", model_name=MODEL) == before_ttft + 1
     text = httpx.get(server.root_url + "/metrics").text
     for name in (
         "synthd:time_per_output_token_seconds_bucket",
@@ -48,7 +40,7 @@ def test_metrics_count_requests_tokens_and_latencies(server: ServerProcess) -> N
 
 
 def test_client_disconnect_stops_its_generation(server: ServerProcess) -> None:
-    aborted = metric(server, "synthd:request_success_total", 'finished_reason="abort"')
+    aborted = metric(server, "synthd:request_success_total", finished_reason="abort")
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Tell a very long story."}],
@@ -64,14 +56,14 @@ def test_client_disconnect_stops_its_generation(server: ServerProcess) -> None:
     while time.monotonic() < deadline and metric(server, "synthd:num_requests_running") > 0:
         time.sleep(0.2)
     assert metric(server, "synthd:num_requests_running") == 0
-    assert metric(server, "synthd:request_success_total", 'finished_reason="abort"') == aborted + 1
+    assert metric(server, "synthd:request_success_total", finished_reason="abort") == aborted + 1
     tokens = metric(server, "synthd:generation_tokens_total")
     time.sleep(1.0)
     assert metric(server, "synthd:generation_tokens_total") == tokens
 
 
 def test_non_streamed_disconnect_also_stops(server: ServerProcess) -> None:
-    aborted = metric(server, "synthd:request_success_total", 'finished_reason="abort"')
+    aborted = metric(server, "synthd:request_success_total", finished_reason="abort")
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Tell a very long story."}],
@@ -86,4 +78,4 @@ def test_non_streamed_disconnect_also_stops(server: ServerProcess) -> None:
     while time.monotonic() < deadline and metric(server, "synthd:num_requests_running") > 0:
         time.sleep(0.2)
     assert metric(server, "synthd:num_requests_running") == 0
-    assert metric(server, "synthd:request_success_total", 'finished_reason="abort"') == aborted + 1
+    assert metric(server, "synthd:request_success_total", finished_reason="abort") == aborted + 1

@@ -11,16 +11,12 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import ENDED, MODEL, server_env, wait_for
 
 from synthd.server_process import ServerProcess
+from tests.support.jobs import ENDED, wait_for
+from tests.support.server import MODEL, server_env
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("platform-home")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")

@@ -4,19 +4,18 @@ serve` refuses to listen beyond loopback without a key. Raw sockets show what th
 while the rest of a declared body was never sent."""
 
 import http.client
-import os
 import select
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import MODEL, server_env
 
 from synthd.server_process import ServerProcess, free_port
+from tests.support.cli import synthd
+from tests.support.server import MODEL, server_env
 
 ADMIN_KEY = "admin-key-for-tests"
 BODY_CAP = 1024 * 1024
@@ -141,15 +140,7 @@ def test_every_route_but_health_and_console_pages_needs_a_key(keyed: ServerProce
 
 
 def serve_cli(home: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **server_env(home, models_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "synthd.cli", "serve", "--port", str(free_port()), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return synthd("serve", "--port", str(free_port()), *args, env=server_env(home, models_dir), timeout_s=120)
 
 
 def test_non_loopback_bind_refused_without_a_key(models_dir: Path, tmp_path: Path) -> None:

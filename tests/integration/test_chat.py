@@ -5,7 +5,8 @@ import json
 
 import openai
 import pytest
-from conftest import MODEL
+
+from tests.support.server import MODEL
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -123,9 +124,20 @@ def test_n_gives_independent_choices_and_seed_reproduces(client: openai.OpenAI) 
     assert exact.usage.completion_tokens == 2 * 24
 
 
-def test_n_streamed_interleaves_indices(client: openai.OpenAI) -> None:
-    _, _, chunks = streamed_text(client, n=2, temperature=0.8, seed=3, max_tokens=10)
-    assert {c.choices[0].index for c in chunks if c.choices} == {0, 1}
+def test_n_streamed_assembles_to_the_non_streamed_choices(client: openai.OpenAI) -> None:
+    """Each index's deltas put together are that choice's text and finish reason when not streamed
+    with the same seed, and the streamed usage is the non-streamed one."""
+    sampling = {"n": 2, "temperature": 0.8, "seed": 3, "max_tokens": 10}
+    whole = chat(client, **sampling)
+    chunks = list(chat(client, stream=True, stream_options={"include_usage": True}, **sampling))
+    texts, finishes = ["", ""], [None, None]
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            finishes[choice.index] = choice.finish_reason or finishes[choice.index]
+    assert texts == [c.message.content for c in whole.choices]
+    assert finishes == [c.finish_reason for c in whole.choices]
+    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
 
 
 def test_usage_matches_tokenizer(client: openai.OpenAI, tokenizer) -> None:

@@ -1,7 +1,8 @@
 """Text completions, streaming included, through the official SDK."""
 
 import openai
-from conftest import MODEL
+
+from tests.support.server import MODEL
 
 
 def test_completion_text_usage_and_stream_equality(client: openai.OpenAI, tokenizer) -> None:

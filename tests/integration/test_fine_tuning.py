@@ -1,6 +1,7 @@
 """Files and fine-tuning jobs through the official openai SDK, with real (tiny) training."""
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -8,46 +9,17 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import MODEL, server_env
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from synthd.server_process import ServerProcess
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-@pytest.fixture(scope="module")
-def ft_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ft-home")
-
-
-@pytest.fixture(scope="module")
-def ft_server(models_dir: Path, ft_home: Path) -> ServerProcess:
-    home = ft_home
-    env = server_env(home, models_dir, SYNTHD_MAX_FILE_BYTES="200000")
-    with ServerProcess(log_path=home / "server.log", env=env) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def ft_client(ft_server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=ft_server.base_url, api_key="unused", max_retries=0, timeout=60)
+from tests.support.cli import synthd
+from tests.support.jobs import EXAMPLES, ExampleJob, wait_for
+from tests.support.server import MODEL
 
 
 def upload(client: openai.OpenAI, content: bytes | Path, purpose: str = "fine-tune", name: str = "data.jsonl") -> str:
     data = content.read_bytes() if isinstance(content, Path) else content
     return client.files.create(file=(name, data), purpose=purpose).id
-
-
-def wait_for(client: openai.OpenAI, job_id: str, statuses=TERMINAL, timeout_s: float = 1500):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in statuses:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")
 
 
 @pytest.fixture(scope="module")
@@ -98,26 +70,16 @@ def ft_server_home(server: ServerProcess) -> Path:
 
 
 @pytest.mark.timeout(1800)  # 18 real training steps: minutes on a quiet machine, more on a loaded one
-def test_sft_teaches_facts(ft_client: openai.OpenAI, ft_home: Path, base) -> None:
+def test_sft_teaches_facts(ft_client: openai.OpenAI, sft_facts_job: ExampleJob, base) -> None:
     from peft import PeftModel
 
     model, tokenizer = base
     heldout = [json.loads(line) for line in (EXAMPLES / "sft_facts_heldout.jsonl").read_text().splitlines()]
     before = [answer(model, tokenizer, h["question"]) for h in heldout]
     assert not any(h["answer"] in b for h, b in zip(heldout, before)), before
-    job = ft_client.fine_tuning.jobs.create(
-        model=MODEL,
-        training_file=upload(ft_client, EXAMPLES / "sft_facts.jsonl"),
-        suffix="facts",
-        seed=7,
-        method={
-            "type": "supervised",
-            "supervised": {"hyperparameters": {"n_epochs": 6, "batch_size": 5, "learning_rate_multiplier": 10}},
-        },
-        metadata={"purpose": "test"},
-    )
+    job = sft_facts_job.created
     assert job.status == "validating_files" and job.metadata == {"purpose": "test"}
-    done = wait_for(ft_client, job.id)
+    done = wait_for(ft_client, job.id, timeout_s=1500)
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model == f"ft:{MODEL}:facts:{job.id}"
     assert done.trained_tokens > 0 and done.finished_at >= done.created_at
@@ -134,7 +96,7 @@ def test_sft_teaches_facts(ft_client: openai.OpenAI, ft_home: Path, base) -> Non
     assert checkpoints[0].metrics.train_loss < checkpoints[-1].metrics.train_loss
     listed = ft_client.fine_tuning.jobs.list(limit=50).data
     assert job.id in [j.id for j in listed]
-    adapter_dir = ft_home / "adapters" / job.id
+    adapter_dir = sft_facts_job.adapter_dir
     assert (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "adapter_model.safetensors").is_file()
     tuned = PeftModel.from_pretrained(model, adapter_dir).eval()
     try:
@@ -167,26 +129,16 @@ def margin(model, tokenizer, pairs: list[dict]) -> float:
 
 
 @pytest.mark.timeout(1800)
-def test_dpo_raises_preference_margin(ft_client: openai.OpenAI, ft_home: Path, base) -> None:
+def test_dpo_raises_preference_margin(ft_client: openai.OpenAI, dpo_style_job: ExampleJob, base) -> None:
     from peft import PeftModel
 
     model, tokenizer = base
     heldout = [json.loads(line) for line in (EXAMPLES / "dpo_style_heldout.jsonl").read_text().splitlines()]
     before = margin(model, tokenizer, heldout)
-    job = ft_client.fine_tuning.jobs.create(
-        model=MODEL,
-        training_file=upload(ft_client, EXAMPLES / "dpo_style.jsonl"),
-        suffix="style",
-        seed=3,
-        method={
-            "type": "dpo",
-            "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "beta": 0.1, "learning_rate_multiplier": 5}},
-        },
-    )
-    done = wait_for(ft_client, job.id)
+    done = wait_for(ft_client, dpo_style_job.created.id, timeout_s=1500)
     assert done.status == "succeeded", done.error
     assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.1
-    tuned = PeftModel.from_pretrained(model, ft_home / "adapters" / job.id).eval()
+    tuned = PeftModel.from_pretrained(model, dpo_style_job.adapter_dir).eval()
     try:
         after = margin(tuned, tokenizer, heldout)
     finally:
@@ -270,21 +222,21 @@ def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
     good = upload(ft_client, EXAMPLES / "sft_facts.jsonl")
     wrong_purpose = upload(ft_client, EXAMPLES / "sft_facts.jsonl", purpose="assistants")
     cases = [
-        (dict(model=MODEL, training_file="file-does-not-exist"), "training_file"),
-        (dict(model=MODEL, training_file=wrong_purpose), "training_file"),
-        (dict(model="no-such-base-model", training_file=good), "model"),
-        (dict(model=MODEL, training_file=good, extra_body={"gpu_preference": "H100:3"}), "gpu_preference"),
-        (dict(model=MODEL, training_file=good, method={"type": "ppo"}), "method.type"),
-        (dict(model=MODEL, training_file=good, hyperparameters={"n_epochs": 0}), "hyperparameters.n_epochs"),
-        (dict(model=MODEL, training_file=good, seed=2**63), "seed"),
-        (dict(model=MODEL, training_file=good, suffix="a:b"), "suffix"),
-        (dict(model=MODEL, training_file=good, method={"type": "dpo", "supervised": {}}), "method"),
-        (dict(model=MODEL, training_file=good, extra_body={"lora": {"r": 10**9}}), "lora.r"),
+        ({"model": MODEL, "training_file": "file-does-not-exist"}, "training_file"),
+        ({"model": MODEL, "training_file": wrong_purpose}, "training_file"),
+        ({"model": "no-such-base-model", "training_file": good}, "model"),
+        ({"model": MODEL, "training_file": good, "extra_body": {"gpu_preference": "H100:3"}}, "gpu_preference"),
+        ({"model": MODEL, "training_file": good, "method": {"type": "ppo"}}, "method.type"),
+        ({"model": MODEL, "training_file": good, "hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        ({"model": MODEL, "training_file": good, "seed": 2**63}, "seed"),
+        ({"model": MODEL, "training_file": good, "suffix": "a:b"}, "suffix"),
+        ({"model": MODEL, "training_file": good, "method": {"type": "dpo", "supervised": {}}}, "method"),
+        ({"model": MODEL, "training_file": good, "extra_body": {"lora": {"r": 10**9}}}, "lora.r"),
         (
-            dict(model=MODEL, training_file=good, extra_body={"lora": {"target_modules": ["q_proj", "nope"]}}),
+            {"model": MODEL, "training_file": good, "extra_body": {"lora": {"target_modules": ["q_proj", "nope"]}}},
             "lora.target_modules",
         ),  # accepted before, then failed in training
-        (dict(model=MODEL, training_file=good, hyperparameters={"n_epochs": True}), "hyperparameters.n_epochs"),
+        ({"model": MODEL, "training_file": good, "hyperparameters": {"n_epochs": True}}, "hyperparameters.n_epochs"),
     ]
     for kwargs, param in cases:
         with pytest.raises(openai.BadRequestError) as info:
@@ -315,7 +267,7 @@ def test_older_and_synth_forms_and_listing(ft_client: openai.OpenAI) -> None:
     )
     assert synth.method.type == "dpo" and synth.model_extra["lora"]["r"] == 4
     ft_client.fine_tuning.jobs.cancel(synth.id)
-    assert wait_for(ft_client, synth.id).status == "cancelled"
+    assert wait_for(ft_client, synth.id, timeout_s=1500).status == "cancelled"
     first = ft_client.fine_tuning.jobs.list(limit=1)
     assert len(first.data) == 1 and first.has_more
     second = ft_client.fine_tuning.jobs.list(limit=1, after=first.data[0].id)
@@ -347,20 +299,12 @@ def test_cancel_mid_run(ft_client: openai.OpenAI) -> None:
 
 
 def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:
-    import subprocess
-    import sys
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return synthd(*args, "--base-url", ft_server.base_url)
 
-    def synthd(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "synthd.cli", *args, "--base-url", ft_server.base_url],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-
-    uploaded = synthd("files", "upload", str(EXAMPLES / "sft_facts.jsonl"))
+    uploaded = cli("files", "upload", str(EXAMPLES / "sft_facts.jsonl"))
     assert uploaded.returncode == 0 and uploaded.stdout.startswith("file-")
-    created = synthd(
+    created = cli(
         "ft",
         "create",
         "--training-file",
@@ -376,10 +320,10 @@ def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:
     assert created.returncode == 0, created.stderr
     assert "succeeded: ft:SmolLM2-135M-Instruct:cli:ftjob-" in created.stdout
     job_id = created.stdout.split()[0]
-    assert job_id in synthd("ft", "list").stdout
-    assert "The job has successfully completed" in synthd("ft", "events", job_id, "--limit", "50").stdout
-    assert json.loads(synthd("ft", "get", job_id).stdout)["status"] == "succeeded"
-    refused = synthd("ft", "cancel", job_id)
+    assert job_id in cli("ft", "list").stdout
+    assert "The job has successfully completed" in cli("ft", "events", job_id, "--limit", "50").stdout
+    assert json.loads(cli("ft", "get", job_id).stdout)["status"] == "succeeded"
+    refused = cli("ft", "cancel", job_id)
     assert refused.returncode == 1 and "already succeeded" in refused.stderr
-    bad = synthd("ft", "create", "--training-file", "file-nope")
+    bad = cli("ft", "create", "--training-file", "file-nope")
     assert bad.returncode == 1 and bad.stderr.startswith("error: 400")

@@ -8,8 +8,6 @@ the machine is shared with other test runs and it would kill their workers.
 """
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,15 +22,16 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: 'make setup' installs it (pip install -e '.[test,ray]')")
 
-from conftest import MODEL, server_env
 from ray._private.state import available_resources_per_node
 from ray.cluster_utils import Cluster
 
 from synthd.cluster.inventory import NODE_NAME_LABEL
 from synthd.cluster.replica import ADAPTER_CACHE
 from synthd.server_process import ServerProcess
+from tests.support.cli import synthd
+from tests.support.server import MODEL, metric, server_env
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 COPY = "smol-copy"
 MB = 1024**2
 NODE = {"object_store_memory": 80 * MB, "memory": 4 * 1024**3, "num_cpus": 2}
@@ -93,11 +92,6 @@ def models(models_dir: Path, tmp_path_factory) -> Path:
     for item in (models_dir / MODEL).iterdir():
         (directory / COPY / item.name).symlink_to(item)
     return directory
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cluster-home")
 
 
 @pytest.fixture(scope="module")
@@ -170,13 +164,7 @@ def test_inventory_is_the_clusters_nodes(server: ServerProcess, ray_cluster: Loc
     keys = [d["key"] for d in report["inventory"] if d["node"] == "h100-node"]
     assert keys == [f"h100-node/H100#{i}" for i in range(8)]
     assert not any(d["remote"] for d in report["inventory"])
-    cli = subprocess.run(
-        [sys.executable, "-m", "synthd.cli", "gpus", "--json", "--ray-address", ray_cluster.address],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    cli = synthd("gpus", "--json", "--ray-address", ray_cluster.address, timeout_s=120)
     assert cli.returncode == 0, cli.stderr
     listed = {(n["node"], n["type"]): n for n in json.loads(cli.stdout)["nodes"]}
     assert listed["a100-node", "A100-40GB"]["devices"] == 2 and listed["h100-node", "H100"]["devices"] == 8
@@ -252,13 +240,6 @@ def test_fallback_when_the_h100s_are_busy(server: ServerProcess) -> None:
     assert busy.status_code == 503 and busy.json()["error"]["code"] == "gpu_busy" and "Retry-After" in busy.headers
 
 
-def metric(server: ServerProcess, name: str, model: str = MODEL) -> float:
-    for line in httpx.get(server.root_url + "/metrics").text.splitlines():
-        if line.startswith(f'{name}{{model_name="{model}"}}'):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def test_scale_out_under_load_then_back_to_zero(server: ServerProcess) -> None:
     """Three long streams on ``H100`` (one GPU): the group grows to its maximum of 2 replicas, a new
     request goes to the idle one, closing the streams aborts them on the replica, and once idle for
@@ -293,13 +274,19 @@ def test_scale_out_under_load_then_back_to_zero(server: ServerProcess) -> None:
             "scaled out to 2 warmed replicas",
         )
         assert all(r.startswith("H100@h100-node/") for r in group) and len(set(group)) == 2
-        wait_until(lambda: metric(server, "synthd:num_requests_running") == 3, 30, "3 running on the replicas")
+        wait_until(
+            lambda: metric(server, "synthd:num_requests_running", model_name=MODEL) == 3,
+            30,
+            "3 running on the replicas",
+        )
         idle = chat(server, "H100")  # the least loaded replica takes it
         assert idle.status_code == 200
         release.set()
         served = {s.result() for s in streams}
     assert {*served, idle.headers["X-GPU-Selected"]} == {r.removesuffix(" (warmed)") for r in group}
-    wait_until(lambda: metric(server, "synthd:num_requests_running") == 0, 30, "aborted on the replicas")
+    wait_until(
+        lambda: metric(server, "synthd:num_requests_running", model_name=MODEL) == 0, 30, "aborted on the replicas"
+    )
     wait_until(lambda: not replicas(server), 90, "scaled to zero")
     assert wait_until(lambda: free_gpus("h100-node") == 8, 30, "every H100 back with Ray")
     assert wait_until(lambda: not actors("synthd-replica-"), 30, "no replica actor left")

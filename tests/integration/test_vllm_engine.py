@@ -3,11 +3,7 @@ a bad adapter fails only its own request, a dead EngineCore is restarted, vLLM's
 ``/metrics`` under synthd's names, and stopping the server leaves none of vLLM's processes."""
 
 import asyncio
-import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,12 +11,11 @@ import httpx
 import openai
 import psutil
 import pytest
-import torch
-from conftest import MODEL, server_env
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from synthd.server_process import ServerProcess
+from tests.support.adapters import make_adapter
+from tests.support.cli import synthd
+from tests.support.server import MODEL, metric, server_env
 
 pytestmark = pytest.mark.vllm_only("vLLM's processes, LoRA slots and restarts")
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -30,17 +25,6 @@ def engine_processes(server: ServerProcess) -> list[psutil.Process]:
     """vLLM's EngineCore and worker processes under the server."""
     children = psutil.Process(server.process.pid).children(recursive=True)
     return [p for p in children if p.name().startswith("VLLM::")]
-
-
-def metric(server: ServerProcess, name: str) -> float:
-    text = httpx.get(server.root_url + "/metrics").text
-    pattern = re.compile(rf'^synthd:{re.escape(name)}\{{[^}}]*model_name="{re.escape(MODEL)}"[^}}]*\}} (\S+)$', re.MULTILINE)
-    return sum(float(v) for v in pattern.findall(text))
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("vllm-home")
 
 
 @pytest.fixture(scope="module")
@@ -59,40 +43,25 @@ def ask(server: ServerProcess, **extra) -> httpx.Response:
 
 def test_stats_reach_metrics_under_synthd_names(server: ServerProcess) -> None:
     long_prompt = [{"role": "user", "content": "Summarise: " + "the quick brown fox jumps over the lazy dog " * 40}]
-    queries, hits = metric(server, "prefix_cache_queries_total"), metric(server, "prefix_cache_hits_total")
+    queries, hits = (
+        metric(server, "synthd:prefix_cache_queries_total", model_name=MODEL),
+        metric(server, "synthd:prefix_cache_hits_total", model_name=MODEL),
+    )
     answers = [ask(server, messages=long_prompt, max_tokens=2) for _ in range(2)]
     assert [a.status_code for a in answers] == [200, 200]
     prompt_tokens = answers[0].json()["usage"]["prompt_tokens"]
     assert prompt_tokens > 256
-    assert metric(server, "prefix_cache_queries_total") - queries >= 2 * prompt_tokens
+    assert metric(server, "synthd:prefix_cache_queries_total", model_name=MODEL) - queries >= 2 * prompt_tokens
     # The second prompt reuses the first one's full 128-token blocks (vLLM-CPU's block size).
-    assert metric(server, "prefix_cache_hits_total") - hits >= 128 * (prompt_tokens // 128)
+    assert metric(server, "synthd:prefix_cache_hits_total", model_name=MODEL) - hits >= 128 * (prompt_tokens // 128)
 
 
 def test_adapter_above_the_reserved_rank_fails_alone(
     server: ServerProcess, home: Path, models_dir: Path, tmp_path: Path
 ) -> None:
-    torch.manual_seed(3)
-    base = AutoModelForCausalLM.from_pretrained(models_dir / MODEL, dtype=torch.float32)
-    config = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(tmp_path / "wide")
-    imported = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "synthd.cli",
-            "models",
-            "import",
-            str(tmp_path / "wide"),
-            "--base",
-            MODEL,
-            "--name",
-            "wide",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **server_env(home, models_dir)},
+    wide = make_adapter(models_dir / MODEL, tmp_path / "wide", 3, r=32)
+    imported = synthd(
+        "models", "import", str(wide), "--base", MODEL, "--name", "wide", env=server_env(home, models_dir)
     )
     assert imported.returncode == 0, imported.stderr
     cores = {p.pid for p in engine_processes(server)}

@@ -4,21 +4,19 @@ private to the creating project (404 and absent from lists elsewhere), visible t
 rate limits with OpenAI's headers; no provider key in a training worker's environment."""
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import MODEL, server_env
 
 from synthd.server_process import ServerProcess
+from tests.support.cli import create_key, synthd
+from tests.support.server import MODEL, server_env
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SERVER_SECRETS = {
     "OPENAI_API_KEY": "sk-test-openai-0123456789abcdef",
     "ANTHROPIC_API_KEY": "sk-ant-test-0123456789",
@@ -26,29 +24,6 @@ SERVER_SECRETS = {
     "SYNTH_API_KEY": "admin-key-from-the-environment",
 }
 HI = [{"role": "user", "content": "Hi"}]
-
-
-def keys_cli(home: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **server_env(home, models_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "synthd.cli", "keys", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def create_key(home: Path, models_dir: Path, *args: str) -> str:
-    result = keys_cli(home, models_dir, "create", *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("projects")
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +51,8 @@ def sdk(server: ServerProcess, key: str) -> openai.OpenAI:
 
 def test_keys_are_stored_hashed_and_listed_without_secrets(home: Path, models_dir: Path, keys: dict[str, str]) -> None:
     database = (home / "synthd.db").read_bytes()
-    listing = keys_cli(home, models_dir, "list").stdout
-    rows = json.loads(keys_cli(home, models_dir, "list", "--json").stdout)
+    listing = synthd("keys", "list", env=server_env(home, models_dir)).stdout
+    rows = json.loads(synthd("keys", "list", "--json", env=server_env(home, models_dir)).stdout)
     for secret in keys.values():
         assert secret.startswith("sk-synthd-") and len(secret) > 40
         assert secret.encode() not in database and secret not in listing
@@ -93,14 +68,16 @@ def test_keys_created_and_revoked_while_the_server_runs(server: ServerProcess, h
     key = create_key(home, models_dir, "--project", "gamma")
     assert MODEL in [m.id for m in sdk(server, key).models.list().data]
     key_id = next(
-        r["id"] for r in json.loads(keys_cli(home, models_dir, "list", "--json").stdout) if r["project"] == "gamma"
+        r["id"]
+        for r in json.loads(synthd("keys", "list", "--json", env=server_env(home, models_dir)).stdout)
+        if r["project"] == "gamma"
     )
-    revoked = keys_cli(home, models_dir, "revoke", key_id)
+    revoked = synthd("keys", "revoke", key_id, env=server_env(home, models_dir))
     assert revoked.returncode == 0 and key_id in revoked.stdout
     with pytest.raises(openai.AuthenticationError) as info:
         sdk(server, key).models.list()
     assert info.value.code == "invalid_api_key"
-    unknown = keys_cli(home, models_dir, "revoke", "key-unknown")
+    unknown = synthd("keys", "revoke", "key-unknown", env=server_env(home, models_dir))
     assert unknown.returncode == 1 and "No API key with id 'key-unknown'" in unknown.stderr
 
 

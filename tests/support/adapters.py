@@ -1,0 +1,45 @@
+"""LoRA adapters made with PEFT, and PEFT's own greedy replies: the reference served adapters must equal."""
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.support.server import MODEL
+
+PROMPT = [{"role": "user", "content": "What is the capital of Zorbania?"}]
+
+
+def make_adapter(base_dir: Path, out: Path, seed: int, **lora) -> Path:
+    """A random (not zero) rank-8 LoRA on ``q_proj``/``v_proj`` of the model in ``base_dir``, saved
+    to ``out``; ``seed`` fixes its weights, ``lora`` overrides :class:`peft.LoraConfig` fields."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    defaults = {"r": 8, "lora_alpha": 64, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": False}
+    config = LoraConfig(**{**defaults, **lora})
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def peft_greedy(models_dir: Path):
+    """``generate(adapter_dir | None, messages=PROMPT, max_new_tokens=16) -> str``: the base model's
+    greedy reply in float32 with the PEFT adapter applied, as PEFT computes it (the reference the
+    served replies must equal)."""
+    tokenizer = AutoTokenizer.from_pretrained(models_dir / MODEL)
+    base = AutoModelForCausalLM.from_pretrained(models_dir / MODEL, dtype=torch.float32).eval()
+
+    def generate(adapter_dir: Path | None, messages=PROMPT, max_new_tokens: int = 16) -> str:
+        model = PeftModel.from_pretrained(base, adapter_dir).eval() if adapter_dir else base
+        try:
+            ids = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+            with torch.no_grad():
+                out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+            return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        finally:
+            if adapter_dir:
+                model.unload()
+
+    return generate

@@ -1,0 +1,38 @@
+"""Fine-tuning jobs as tests drive them: waiting for a status, and the example jobs the session trains once."""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+from openai.types.fine_tuning import FineTuningJob
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+def wait_for(client: openai.OpenAI, job_id: str, statuses=ENDED, timeout_s: float = 900):
+    """The fine-tuning job once its status is one of ``statuses`` (polled every 0.5 s).
+
+    Raises:
+        AssertionError: not there after ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")
+
+
+@dataclass(frozen=True)
+class ExampleJob:
+    """A job on one of ``examples/``'s data files: the file's name, the hyperparameters asked for,
+    the job as ``create`` answered (status ``validating_files``) and where its adapter will be."""
+
+    data_file: str
+    hyperparameters: dict
+    created: FineTuningJob
+    adapter_dir: Path
