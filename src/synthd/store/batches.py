@@ -14,7 +14,7 @@ import time
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, UniqueConstraint, select, update
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, UniqueConstraint, delete, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from synthd.store.base import Base
@@ -187,4 +187,4 @@ class BatchStore:
     def delete_results(self, batch_id: str) -> None:
         """Drop a finished batch's result rows (its files hold them now)."""
         with self.sessions.begin() as session:
-            session.query(BatchResult).filter(BatchResult.batch_id == batch_id).delete()
+            session.execute(delete(BatchResult).where(BatchResult.batch_id == batch_id))

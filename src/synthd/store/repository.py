@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from synthd.store.files import Upload, write_atomic
@@ -248,32 +248,20 @@ class Repository:
 
     def set_fields(self, job_id: str, **fields) -> None:
         """Set non-status fields (``worker_pid``, ``estimated_finish``, resolved hyperparameters)."""
-        assert "status" not in fields, "status changes go through transition()"
         with self.sessions.begin() as session:
-            session.execute(
-                update(JobRecord)
-                .where(JobRecord.id == job_id)
-                .values(**fields)
-                .execution_options(synchronize_session=False)
-            )
+            self._set_fields(session, job_id, fields)
 
     def add_event(self, job_id: str, message: str, data: dict | None = None, level: str = "info") -> None:
         """Append an event (``type`` ``metrics`` when ``data`` is given)."""
         with self.sessions.begin() as session:
-            session.add(self._event(job_id, message, data, "metrics" if data else "message", level))
+            session.add(self._event(job_id, message, data, level))
 
     def add_events(self, job_id: str, events: list[tuple[str, dict | None]], **fields) -> None:
         """Append several ``(message, data)`` events and set non-status ``fields``, in one transaction."""
-        assert "status" not in fields, "status changes go through transition()"
         with self.sessions.begin() as session:
-            session.add_all(self._event(job_id, m, d, "metrics" if d else "message") for m, d in events)
+            session.add_all(self._event(job_id, message, data) for message, data in events)
             if fields:
-                session.execute(
-                    update(JobRecord)
-                    .where(JobRecord.id == job_id)
-                    .values(**fields)
-                    .execution_options(synchronize_session=False)
-                )
+                self._set_fields(session, job_id, fields)
 
     def list_events(self, job_id: str, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
         """Events newest first (OpenAI's order), after the cursor ``after``; returns (page, has_more)."""
@@ -300,7 +288,7 @@ class Repository:
                     adapter_path=adapter_path,
                 )
             )
-            session.add(self._event(job_id, f"Checkpoint saved at step {step}", {"step": step, **metrics}, "metrics"))
+            session.add(self._event(job_id, f"Checkpoint saved at step {step}", {"step": step, **metrics}))
 
     def checkpoints(self, job_id: str) -> list[Checkpoint]:
         """Every checkpoint of a job, newest first."""
@@ -314,10 +302,7 @@ class Repository:
     def delete_checkpoints(self, ids: Iterable[str]) -> None:
         """Drop checkpoint records."""
         with self.sessions.begin() as session:
-            for checkpoint_id in ids:
-                record = session.get(Checkpoint, checkpoint_id)
-                if record is not None:
-                    session.delete(record)
+            session.execute(delete(Checkpoint).where(Checkpoint.id.in_(list(ids))))
 
     def metric_events(self, job_id: str) -> list[JobEvent]:
         """A job's ``metrics`` events, oldest first."""
@@ -376,9 +361,24 @@ class Repository:
         return result.rowcount == 1
 
     @staticmethod
-    def _event(
-        job_id: str, message: str, data: dict | None = None, type: str = "message", level: str = "info"
-    ) -> JobEvent:
+    def _set_fields(session: Session, job_id: str, fields: dict) -> None:
+        assert "status" not in fields, "status changes go through transition()"
+        session.execute(
+            update(JobRecord)
+            .where(JobRecord.id == job_id)
+            .values(**fields)
+            .execution_options(synchronize_session=False)
+        )
+
+    @staticmethod
+    def _event(job_id: str, message: str, data: dict | None = None, level: str = "info") -> JobEvent:
+        """An event row: ``type`` ``metrics`` when it carries ``data``, else ``message``."""
         return JobEvent(
-            id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, message=message, type=type, data=data
+            id=new_id("ftevent"),
+            job_id=job_id,
+            created_at=now(),
+            level=level,
+            message=message,
+            type="metrics" if data else "message",
+            data=data,
         )
