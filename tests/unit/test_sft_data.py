@@ -50,7 +50,7 @@ def test_trainer_labels_mask_weight_zero_turns(tmp_path: Path, models_dir: Path,
     data = tmp_path / "files" / "file-1"
     data.parent.mkdir()
     data.write_bytes(CONVERSATION)
-    with repo.session() as session:
+    with repo.sessions.begin() as session:
         session.add(
             FileRecord(
                 id="file-1",

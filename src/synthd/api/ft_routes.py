@@ -58,6 +58,10 @@ async def read_upload(request: Request, file: UploadFile) -> bytes:
 
 Service = Annotated[FineTuningService, Depends(get_service)]
 Limit = Annotated[int, Query(ge=1, le=100)]
+FILE_LIMIT_MAX = 10_000
+"""``GET /v1/files``'s page size bound and default, as on OpenAI: a client that sends no ``limit`` gets up
+to 10,000 files."""
+FileLimit = Annotated[int, Query(ge=1, le=FILE_LIMIT_MAX)]
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -83,9 +87,16 @@ async def upload_file(request: Request, service: Service, principal: CallerPrinc
 
 
 @router.get("/files", response_model=FileList)
-def list_files(service: Service, principal: CallerPrincipal, purpose: str | None = None) -> FileList:
+def list_files(
+    service: Service,
+    principal: CallerPrincipal,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: FileLimit = FILE_LIMIT_MAX,
+) -> FileList:
     """List uploaded files, newest first."""
-    return FileList(data=service.files.list(purpose, principal))
+    files, more = service.files.list(purpose, after, limit, principal)
+    return FileList(data=files, has_more=more)
 
 
 @router.get("/files/{file_id}", response_model=FileObject, responses=FOUND)

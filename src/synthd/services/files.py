@@ -171,9 +171,12 @@ class FilesService:
             raise
         return file_object(record)
 
-    def list(self, purpose: str | None, principal: Principal = OPERATOR) -> list[FileObject]:
-        """Files ``principal`` may see, newest first."""
-        return [file_object(r) for r in self.repo.list_files(purpose, principal.scope)]
+    def list(
+        self, purpose: str | None, after: str | None, limit: int, principal: Principal = OPERATOR
+    ) -> tuple[list[FileObject], bool]:
+        """A page of the files ``principal`` may see, newest first, after the file id ``after``."""
+        records, more = self.repo.list_files(after, limit, purpose, principal.scope)
+        return [file_object(r) for r in records], more
 
     def get(self, file_id: str, principal: Principal = OPERATOR) -> FileRecord:
         """A file record ``principal`` may see. Raises NotFound."""

@@ -12,14 +12,13 @@ seconds, as in OpenAI's objects.
 
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, UniqueConstraint, select, update
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, UniqueConstraint, delete, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from synthd.store.models import Base
+from synthd.store.base import Base
+from synthd.store.pagination import newest_first
 
 
 class BatchStatus(StrEnum):
@@ -99,46 +98,35 @@ class BatchStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        with self.sessions.begin() as session:
-            yield session
-
     def add(self, batch: BatchRecord) -> BatchRecord:
         """Insert a new batch."""
-        with self._session() as session:
+        with self.sessions.begin() as session:
             session.add(batch)
         return batch
 
     def get(self, batch_id: str) -> BatchRecord | None:
         """A batch or None."""
-        with self._session() as session:
+        with self.sessions.begin() as session:
             return session.get(BatchRecord, batch_id)
 
     def page(self, after: str | None, limit: int, project: str | None = None) -> tuple[list[BatchRecord], bool]:
         """Batches newest first, after the cursor ``after`` (a batch id), only ``project``'s when
         given; returns (page, has_more)."""
-        with self._session() as session:
-            query = select(BatchRecord).order_by(BatchRecord.created_ns.desc(), BatchRecord.id.desc())
-            if project is not None:
-                query = query.where(BatchRecord.project == project)
-            if after:
-                cursor = session.get(BatchRecord, after)
-                if cursor is None:
-                    return [], False
-                query = query.where(BatchRecord.created_ns < cursor.created_ns)
-            rows = list(session.scalars(query.limit(limit + 1)))
-        return rows[:limit], len(rows) > limit
+        query = select(BatchRecord)
+        if project is not None:
+            query = query.where(BatchRecord.project == project)
+        with self.sessions.begin() as session:
+            return newest_first(session, query, (BatchRecord.created_ns, BatchRecord.id), after, limit)
 
     def unfinished(self) -> list[BatchRecord]:
         """Batches the runner still has work in, oldest first (the order they run in)."""
-        with self._session() as session:
+        with self.sessions.begin() as session:
             query = select(BatchRecord).where(BatchRecord.status.in_(UNFINISHED)).order_by(BatchRecord.created_ns)
             return list(session.scalars(query))
 
     def transition(self, batch_id: str, sources: tuple[BatchStatus, ...], target: BatchStatus, **fields) -> bool:
         """Set ``status`` to ``target`` (and ``fields``) only if it is one of ``sources``; True if it was."""
-        with self._session() as session:
+        with self.sessions.begin() as session:
             result = session.execute(
                 update(BatchRecord)
                 .where(BatchRecord.id == batch_id, BatchRecord.status.in_(sources))
@@ -148,7 +136,7 @@ class BatchStore:
 
     def update(self, batch_id: str, **fields) -> None:
         """Set fields that are not the status (counts, file ids, errors)."""
-        with self._session() as session:
+        with self.sessions.begin() as session:
             session.execute(update(BatchRecord).where(BatchRecord.id == batch_id).values(**fields))
 
     def add_result(
@@ -157,7 +145,7 @@ class BatchStore:
         """Record one line's outcome and count it (``completed`` or ``failed``, and its tokens) in
         the same transaction."""
         counter = BatchRecord.completed if ok else BatchRecord.failed
-        with self._session() as session:
+        with self.sessions.begin() as session:
             session.add(BatchResult(batch_id=batch_id, line=line, ok=ok, record=record))
             session.execute(
                 update(BatchRecord)
@@ -173,7 +161,7 @@ class BatchStore:
 
     def add_errors(self, batch_id: str, records: list[tuple[int, dict]]) -> None:
         """Record many failed lines (``(line, record)`` pairs) and count them, in one transaction."""
-        with self._session() as session:
+        with self.sessions.begin() as session:
             session.add_all(
                 [BatchResult(batch_id=batch_id, line=line, ok=False, record=record) for line, record in records]
             )
@@ -183,12 +171,12 @@ class BatchStore:
 
     def done_lines(self, batch_id: str) -> set[int]:
         """Line numbers that already have a result."""
-        with self._session() as session:
+        with self.sessions.begin() as session:
             return set(session.scalars(select(BatchResult.line).where(BatchResult.batch_id == batch_id)))
 
     def results(self, batch_id: str, ok: bool) -> list[dict]:
         """Output records (``ok``) or error records, in input order."""
-        with self._session() as session:
+        with self.sessions.begin() as session:
             query = (
                 select(BatchResult.record)
                 .where(BatchResult.batch_id == batch_id, BatchResult.ok == ok)
@@ -198,5 +186,5 @@ class BatchStore:
 
     def delete_results(self, batch_id: str) -> None:
         """Drop a finished batch's result rows (its files hold them now)."""
-        with self._session() as session:
-            session.query(BatchResult).filter(BatchResult.batch_id == batch_id).delete()
+        with self.sessions.begin() as session:
+            session.execute(delete(BatchResult).where(BatchResult.batch_id == batch_id))

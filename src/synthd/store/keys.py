@@ -9,7 +9,7 @@ lookup of its digest.
 from sqlalchemy import Boolean, Integer, String, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from synthd.store.models import Base
+from synthd.store.base import Base
 
 
 class ApiKey(Base):

@@ -7,8 +7,10 @@ Times are Unix seconds (int), as in OpenAI's objects. JSON columns hold OpenAI-s
 import time
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, false
+from sqlalchemy.orm import Mapped, mapped_column
+
+from synthd.store.base import Base
 
 
 class JobStatus(StrEnum):
@@ -37,10 +39,6 @@ ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 ACTIVE = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
 
 
-class Base(DeclarativeBase):
-    """Declarative base of every synthd table."""
-
-
 class FileRecord(Base):
     """An uploaded file (``file-…``); the bytes live at ``path`` under ``$SYNTHD_HOME/files``.
     ``project``: the creating key's project (``synthd.services.projects``)."""
@@ -63,7 +61,8 @@ class JobRecord(Base):
     ``lease_owner`` (``host:pid:nonce`` of the scheduler running it) and ``lease_heartbeat_at`` (Unix
     seconds) say who holds a running job; ``init_adapter`` is the adapter a ``from_checkpoint`` job
     starts from. ``project``: the creating key's project; its ``ft:`` models, checkpoints and result
-    files belong to it too.
+    files belong to it too. The ``server_default`` values are what the migrations that added those
+    columns gave the rows already there (``0002``, ``0003``).
     """
 
     __tablename__ = "fine_tuning_jobs"
@@ -85,14 +84,14 @@ class JobRecord(Base):
     trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[int] = mapped_column(Integer, index=True)
-    created_ns: Mapped[int] = mapped_column(BigInteger, index=True, default=time.time_ns)
+    created_ns: Mapped[int] = mapped_column(BigInteger, index=True, default=time.time_ns, server_default="0")
     started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     project: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    pause_requested: Mapped[bool] = mapped_column(default=False)
+    pause_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -100,7 +99,7 @@ class JobRecord(Base):
     result_files: Mapped[list | None] = mapped_column(JSON, nullable=True)
     from_checkpoint: Mapped[str | None] = mapped_column(String(512), nullable=True)
     init_adapter: Mapped[str | None] = mapped_column(Text, nullable=True)
-    n_checkpoints: Mapped[int] = mapped_column(Integer, default=3)
+    n_checkpoints: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
     n_evals: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 

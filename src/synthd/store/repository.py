@@ -6,16 +6,16 @@ server, the scheduler and training workers (other processes) can share the datab
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from synthd.store.files import Upload, write_atomic
 from synthd.store.models import Checkpoint, FileRecord, FineTunedModel, JobEvent, JobRecord, JobStatus
+from synthd.store.pagination import newest_first
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,6 @@ class Repository:
     def __init__(self, sessions: sessionmaker[Session], files_dir: Path) -> None:
         self.sessions = sessions
         self.files_dir = files_dir
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session committed on success, rolled back on error."""
-        with self.sessions.begin() as session:
-            yield session
 
     # --- files --------------------------------------------------------------------------------
     def open_upload(self, limit_bytes: int) -> Upload:
@@ -84,28 +78,31 @@ class Repository:
             path=str(path),
             project=project,
         )
-        with self.session() as session:
+        with self.sessions.begin() as session:
             session.add(record)
         return record
 
     def get_file(self, file_id: str) -> FileRecord | None:
         """A file record or None."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             return session.get(FileRecord, file_id)
 
-    def list_files(self, purpose: str | None = None, project: str | None = None) -> list[FileRecord]:
-        """Files, newest first (only ``project``'s when given)."""
-        with self.session() as session:
-            query = select(FileRecord).order_by(FileRecord.created_at.desc(), FileRecord.id.desc())
-            if purpose:
-                query = query.where(FileRecord.purpose == purpose)
-            if project is not None:
-                query = query.where(FileRecord.project == project)
-            return list(session.scalars(query))
+    def list_files(
+        self, after: str | None, limit: int, purpose: str | None = None, project: str | None = None
+    ) -> tuple[list[FileRecord], bool]:
+        """Files newest first, after the cursor ``after`` (only ``purpose``'s and ``project``'s when
+        given); returns (page, has_more)."""
+        query = select(FileRecord)
+        if purpose:
+            query = query.where(FileRecord.purpose == purpose)
+        if project is not None:
+            query = query.where(FileRecord.project == project)
+        with self.sessions.begin() as session:
+            return newest_first(session, query, (FileRecord.created_at, FileRecord.id), after, limit)
 
     def delete_file(self, file_id: str) -> bool:
         """Remove record and bytes; False if unknown."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             record = session.get(FileRecord, file_id)
             if record is None:
                 return False
@@ -120,7 +117,7 @@ class Repository:
     # --- jobs ---------------------------------------------------------------------------------
     def add_job(self, job: JobRecord) -> JobRecord:
         """Insert a job and its 'created' event."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             session.add(job)
             session.flush()
             session.add(self._event(job.id, f"Created fine-tuning job: {job.id}"))
@@ -128,33 +125,29 @@ class Repository:
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """A job or None."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             return session.get(JobRecord, job_id)
 
     def list_jobs(
         self, after: str | None, limit: int, status: str | None = None, project: str | None = None
     ) -> tuple[list[JobRecord], bool]:
         """Jobs newest first, after the cursor ``after`` (only ``project``'s when given); returns (page, has_more)."""
-        with self.session() as session:
-            query = select(JobRecord).order_by(JobRecord.created_at.desc(), JobRecord.id.desc())
-            if status:
-                query = query.where(JobRecord.status == status)
-            if project is not None:
-                query = query.where(JobRecord.project == project)
-            jobs = list(session.scalars(query))
-        if after:
-            ids = [j.id for j in jobs]
-            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
-        return jobs[:limit], len(jobs) > limit
+        query = select(JobRecord)
+        if status:
+            query = query.where(JobRecord.status == status)
+        if project is not None:
+            query = query.where(JobRecord.project == project)
+        with self.sessions.begin() as session:
+            return newest_first(session, query, (JobRecord.created_at, JobRecord.id), after, limit)
 
     def job_projects(self) -> dict[str, str | None]:
         """Every job's project, by job id."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             return {job_id: project for job_id, project in session.execute(select(JobRecord.id, JobRecord.project))}
 
     def jobs_with_status(self, *statuses: str) -> list[JobRecord]:
         """Jobs in any of ``statuses``, oldest first (queue order)."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             query = select(JobRecord).where(JobRecord.status.in_(statuses)).order_by(JobRecord.created_ns)
             return list(session.scalars(query))
 
@@ -172,7 +165,7 @@ class Repository:
         """Move a job from any of ``source`` to ``target`` and set ``fields``, in one conditional
         ``UPDATE … WHERE id = … AND status IN (…)`` (and ``lease_owner = owner`` when given), adding
         the event ``message`` only if it applied. Returns whether this call won."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             won = self._conditional(session, job_id, source, owner, status=target, **fields)
             if won and message:
                 session.add(self._event(job_id, message, level=level))
@@ -184,7 +177,7 @@ class Repository:
         """``running → succeeded`` unless a cancel was asked first, registering ``models`` and the
         result file in the same transaction: a cancel that won leaves no model behind, and one that
         comes after finds the job ended. Returns whether it won."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             won = self._conditional(
                 session,
                 job_id,
@@ -215,14 +208,14 @@ class Repository:
         """Set ``cancel_requested`` or ``pause_requested`` on a job in one of ``statuses`` (not
         cancelled before); returns whether it applied."""
         assert flag in ("cancel_requested", "pause_requested"), flag
-        with self.session() as session:
+        with self.sessions.begin() as session:
             return self._conditional(
                 session, job_id, statuses, None, extra=[~JobRecord.cancel_requested], **{flag: value}
             )
 
     def claim(self, job_id: str, owner: str, **fields) -> bool:
         """``queued → running`` under ``owner``'s lease (heartbeat now); returns whether it won."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             return self._conditional(
                 session,
                 job_id,
@@ -237,7 +230,7 @@ class Repository:
 
     def heartbeat(self, owner: str) -> None:
         """Renew ``owner``'s lease on every running job it holds."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             session.execute(
                 update(JobRecord)
                 .where(JobRecord.lease_owner == owner, JobRecord.status == JobStatus.RUNNING)
@@ -247,7 +240,7 @@ class Repository:
 
     def job_flags(self, job_id: str) -> tuple[bool, bool]:
         """``(cancel_requested, pause_requested)`` of a job (both False if unknown)."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             row = session.execute(
                 select(JobRecord.cancel_requested, JobRecord.pause_requested).where(JobRecord.id == job_id)
             ).first()
@@ -255,48 +248,31 @@ class Repository:
 
     def set_fields(self, job_id: str, **fields) -> None:
         """Set non-status fields (``worker_pid``, ``estimated_finish``, resolved hyperparameters)."""
-        assert "status" not in fields, "status changes go through transition()"
-        with self.session() as session:
-            session.execute(
-                update(JobRecord)
-                .where(JobRecord.id == job_id)
-                .values(**fields)
-                .execution_options(synchronize_session=False)
-            )
+        with self.sessions.begin() as session:
+            self._set_fields(session, job_id, fields)
 
     def add_event(self, job_id: str, message: str, data: dict | None = None, level: str = "info") -> None:
         """Append an event (``type`` ``metrics`` when ``data`` is given)."""
-        with self.session() as session:
-            session.add(self._event(job_id, message, data, "metrics" if data else "message", level))
+        with self.sessions.begin() as session:
+            session.add(self._event(job_id, message, data, level))
 
     def add_events(self, job_id: str, events: list[tuple[str, dict | None]], **fields) -> None:
         """Append several ``(message, data)`` events and set non-status ``fields``, in one transaction."""
-        assert "status" not in fields, "status changes go through transition()"
-        with self.session() as session:
-            session.add_all(self._event(job_id, m, d, "metrics" if d else "message") for m, d in events)
+        with self.sessions.begin() as session:
+            session.add_all(self._event(job_id, message, data) for message, data in events)
             if fields:
-                session.execute(
-                    update(JobRecord)
-                    .where(JobRecord.id == job_id)
-                    .values(**fields)
-                    .execution_options(synchronize_session=False)
-                )
+                self._set_fields(session, job_id, fields)
 
     def list_events(self, job_id: str, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
         """Events newest first (OpenAI's order), after the cursor ``after``; returns (page, has_more)."""
-        with self.session() as session:
-            query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq.desc())
-            if after:
-                cursor = session.scalar(select(JobEvent.seq).where(JobEvent.id == after))
-                if cursor is None:
-                    return [], False
-                query = query.where(JobEvent.seq < cursor)
-            events = list(session.scalars(query.limit(limit + 1)))
-        return events[:limit], len(events) > limit
+        with self.sessions.begin() as session:
+            return newest_first(
+                session, select(JobEvent).where(JobEvent.job_id == job_id), (JobEvent.seq,), after, limit
+            )
 
     def add_checkpoint(self, job_id: str, step: int, metrics: dict, path: str, adapter_path: str) -> None:
         """Record a checkpoint (replacing one of the same step from an earlier attempt) and its event."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             for old in session.scalars(
                 select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step_number == step)
             ):
@@ -312,11 +288,11 @@ class Repository:
                     adapter_path=adapter_path,
                 )
             )
-            session.add(self._event(job_id, f"Checkpoint saved at step {step}", {"step": step, **metrics}, "metrics"))
+            session.add(self._event(job_id, f"Checkpoint saved at step {step}", {"step": step, **metrics}))
 
     def checkpoints(self, job_id: str) -> list[Checkpoint]:
         """Every checkpoint of a job, newest first."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             return list(
                 session.scalars(
                     select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step_number.desc())
@@ -325,15 +301,12 @@ class Repository:
 
     def delete_checkpoints(self, ids: Iterable[str]) -> None:
         """Drop checkpoint records."""
-        with self.session() as session:
-            for checkpoint_id in ids:
-                record = session.get(Checkpoint, checkpoint_id)
-                if record is not None:
-                    session.delete(record)
+        with self.sessions.begin() as session:
+            session.execute(delete(Checkpoint).where(Checkpoint.id.in_(list(ids))))
 
     def metric_events(self, job_id: str) -> list[JobEvent]:
         """A job's ``metrics`` events, oldest first."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             return list(
                 session.scalars(
                     select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics").order_by(JobEvent.seq)
@@ -341,34 +314,32 @@ class Repository:
             )
 
     def list_checkpoints(self, job_id: str, after: str | None, limit: int) -> tuple[list[Checkpoint], bool]:
-        """Checkpoints newest first; returns (page, has_more)."""
-        rows = self.checkpoints(job_id)
-        if after:
-            ids = [c.id for c in rows]
-            rows = rows[ids.index(after) + 1 :] if after in ids else []
-        return rows[:limit], len(rows) > limit
+        """Checkpoints newest first (highest step), after the cursor ``after``; returns (page, has_more)."""
+        query = select(Checkpoint).where(Checkpoint.job_id == job_id)
+        with self.sessions.begin() as session:
+            return newest_first(session, query, (Checkpoint.step_number, Checkpoint.id), after, limit)
 
     # --- models -------------------------------------------------------------------------------
     def add_model(self, model_id: str, base: str, adapter_path: str, job_id: str | None) -> None:
         """Register a servable fine-tune."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             session.merge(
                 FineTunedModel(id=model_id, base_model=base, job_id=job_id, adapter_path=adapter_path, created_at=now())
             )
 
     def get_model(self, model_id: str) -> FineTunedModel | None:
         """A fine-tuned model or None."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             return session.get(FineTunedModel, model_id)
 
     def list_models(self) -> list[FineTunedModel]:
         """Fine-tuned models, oldest first."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             return list(session.scalars(select(FineTunedModel).order_by(FineTunedModel.created_at)))
 
     def delete_model(self, model_id: str) -> FineTunedModel | None:
         """Remove a fine-tuned model's record; return it (None if unknown)."""
-        with self.session() as session:
+        with self.sessions.begin() as session:
             record = session.get(FineTunedModel, model_id)
             if record is not None:
                 session.delete(record)
@@ -390,9 +361,24 @@ class Repository:
         return result.rowcount == 1
 
     @staticmethod
-    def _event(
-        job_id: str, message: str, data: dict | None = None, type: str = "message", level: str = "info"
-    ) -> JobEvent:
+    def _set_fields(session: Session, job_id: str, fields: dict) -> None:
+        assert "status" not in fields, "status changes go through transition()"
+        session.execute(
+            update(JobRecord)
+            .where(JobRecord.id == job_id)
+            .values(**fields)
+            .execution_options(synchronize_session=False)
+        )
+
+    @staticmethod
+    def _event(job_id: str, message: str, data: dict | None = None, level: str = "info") -> JobEvent:
+        """An event row: ``type`` ``metrics`` when it carries ``data``, else ``message``."""
         return JobEvent(
-            id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, message=message, type=type, data=data
+            id=new_id("ftevent"),
+            job_id=job_id,
+            created_at=now(),
+            level=level,
+            message=message,
+            type="metrics" if data else "message",
+            data=data,
         )
