@@ -409,7 +409,10 @@ class NativeEngine:
             finish = None
             if sample.token in self._eos and not params.ignore_eos:
                 finish = "stop"
-            elif sequence.completion_tokens >= params.max_tokens or len(sequence.prompt_ids) + sequence.completion_tokens >= self.max_model_len:
+            elif (
+                sequence.completion_tokens >= params.max_tokens
+                or len(sequence.prompt_ids) + sequence.completion_tokens >= self.max_model_len
+            ):
                 finish = "length"
             outputs[sequence.request_id] = _Step((sample.token,), (sample,), finish, scheduled_s=sequence.scheduled_s)
             if finish is not None:

@@ -56,8 +56,6 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from synthd.engine import prompts
 from synthd.engine.config import EngineConfig, pick_dtype
 from synthd.engine.guided import GuidedDecoding
-from synthd.engine.native.loader import eos_token_ids
-from synthd.engine.native.scheduler import QueueFull
 from synthd.engine.protocol import (
     EngineStats,
     FinishReason,
@@ -65,6 +63,7 @@ from synthd.engine.protocol import (
     Guide,
     GuideError,
     LoRARef,
+    QueueFull,
     RequestOutput,
     SamplingParams,
     TokenLogprob,
@@ -506,7 +505,7 @@ def load_vllm_engine(
         tokenizer,
         dtype,
         build,
-        eos_token_ids=eos_token_ids(generation, tokenizer),
+        eos_token_ids=prompts.eos_token_ids(generation, tokenizer),
         max_lora_rank=config.max_lora_rank,
         max_cpu_loras=config.max_loras,
         max_pending=config.max_num_seqs + config.max_waiting,
