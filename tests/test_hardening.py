@@ -113,7 +113,9 @@ def test_logprobs_on_chat_and_completions(client: openai.OpenAI) -> None:
 
 def metric(server: ServerProcess, name: str) -> float:
     text = httpx.get(server.root_url + "/metrics").text
-    pattern = re.compile(rf'^synthd:{re.escape(name)}\{{[^}}]*model_name="{re.escape(MODEL)}"[^}}]*\}} (\S+)$', re.MULTILINE)
+    pattern = re.compile(
+        rf'^synthd:{re.escape(name)}\{{[^}}]*model_name="{re.escape(MODEL)}"[^}}]*\}} (\S+)$', re.MULTILINE
+    )
     return sum(float(v) for v in pattern.findall(text))
 
 

@@ -27,7 +27,6 @@ project's README, "vLLM engine").
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import threading
@@ -71,6 +70,7 @@ from synthd.engine.protocol import (
 from synthd.engine.vllm.stats import StatsSink, stat_logger_class
 from synthd.errors import InvalidRequest
 from synthd.gpus.memory import DTYPE_BYTES, ModelShape
+from synthd.models.adapters import read_adapter_config
 
 log = logging.getLogger(__name__)
 
@@ -392,15 +392,15 @@ def _scheduled_s(out: VLLMRequestOutput) -> float:
 
 
 def _adapter_rank(path: Path) -> int:
-    """``r`` from a PEFT folder's ``adapter_config.json``.
+    """``r`` from a PEFT folder's ``adapter_config.json`` (``read_adapter_config``).
 
     Raises:
-        GenerationError: the file is missing or has no rank.
+        GenerationError: the folder is not a servable LoRA adapter (the reason is in the message).
     """
     try:
-        return int(json.loads((path / "adapter_config.json").read_text())["r"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise GenerationError(f"adapter at {path} has no readable rank in adapter_config.json: {exc}") from None
+        return read_adapter_config(path).r
+    except InvalidRequest as exc:
+        raise GenerationError(f"adapter at {path}: {exc.message}") from None
 
 
 @contextlib.contextmanager
