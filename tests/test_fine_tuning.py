@@ -11,9 +11,9 @@ import torch
 from conftest import MODEL, server_env
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -67,7 +67,7 @@ def answer(model, tokenizer, question: str) -> str:
 
 
 def test_files_api(ft_client: openai.OpenAI, ft_server: ServerProcess) -> None:
-    data = (EXAMPLES / "sft_facts.jsonl").read_bytes()
+    data = (DEMO_DATA / "sft_facts.jsonl").read_bytes()
     created = ft_client.files.create(file=("facts.jsonl", data), purpose="fine-tune")
     assert created.object == "file" and created.bytes == len(data) and created.filename == "facts.jsonl"
     assert created.id in [f.id for f in ft_client.files.list().data]
@@ -102,12 +102,12 @@ def test_sft_teaches_facts(ft_client: openai.OpenAI, ft_home: Path, base) -> Non
     from peft import PeftModel
 
     model, tokenizer = base
-    heldout = [json.loads(line) for line in (EXAMPLES / "sft_facts_heldout.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in (DEMO_DATA / "sft_facts_heldout.jsonl").read_text().splitlines()]
     before = [answer(model, tokenizer, h["question"]) for h in heldout]
     assert not any(h["answer"] in b for h, b in zip(heldout, before)), before
     job = ft_client.fine_tuning.jobs.create(
         model=MODEL,
-        training_file=upload(ft_client, EXAMPLES / "sft_facts.jsonl"),
+        training_file=upload(ft_client, DEMO_DATA / "sft_facts.jsonl"),
         suffix="facts",
         seed=7,
         method={
@@ -171,11 +171,11 @@ def test_dpo_raises_preference_margin(ft_client: openai.OpenAI, ft_home: Path, b
     from peft import PeftModel
 
     model, tokenizer = base
-    heldout = [json.loads(line) for line in (EXAMPLES / "dpo_style_heldout.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in (DEMO_DATA / "dpo_style_heldout.jsonl").read_text().splitlines()]
     before = margin(model, tokenizer, heldout)
     job = ft_client.fine_tuning.jobs.create(
         model=MODEL,
-        training_file=upload(ft_client, EXAMPLES / "dpo_style.jsonl"),
+        training_file=upload(ft_client, DEMO_DATA / "dpo_style.jsonl"),
         suffix="style",
         seed=3,
         method={
@@ -267,8 +267,8 @@ def test_malformed_files_fail_with_line_and_reason(ft_client: openai.OpenAI, nam
 
 
 def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
-    good = upload(ft_client, EXAMPLES / "sft_facts.jsonl")
-    wrong_purpose = upload(ft_client, EXAMPLES / "sft_facts.jsonl", purpose="assistants")
+    good = upload(ft_client, DEMO_DATA / "sft_facts.jsonl")
+    wrong_purpose = upload(ft_client, DEMO_DATA / "sft_facts.jsonl", purpose="assistants")
     cases = [
         (dict(model=MODEL, training_file="file-does-not-exist"), "training_file"),
         (dict(model=MODEL, training_file=wrong_purpose), "training_file"),
@@ -306,7 +306,7 @@ def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
 
 
 def test_older_and_synth_forms_and_listing(ft_client: openai.OpenAI) -> None:
-    data = upload(ft_client, EXAMPLES / "dpo_style.jsonl")
+    data = upload(ft_client, DEMO_DATA / "dpo_style.jsonl")
     synth = ft_client.fine_tuning.jobs.create(
         model=MODEL,
         training_file=data,
@@ -328,7 +328,7 @@ def test_older_and_synth_forms_and_listing(ft_client: openai.OpenAI) -> None:
 def test_cancel_mid_run(ft_client: openai.OpenAI) -> None:
     job = ft_client.fine_tuning.jobs.create(
         model=MODEL,
-        training_file=upload(ft_client, EXAMPLES / "sft_facts.jsonl"),
+        training_file=upload(ft_client, DEMO_DATA / "sft_facts.jsonl"),
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}},
     )
     deadline = time.monotonic() + 300
@@ -358,13 +358,13 @@ def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:
             timeout=600,
         )
 
-    uploaded = synthd("files", "upload", str(EXAMPLES / "sft_facts.jsonl"))
+    uploaded = synthd("files", "upload", str(DEMO_DATA / "sft_facts.jsonl"))
     assert uploaded.returncode == 0 and uploaded.stdout.startswith("file-")
     created = synthd(
         "ft",
         "create",
         "--training-file",
-        str(EXAMPLES / "sft_facts.jsonl"),
+        str(DEMO_DATA / "sft_facts.jsonl"),
         "--n-epochs",
         "1",
         "--batch-size",
