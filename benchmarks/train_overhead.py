@@ -17,6 +17,7 @@ Usage: python benchmarks/train_overhead.py [--repeats 3] [--methods sft,dpo]
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -61,19 +62,19 @@ def bare(method: str, out: Path) -> None:
             if logs and "loss" in logs:
                 times.append(time.time())
 
-    common = dict(
-        output_dir=str(out.parent / "bare"),
-        num_train_epochs=run["n_epochs"],
-        per_device_train_batch_size=run["batch_size"],
-        learning_rate=BASE_LEARNING_RATE,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=SEED,
-        use_cpu=True,
-        max_length=1024,
-        disable_tqdm=True,
-    )
+    common = {
+        "output_dir": str(out.parent / "bare"),
+        "num_train_epochs": run["n_epochs"],
+        "per_device_train_batch_size": run["batch_size"],
+        "learning_rate": BASE_LEARNING_RATE,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": SEED,
+        "use_cpu": True,
+        "max_length": 1024,
+        "disable_tqdm": True,
+    }
     peft_config = LoraConfig(
         r=LORA["r"],
         lora_alpha=LORA["alpha"],
@@ -122,7 +123,7 @@ def run_bare(method: str) -> tuple[float, float]:
 
 
 def step_time(times: list[float]) -> float:
-    return statistics.median(b - a for a, b in zip(times, times[1:]))
+    return statistics.median(b - a for a, b in itertools.pairwise(times))
 
 
 def tensorboard_times(folder: Path) -> list[float]:

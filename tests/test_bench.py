@@ -15,7 +15,9 @@ from synthd.server_process import ServerProcess
 
 
 def synthd(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "synthd.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "synthd.cli", *args], capture_output=True, check=False, text=True, timeout=600
+    )
 
 
 def counter(server: ServerProcess, name: str) -> float:

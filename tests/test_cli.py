@@ -14,6 +14,7 @@ def synthd(*args: str, env: dict | None = None, input: str | None = None) -> sub
     return subprocess.run(
         [sys.executable, "-m", "synthd.cli", *args],
         capture_output=True,
+        check=False,
         text=True,
         env={**os.environ, **(env or {})},
         input=input,

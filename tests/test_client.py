@@ -255,7 +255,7 @@ def test_structured_output_retries_once_showing_the_error(provider: str, fakes) 
     fake.script.push(Reply(json={"name": "Ada", "age": "thirty-six"}), Reply(json={"name": "Ada", "age": 36}))
     response = lm.respond(user_message="Who?", response_model=Person)
     assert response.structured_output == Person(name="Ada", age=36)
-    first, retry = fake.script.requests
+    _first, retry = fake.script.requests
     feedback = retry["messages"][-1]["content"]
     feedback = feedback if isinstance(feedback, str) else feedback[0]["text"]
     assert "age: Input should be a valid integer" in feedback
@@ -513,7 +513,7 @@ def test_stream_broken_midway_raises_and_is_not_retried(provider: str, fakes) ->
     received: list[str] = []
     with pytest.raises(ProviderError) as caught:
         for piece in make_lm(provider, fakes).stream(user_message="Hi"):
-            received.append(piece)
+            received.append(piece)  # noqa: PERF402 -- keeps the pieces that arrived before the stream broke
     assert "".join(received) == "The quick brown"
     assert "stream interrupted" in caught.value.message and len(script.requests) == 1
 

@@ -195,7 +195,7 @@ def test_a_repeated_long_prefix_is_not_recomputed(engine: NativeEngine) -> None:
 
 def test_chunked_prefill_beside_a_running_stream_equals_solo(engine: NativeEngine, chunked: NativeEngine) -> None:
     question = LONG_CONTEXT + " Which stone is the 7th?"
-    story_params = dict(max_tokens=60, ignore_eos=True)
+    story_params = {"max_tokens": 60, "ignore_eos": True}
     solo = (
         run(generate(engine, question, 16, "solo-long"))["text"],
         run(generate(engine, PROMPTS[1], request_id="solo-story", **story_params))["text"],

@@ -58,6 +58,7 @@ def synthd_eval(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "synthd.cli", "eval", *args],
         capture_output=True,
+        check=False,
         text=True,
         env={**os.environ, **env},
         timeout=600,

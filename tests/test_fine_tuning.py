@@ -270,21 +270,21 @@ def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
     good = upload(ft_client, DEMO_DATA / "sft_facts.jsonl")
     wrong_purpose = upload(ft_client, DEMO_DATA / "sft_facts.jsonl", purpose="assistants")
     cases = [
-        (dict(model=MODEL, training_file="file-does-not-exist"), "training_file"),
-        (dict(model=MODEL, training_file=wrong_purpose), "training_file"),
-        (dict(model="no-such-base-model", training_file=good), "model"),
-        (dict(model=MODEL, training_file=good, extra_body={"gpu_preference": "H100:3"}), "gpu_preference"),
-        (dict(model=MODEL, training_file=good, method={"type": "ppo"}), "method.type"),
-        (dict(model=MODEL, training_file=good, hyperparameters={"n_epochs": 0}), "hyperparameters.n_epochs"),
-        (dict(model=MODEL, training_file=good, seed=2**63), "seed"),
-        (dict(model=MODEL, training_file=good, suffix="a:b"), "suffix"),
-        (dict(model=MODEL, training_file=good, method={"type": "dpo", "supervised": {}}), "method"),
-        (dict(model=MODEL, training_file=good, extra_body={"lora": {"r": 10**9}}), "lora.r"),
+        ({"model": MODEL, "training_file": "file-does-not-exist"}, "training_file"),
+        ({"model": MODEL, "training_file": wrong_purpose}, "training_file"),
+        ({"model": "no-such-base-model", "training_file": good}, "model"),
+        ({"model": MODEL, "training_file": good, "extra_body": {"gpu_preference": "H100:3"}}, "gpu_preference"),
+        ({"model": MODEL, "training_file": good, "method": {"type": "ppo"}}, "method.type"),
+        ({"model": MODEL, "training_file": good, "hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        ({"model": MODEL, "training_file": good, "seed": 2**63}, "seed"),
+        ({"model": MODEL, "training_file": good, "suffix": "a:b"}, "suffix"),
+        ({"model": MODEL, "training_file": good, "method": {"type": "dpo", "supervised": {}}}, "method"),
+        ({"model": MODEL, "training_file": good, "extra_body": {"lora": {"r": 10**9}}}, "lora.r"),
         (
-            dict(model=MODEL, training_file=good, extra_body={"lora": {"target_modules": ["q_proj", "nope"]}}),
+            {"model": MODEL, "training_file": good, "extra_body": {"lora": {"target_modules": ["q_proj", "nope"]}}},
             "lora.target_modules",
         ),  # accepted before, then failed in training
-        (dict(model=MODEL, training_file=good, hyperparameters={"n_epochs": True}), "hyperparameters.n_epochs"),
+        ({"model": MODEL, "training_file": good, "hyperparameters": {"n_epochs": True}}, "hyperparameters.n_epochs"),
     ]
     for kwargs, param in cases:
         with pytest.raises(openai.BadRequestError) as info:
@@ -354,6 +354,7 @@ def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:
         return subprocess.run(
             [sys.executable, "-m", "synthd.cli", *args, "--base-url", ft_server.base_url],
             capture_output=True,
+            check=False,
             text=True,
             timeout=600,
         )

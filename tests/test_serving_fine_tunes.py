@@ -43,6 +43,7 @@ def synthd(home: Path, models_dir: Path, *args: str) -> subprocess.CompletedProc
     return subprocess.run(
         [sys.executable, "-m", "synthd.cli", *args],
         capture_output=True,
+        check=False,
         text=True,
         env={**os.environ, **env},
         timeout=300,

@@ -141,12 +141,10 @@ def stream(
         return f"data: {json.dumps(payload)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    sent = 0
-    for piece in words(text):
+    for sent, piece in enumerate(words(text)):
         if reply.break_after is not None and sent >= reply.break_after:
             raise ConnectionResetError("scripted break")
         yield chunk({"content": piece})
-        sent += 1
     for index, call in enumerate(calls):
         yield chunk(
             {

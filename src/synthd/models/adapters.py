@@ -124,7 +124,8 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
         raise AdapterMismatch(f"adapter targets modules {missing} that the base model does not have")
     try:
         with safe_open(path / "adapter_model.safetensors", framework="pt") as tensors:
-            shapes = {key: tuple(tensors.get_slice(key).get_shape()) for key in tensors.keys()}
+            names = tensors.keys()  # safe_open has keys() but is not iterable
+            shapes = {key: tuple(tensors.get_slice(key).get_shape()) for key in names}
     except (SafetensorError, OSError) as exc:
         raise AdapterMismatch(f"adapter_model.safetensors cannot be read ({str(exc)[:200]})") from None
     for key, shape in shapes.items():

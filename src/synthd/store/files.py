@@ -71,7 +71,7 @@ class Upload:
         self.limit_bytes = limit_bytes
         self.size = 0
         self.path = directory / f"{PART_PREFIX}{uuid.uuid4().hex}"
-        self._handle: BinaryIO | None = open(self.path, "xb")
+        self._handle: BinaryIO | None = open(self.path, "xb")  # noqa: SIM115 -- closed by commit or abort
         fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def write(self, data: bytes) -> None:

@@ -243,7 +243,7 @@ class NativeEngine:
         def run() -> None:
             try:
                 result = command()
-            except Exception as exc:  # reported to the caller, not to the engine loop
+            except Exception as exc:  # noqa: BLE001 -- reported to the caller, not to the engine loop
                 loop.call_soon_threadsafe(_settle, done, None, exc)
             else:
                 loop.call_soon_threadsafe(_settle, done, result, None)
@@ -378,7 +378,7 @@ class NativeEngine:
             try:
                 if sequence.lora is not None:
                     self._ensure_lora(sequence.lora)
-            except Exception as exc:  # this adapter fails its own request only
+            except Exception as exc:  # noqa: BLE001 -- this adapter fails its own request only
                 log.warning("adapter %s failed to load: %s", sequence.lora, exc)
                 outputs[sequence.request_id] = _Step(
                     error=f"adapter '{sequence.lora}' failed to load: {exc}", scheduled_s=now

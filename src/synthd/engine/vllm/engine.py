@@ -270,7 +270,7 @@ class VLLMEngine:
             if self._restarting is not None:
                 try:
                     await asyncio.shield(self._restarting)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- whatever the restart raised fails this request
                     raise GenerationError(f"The vLLM engine could not be restarted: {exc}") from None
                 continue
             if self._llm.errored:
@@ -319,7 +319,7 @@ class VLLMEngine:
             await llm.add_lora(request)
         except EngineDeadError:
             raise
-        except Exception as exc:  # vLLM raises a plain Exception naming the worker's error
+        except Exception as exc:  # noqa: BLE001 -- vLLM raises a plain Exception naming the worker's error
             raise GenerationError(f"adapter '{lora.name}' failed to load: {exc}") from None
         self._lora_requests[lora.name] = request
         self._resident[lora.name] = None
@@ -453,23 +453,23 @@ def engine_arguments(
     """``AsyncEngineArgs`` fields for one replica: ``tensor_parallel_size`` is the placement's GPU
     count; GPUs get ``gpu_memory_utilization``, the CPU an explicit KV cache size. LoRA is on, sized
     by ``max_loras``/``max_lora_rank``, so that ``ft:`` models share the base's engine."""
-    arguments: dict[str, Any] = dict(
-        model=str(path),
-        tokenizer=str(path),
-        served_model_name=model_id,
-        dtype=dtype,
-        max_model_len=config.max_model_len,
-        max_num_seqs=config.max_num_seqs,
-        tensor_parallel_size=max(1, len(gpu_indices)),
-        enable_lora=True,
-        max_loras=config.max_loras,
-        max_cpu_loras=config.max_loras,
-        max_lora_rank=config.max_lora_rank,
-        structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
-        scheduling_policy="priority",  # SamplingParams.priority: batch-API lines after interactive requests
-        disable_log_stats=True,
-        enable_log_requests=False,
-    )
+    arguments: dict[str, Any] = {
+        "model": str(path),
+        "tokenizer": str(path),
+        "served_model_name": model_id,
+        "dtype": dtype,
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "tensor_parallel_size": max(1, len(gpu_indices)),
+        "enable_lora": True,
+        "max_loras": config.max_loras,
+        "max_cpu_loras": config.max_loras,
+        "max_lora_rank": config.max_lora_rank,
+        "structured_outputs_config": {"backend": "guidance", "disable_any_whitespace": True},
+        "scheduling_policy": "priority",  # SamplingParams.priority: batch-API lines after interactive requests
+        "disable_log_stats": True,
+        "enable_log_requests": False,
+    }
     if gpu_indices:
         arguments["gpu_memory_utilization"] = config.gpu_memory_utilization
     else:
