@@ -34,6 +34,7 @@ from synthd.services.usage import UsageTally
 from synthd.store.batches import BatchStore
 from synthd.store.db import open_database
 from synthd.store.keys import KeyStore
+from synthd.store.models import FineTunedModel
 from synthd.store.repository import Repository
 from synthd.training.scheduler import JobScheduler
 
@@ -64,12 +65,10 @@ def build_components(
 
     def find(model_id: str) -> AdapterRef | None:
         record = repo.get_model(model_id)
-        return (
-            AdapterRef(record.id, record.base_model, Path(record.adapter_path), record.created_at) if record else None
-        )
+        return _adapter_ref(record) if record else None
 
     def listing() -> list[AdapterRef]:
-        return [AdapterRef(r.id, r.base_model, Path(r.adapter_path), r.created_at) for r in repo.list_models()]
+        return [_adapter_ref(record) for record in repo.list_models()]
 
     config = EngineConfig.from_settings(
         settings, engine_kind, adapter_ranks(listing()) if engine_kind == "vllm" else ()
@@ -128,6 +127,11 @@ def build_components(
         served=[s.model_id for s in served],
         cluster=cluster,
     )
+
+
+def _adapter_ref(record: FineTunedModel) -> AdapterRef:
+    """The servable fine-tune a stored model record names."""
+    return AdapterRef(record.id, record.base_model, Path(record.adapter_path), record.created_at)
 
 
 def _join_cluster(
