@@ -1,6 +1,6 @@
-"""Do ``auto`` hyperparameters teach facts? Train the embedded model on examples/sft_facts.jsonl
+"""Do ``auto`` hyperparameters teach facts? Train the embedded model on sft_facts.jsonl (synthd.demo_data)
 (3 facts x 5 phrasings) with every hyperparameter left at ``auto``, then ask the held-out
-paraphrases in examples/sft_facts_heldout.jsonl through the chat API (greedy) and count the answers
+paraphrases in sft_facts_heldout.jsonl through the chat API (greedy) and count the answers
 that contain the taught fact.
 
 Usage: python benchmarks/auto_hyperparameters.py [--runs N]
@@ -18,9 +18,9 @@ from pathlib import Path
 import openai
 
 from synthd.config import get_settings
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "SmolLM2-135M-Instruct"
 
 
@@ -36,7 +36,7 @@ def run_once(seed: int) -> tuple[dict, float, int, list[str]]:
         with ServerProcess(log_path=Path(home) / "server.log", env=env, ready_timeout_s=900) as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=300)
             data = client.files.create(
-                file=("facts.jsonl", (ROOT / "examples/sft_facts.jsonl").read_bytes()), purpose="fine-tune"
+                file=("facts.jsonl", (DEMO_DATA / "sft_facts.jsonl").read_bytes()), purpose="fine-tune"
             )
             started = time.monotonic()
             job = client.fine_tuning.jobs.create(model=MODEL, training_file=data.id, seed=seed)
@@ -47,7 +47,7 @@ def run_once(seed: int) -> tuple[dict, float, int, list[str]]:
             if job.status != "succeeded":
                 raise SystemExit(f"job {job.status}: {job.error}")
             answers, score = [], 0
-            for line in (ROOT / "examples/sft_facts_heldout.jsonl").read_text().splitlines():
+            for line in (DEMO_DATA / "sft_facts_heldout.jsonl").read_text().splitlines():
                 case = json.loads(line)
                 reply = client.chat.completions.create(
                     model=job.fine_tuned_model,

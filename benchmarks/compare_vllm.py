@@ -152,25 +152,31 @@ def median_results(runs: list[LevelResult]) -> tuple[LevelResult, dict[str, tupl
     return result, {name: (min(v), max(v)) for name, v in values.items()}
 
 
+def spread_ms(spread: dict[str, tuple[float, float]], name: str) -> str:
+    """``name``'s min–max spread (seconds) in milliseconds."""
+    return f"{1000 * spread[name][0]:.0f}–{1000 * spread[name][1]:.0f}"
+
+
 def markdown(
     rows: list[tuple[LevelResult, dict[str, tuple[float, float]]]], rounds: int, loads: tuple[str, str]
 ) -> str:
     lines = [
-        f"Medians of {rounds} interleaved rounds (spread min–max in brackets); load average {loads[0]} at the "
-        f"start, {loads[1]} at the end.",
+        (
+            f"Medians of {rounds} interleaved rounds (spread min–max in brackets); load average {loads[0]} at the "
+            f"start, {loads[1]} at the end."
+        ),
         "",
         "| server | load | output tok/s | TTFT p50 ms | TPOT p99 ms | ITL p99 ms | goodput % | TTFT cold / warm p50 ms |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r, spread in rows:
-        ms = lambda name: f"{1000 * spread[name][0]:.0f}–{1000 * spread[name][1]:.0f}"
         prefix = f"{r.ttft_cold_s.p50 * 1000:.0f} / {r.ttft_warm_s.p50 * 1000:.0f}" if r.ttft_warm_s is not None else ""
         good = f"{100 * r.goodput_share:.0f}" if r.goodput_share is not None else ""
         lines.append(
             f"| {r.label} | {load_label(r)} {r.dataset if r.dataset != 'chat' else ''} | "
             f"{r.output_tokens_per_s:.1f} ({spread['output_tokens_per_s'][0]:.0f}–"
-            f"{spread['output_tokens_per_s'][1]:.0f}) | {r.ttft_s.p50 * 1000:.0f} ({ms('ttft_p50')}) | "
-            f"{r.tpot_s.p99 * 1000:.1f} ({ms('tpot_p99')}) | {r.itl_s.p99 * 1000:.0f} | {good} | {prefix} |"
+            f"{spread['output_tokens_per_s'][1]:.0f}) | {r.ttft_s.p50 * 1000:.0f} ({spread_ms(spread, 'ttft_p50')}) | "
+            f"{r.tpot_s.p99 * 1000:.1f} ({spread_ms(spread, 'tpot_p99')}) | {r.itl_s.p99 * 1000:.0f} | {good} | {prefix} |"
         )
     lines.append("")
     by_key = {(r.label, load_label(r), r.dataset): r for r, _ in rows}

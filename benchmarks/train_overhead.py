@@ -2,8 +2,8 @@
 
 Both sides train the embedded model (float32, CPU) with LoRA r=8 (alpha 16, dropout 0.05, the same
 target modules) on the same file, with the same batch size, epochs, learning rate and seed:
-SFT on examples/sft_facts.jsonl (15 rows, batch 5, 3 epochs: 9 steps), DPO on
-examples/dpo_style.jsonl (12 rows, batch 4, 3 epochs: 9 steps). Reported per run:
+SFT on sft_facts.jsonl (synthd.demo_data) (15 rows, batch 5, 3 epochs: 9 steps), DPO on
+dpo_style.jsonl (12 rows, batch 4, 3 epochs: 9 steps). Reported per run:
 
 - step time: median wall time between consecutive logged steps (steps 2..N);
 - start to first step: bare TRL from launching ``python`` to its first logged step; synthd from
@@ -17,6 +17,7 @@ Usage: python benchmarks/train_overhead.py [--repeats 3] [--methods sft,dpo]
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -25,12 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from synthd.demo_data import DEMO_DATA
+
 MODEL = "SmolLM2-135M-Instruct"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
 RUNS = {
-    "sft": {"file": "examples/sft_facts.jsonl", "method": "supervised", "batch_size": 5, "n_epochs": 3},
-    "dpo": {"file": "examples/dpo_style.jsonl", "method": "dpo", "batch_size": 4, "n_epochs": 3},
+    "sft": {"file": "sft_facts.jsonl", "method": "supervised", "batch_size": 5, "n_epochs": 3},
+    "dpo": {"file": "dpo_style.jsonl", "method": "dpo", "batch_size": 4, "n_epochs": 3},
 }
 SEED = 0
 
@@ -50,7 +52,7 @@ def bare(method: str, out: Path) -> None:
     path = get_settings().models_dir / MODEL
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    rows = load_jsonl((ROOT / run["file"]).read_bytes(), run["method"]).rows
+    rows = load_jsonl((DEMO_DATA / run["file"]).read_bytes(), run["method"]).rows
     if method == "sft":
         rows = [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in rows]
     times: list[float] = []
@@ -60,19 +62,19 @@ def bare(method: str, out: Path) -> None:
             if logs and "loss" in logs:
                 times.append(time.time())
 
-    common = dict(
-        output_dir=str(out.parent / "bare"),
-        num_train_epochs=run["n_epochs"],
-        per_device_train_batch_size=run["batch_size"],
-        learning_rate=BASE_LEARNING_RATE,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=SEED,
-        use_cpu=True,
-        max_length=1024,
-        disable_tqdm=True,
-    )
+    common = {
+        "output_dir": str(out.parent / "bare"),
+        "num_train_epochs": run["n_epochs"],
+        "per_device_train_batch_size": run["batch_size"],
+        "learning_rate": BASE_LEARNING_RATE,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": SEED,
+        "use_cpu": True,
+        "max_length": 1024,
+        "disable_tqdm": True,
+    }
     peft_config = LoraConfig(
         r=LORA["r"],
         lora_alpha=LORA["alpha"],
@@ -121,7 +123,7 @@ def run_bare(method: str) -> tuple[float, float]:
 
 
 def step_time(times: list[float]) -> float:
-    return statistics.median(b - a for a, b in zip(times, times[1:]))
+    return statistics.median(b - a for a, b in itertools.pairwise(times))
 
 
 def tensorboard_times(folder: Path) -> list[float]:
@@ -188,7 +190,7 @@ def main() -> None:
             client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=120)
             files = {
                 m: client.files.create(
-                    file=(Path(RUNS[m]["file"]).name, (ROOT / RUNS[m]["file"]).read_bytes()), purpose="fine-tune"
+                    file=(RUNS[m]["file"], (DEMO_DATA / RUNS[m]["file"]).read_bytes()), purpose="fine-tune"
                 ).id
                 for m in methods
             }

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -64,7 +65,7 @@ class ServerProcess:
         """The OpenAI base URL, ``…/v1``."""
         return f"{self.root_url}/v1"
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -91,7 +92,7 @@ class ServerProcess:
             "warning",
             *self.args,
         ]
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- open while the server runs; closed by stop()
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:

@@ -9,8 +9,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
-from tests.support.jobs import EXAMPLES, ExampleJob
+from tests.support.jobs import ExampleJob
 from tests.support.server import MODEL, server_env
 
 
@@ -57,8 +58,8 @@ def ft_client(ft_server: ServerProcess) -> openai.OpenAI:
 def example_job(
     client: openai.OpenAI, home: Path, data_file: str, method: str, hyperparameters: dict, **create
 ) -> ExampleJob:
-    """Upload ``examples/<data_file>`` and create a ``method`` job on it (not waited for)."""
-    path = EXAMPLES / data_file
+    """Upload ``synthd/demo_data/<data_file>`` and create a ``method`` job on it (not waited for)."""
+    path = DEMO_DATA / data_file
     uploaded = client.files.create(file=(path.name, path.read_bytes()), purpose="fine-tune")
     created = client.fine_tuning.jobs.create(
         model=MODEL,
@@ -71,7 +72,7 @@ def example_job(
 
 @pytest.fixture(scope="session")
 def sft_facts_job(ft_client: openai.OpenAI, ft_home: Path) -> ExampleJob:
-    """SFT on ``examples/sft_facts.jsonl`` with ``synthd demo``'s settings (seed 7; 15 rows, 5 a
+    """SFT on the demo's ``sft_facts.jsonl`` with ``synthd demo``'s settings (seed 7; 15 rows, 5 a
     step, 6 epochs: 18 steps), created once per session."""
     hyperparameters = {"n_epochs": 6, "batch_size": 5, "learning_rate_multiplier": 10}
     return example_job(
@@ -88,7 +89,7 @@ def sft_facts_job(ft_client: openai.OpenAI, ft_home: Path) -> ExampleJob:
 
 @pytest.fixture(scope="session")
 def dpo_style_job(ft_client: openai.OpenAI, ft_home: Path) -> ExampleJob:
-    """DPO on ``examples/dpo_style.jsonl`` with ``synthd demo``'s hyperparameters (seed 3), created
+    """DPO on the demo's ``dpo_style.jsonl`` with ``synthd demo``'s hyperparameters (seed 3), created
     once per session."""
     hyperparameters = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 5, "beta": 0.1}
     return example_job(ft_client, ft_home, "dpo_style.jsonl", "dpo", hyperparameters, suffix="style", seed=3)

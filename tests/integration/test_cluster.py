@@ -27,11 +27,11 @@ from ray.cluster_utils import Cluster
 
 from synthd.cluster.inventory import NODE_NAME_LABEL
 from synthd.cluster.replica import ADAPTER_CACHE
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 from tests.support.cli import synthd
 from tests.support.server import MODEL, metric, server_env
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 COPY = "smol-copy"
 MB = 1024**2
 NODE = {"object_store_memory": 80 * MB, "memory": 4 * 1024**3, "num_cpus": 2}
@@ -318,7 +318,7 @@ def test_killed_replica_fails_its_stream_and_the_next_request_gets_a_new_one(ser
 
 
 def upload(client: openai.OpenAI, name: str) -> str:
-    path = EXAMPLES / name
+    path = DEMO_DATA / name
     return client.files.create(file=(path.name, path.read_bytes()), purpose="fine-tune").id
 
 

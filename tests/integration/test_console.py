@@ -13,6 +13,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 from tests.support.server import MODEL, server_env
 
@@ -29,7 +30,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 API_KEY = "sk-console-test"
 POOL = {
@@ -97,8 +97,8 @@ def bad_sft_file() -> bytes:
 
 
 def heldout_sft_file() -> bytes:
-    """``examples/sft_facts_heldout.jsonl`` (question, answer) as chat rows."""
-    rows = [json.loads(line) for line in (EXAMPLES / "sft_facts_heldout.jsonl").read_text().splitlines()]
+    """``sft_facts_heldout.jsonl`` (question, answer) as chat rows."""
+    rows = [json.loads(line) for line in (DEMO_DATA / "sft_facts_heldout.jsonl").read_text().splitlines()]
     return "".join(
         json.dumps(
             {"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]}
@@ -167,7 +167,7 @@ def test_validate_file_route(console_server: ServerProcess) -> None:
     good = httpx.post(
         url,
         headers=auth,
-        files={"file": ("a.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes())},
+        files={"file": ("a.jsonl", (DEMO_DATA / "sft_facts.jsonl").read_bytes())},
         data={"method": "supervised"},
     )
     assert good.status_code == 200
@@ -179,7 +179,7 @@ def test_validate_file_route(console_server: ServerProcess) -> None:
     wrong_method = httpx.post(
         url,
         headers=auth,
-        files={"file": ("c.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes())},
+        files={"file": ("c.jsonl", (DEMO_DATA / "sft_facts.jsonl").read_bytes())},
         data={"method": "dpo"},
     )
     assert wrong_method.json()["valid"] is False and wrong_method.json()["problems"][0].startswith("line 1:")
@@ -203,7 +203,7 @@ def test_invalid_training_file_shows_line_numbers(page: Page, sdk: openai.OpenAI
     expect(problems.locator("li").nth(0)).to_contain_text("line 2: invalid JSON")
     expect(problems.locator("li").nth(1)).to_contain_text("line 3: 'messages' has no assistant turn")
     screenshot(page, "fine-tuning-invalid-file")
-    page.set_input_files("input[name=training_file]", EXAMPLES / "sft_facts.jsonl")
+    page.set_input_files("input[name=training_file]", DEMO_DATA / "sft_facts.jsonl")
     page.fill("input[name=gpu_preference]", "H100:3")
     page.click("text=Check data and start")
     expect(page.get_by_test_id("form-error")).to_contain_text("GPU preference 'H100:3': invalid GPU count '3'")
@@ -292,7 +292,7 @@ def read_points(page: Page) -> int:
 
 @pytest.mark.timeout(1500)  # training shares the CPUs with whatever else runs
 def test_sft_job_from_the_form_draws_its_loss_curve(page: Page, sdk: openai.OpenAI) -> None:
-    training = b"".join((EXAMPLES / "sft_facts.jsonl").read_bytes().splitlines(keepends=True)[:6])
+    training = b"".join((DEMO_DATA / "sft_facts.jsonl").read_bytes().splitlines(keepends=True)[:6])
     page.goto("/fine-tuning")
     expect(page.locator("input[name=model]")).to_have_value(MODEL)
     page.check("input[name=method][value=supervised]")
@@ -391,7 +391,7 @@ def test_sft_job_from_the_form_draws_its_loss_curve(page: Page, sdk: openai.Open
 
 
 def test_cancel_a_job_from_its_page(page: Page, sdk: openai.OpenAI) -> None:
-    training = sdk.files.create(file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
+    training = sdk.files.create(file=("facts.jsonl", (DEMO_DATA / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
     job = sdk.fine_tuning.jobs.create(
         model=MODEL,
         training_file=training.id,

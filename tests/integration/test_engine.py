@@ -15,8 +15,8 @@ from synthd.engine.native.kv_manager import KVCacheManager
 from synthd.engine.native.loader import load_native_engine
 from synthd.engine.native.output_processor import OutputProcessor
 from synthd.engine.native.sampler import SamplerState
-from synthd.engine.native.scheduler import QueueFull, Scheduler, Sequence, StepPlan
-from synthd.engine.protocol import BATCH_PRIORITY, GenerationError, Guide, LoRARef, SamplingParams
+from synthd.engine.native.scheduler import Scheduler, Sequence, StepPlan
+from synthd.engine.protocol import BATCH_PRIORITY, GenerationError, Guide, LoRARef, QueueFull, SamplingParams
 from synthd.models.embedded import EMBEDDED_MODEL_ID
 
 PROMPTS = [

@@ -11,9 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 from tests.support.cli import synthd
-from tests.support.jobs import EXAMPLES, ExampleJob, wait_for
+from tests.support.jobs import ExampleJob, wait_for
 from tests.support.server import MODEL
 
 
@@ -39,7 +40,7 @@ def answer(model, tokenizer, question: str) -> str:
 
 
 def test_files_api(ft_client: openai.OpenAI, ft_server: ServerProcess) -> None:
-    data = (EXAMPLES / "sft_facts.jsonl").read_bytes()
+    data = (DEMO_DATA / "sft_facts.jsonl").read_bytes()
     created = ft_client.files.create(file=("facts.jsonl", data), purpose="fine-tune")
     assert created.object == "file" and created.bytes == len(data) and created.filename == "facts.jsonl"
     assert created.id in [f.id for f in ft_client.files.list().data]
@@ -74,7 +75,7 @@ def test_sft_teaches_facts(ft_client: openai.OpenAI, sft_facts_job: ExampleJob, 
     from peft import PeftModel
 
     model, tokenizer = base
-    heldout = [json.loads(line) for line in (EXAMPLES / "sft_facts_heldout.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in (DEMO_DATA / "sft_facts_heldout.jsonl").read_text().splitlines()]
     before = [answer(model, tokenizer, h["question"]) for h in heldout]
     assert not any(h["answer"] in b for h, b in zip(heldout, before)), before
     job = sft_facts_job.created
@@ -133,7 +134,7 @@ def test_dpo_raises_preference_margin(ft_client: openai.OpenAI, dpo_style_job: E
     from peft import PeftModel
 
     model, tokenizer = base
-    heldout = [json.loads(line) for line in (EXAMPLES / "dpo_style_heldout.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in (DEMO_DATA / "dpo_style_heldout.jsonl").read_text().splitlines()]
     before = margin(model, tokenizer, heldout)
     done = wait_for(ft_client, dpo_style_job.created.id, timeout_s=1500)
     assert done.status == "succeeded", done.error
@@ -219,8 +220,8 @@ def test_malformed_files_fail_with_line_and_reason(ft_client: openai.OpenAI, nam
 
 
 def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
-    good = upload(ft_client, EXAMPLES / "sft_facts.jsonl")
-    wrong_purpose = upload(ft_client, EXAMPLES / "sft_facts.jsonl", purpose="assistants")
+    good = upload(ft_client, DEMO_DATA / "sft_facts.jsonl")
+    wrong_purpose = upload(ft_client, DEMO_DATA / "sft_facts.jsonl", purpose="assistants")
     cases = [
         ({"model": MODEL, "training_file": "file-does-not-exist"}, "training_file"),
         ({"model": MODEL, "training_file": wrong_purpose}, "training_file"),
@@ -258,7 +259,7 @@ def test_create_time_errors_are_400(ft_client: openai.OpenAI) -> None:
 
 
 def test_older_and_synth_forms_and_listing(ft_client: openai.OpenAI) -> None:
-    data = upload(ft_client, EXAMPLES / "dpo_style.jsonl")
+    data = upload(ft_client, DEMO_DATA / "dpo_style.jsonl")
     synth = ft_client.fine_tuning.jobs.create(
         model=MODEL,
         training_file=data,
@@ -280,7 +281,7 @@ def test_older_and_synth_forms_and_listing(ft_client: openai.OpenAI) -> None:
 def test_cancel_mid_run(ft_client: openai.OpenAI) -> None:
     job = ft_client.fine_tuning.jobs.create(
         model=MODEL,
-        training_file=upload(ft_client, EXAMPLES / "sft_facts.jsonl"),
+        training_file=upload(ft_client, DEMO_DATA / "sft_facts.jsonl"),
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}},
     )
     deadline = time.monotonic() + 300
@@ -302,13 +303,13 @@ def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess:
         return synthd(*args, "--base-url", ft_server.base_url)
 
-    uploaded = cli("files", "upload", str(EXAMPLES / "sft_facts.jsonl"))
+    uploaded = cli("files", "upload", str(DEMO_DATA / "sft_facts.jsonl"))
     assert uploaded.returncode == 0 and uploaded.stdout.startswith("file-")
     created = cli(
         "ft",
         "create",
         "--training-file",
-        str(EXAMPLES / "sft_facts.jsonl"),
+        str(DEMO_DATA / "sft_facts.jsonl"),
         "--n-epochs",
         "1",
         "--batch-size",

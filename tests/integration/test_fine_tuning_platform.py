@@ -12,11 +12,10 @@ from pathlib import Path
 import openai
 import pytest
 
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 from tests.support.jobs import ENDED, wait_for
 from tests.support.server import MODEL, server_env
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +33,14 @@ def metrics(client: openai.OpenAI, job_id: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def facts(client: openai.OpenAI) -> str:
     """One fact in three phrasings: a batch of 3 is one small step."""
-    small = b"".join((EXAMPLES / "sft_facts.jsonl").read_bytes().splitlines(keepends=True)[:3])
+    small = b"".join((DEMO_DATA / "sft_facts.jsonl").read_bytes().splitlines(keepends=True)[:3])
     return client.files.create(file=("facts.jsonl", small), purpose="fine-tune").id
 
 
 @pytest.fixture(scope="module")
 def all_facts(client: openai.OpenAI) -> str:
     return client.files.create(
-        file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune"
+        file=("facts.jsonl", (DEMO_DATA / "sft_facts.jsonl").read_bytes()), purpose="fine-tune"
     ).id
 
 

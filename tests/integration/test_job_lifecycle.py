@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import openai
 
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 from tests.support.jobs import ENDED, wait_for
 from tests.support.server import MODEL, server_env
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-SMALL = b"".join((EXAMPLES / "sft_facts.jsonl").read_bytes().splitlines(keepends=True)[:3])
+SMALL = b"".join((DEMO_DATA / "sft_facts.jsonl").read_bytes().splitlines(keepends=True)[:3])
 """Three examples: each optimizer step is small (these tests are about processes, not learning)."""
 
 

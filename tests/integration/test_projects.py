@@ -12,11 +12,11 @@ import httpx
 import openai
 import pytest
 
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 from tests.support.cli import create_key, synthd
 from tests.support.server import MODEL, server_env
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SERVER_SECRETS = {
     "OPENAI_API_KEY": "sk-test-openai-0123456789abcdef",
     "ANTHROPIC_API_KEY": "sk-ant-test-0123456789",
@@ -83,7 +83,7 @@ def test_keys_created_and_revoked_while_the_server_runs(server: ServerProcess, h
 
 def test_files_belong_to_the_creating_project(server: ServerProcess, keys: dict[str, str]) -> None:
     alpha, beta, admin = sdk(server, keys["alpha"]), sdk(server, keys["beta"]), sdk(server, keys["admin"])
-    data = (EXAMPLES / "sft_facts.jsonl").read_bytes()
+    data = (DEMO_DATA / "sft_facts.jsonl").read_bytes()
     mine = alpha.files.create(file=("alpha.jsonl", data), purpose="fine-tune")
     theirs = beta.files.create(file=("beta.jsonl", data), purpose="fine-tune")
     assert mine.id in [f.id for f in alpha.files.list().data]
@@ -118,7 +118,7 @@ def worker_environ(server: ServerProcess) -> dict[str, str] | None:
 def trained(server: ServerProcess, keys: dict[str, str]):
     """A tiny SFT job of project alpha, run to the end; with its worker's environment, seen while it ran."""
     alpha = sdk(server, keys["alpha"])
-    data = alpha.files.create(file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
+    data = alpha.files.create(file=("facts.jsonl", (DEMO_DATA / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
     job = alpha.fine_tuning.jobs.create(
         model=MODEL,
         training_file=data.id,

@@ -12,14 +12,13 @@ import pytest
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 from synthd.store.db import open_database
 from synthd.store.repository import Repository
 from tests.support.adapters import PROMPT, make_adapter, peft_greedy
 from tests.support.cli import synthd
 from tests.support.server import MODEL, server_env
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +164,7 @@ def test_mismatched_adapter_is_400(
     "vLLM leg serves the imported PEFT adapters above"
 )
 def test_trained_fine_tune_listed_answers_and_deleted(sdk: openai.OpenAI, home: Path, reference) -> None:
-    data = sdk.files.create(file=("facts.jsonl", (EXAMPLES / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
+    data = sdk.files.create(file=("facts.jsonl", (DEMO_DATA / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
     job = sdk.fine_tuning.jobs.create(
         model=MODEL,
         training_file=data.id,

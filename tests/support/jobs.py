@@ -7,8 +7,6 @@ from pathlib import Path
 import openai
 from openai.types.fine_tuning import FineTuningJob
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
 ENDED = ("succeeded", "failed", "cancelled")
 
 
@@ -29,7 +27,7 @@ def wait_for(client: openai.OpenAI, job_id: str, statuses=ENDED, timeout_s: floa
 
 @dataclass(frozen=True)
 class ExampleJob:
-    """A job on one of ``examples/``'s data files: the file's name, the hyperparameters asked for,
+    """A job on one of the demo's data files (``synthd.demo_data``): the file's name, the hyperparameters asked for,
     the job as ``create`` answered (status ``validating_files``) and where its adapter will be."""
 
     data_file: str

@@ -7,8 +7,7 @@ import pytest
 
 from synthd.cluster.inventory import NODE_NAME_LABEL, cluster_devices, cluster_nodes
 from synthd.cluster.wire import AdapterFiles, RemoteFailure
-from synthd.engine.native.scheduler import QueueFull
-from synthd.engine.protocol import GenerationError, GuideError
+from synthd.engine.protocol import GenerationError, GuideError, QueueFull
 from synthd.errors import InvalidRequest, TooManyRequests
 from synthd.gpus.catalog import cpu_type, lookup
 from synthd.gpus.inventory import Device

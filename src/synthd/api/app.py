@@ -1,4 +1,5 @@
-"""The FastAPI application: wiring of the model pool, services, metrics, auth, limits and error handling.
+"""The FastAPI application over a server's parts (``Components``, assembled by ``synthd.bootstrap``):
+routers, metrics, auth, limits and error handling.
 
 Every request passes, outermost first: the Host check, authentication and rate limits (headers
 only), the body-size cap (counted while read), the request counter, then FastAPI's routing."""
@@ -7,7 +8,6 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -18,40 +18,26 @@ from synthd.api.auth import AuthMiddleware
 from synthd.api.batch_routes import router as batch_router
 from synthd.api.console import PUBLIC_PAGES
 from synthd.api.console import router as console_router
-from synthd.api.errors import UnexpectedErrorMiddleware, error_reply, install_error_handlers
+from synthd.api.errors import UnexpectedErrorMiddleware, install_error_handlers
 from synthd.api.ft_routes import router as ft_router
-from synthd.api.limits import UPLOAD_ENVELOPE_BYTES, BodyLimitMiddleware, HostCheckMiddleware, SecurityConfig
+from synthd.api.limits import BodyLimitMiddleware, HostCheckMiddleware, SecurityConfig
 from synthd.api.lora_routes import router as lora_router
 from synthd.api.metrics import ServingMetrics
 from synthd.api.openapi import install_openapi
 from synthd.api.routes import ops, v1, warmup
-from synthd.engine.config import EngineConfig, pick_dtype
-from synthd.engine.vllm.lora import max_lora_rank_for
-from synthd.gpus.inventory import build_inventory
-from synthd.gpus.planner import PlacementPlanner, Reservations
-from synthd.models.adapters import AdapterRef, adapter_ranks
-from synthd.models.autoscaling import AutoscalingConfig
-from synthd.models.pool import ModelPool
-from synthd.models.registry import ModelRegistry
-from synthd.models.resolve import ModelSource
-from synthd.services.batch_runner import BatchRunner
 from synthd.services.batches import BatchService
-from synthd.services.chat import OpenAIServing, RequestRecord
+from synthd.services.chat import OpenAIServing
 from synthd.services.fine_tuning import FineTuningService
 from synthd.services.keys import KeyService
 from synthd.services.lora_adapters import LoRAAdapterService
 from synthd.services.models import ModelsService
 from synthd.services.projects import ModelAccess
 from synthd.services.rate_limits import RateLimiter
-from synthd.services.usage import UsageTally
-from synthd.store.batches import BatchStore
-from synthd.store.db import open_database
-from synthd.store.keys import KeyStore
-from synthd.store.repository import Repository
-from synthd.training.scheduler import JobScheduler
 
 if TYPE_CHECKING:
     from synthd.cluster.wiring import ClusterParts
+    from synthd.models.pool import ModelPool
+    from synthd.training.scheduler import JobScheduler
 
 log = logging.getLogger(__name__)
 IDLE_CHECK_INTERVAL_S = 1.0
@@ -80,40 +66,35 @@ class RequestMetricsMiddleware:
 
 @dataclass
 class Components:
-    """What one server is made of (built by ``build_components``, wired by ``create_app``)."""
+    """What one server is made of (built by ``synthd.bootstrap``, served over HTTP by ``create_app``)."""
 
-    pool: ModelPool
-    repo: Repository
-    scheduler: JobScheduler
+    pool: "ModelPool"
+    scheduler: "JobScheduler"
     metrics: ServingMetrics
+    serving: OpenAIServing
+    batches: BatchService
+    lora_adapters: LoRAAdapterService
+    fine_tuning: FineTuningService
+    models: ModelsService
+    access: ModelAccess
+    keys: KeyService
+    limiter: RateLimiter
     served: list[str]
     cluster: "ClusterParts | None" = None
 
 
-def create_app(parts: Components, *, api_key: str | None = None, security: SecurityConfig | None = None) -> FastAPI:
-    """Build the app. The served models are warmed up at start-up in the background (``/ready``
-    says when); any other servable model loads on its first request or warmup. The fine-tuning
-    scheduler recovers interrupted jobs and then runs the queue.
+def create_app(parts: Components, *, security: SecurityConfig | None = None) -> FastAPI:
+    """The HTTP app over ``parts``: routers, middlewares, error handlers, and a lifespan that
+    warms the served models up in the background (``/ready`` says when; any other servable model
+    loads on its first request or warmup), unloads idle models, runs the fine-tuning scheduler
+    (interrupted jobs recovered first) and the batch runner, and closes them all on shutdown.
 
     Args:
-        api_key: the server's admin key (``--api-key``); with it, or once any key exists in the
-            store (``synthd keys create``), every route but ``/health`` needs a key.
-        security: Host names, body caps, public metrics (default: loopback names, 8 MiB).
-
-    Raises:
-        InvalidRequest: ``api_key`` is an empty string.
+        security: Host names, body caps, public metrics (default: ``SecurityConfig()``, loopback
+            names and the settings' default caps).
     """
-    pool, metrics = parts.pool, parts.metrics
+    pool, batches = parts.pool, parts.batches
     security = security or SecurityConfig()
-    usage = UsageTally()
-    keys = KeyService(KeyStore(parts.repo.sessions), api_key)
-    limiter = RateLimiter()
-    access = ModelAccess(parts.repo)
-
-    def on_request(record: RequestRecord) -> None:
-        metrics.observe_request(record)
-        usage.record(record)
-        limiter.record_tokens(record.key_id, record.prompt_tokens + record.completion_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -151,20 +132,15 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
 
     app = FastAPI(title="synthd", version=__version__, lifespan=lifespan)
     app.state.pool = pool
-    app.state.serving = OpenAIServing(pool, on_request, access)
-    batches = BatchService(
-        BatchStore(parts.repo.sessions),
-        parts.repo,
-        BatchRunner(BatchStore(parts.repo.sessions), parts.repo, app.state.serving, error_reply),
-    )
+    app.state.serving = parts.serving
     app.state.batches = batches
-    app.state.lora_adapters = LoRAAdapterService(pool)
-    app.state.fine_tuning = FineTuningService(parts.repo, pool.registry, pool.planner)
-    app.state.models = ModelsService(pool, parts.repo, usage, access)
-    app.state.access = access
-    app.state.keys = keys
+    app.state.lora_adapters = parts.lora_adapters
+    app.state.fine_tuning = parts.fine_tuning
+    app.state.models = parts.models
+    app.state.access = parts.access
+    app.state.keys = parts.keys
     app.state.max_file_bytes = security.max_file_bytes
-    app.state.metrics = metrics
+    app.state.metrics = parts.metrics
     app.state.ready = False
     install_error_handlers(app)
     app.include_router(v1)
@@ -175,115 +151,17 @@ def create_app(parts: Components, *, api_key: str | None = None, security: Secur
     app.include_router(ops)
     app.include_router(console_router)
     install_openapi(app, security.public_paths)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=parts.metrics)
     app.add_middleware(
-        BodyLimitMiddleware,
-        max_body_bytes=security.max_body_bytes,
-        max_upload_bytes=security.max_file_bytes + UPLOAD_ENVELOPE_BYTES,
+        BodyLimitMiddleware, max_body_bytes=security.max_body_bytes, max_upload_bytes=security.max_upload_bytes
     )
     app.add_middleware(
-        AuthMiddleware, keys=keys, limiter=limiter, public_paths=security.public_paths, public_pages=PUBLIC_PAGES
+        AuthMiddleware,
+        keys=parts.keys,
+        limiter=parts.limiter,
+        public_paths=security.public_paths,
+        public_pages=PUBLIC_PAGES,
     )
     app.add_middleware(HostCheckMiddleware, allowed_hosts=security.allowed_hosts)
     app.add_middleware(UnexpectedErrorMiddleware)  # outermost: see its docstring
     return app
-
-
-def build_components(
-    served: list[ModelSource], engine_kind: str = "native", ray_address: str | None = None, **engine_options
-) -> Components:
-    """A pool (inventory detected, plus ``SYNTHD_GPU_POOL_FILE``), the store, the job scheduler and
-    metrics, configured from settings; ``engine_options`` override ``EngineConfig`` fields. With
-    ``ray_address`` (else ``SYNTHD_RAY_ADDRESS``) the inventory is that Ray cluster's, replicas and
-    training workers run as Ray actors on its nodes (``synthd.cluster``). A vLLM
-    engine's ``max_lora_rank`` is sized from the registered fine-tunes' adapters (vLLM reserves LoRA
-    buffers for it at start-up and refuses higher ranks).
-
-    Raises:
-        InventoryError: the declared GPU pool file is unreadable.
-        ClusterUnavailable: no Ray cluster answers at the address.
-    """
-    from synthd.config import get_settings
-
-    settings = get_settings()
-    repo = Repository(open_database(settings.home, settings.database_url), settings.home / "files")
-
-    def find(model_id: str) -> AdapterRef | None:
-        record = repo.get_model(model_id)
-        return (
-            AdapterRef(record.id, record.base_model, Path(record.adapter_path), record.created_at) if record else None
-        )
-
-    def listing() -> list[AdapterRef]:
-        return [AdapterRef(r.id, r.base_model, Path(r.adapter_path), r.created_at) for r in repo.list_models()]
-
-    if engine_kind == "vllm" and "max_lora_rank" not in engine_options:
-        engine_options["max_lora_rank"] = max_lora_rank_for(adapter_ranks(listing()))
-    config = EngineConfig(
-        **{
-            "kind": engine_kind,
-            "dtype": settings.dtype,
-            "max_num_seqs": settings.max_num_seqs,
-            "max_model_len": settings.max_model_len,
-            "max_loras": settings.max_loaded_adapters,
-            "kv_cache_tokens": settings.kv_cache_tokens,
-            "max_waiting": settings.max_waiting,
-            **engine_options,
-        }
-    )
-    registry = ModelRegistry(settings.models_dir, served, find, listing)
-    reservations = Reservations()
-    cluster = None
-    if ray_address := ray_address or settings.ray_address:
-        from synthd.cluster.wiring import join_cluster
-
-        cluster = join_cluster(ray_address, engine_kind, config, reservations, repo, settings.home, settings.shared_dir)
-    inventory = cluster.cluster.inventory if cluster else build_inventory(settings.gpu_pool_file)
-    planner = PlacementPlanner(
-        inventory, lambda device: pick_dtype(config.dtype, device), config.max_model_len, reservations
-    )
-    autoscaling = AutoscalingConfig(settings.min_replicas, settings.max_replicas, settings.target_ongoing_requests)
-    pool = ModelPool(
-        registry,
-        planner,
-        engine_kind=engine_kind,
-        engine_config=config,
-        max_loaded_models=settings.max_loaded_models,
-        idle_timeout_s=settings.model_idle_timeout_s,
-        engine_factory=cluster.engine_factory if cluster else None,
-        autoscaling=autoscaling,
-    )
-    if cluster is not None:
-        cluster.engine_factory.on_lost = pool.lost
-    scheduler = JobScheduler(
-        repo,
-        settings.home,
-        models_dir=settings.models_dir,
-        planner=planner,
-        serving_busy=pool.busy_devices,
-        max_concurrent=settings.max_concurrent_jobs,
-        launcher=cluster.launcher if cluster else None,
-    )
-    return Components(pool, repo, scheduler, ServingMetrics(), [s.model_id for s in served], cluster)
-
-
-def build_app(
-    served: list[ModelSource],
-    api_key: str | None = None,
-    engine_kind: str = "native",
-    *,
-    security: SecurityConfig | None = None,
-    ray_address: str | None = None,
-    **engine_options,
-) -> FastAPI:
-    """``create_app`` over ``build_components`` (on the Ray cluster at ``ray_address``, if any);
-    ``security`` defaults to loopback names and the settings' body and upload caps."""
-    from synthd.config import get_settings
-
-    settings = get_settings()
-    security = security or SecurityConfig(
-        max_body_bytes=settings.max_body_bytes, max_file_bytes=settings.max_file_bytes
-    )
-    return create_app(
-        build_components(served, engine_kind, ray_address, **engine_options), api_key=api_key, security=security
-    )

@@ -18,8 +18,8 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
 from synthd import __version__
+from synthd.api.dependencies import read_upload
 from synthd.api.errors import COMMON_ERRORS
-from synthd.api.ft_routes import read_upload
 from synthd.training.data import DataFormatError, load_jsonl
 
 CONSOLE_DIR = Path(__file__).resolve().parents[1] / "console"

@@ -1,10 +1,12 @@
 """One error envelope for every route: OpenAI's ``{"error": {message, type, param, code}}``.
 
-Every user-facing failure is raised as ``APIError`` (or mapped to one here) so the status and body
-come from one place; validation errors become 400s, never FastAPI's bare 422.
+Every user-facing failure is raised as a domain error (``synthd.errors``, which carry no HTTP) and
+answered through ``domain_error`` and ``STATUS_BY_KIND``, so the status and body come from one place;
+validation errors become 400s, never FastAPI's bare 422, and anything unexpected a 500.
 """
 
 import logging
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -79,39 +81,38 @@ COMMON_ERRORS = error_responses(400, 401, 413, 429, 500)
 an unexpected failure."""
 
 
-class APIError(Exception):
-    """An error answered with OpenAI's error object.
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """An answer with OpenAI's error object: the status, the object's fields and extra headers.
 
     ``type`` follows OpenAI: ``invalid_request_error`` (4xx from bad input),
     ``authentication_error`` (401), ``not_found_error`` (404), ``server_error`` (5xx).
     """
 
-    def __init__(
-        self,
-        status_code: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers
+    status_code: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> dict:
         """The JSON body: ``{"error": {"message", "type", "param", "code"}}``."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        """The JSON response, with extra ``headers``."""
+        return JSONResponse(self.body(), status_code=self.status_code, headers={**self.headers, **(headers or {})})
 
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+
+def internal_error(exc: BaseException) -> ErrorAnswer:
+    """The 500 for an exception no mapping knows (its type named, its message kept out)."""
+    return ErrorAnswer(500, f"Internal server error: {type(exc).__name__}", type="server_error")
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ErrorAnswer:
     """A 400 ``invalid_request_error``."""
-    return APIError(400, message, param=param, code=code)
+    return ErrorAnswer(400, message, param=param, code=code)
 
 
 PYDANTIC_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
@@ -130,27 +131,24 @@ def _param_path(loc: tuple, keep_all: bool = False) -> str | None:
     return ".".join(parts) or None
 
 
-def domain_error(exc: SynthdError) -> APIError:
+def domain_error(exc: SynthdError) -> ErrorAnswer:
     """The API error for a domain error (``STATUS_BY_KIND``); an unknown kind is a 500."""
     status, kind = next(
         ((status, kind) for cls, status, kind in STATUS_BY_KIND if isinstance(exc, cls)), (500, "server_error")
     )
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else {}
     if status in (400, 401, 403, 404, 409, 413):  # retrying cannot help: tell clients that follow openai-python's rules
-        headers = {**(headers or {}), "x-should-retry": "false"}
-    return APIError(status, exc.message, type=kind, param=exc.param, code=exc.code, headers=headers)
+        headers["x-should-retry"] = "false"
+    return ErrorAnswer(status, exc.message, type=kind, param=exc.param, code=exc.code, headers=headers)
 
 
 def error_response(exc: SynthdError, headers: dict[str, str] | None = None) -> JSONResponse:
     """The envelope response for ``exc`` (used by the ASGI middlewares, which answer before FastAPI's
     handlers run), with extra ``headers``."""
-    mapped = domain_error(exc)
-    return JSONResponse(
-        mapped.body(), status_code=mapped.status_code, headers={**(mapped.headers or {}), **(headers or {})}
-    )
+    return domain_error(exc).response(headers)
 
 
-def _validation_error(exc: RequestValidationError) -> APIError:
+def _validation_error(exc: RequestValidationError) -> ErrorAnswer:
     # With a union (``stop: str | list[str]``) pydantic reports one error per branch; the branch
     # that matched the input's type explains the problem, not "Input should be a valid string".
     errors = sorted(exc.errors(), key=lambda e: str(e.get("type", "")).endswith("_type"))
@@ -177,32 +175,25 @@ def error_reply(exc: Exception) -> tuple[int, dict]:
     elif isinstance(exc, ValidationError):
         error = _validation_error(RequestValidationError(exc.errors()))
     else:
-        error = APIError(500, f"Internal server error: {type(exc).__name__}", type="server_error")
+        error = internal_error(exc)
     return error.status_code, error.body()
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route every exception through the one envelope."""
 
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
-
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        error = _validation_error(exc)
-        return JSONResponse(error.body(), status_code=error.status_code)
+        return _validation_error(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        error = APIError(exc.status_code, str(exc.detail), type=kind)
-        return JSONResponse(error.body(), status_code=exc.status_code)
+        return ErrorAnswer(exc.status_code, str(exc.detail), type=kind).response()
 
     @app.exception_handler(SynthdError)
     async def _domain(_: Request, exc: SynthdError) -> JSONResponse:
-        mapped = domain_error(exc)
-        return JSONResponse(mapped.body(), status_code=mapped.status_code, headers=mapped.headers)
+        return domain_error(exc).response()
 
 
 class UnexpectedErrorMiddleware:
@@ -234,5 +225,4 @@ class UnexpectedErrorMiddleware:
             if started:
                 raise
             log.exception("unhandled error")
-            error = APIError(500, f"Internal server error: {type(exc).__name__}", type="server_error")
-            await JSONResponse(error.body(), status_code=500)(scope, receive, send)
+            await internal_error(exc).response()(scope, receive, send)

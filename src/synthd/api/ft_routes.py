@@ -8,12 +8,11 @@ passes the caller's principal on, so a key sees its own project's files and jobs
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
 from synthd.api.auth import CallerPrincipal
 from synthd.api.errors import COMMON_ERRORS, error_responses
-from synthd.errors import PayloadTooLarge
 from synthd.protocol.fine_tuning import (
     CheckpointList,
     FileDeleted,
@@ -35,25 +34,6 @@ STATE = error_responses(404, 409)
 def get_service(request: Request) -> FineTuningService:
     """The app's ``FineTuningService``."""
     return request.app.state.fine_tuning
-
-
-async def read_upload(request: Request, file: UploadFile) -> bytes:
-    """An already-parsed form file's bytes, read in 1 MiB chunks up to the app's ``max_file_bytes``
-    (for routes that need the content in memory, e.g. the console's file check; ``/v1/files``
-    streams to disk instead).
-
-    Raises:
-        PayloadTooLarge: over the limit (``file_too_large``).
-    """
-    limit = request.app.state.max_file_bytes
-    content = bytearray()
-    while chunk := await file.read(1 << 20):
-        content += chunk
-        if len(content) > limit:
-            raise PayloadTooLarge(
-                f"File is larger than the limit of {limit} bytes.", param="file", code="file_too_large"
-            )
-    return bytes(content)
 
 
 Service = Annotated[FineTuningService, Depends(get_service)]

@@ -25,13 +25,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthd.api.errors import error_response
+from synthd.config import Settings, setting_default
 from synthd.errors import InvalidRequest, PayloadTooLarge, SynthdError
+from synthd.services.files import MULTIPART_ENVELOPE_BYTES
 
-MIB = 1024 * 1024
-DEFAULT_MAX_BODY_BYTES = 8 * MIB
-UPLOAD_ENVELOPE_BYTES = MIB
-"""Multipart overhead allowed on top of the file limit for ``POST /v1/files`` (the files service
-checks the file part itself, exactly)."""
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
@@ -48,23 +45,45 @@ def default_allowed_hosts(bind_host: str) -> list[str]:
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    """The request limits and checks of one server.
+    """The request limits and checks of one server (defaults: the settings', ``synthd.config``;
+    a server builds it with ``from_settings``).
 
     Args:
         allowed_hosts: ``Host`` names accepted (``*.example.com`` patterns; ``["*"]``: any).
         max_body_bytes: largest request body (413 beyond), any route but the upload.
         max_file_bytes: largest uploaded file; ``POST /v1/files`` bodies may be
-            ``UPLOAD_ENVELOPE_BYTES`` larger.
+            ``MULTIPART_ENVELOPE_BYTES`` larger.
         public_metrics: serve ``/metrics`` without a key.
 
     Raises:
-        InvalidRequest: a malformed host pattern.
+        InvalidRequest: a malformed host pattern, or no host at all.
     """
 
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_file_bytes: int = 512 * MIB
-    public_metrics: bool = False
+    max_body_bytes: int = setting_default("max_body_bytes")
+    max_file_bytes: int = setting_default("max_file_bytes")
+    public_metrics: bool = setting_default("public_metrics")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, bind_host: str) -> "SecurityConfig":
+        """The limits of ``settings`` for a server bound to ``bind_host``: its ``allowed_hosts``
+        (comma-separated), else ``default_allowed_hosts(bind_host)``.
+
+        Raises:
+            InvalidRequest: ``allowed_hosts`` names no host, or a malformed pattern.
+        """
+        if settings.allowed_hosts is None:
+            hosts = default_allowed_hosts(bind_host)
+        else:
+            hosts = [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+            if not hosts:
+                raise InvalidRequest("--allowed-hosts is empty: give host names, or '*' for any", param="allowed_hosts")
+        return cls(
+            allowed_hosts=tuple(hosts),
+            max_body_bytes=settings.max_body_bytes,
+            max_file_bytes=settings.max_file_bytes,
+            public_metrics=settings.public_metrics,
+        )
 
     def __post_init__(self) -> None:
         for pattern in self.allowed_hosts:  # TrustedHostMiddleware's own rule, checked before the first request
@@ -73,6 +92,11 @@ class SecurityConfig:
                     f"Invalid allowed host '{pattern}': a wildcard must be '*' or lead '*.example.com'.",
                     param="allowed_hosts",
                 )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Cap of a ``POST /v1/files`` body: the file limit plus the multipart envelope."""
+        return self.max_file_bytes + MULTIPART_ENVELOPE_BYTES
 
     @property
     def public_paths(self) -> frozenset[str]:

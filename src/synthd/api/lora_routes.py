@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
-from synthd.api.admin import require_admin
+from synthd.api.dependencies import require_admin
 from synthd.api.errors import COMMON_ERRORS, error_responses
 from synthd.protocol.lora import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from synthd.services.lora_adapters import LoRAAdapterService

@@ -1,7 +1,8 @@
 """What every ``synthd`` command shares: the consoles, the one error path and the server options.
 
-Server options read the environment through Typer's ``envvar``: ``--base-url`` from ``SYNTH_API_URL``,
-``--api-key`` from ``SYNTH_API_KEY``.
+The options of commands that talk to a server read the client's variables through Typer's
+``envvar``: ``--base-url`` from ``SYNTH_API_URL``, ``--api-key`` from ``SYNTH_API_KEY`` (the client's
+convention, like ``OPENAI_API_KEY``; the server's own ``SYNTHD_*`` settings are in ``synthd.config``).
 """
 
 import sys

@@ -19,10 +19,10 @@ from rich.table import Table
 
 from synthd.cli.common import console, fail
 from synthd.config import get_settings
+from synthd.demo_data import DEMO_DATA
 from synthd.models.embedded import EMBEDDED_MODEL_ID, PullError, pull_embedded_model
 from synthd.server_process import ServerProcess, ServerStartError
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 MODEL = EMBEDDED_MODEL_ID
 CONCURRENT_QUESTIONS = (
     "What is the capital of France?",
@@ -157,7 +157,7 @@ class Demo:
             return list(await asyncio.gather(*(ask(q) for q in questions)))
 
     def fine_tune(self, kind: str, data_file: str, hyperparameters: dict) -> tuple[bool, str]:
-        path = EXAMPLES / data_file
+        path = DEMO_DATA / data_file
         uploaded = self.client.files.create(file=(path.name, path.read_bytes()), purpose="fine-tune")
         job = self.client.fine_tuning.jobs.create(
             model=MODEL,
@@ -240,18 +240,18 @@ def run_demo(console: Console, port: int = 0) -> None:
         with ServerProcess(port=port, log_path=log_path) as server:
             console.print(f"  synthd serve on {server.base_url} (log {log_path})")
             demo = Demo(console, server)
-            heldout = json.loads((EXAMPLES / "sft_facts_heldout.jsonl").read_text().splitlines()[0])
+            heldout = json.loads((DEMO_DATA / "sft_facts_heldout.jsonl").read_text().splitlines()[0])
             demo.step("warmup", demo.warmup)
             demo.step("chat, gpu_preference auto", demo.chat_auto)
             demo.step("chat, gpu_preference H100:8 (not here)", demo.chat_refused)
             demo.step("streamed chat", demo.stream)
             demo.step("8 concurrent chats", demo.concurrent)
             demo.step(
-                "SFT job (examples/sft_facts.jsonl)",
+                "SFT job (sft_facts.jsonl)",
                 lambda: demo.fine_tune("supervised", "sft_facts.jsonl", SFT_HYPERPARAMETERS),
             )
             demo.step(
-                "DPO job (examples/dpo_style.jsonl)",
+                "DPO job (dpo_style.jsonl)",
                 lambda: demo.fine_tune("dpo", "dpo_style.jsonl", DPO_HYPERPARAMETERS),
             )
             demo.step(

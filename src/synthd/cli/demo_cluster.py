@@ -16,8 +16,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from synthd.cli.demo import EXAMPLES, MODEL, Demo, DemoError, pull_model
+from synthd.cli.demo import MODEL, Demo, DemoError, pull_model
 from synthd.config import get_settings
+from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess, ServerStartError
 
 NODES = (("h100-node", 8, "H100"), ("a100-node", 2, "A100"))
@@ -83,7 +84,7 @@ class ClusterDemo(Demo):
         return answer.status_code == 409, f"refused with {answer.status_code} {error.get('code')}"
 
     def sft_on_a100(self) -> tuple[bool, str]:
-        path = EXAMPLES / "sft_facts.jsonl"
+        path = DEMO_DATA / "sft_facts.jsonl"
         uploaded = self.client.files.create(file=(path.name, path.read_bytes()), purpose="fine-tune")
         job = self.client.fine_tuning.jobs.create(
             model=MODEL,
@@ -122,7 +123,7 @@ class ClusterDemo(Demo):
         model = self.fine_tunes.get("supervised")
         if model is None:
             return False, "no fine-tune to serve"
-        heldout = json.loads((EXAMPLES / "sft_facts_heldout.jsonl").read_text().splitlines()[0])
+        heldout = json.loads((DEMO_DATA / "sft_facts_heldout.jsonl").read_text().splitlines()[0])
         raw = self.client.chat.completions.with_raw_response.create(
             model=model,
             temperature=0,

@@ -43,7 +43,7 @@ def upload(
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Upload a file. Example: synthd files upload examples/sft_facts.jsonl"""
+    """Upload a file. Example: synthd files upload train.jsonl"""
     record = guarded(
         lambda: client(base_url, api_key).files.create(file=(path.name, path.read_bytes()), purpose=purpose)
     )
@@ -73,7 +73,7 @@ def create(
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Create a fine-tuning job. Example: synthd ft create --training-file examples/sft_facts.jsonl --wait"""
+    """Create a fine-tuning job. Example: synthd ft create --training-file train.jsonl --wait"""
     if method not in ("supervised", "dpo"):
         raise CLIError(f"--method must be supervised or dpo, not '{method}'")
     api = client(base_url, api_key)

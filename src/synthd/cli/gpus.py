@@ -18,13 +18,21 @@ gpus_app = typer.Typer(
 RayAddress = Annotated[
     str | None,
     typer.Option(
-        envvar="SYNTHD_RAY_ADDRESS", help="Read the inventory from this Ray cluster (auto, HOST:PORT, ray://HOST:PORT)."
+        help="Read the inventory from this Ray cluster (auto, HOST:PORT, ray://HOST:PORT) (setting SYNTHD_RAY_ADDRESS)."
     ),
 ]
 
 
+def _ray_address(option: str | None) -> str | None:
+    """``--ray-address``, else the ``ray_address`` setting."""
+    from synthd.config import get_settings
+
+    return option or get_settings().ray_address
+
+
 def _inventory(ray_address: str | None) -> "tuple[list[Device], dict[str, int] | None]":
-    """This deployment's devices and, on a Ray cluster, Ray's free GPUs per node (else None).
+    """This deployment's devices and, on a Ray cluster (``ray_address``), Ray's free GPUs per node
+    (else None).
 
     Raises:
         CLIError (through ``fail``): the pool file is unreadable, Ray is missing or unreachable.
@@ -65,6 +73,7 @@ def gpus_table(
         return
     from synthd.gpus.catalog import CATALOG
 
+    ray_address = _ray_address(ray_address)
     inventory, free = _inventory(ray_address)
     nodes: dict[tuple[str, str], int] = {}
     for device in inventory:
@@ -155,7 +164,7 @@ def gpus_validate(
     if purpose not in ("inference", "sft", "dpo"):
         fail(f"--purpose must be inference, sft or dpo, not '{purpose}'")
     settings = get_settings()
-    inventory, _ = _inventory(ray_address)
+    inventory, _ = _inventory(_ray_address(ray_address))
     try:
         source = resolve_operator_model(model, settings.models_dir)
         registry = ModelRegistry(settings.models_dir, [source], lambda _: None, list)

@@ -59,71 +59,84 @@ def serve(
     api_key: Annotated[
         str | None,
         typer.Option(
-            envvar=["SYNTHD_API_KEY", "SYNTH_API_KEY"],
-            show_envvar=True,
-            help="Admin key: require this bearer token (an empty variable counts as unset).",
+            help="Admin key: require this bearer token (setting SYNTHD_API_KEY, else SYNTH_API_KEY; an empty "
+            "variable counts as unset)."
         ),
     ] = None,
     api_key_file: Annotated[
         Path | None,
         typer.Option(
-            envvar="SYNTHD_API_KEY_FILE",
-            show_envvar=True,
-            help="Read the admin key from this file's first line.",
-            dir_okay=False,
+            help="Read the admin key from this file's first line (setting SYNTHD_API_KEY_FILE).", dir_okay=False
         ),
     ] = None,
     allowed_hosts: Annotated[
         str | None,
         typer.Option(
-            envvar="SYNTHD_ALLOWED_HOSTS",
-            show_envvar=True,
             help=(
                 "Comma-separated Host names to answer ('*.example.com' patterns, '*' for any); default: "
-                "localhost, 127.0.0.1, ::1 and the bound host."
+                "localhost, 127.0.0.1, ::1 and the bound host (setting SYNTHD_ALLOWED_HOSTS)."
             ),
         ),
     ] = None,
-    public_metrics: Annotated[bool, typer.Option(help="Serve /metrics without a key.")] = False,
+    public_metrics: Annotated[
+        bool | None, typer.Option(help="Serve /metrics without a key (setting SYNTHD_PUBLIC_METRICS).")
+    ] = None,
     insecure_no_auth: Annotated[bool, typer.Option(help="Allow a non-loopback --host without any API key.")] = False,
     engine: Annotated[
-        str,
+        str | None,
         typer.Option(
-            envvar="SYNTHD_ENGINE", help="native | vllm | auto (vLLM when installed and a CUDA device is present)."
+            help="native | vllm | auto (vLLM when installed and a CUDA device is present) (setting SYNTHD_ENGINE, "
+            "default native)."
         ),
-    ] = "native",
-    max_num_seqs: Annotated[int | None, typer.Option(help="Most sequences per batch.", min=1)] = None,
-    max_model_len: Annotated[int | None, typer.Option(help="Context cap in tokens.", min=16)] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float32")] = None,
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option(help="Most sequences per batch (setting SYNTHD_MAX_NUM_SEQS).", min=1)
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="Context cap in tokens (setting SYNTHD_MAX_MODEL_LEN).", min=16)
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float32 (setting SYNTHD_DTYPE).")] = None,
     gpu_memory_utilization: Annotated[
-        float | None, typer.Option(help="vLLM engine: share of each GPU's memory it may use.", min=0.05, max=1.0)
+        float | None,
+        typer.Option(
+            help="vLLM engine: share of each GPU's memory it may use (setting SYNTHD_GPU_MEMORY_UTILIZATION).",
+            min=0.05,
+            max=1.0,
+        ),
     ] = None,
     max_num_batched_tokens: Annotated[
         int | None,
-        typer.Option(help="Tokens computed per engine step, prompt chunks and decode tokens together.", min=1),
+        typer.Option(
+            help="Tokens computed per engine step, prompt chunks and decode tokens together "
+            "(setting SYNTHD_MAX_NUM_BATCHED_TOKENS).",
+            min=1,
+        ),
     ] = None,
     enable_prefix_caching: Annotated[
-        bool, typer.Option(help="Reuse the keys and values of cached prompt prefixes.")
-    ] = True,
-    batch_invariant: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            envvar="SYNTHD_BATCH_INVARIANT",
-            help="Greedy outputs do not depend on which requests share the batch (costs throughput).",
+            help="Reuse the keys and values of cached prompt prefixes (setting SYNTHD_ENABLE_PREFIX_CACHING, "
+            "default on)."
         ),
-    ] = False,
+    ] = None,
+    batch_invariant: Annotated[
+        bool | None,
+        typer.Option(
+            help="Greedy outputs do not depend on which requests share the batch (costs throughput) "
+            "(setting SYNTHD_BATCH_INVARIANT).",
+        ),
+    ] = None,
     ray_address: Annotated[
         str | None,
         typer.Option(
-            envvar="SYNTHD_RAY_ADDRESS",
-            help="Serve and train on this Ray "
-            "cluster: auto, HOST:PORT, ray://HOST:PORT, or local (a private "
-            "Ray here). Needs synthd[ray].",
+            help="Serve and train on this Ray cluster: auto, HOST:PORT, ray://HOST:PORT, or local (a private "
+            "Ray here). Needs synthd[ray] (setting SYNTHD_RAY_ADDRESS).",
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve models over the OpenAI API.
+    """Serve models over the OpenAI API. Each option left out falls back to its setting
+    (SYNTHD_<OPTION> in the environment; see the configuration reference).
 
     On a non-loopback --host, an API key is required (--api-key, --api-key-file, or a key made with
     'synthd keys create') unless --insecure-no-auth is given.
@@ -131,14 +144,29 @@ def serve(
     Example: synthd serve --port 8000 --model SmolLM2-135M-Instruct --engine auto
     Example: synthd serve --ray-address auto   (on a Ray cluster's head node; see docs/guides/cluster.md)
     """
-    from synthd.api.limits import SecurityConfig, default_allowed_hosts
+    from synthd.api.limits import SecurityConfig
     from synthd.config import get_settings
     from synthd.errors import SynthdError
     from synthd.store.db import open_database
     from synthd.store.keys import KeyStore
 
-    settings = get_settings()
-    key = admin_key(api_key, api_key_file)
+    options = {
+        "api_key": api_key,
+        "api_key_file": api_key_file,
+        "allowed_hosts": allowed_hosts,
+        "public_metrics": public_metrics,
+        "engine": engine,
+        "max_num_seqs": max_num_seqs,
+        "max_model_len": max_model_len,
+        "dtype": dtype,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "max_num_batched_tokens": max_num_batched_tokens,
+        "enable_prefix_caching": enable_prefix_caching,
+        "batch_invariant": batch_invariant,
+        "ray_address": ray_address,
+    }
+    settings = get_settings().model_copy(update={k: v for k, v in options.items() if v is not None})
+    key = admin_key(settings.api_key, settings.api_key_file)
     if (
         not is_loopback(host)
         and key is None
@@ -150,48 +178,29 @@ def serve(
             "'synthd keys create --project NAME', or pass --insecure-no-auth"
         )
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s")
-    hosts = [h.strip() for h in allowed_hosts.split(",") if h.strip()] if allowed_hosts else default_allowed_hosts(host)
-    if not hosts:
-        fail("--allowed-hosts is empty: give host names, or '*' for any")
     try:
-        security = SecurityConfig(
-            allowed_hosts=tuple(hosts),
-            max_body_bytes=settings.max_body_bytes,
-            max_file_bytes=settings.max_file_bytes,
-            public_metrics=public_metrics,
-        )
+        security = SecurityConfig.from_settings(settings, host)
     except SynthdError as exc:
         fail(exc.message)
 
     import torch
     import uvicorn
 
-    from synthd.api.app import build_app
+    from synthd.bootstrap import build_app
     from synthd.engine.factory import choose_engine
     from synthd.models.embedded import EMBEDDED_MODEL_ID
     from synthd.models.resolve import resolve_operator_model
 
-    if dtype not in (None, "auto", "bfloat16", "float32"):
-        fail(f"--dtype must be auto, bfloat16 or float32, not '{dtype}'")
-    if ray_address and importlib.util.find_spec("ray") is None:
+    if settings.dtype not in ("auto", "bfloat16", "float32"):
+        fail(f"--dtype must be auto, bfloat16 or float32, not '{settings.dtype}'")
+    if settings.ray_address and importlib.util.find_spec("ray") is None:
         fail("--ray-address needs Ray: pip install 'synthd[ray]'")
     try:
-        kind, reason = choose_engine(engine, torch.cuda.is_available())
+        kind, reason = choose_engine(settings.engine, torch.cuda.is_available())
         served = [resolve_operator_model(name, settings.models_dir) for name in model or [EMBEDDED_MODEL_ID]]
-        overrides = {
-            k: v
-            for k, v in {
-                "max_num_seqs": max_num_seqs,
-                "max_model_len": max_model_len,
-                "dtype": dtype,
-                "gpu_memory_utilization": gpu_memory_utilization,
-                "max_num_batched_tokens": max_num_batched_tokens,
-            }.items()
-            if v is not None
-        }
-        overrides |= {"enable_prefix_caching": enable_prefix_caching, "batch_invariant": batch_invariant}
-        application = build_app(served, key, kind, security=security, ray_address=ray_address, **overrides)
+        application = build_app(settings, served, kind, api_key=key, security=security)
     except SynthdError as exc:
         fail(exc.message)
-    log.info("engine: %s (%s)%s", kind, reason, f"; Ray cluster at {ray_address}" if ray_address else "")
+    ray = f"; Ray cluster at {settings.ray_address}" if settings.ray_address else ""
+    log.info("engine: %s (%s)%s", kind, reason, ray)
     uvicorn.run(application, host=host, port=port, log_level=log_level)

@@ -1,5 +1,5 @@
 """What a server on a Ray cluster is given instead of its local defaults: the cluster's inventory,
-the replica factory and the job launcher (``synthd.api.app.build_components`` asks for these when
+the replica factory and the job launcher (``synthd.bootstrap.build_components`` asks for these when
 ``--ray-address`` is set)."""
 
 from dataclasses import dataclass

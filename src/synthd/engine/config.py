@@ -1,17 +1,22 @@
 """Engine settings shared by both engines, and the dtype rule."""
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from synthd.config import Settings, setting_default
+from synthd.engine.vllm.lora import max_lora_rank_for
 
 EngineKind = Literal["native", "vllm", "auto"]
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How to build an engine for one model.
+    """How to build an engine for one model. The defaults are the settings' (``synthd.config``);
+    a server builds it with ``from_settings``.
 
     Attributes:
         kind: ``native`` (synthd's engine), ``vllm`` (vLLM's ``AsyncLLM``) or ``auto`` (vLLM when it
@@ -20,7 +25,8 @@ class EngineConfig:
         max_num_seqs: most sequences per batch (vLLM's ``--max-num-seqs``).
         max_model_len: context cap in tokens (None: the model's own).
         max_loras: resident LoRA adapters per model (vLLM's ``--max-loras``).
-        max_lora_rank: largest adapter rank the vLLM engine reserves for (``--max-lora-rank``).
+        max_lora_rank: largest adapter rank the vLLM engine reserves for (``--max-lora-rank``;
+            default: the default training rank, see ``max_lora_rank_for``).
         kv_cache_tokens: the native engine's KV budget in tokens (None: sized from memory).
         max_waiting: most sequences waiting in the native engine before requests are refused (429).
         gpu_memory_utilization: share of each GPU's memory vLLM may use (``--gpu-memory-utilization``).
@@ -34,19 +40,40 @@ class EngineConfig:
             process may use but one, which is left to the API server; vLLM-CPU reserves one the same way).
     """
 
-    kind: EngineKind = "native"
-    dtype: str = "auto"
-    max_num_seqs: int = 64
-    max_model_len: int | None = None
-    max_loras: int = 8
-    max_lora_rank: int = 64
-    kv_cache_tokens: int | None = None
-    max_waiting: int = 1024
-    gpu_memory_utilization: float = 0.9
-    max_num_batched_tokens: int | None = None
-    enable_prefix_caching: bool = True
-    batch_invariant: bool = False
-    cpu_threads: int | None = None
+    kind: EngineKind = setting_default("engine")
+    dtype: str = setting_default("dtype")
+    max_num_seqs: int = setting_default("max_num_seqs")
+    max_model_len: int | None = setting_default("max_model_len")
+    max_loras: int = setting_default("max_loaded_adapters")
+    max_lora_rank: int = max_lora_rank_for(())
+    kv_cache_tokens: int | None = setting_default("kv_cache_tokens")
+    max_waiting: int = setting_default("max_waiting")
+    gpu_memory_utilization: float = setting_default("gpu_memory_utilization")
+    max_num_batched_tokens: int | None = setting_default("max_num_batched_tokens")
+    enable_prefix_caching: bool = setting_default("enable_prefix_caching")
+    batch_invariant: bool = setting_default("batch_invariant")
+    cpu_threads: int | None = setting_default("cpu_threads")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, kind: EngineKind, adapter_ranks: Iterable[int] = ()) -> "EngineConfig":
+        """The engine configuration of ``settings`` for an engine of ``kind`` (``auto`` already
+        resolved by the caller); a vLLM engine's ``max_lora_rank``, unless set, covers
+        ``adapter_ranks`` (vLLM reserves LoRA buffers for it at start-up and refuses higher ranks)."""
+        return cls(
+            kind=kind,
+            dtype=settings.dtype,
+            max_num_seqs=settings.max_num_seqs,
+            max_model_len=settings.max_model_len,
+            max_loras=settings.max_loaded_adapters,
+            max_lora_rank=settings.max_lora_rank or max_lora_rank_for(adapter_ranks),
+            kv_cache_tokens=settings.kv_cache_tokens,
+            max_waiting=settings.max_waiting,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            enable_prefix_caching=settings.enable_prefix_caching,
+            batch_invariant=settings.batch_invariant,
+            cpu_threads=settings.cpu_threads,
+        )
 
 
 def default_cpu_threads() -> int:

@@ -19,9 +19,6 @@ from transformers import PreTrainedTokenizerBase
 
 from synthd.engine.protocol import GuideError
 
-ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
-"""The schema ``response_format: {"type": "json_object"}`` stands for."""
-
 
 class GuideMatcher:
     """One sequence's matcher: ``mask`` the next token's logits, then ``accept`` the token chosen."""

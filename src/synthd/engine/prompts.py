@@ -1,9 +1,10 @@
-"""Prompt token ids from a Hugging Face tokenizer, the same for every engine: chat messages in the
-model's chat template with the assistant cue, and raw completion prompts."""
+"""Prompt and stop token ids from a Hugging Face tokenizer, the same for every engine: chat messages
+in the model's chat template with the assistant cue, raw completion prompts, and the ids that end a
+sequence."""
 
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from synthd.errors import InvalidRequest
 
@@ -44,3 +45,15 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     except (TypeError, ValueError):
         raise InvalidRequest("The prompt could not be tokenized (invalid Unicode?).", param="prompt") from None
+
+
+def eos_token_ids(generation: GenerationConfig, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every id that ends a sequence: the generation config's, the tokenizer's, and ``<|endoftext|>``."""
+    configured = generation.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    if "<|endoftext|>" in vocab:
+        ids.add(vocab["<|endoftext|>"])
+    return ids

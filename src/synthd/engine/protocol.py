@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
-from synthd.errors import InvalidRequest, ServerFault
+from synthd.errors import InvalidRequest, ServerFault, TooManyRequests
 
 FinishReason = Literal["stop", "length", "abort"]
 """``stop``: an end-of-sequence token or a stop string; ``length``: ``max_tokens`` or the context;
@@ -117,6 +117,20 @@ class GenerationError(ServerFault):
 
 class GuideError(InvalidRequest):
     """A structured-output schema the engine cannot compile; the message says why."""
+
+
+QUEUE_FULL_RETRY_AFTER_S = 1
+
+
+class QueueFull(TooManyRequests):
+    """The engine's waiting queue is full (either engine, ``max_waiting``); retry after ``retry_after_s``."""
+
+    def __init__(self, max_waiting: int) -> None:
+        super().__init__(
+            f"The engine is overloaded ({max_waiting} requests already waiting); retry shortly.",
+            retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
+            code="engine_overloaded",
+        )
 
 
 class Engine(Protocol):

@@ -149,9 +149,11 @@ def to_markdown(report: EvalReport) -> str:
     lines = [
         "# synthd eval report",
         "",
-        f"{report.created_at:%Y-%m-%d %H:%M} UTC · battery `{report.battery}` · {report.cases} cases × "
-        f"{report.settings['repeats']} repeat(s) · categories: {', '.join(report.categories)} · "
-        f"temperature {report.settings['temperature']} · max_tokens {report.settings['max_tokens']}",
+        (
+            f"{report.created_at:%Y-%m-%d %H:%M} UTC · battery `{report.battery}` · {report.cases} cases × "
+            f"{report.settings['repeats']} repeat(s) · categories: {', '.join(report.categories)} · "
+            f"temperature {report.settings['temperature']} · max_tokens {report.settings['max_tokens']}"
+        ),
         "",
         "## Models",
         "",

@@ -701,5 +701,5 @@ def _child_main(
 
     sys.dont_write_bytecode = True
     sys.addaudithook(guard)
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102 -- running it is the sandbox's job
     report_outcome("done")

@@ -63,7 +63,7 @@ def _nvml_devices() -> list[tuple[str, float]]:
         return []
     try:
         pynvml.nvmlInit()
-    except Exception:
+    except (pynvml.NVMLError, OSError):  # no driver, or no library: no NVIDIA GPU here
         return []
     try:
         found = []

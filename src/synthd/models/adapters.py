@@ -45,12 +45,13 @@ class AdapterRef:
 
 @dataclass(frozen=True)
 class AdapterInfo:
-    """What ``adapter_config.json`` says: rank, alpha, target module names and the base it was
-    trained on (``base_model_name_or_path``: a hub id or a folder, None when absent)."""
+    """What ``adapter_config.json`` says: rank, alpha, dropout, target module names and the base it
+    was trained on (``base_model_name_or_path``: a hub id or a folder, None when absent)."""
 
     r: int
     alpha: float
     target_modules: tuple[str, ...]
+    dropout: float = 0.0
     base_model_name_or_path: str | None = None
     per_module_ranks: bool = False  # PEFT's rank_pattern: some modules use another rank than r
 
@@ -96,11 +97,15 @@ def read_adapter_config(path: Path) -> AdapterInfo:
         raise AdapterMismatch("adapter_config.json has no 'target_modules' (a list of module names)")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1 or not isinstance(alpha, int | float):
         raise AdapterMismatch("adapter_config.json needs 'r' (a positive integer) and a numeric 'lora_alpha'")
+    dropout = config.get("lora_dropout", 0.0)
+    if not isinstance(dropout, int | float) or isinstance(dropout, bool):
+        raise AdapterMismatch("adapter_config.json's 'lora_dropout' must be a number")
     base = config.get("base_model_name_or_path")
     return AdapterInfo(
         r=rank,
         alpha=float(alpha),
         target_modules=tuple(targets),
+        dropout=float(dropout),
         base_model_name_or_path=base if isinstance(base, str) and base else None,
         per_module_ranks=bool(config.get("rank_pattern")),
     )
@@ -119,7 +124,8 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
         raise AdapterMismatch(f"adapter targets modules {missing} that the base model does not have")
     try:
         with safe_open(path / "adapter_model.safetensors", framework="pt") as tensors:
-            shapes = {key: tuple(tensors.get_slice(key).get_shape()) for key in tensors.keys()}
+            names = tensors.keys()  # safe_open has keys() but is not iterable
+            shapes = {key: tuple(tensors.get_slice(key).get_shape()) for key in names}
     except (SafetensorError, OSError) as exc:
         raise AdapterMismatch(f"adapter_model.safetensors cannot be read ({str(exc)[:200]})") from None
     for key, shape in shapes.items():

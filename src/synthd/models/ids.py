@@ -37,11 +37,6 @@ class FineTuneId:
             parts.append(f"ckpt-step-{self.checkpoint_step}")
         return ":".join(parts)
 
-    @property
-    def final(self) -> "FineTuneId":
-        """The job's final model this checkpoint belongs to (itself when not a checkpoint)."""
-        return FineTuneId(self.base, self.suffix, self.job_id)
-
     @classmethod
     def parse(cls, model: str) -> "FineTuneId | None":
         """The parts of ``model``, or None when it is not a well-formed ``ft:`` id."""

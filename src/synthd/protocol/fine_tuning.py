@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field, StrictInt, model_validator
 
 from synthd.protocol.openai import Seed, StrictModel
 from synthd.store.models import JobStatus
+from synthd.training.config import LoRASettings
 
 Auto = Literal["auto"]
 Epochs = Annotated[StrictInt, Field(ge=1, le=50)]
@@ -73,11 +74,12 @@ class Method(StrictModel):
 
 
 class LoRAIn(StrictModel):
-    """synthd extension: PEFT LoRA settings (LoRA is always on; full fine-tuning is not offered)."""
+    """synthd extension: PEFT LoRA settings (LoRA is always on; full fine-tuning is not offered);
+    defaults from ``LoRASettings``."""
 
-    r: Annotated[StrictInt, Field(ge=1, le=512)] = 16
-    alpha: Annotated[StrictInt, Field(ge=1, le=4096)] = 32
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    r: Annotated[StrictInt, Field(ge=1, le=512)] = LoRASettings.r
+    alpha: Annotated[StrictInt, Field(ge=1, le=4096)] = LoRASettings.alpha
+    dropout: Annotated[float, Field(ge=0, lt=1)] = LoRASettings.dropout
     target_modules: list[str] | None = None
 
 

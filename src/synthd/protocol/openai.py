@@ -22,6 +22,8 @@ MAX_SCHEMA_BYTES = 64 * 1024
 MAX_SCHEMA_DEPTH = 32
 MAX_MODEL_ID_CHARS = 256
 MAX_SEQUENCES_PER_REQUEST = 128
+ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+"""The schema ``response_format: {"type": "json_object"}`` stands for."""
 StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 StopField = StopString | Annotated[list[StopString], Field(max_length=4)] | None
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -251,7 +253,7 @@ class ChatCompletionRequest(SamplingFields):
         if self.response_format is None or self.response_format.type == "text":
             return None
         if self.response_format.json_schema is None:
-            return {"type": "object"}
+            return {**ANY_JSON_OBJECT}
         return self.response_format.json_schema.json_schema
 
     def token_limit(self) -> int | None:

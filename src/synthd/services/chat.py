@@ -493,7 +493,7 @@ class OpenAIServing:
                     prepared.guide,
                 ):
                     await queue.put((index, output))
-            except Exception as exc:  # surfaced as this request's error, never a silent hang
+            except Exception as exc:  # noqa: BLE001 -- surfaced as this request's error, never a silent hang
                 await queue.put((index, exc))
 
         tasks = [asyncio.create_task(pump(i)) for i in range(len(prepared.params))]

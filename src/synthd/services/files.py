@@ -22,8 +22,10 @@ from synthd.store.repository import Repository
 
 FILE_PURPOSES = ("fine-tune", "assistants", "batch", "user_data", "evals", "vision")
 FIELD_LIMIT_BYTES = 4096
-ENVELOPE_BYTES = 64 * 1024
-"""Multipart overhead (boundaries, headers, small fields) allowed on top of the file limit."""
+MULTIPART_ENVELOPE_BYTES = 1024 * 1024
+"""Multipart overhead (boundaries, part headers, small fields) allowed on top of the file limit, by
+the parser here and by the body cap of ``POST /v1/files`` (``synthd.api.limits``), so both refuse
+the same body; the file part itself is counted exactly (``file_too_large``)."""
 
 
 def file_object(record: FileRecord) -> FileObject:
@@ -78,7 +80,7 @@ class MultipartUpload:
     def write(self, chunk: bytes) -> None:
         """Parse one chunk of the body."""
         self.received += len(chunk)
-        if self.received > self.upload.limit_bytes + ENVELOPE_BYTES:
+        if self.received > self.upload.limit_bytes + MULTIPART_ENVELOPE_BYTES:
             raise PayloadTooLarge(
                 f"File is larger than the limit of {self.upload.limit_bytes} bytes.",
                 param="file",

@@ -7,7 +7,6 @@ pause and resume set a flag with a conditional update (a job that already ended 
 
 import asyncio
 import importlib.util
-import json
 import random
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 from synthd.errors import Conflict, InvalidRequest, NotFound
 from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.spec import parse_gpu_preference
-from synthd.models.adapters import linear_modules, missing_targets
+from synthd.models.adapters import linear_modules, missing_targets, read_adapter_config
 from synthd.models.ids import FineTuneId, is_fine_tune
 from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelNotFound
@@ -35,7 +34,13 @@ from synthd.services.files import FilesService
 from synthd.services.projects import OPERATOR, ModelAccess, Principal, visible_or_raise
 from synthd.store.models import ACTIVE, JobRecord, JobStatus
 from synthd.store.repository import Repository, new_id, now
-from synthd.training.config import DEFAULT_N_CHECKPOINTS, DEFAULT_TARGET_MODULES, LoRASettings
+from synthd.training.config import (
+    DEFAULT_N_CHECKPOINTS,
+    DEFAULT_TARGET_MODULES,
+    METHOD_BY_TRAINING_TYPE,
+    LoRASettings,
+    placement_purpose,
+)
 
 FINE_TUNE_PURPOSE = "fine-tune"
 REQUEST_WAIT_S = 3.0
@@ -117,7 +122,13 @@ class FineTuningService:
                 )
             if body.lora is not None:
                 raise _invalid("LoRA settings come from the checkpoint when continuing training.", "lora")
-            lora = _adapter_lora(Path(init_adapter))
+            adapter = read_adapter_config(Path(init_adapter))
+            lora = LoRASettings(
+                r=adapter.r,
+                alpha=int(adapter.alpha),
+                dropout=adapter.dropout,
+                target_modules=tuple(sorted(adapter.target_modules)),
+            )
             model = origin
         else:
             model = body.model
@@ -149,8 +160,9 @@ class FineTuningService:
                 )
         if body.n_evals is not None and body.validation_file is None:
             raise _invalid("'n_evals' needs a 'validation_file'.", "n_evals")
-        purpose = "dpo" if method_type == "dpo" else "sft"
-        placement, _ = self.planner.plan(source_model.path, parse_gpu_preference(body.gpu_preference), purpose)
+        placement, _ = self.planner.plan(
+            source_model.path, parse_gpu_preference(body.gpu_preference), placement_purpose(method_type)
+        )
         if lora is None:
             lora_in = body.lora or LoRAIn()
             if lora_in.target_modules and (
@@ -336,27 +348,14 @@ class FineTuningService:
     @staticmethod
     def _method(body: FineTuningJobCreate) -> tuple[str, HyperparametersIn]:
         if body.method is not None:
-            if (
-                body.training_type is not None
-                and {"sft": "supervised", "dpo": "dpo"}[body.training_type] != body.method.type
-            ):
+            if body.training_type is not None and METHOD_BY_TRAINING_TYPE[body.training_type] != body.method.type:
                 raise _invalid("'training_type' and 'method.type' disagree.", "training_type")
             chosen = getattr(body.method, body.method.type)
             hyper = chosen.hyperparameters if chosen else (body.hyperparameters or HyperparametersIn())
             method_type = body.method.type
         else:
-            method_type = "dpo" if body.training_type == "dpo" else "supervised"
+            method_type = METHOD_BY_TRAINING_TYPE[body.training_type or "sft"]
             hyper = body.hyperparameters or HyperparametersIn()
         if method_type == "supervised" and hyper.beta is not None:
             raise _invalid("'beta' applies to DPO only.", "hyperparameters.beta")
         return method_type, hyper
-
-
-def _adapter_lora(folder: Path) -> LoRASettings:
-    config = json.loads((folder / "adapter_config.json").read_text())
-    return LoRASettings(
-        r=int(config["r"]),
-        alpha=int(config["lora_alpha"]),
-        dropout=float(config.get("lora_dropout", 0)),
-        target_modules=tuple(sorted(config["target_modules"])),
-    )

@@ -14,12 +14,13 @@ space left on device"); ``worker_start``, action ``long_stderr_line`` (the train
 import errno
 import os
 
-ENV = "SYNTHD_FAILPOINTS"
+from synthd.config import Settings
 
 
 def active() -> dict[str, str]:
-    """``{name: action}`` from the environment (read at every call, so a test can set it per process)."""
-    spec = os.environ.get(ENV, "")
+    """``{name: action}`` from the ``failpoints`` setting, read from the environment at every call
+    (not the cached settings), so a test can set it per process."""
+    spec = Settings().failpoints
     pairs = (item.partition("=") for item in spec.split(",") if item.strip())
     return {name.strip(): action.strip() for name, _, action in pairs}
 

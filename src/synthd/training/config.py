@@ -31,6 +31,16 @@ DEFAULT_N_CHECKPOINTS = 3
 DEFAULT_N_EVALS = 4
 
 
+METHOD_BY_TRAINING_TYPE = {"sft": "supervised", "dpo": "dpo"}
+"""``method.type`` of each legacy ``training_type``."""
+
+
+def placement_purpose(method_type: str) -> str:
+    """What a job of ``method.type`` ``method_type`` is placed for (``gpus.memory.PURPOSES``): DPO
+    holds a reference model beside the policy, so ``dpo`` sizes differently from ``sft``."""
+    return "dpo" if method_type == "dpo" else "sft"
+
+
 def auto_epochs(examples: int) -> int:
     """OpenAI's default epoch count for ``examples`` training examples."""
     if examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:

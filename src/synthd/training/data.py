@@ -81,11 +81,12 @@ def _messages(value: object, where: str, weights: bool = False) -> list[dict]:
     out = []
     for index, message in enumerate(value):
         if not isinstance(message, dict):
-            raise ValueError(f"'{where}[{index}]' must be an object with 'role' and 'content'")
+            problem = f"'{where}[{index}]' must be an object with 'role' and 'content'"
+            raise ValueError(problem)  # noqa: TRY004 -- user data, not a bug
         if message.get("role") not in ROLES:
             raise ValueError(f"'{where}[{index}].role' must be one of {', '.join(ROLES)}, not {message.get('role')!r}")
         if not isinstance(message.get("content"), str):
-            raise ValueError(f"'{where}[{index}].content' must be a string")
+            raise ValueError(f"'{where}[{index}].content' must be a string")  # noqa: TRY004 -- user data, not a bug
         clean = {"role": message["role"], "content": message["content"]}
         if "weight" in message:
             if not weights or message["role"] != "assistant":
@@ -101,7 +102,7 @@ def _messages(value: object, where: str, weights: bool = False) -> list[dict]:
 
 def _sft_row(record: object) -> dict:
     if not isinstance(record, dict):
-        raise ValueError("each line must be a JSON object")
+        raise ValueError("each line must be a JSON object")  # noqa: TRY004 -- user data, not a bug
     if "messages" in record:
         messages = _messages(record["messages"], "messages", weights=True)
         if not any(m["role"] == "assistant" for m in messages):
@@ -131,7 +132,7 @@ def _as_turns(value: object, where: str, role: str) -> list[dict]:
 
 def _dpo_row(record: object) -> dict:
     if not isinstance(record, dict):
-        raise ValueError("each line must be a JSON object")
+        raise ValueError("each line must be a JSON object")  # noqa: TRY004 -- user data, not a bug
     if "input" in record:
         source = record["input"]
         if not isinstance(source, dict):

@@ -158,29 +158,29 @@ def build_trainer(repo: Repository, job_id: str, model_path: Path, layout: JobLa
     tokenizer, model = load_base(model_path)
     total_steps = hyper.total_steps(len(train.rows))
     n_evals = min(job.n_evals or DEFAULT_N_EVALS, total_steps)
-    common = dict(
-        output_dir=str(layout.trainer_dir),
-        num_train_epochs=hyper.n_epochs,
-        per_device_train_batch_size=hyper.batch_size,
-        per_device_eval_batch_size=hyper.batch_size,
-        learning_rate=hyper.learning_rate,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=save_steps(total_steps, job.n_checkpoints),
-        save_total_limit=1,
-        report_to=report_to(job.integrations),
-        run_name=job.id,
-        seed=job.seed,
-        data_seed=job.seed,
-        use_cpu=not torch.cuda.is_available(),
-        max_length=MAX_LENGTH,
-        disable_tqdm=True,
-        eval_strategy="steps" if valid else "no",
-        eval_steps=save_steps(total_steps, n_evals),
-        include_num_input_tokens_seen="all",
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-    )
+    common = {
+        "output_dir": str(layout.trainer_dir),
+        "num_train_epochs": hyper.n_epochs,
+        "per_device_train_batch_size": hyper.batch_size,
+        "per_device_eval_batch_size": hyper.batch_size,
+        "learning_rate": hyper.learning_rate,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": save_steps(total_steps, job.n_checkpoints),
+        "save_total_limit": 1,
+        "report_to": report_to(job.integrations),
+        "run_name": job.id,
+        "seed": job.seed,
+        "data_seed": job.seed,
+        "use_cpu": not torch.cuda.is_available(),
+        "max_length": MAX_LENGTH,
+        "disable_tqdm": True,
+        "eval_strategy": "steps" if valid else "no",
+        "eval_steps": save_steps(total_steps, n_evals),
+        "include_num_input_tokens_seen": "all",
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0,
+    }
     if job.init_adapter:
         model = PeftModel.from_pretrained(model, job.init_adapter, is_trainable=True)
         peft_config = None

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from synthd.config import get_settings
+from synthd.config import Settings, get_settings
 from synthd.models.resolve import resolve_model
 from synthd.store import failpoints
 from synthd.store.db import open_database
@@ -38,9 +38,11 @@ from synthd.store.repository import Repository
 from synthd.training.data import DataFormatError
 from synthd.training.layout import JobLayout
 
+log = logging.getLogger("synthd.training.worker")  # not __name__: "__main__" under python -m
 EXIT_OK, EXIT_FAILED, EXIT_FOLDER_BUSY, EXIT_ORPHANED = 0, 1, 75, 76
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "SYNTHD_PARENT_PID"
+"""The variable the scheduler sets to its pid for its workers (the ``parent_pid`` setting)."""
 WORKER_ENV = {
     "TQDM_DISABLE": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -61,10 +63,10 @@ def model_path(job: JobRecord, models_dir: Path) -> Path:
 
 def die_with_parent() -> bool:
     """Ask for SIGKILL when the parent exits; False if the parent is already gone."""
-    expected = os.environ.get(PARENT_ENV)
+    expected = Settings().parent_pid  # not the cached settings: a standby worker's change with its assignment
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    return expected is None or os.getppid() == int(expected)
+    return expected is None or os.getppid() == expected
 
 
 def error_record(exc: BaseException) -> dict:
@@ -103,7 +105,7 @@ def main(job_id: str) -> int:
         write_atomic(layout.result, json.dumps(outcome.__dict__).encode())
         return EXIT_OK
     except Exception as exc:  # reported to the scheduler; the server stays up
-        logging.exception("job %s failed", job_id)
+        log.exception("job %s failed", job_id)
         write_atomic(layout.error, json.dumps(error_record(exc)).encode())
         return EXIT_FAILED
     finally:
@@ -132,9 +134,9 @@ def standby() -> int:
         return EXIT_OK
     assignment = json.loads(line)
     os.environ.update(assignment["env"])
-    log = os.open(assignment["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(log, 2)
-    os.close(log)
+    log_fd = os.open(assignment["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
     return main(assignment["job_id"])
 
 

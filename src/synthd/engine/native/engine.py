@@ -93,10 +93,10 @@ class NativeEngine:
         dtype: str,
         max_model_len: int,
         eos_token_ids: set[int],
-        max_num_seqs: int = 64,
-        max_kv_tokens: int = 262144,
-        max_waiting: int = 1024,
-        max_loras: int = 8,
+        max_num_seqs: int,
+        max_kv_tokens: int,
+        max_waiting: int,
+        max_loras: int,
         max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
         enable_prefix_caching: bool = True,
         batch_invariant: bool = False,
@@ -243,7 +243,7 @@ class NativeEngine:
         def run() -> None:
             try:
                 result = command()
-            except Exception as exc:  # reported to the caller, not to the engine loop
+            except Exception as exc:  # noqa: BLE001 -- reported to the caller, not to the engine loop
                 loop.call_soon_threadsafe(_settle, done, None, exc)
             else:
                 loop.call_soon_threadsafe(_settle, done, result, None)
@@ -378,7 +378,7 @@ class NativeEngine:
             try:
                 if sequence.lora is not None:
                     self._ensure_lora(sequence.lora)
-            except Exception as exc:  # this adapter fails its own request only
+            except Exception as exc:  # noqa: BLE001 -- this adapter fails its own request only
                 log.warning("adapter %s failed to load: %s", sequence.lora, exc)
                 outputs[sequence.request_id] = _Step(
                     error=f"adapter '{sequence.lora}' failed to load: {exc}", scheduled_s=now
@@ -409,7 +409,10 @@ class NativeEngine:
             finish = None
             if sample.token in self._eos and not params.ignore_eos:
                 finish = "stop"
-            elif sequence.completion_tokens >= params.max_tokens or len(sequence.prompt_ids) + sequence.completion_tokens >= self.max_model_len:
+            elif (
+                sequence.completion_tokens >= params.max_tokens
+                or len(sequence.prompt_ids) + sequence.completion_tokens >= self.max_model_len
+            ):
                 finish = "length"
             outputs[sequence.request_id] = _Step((sample.token,), (sample,), finish, scheduled_s=sequence.scheduled_s)
             if finish is not None:

@@ -4,10 +4,11 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from synthd.engine.config import EngineConfig, default_cpu_threads, pick_dtype
 from synthd.engine.native.engine import NativeEngine
+from synthd.engine.prompts import eos_token_ids
 from synthd.gpus.memory import DTYPE_BYTES, ModelShape
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,3 @@ def _kv_budget_tokens(model, dtype: str, memory_bytes: float | None, max_model_l
     per_token = ModelShape.from_config(model.config).kv_bytes_per_token(DTYPE_BYTES[dtype])
     tokens = int(memory_bytes * KV_BUDGET_SHARE / per_token)
     return max(max_model_len, min(ceiling, tokens))
-
-
-def eos_token_ids(generation: GenerationConfig, tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    """Every id that ends a sequence: the generation config's, the tokenizer's, and ``<|endoftext|>``."""
-    configured = generation.eos_token_id
-    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    if "<|endoftext|>" in vocab:
-        ids.add(vocab["<|endoftext|>"])
-    return ids

@@ -116,7 +116,7 @@ def sample_batch(logits: torch.Tensor, states: list[SamplerState]) -> list[Sampl
             token = choices[row] if state.plain_greedy else _draw(_processed(row_logits, state), state)
             if state.guide is not None:
                 state.guide.accept(token)
-        except Exception as exc:  # one row's guide or parameters must not fail its neighbours
+        except Exception as exc:  # noqa: BLE001 -- one row's guide or parameters must not fail its neighbours
             samples.append(Sample(None, error=f"{type(exc).__name__}: {exc}"))
             continue
         state.generated.append(token)

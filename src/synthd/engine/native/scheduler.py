@@ -31,22 +31,10 @@ from dataclasses import dataclass, field
 
 from synthd.engine.native.kv_manager import DEFAULT_BLOCK_SIZE, KVCacheManager
 from synthd.engine.native.sampler import SamplerState
-from synthd.errors import TooManyRequests
+from synthd.engine.protocol import QueueFull
 
-QUEUE_FULL_RETRY_AFTER_S = 1
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
 """Tokens computed per step when not configured (vLLM's ``--max-num-batched-tokens``)."""
-
-
-class QueueFull(TooManyRequests):
-    """The engine's waiting queue is full; retry after ``retry_after_s``."""
-
-    def __init__(self, max_waiting: int) -> None:
-        super().__init__(
-            f"The engine is overloaded ({max_waiting} requests already waiting); retry shortly.",
-            retry_after_s=QUEUE_FULL_RETRY_AFTER_S,
-            code="engine_overloaded",
-        )
 
 
 @dataclass(eq=False)

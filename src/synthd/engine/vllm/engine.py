@@ -27,7 +27,6 @@ docs: docs/guides/serving.md, "The vLLM engine").
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import threading
@@ -56,8 +55,6 @@ from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 from synthd.engine import prompts
 from synthd.engine.config import EngineConfig, pick_dtype
 from synthd.engine.guided import GuidedDecoding
-from synthd.engine.native.loader import eos_token_ids
-from synthd.engine.native.scheduler import QueueFull
 from synthd.engine.protocol import (
     EngineStats,
     FinishReason,
@@ -65,6 +62,7 @@ from synthd.engine.protocol import (
     Guide,
     GuideError,
     LoRARef,
+    QueueFull,
     RequestOutput,
     SamplingParams,
     TokenLogprob,
@@ -72,6 +70,7 @@ from synthd.engine.protocol import (
 from synthd.engine.vllm.stats import StatsSink, stat_logger_class
 from synthd.errors import InvalidRequest
 from synthd.gpus.memory import DTYPE_BYTES, ModelShape
+from synthd.models.adapters import read_adapter_config
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +270,7 @@ class VLLMEngine:
             if self._restarting is not None:
                 try:
                     await asyncio.shield(self._restarting)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- whatever the restart raised fails this request
                     raise GenerationError(f"The vLLM engine could not be restarted: {exc}") from None
                 continue
             if self._llm.errored:
@@ -320,7 +319,7 @@ class VLLMEngine:
             await llm.add_lora(request)
         except EngineDeadError:
             raise
-        except Exception as exc:  # vLLM raises a plain Exception naming the worker's error
+        except Exception as exc:  # noqa: BLE001 -- vLLM raises a plain Exception naming the worker's error
             raise GenerationError(f"adapter '{lora.name}' failed to load: {exc}") from None
         self._lora_requests[lora.name] = request
         self._resident[lora.name] = None
@@ -393,15 +392,15 @@ def _scheduled_s(out: VLLMRequestOutput) -> float:
 
 
 def _adapter_rank(path: Path) -> int:
-    """``r`` from a PEFT folder's ``adapter_config.json``.
+    """``r`` from a PEFT folder's ``adapter_config.json`` (``read_adapter_config``).
 
     Raises:
-        GenerationError: the file is missing or has no rank.
+        GenerationError: the folder is not a servable LoRA adapter (the reason is in the message).
     """
     try:
-        return int(json.loads((path / "adapter_config.json").read_text())["r"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise GenerationError(f"adapter at {path} has no readable rank in adapter_config.json: {exc}") from None
+        return read_adapter_config(path).r
+    except InvalidRequest as exc:
+        raise GenerationError(f"adapter at {path}: {exc.message}") from None
 
 
 @contextlib.contextmanager
@@ -454,23 +453,23 @@ def engine_arguments(
     """``AsyncEngineArgs`` fields for one replica: ``tensor_parallel_size`` is the placement's GPU
     count; GPUs get ``gpu_memory_utilization``, the CPU an explicit KV cache size. LoRA is on, sized
     by ``max_loras``/``max_lora_rank``, so that ``ft:`` models share the base's engine."""
-    arguments: dict[str, Any] = dict(
-        model=str(path),
-        tokenizer=str(path),
-        served_model_name=model_id,
-        dtype=dtype,
-        max_model_len=config.max_model_len,
-        max_num_seqs=config.max_num_seqs,
-        tensor_parallel_size=max(1, len(gpu_indices)),
-        enable_lora=True,
-        max_loras=config.max_loras,
-        max_cpu_loras=config.max_loras,
-        max_lora_rank=config.max_lora_rank,
-        structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
-        scheduling_policy="priority",  # SamplingParams.priority: batch-API lines after interactive requests
-        disable_log_stats=True,
-        enable_log_requests=False,
-    )
+    arguments: dict[str, Any] = {
+        "model": str(path),
+        "tokenizer": str(path),
+        "served_model_name": model_id,
+        "dtype": dtype,
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "tensor_parallel_size": max(1, len(gpu_indices)),
+        "enable_lora": True,
+        "max_loras": config.max_loras,
+        "max_cpu_loras": config.max_loras,
+        "max_lora_rank": config.max_lora_rank,
+        "structured_outputs_config": {"backend": "guidance", "disable_any_whitespace": True},
+        "scheduling_policy": "priority",  # SamplingParams.priority: batch-API lines after interactive requests
+        "disable_log_stats": True,
+        "enable_log_requests": False,
+    }
     if gpu_indices:
         arguments["gpu_memory_utilization"] = config.gpu_memory_utilization
     else:
@@ -506,7 +505,7 @@ def load_vllm_engine(
         tokenizer,
         dtype,
         build,
-        eos_token_ids=eos_token_ids(generation, tokenizer),
+        eos_token_ids=prompts.eos_token_ids(generation, tokenizer),
         max_lora_rank=config.max_lora_rank,
         max_cpu_loras=config.max_loras,
         max_pending=config.max_num_seqs + config.max_waiting,
