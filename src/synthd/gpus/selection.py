@@ -37,6 +37,12 @@ class Placement:
         return str(self.option)
 
     @property
+    def gpus(self) -> tuple[Device, ...]:
+        """Its GPUs: the devices other than the host CPU (none for a ``cpu`` placement). The one
+        rule for what a placement reserves, sets ``CUDA_VISIBLE_DEVICES`` to and asks Ray for."""
+        return tuple(d for d in self.devices if not d.gpu.is_cpu)
+
+    @property
     def offered_gib(self) -> float:
         """Memory of all its devices together."""
         return sum(d.gpu.memory_gib for d in self.devices)
