@@ -78,7 +78,8 @@ class TrainingWorker:
         gpu_ids = ",".join(str(int(i)) for i in ray.get_gpu_ids())
         full_env = {**scrubbed_environ(), **env, "CUDA_VISIBLE_DEVICES": gpu_ids, PARENT_ENV: str(os.getpid())}
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_file:
+        log_file = await asyncio.to_thread(open, log_path, "ab")
+        with log_file:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -271,6 +272,12 @@ class RayLauncher:
         forwarded = {k: v for k, v in env.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         return RayWorkerHandle(self, job_id, forwarded, log_path, option, node)
+
+    def prepare(self, env: dict[str, str]) -> None:
+        """See ``WorkerLauncher.prepare``: nothing (each job gets a fresh actor on its node)."""
+
+    def close(self) -> None:
+        """See ``WorkerLauncher.close``: nothing to stop (job actors are the scheduler's handles)."""
 
     def pick_node(self, option: GPUOption, preferred: str | None, exclude: set[str]) -> ClusterNode | None:
         """An alive node for ``option`` (``preferred`` first, then those with the most free GPUs),

@@ -36,6 +36,7 @@ from synthd.services.projects import OPERATOR, ModelAccess, Principal, visible_o
 from synthd.store.models import ACTIVE, JobRecord, JobStatus
 from synthd.store.repository import Repository, new_id, now
 from synthd.training.config import DEFAULT_N_CHECKPOINTS, DEFAULT_TARGET_MODULES, LoRASettings
+from synthd.training.placement import training_purpose
 
 FINE_TUNE_PURPOSE = "fine-tune"
 REQUEST_WAIT_S = 3.0
@@ -149,7 +150,7 @@ class FineTuningService:
                 )
         if body.n_evals is not None and body.validation_file is None:
             raise _invalid("'n_evals' needs a 'validation_file'.", "n_evals")
-        purpose = "dpo" if method_type == "dpo" else "sft"
+        purpose = training_purpose(method_type)
         placement, _ = self.planner.plan(source_model.path, parse_gpu_preference(body.gpu_preference), purpose)
         if lora is None:
             lora_in = body.lora or LoRAIn()

@@ -38,6 +38,7 @@ from synthd.store.repository import Repository
 from synthd.training.data import DataFormatError
 from synthd.training.layout import JobLayout
 
+log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_FOLDER_BUSY, EXIT_ORPHANED = 0, 1, 75, 76
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "SYNTHD_PARENT_PID"
@@ -103,7 +104,7 @@ def main(job_id: str) -> int:
         write_atomic(layout.result, json.dumps(outcome.__dict__).encode())
         return EXIT_OK
     except Exception as exc:  # reported to the scheduler; the server stays up
-        logging.exception("job %s failed", job_id)
+        log.exception("job %s failed", job_id)
         write_atomic(layout.error, json.dumps(error_record(exc)).encode())
         return EXIT_FAILED
     finally:
