@@ -37,7 +37,6 @@ from synthd.cluster.inventory import ClusterNode
 from synthd.cluster.remote_engine import ACCELERATOR_SLIVER
 from synthd.cluster.runtime import RayCluster
 from synthd.environ import scrubbed_environ
-from synthd.gpus.catalog import CPU_NAME
 from synthd.gpus.inventory import Device
 from synthd.gpus.planner import Reservations
 from synthd.gpus.spec import GPUOption, parse_gpu_preference
@@ -140,7 +139,7 @@ class RayWorkerHandle:
             self._finish(1, f"no node of the Ray cluster{where} has {self._option}")
             return
         self.node, self._started, self._died_at, self._attempt = node, False, None, self._attempt + 1
-        count = 0 if self._option.gpu_name == CPU_NAME else self._option.count
+        count = self._option.gpu_count
         resources = (
             {f"accelerator_type:{node.ray_accelerator}": ACCELERATOR_SLIVER} if count and node.ray_accelerator else {}
         )
@@ -283,7 +282,7 @@ class RayLauncher:
         """An alive node for ``option`` (``preferred`` first, then those with the most free GPUs),
         not in ``exclude``; None when the cluster has none."""
         self.cluster.refresh()
-        if option.gpu_name == CPU_NAME:
+        if option.is_cpu:
             fitting = [n for n in self.cluster.nodes.values() if not n.gpus]
         else:
             fitting = [
