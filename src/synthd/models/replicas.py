@@ -107,10 +107,10 @@ class Replica:
     """Engines of replicas unloaded to make room for this one, stopped by its load before it loads
     (so their memory is free first, and the request that started it need not wait)."""
 
-    def status(self, model_id: str | None = None) -> ModelStatus:
-        """Its state and where it runs, as the status of ``model_id`` (default: its own model)."""
+    def status(self) -> ModelStatus:
+        """Its state and where it runs, as its model's status."""
         return ModelStatus(
-            model_id or self.model_id,
+            self.model_id,
             self.state,
             self.placement.label,
             self.placement.node,
