@@ -8,7 +8,7 @@ one process.
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from synthd.models.pool import ModelPool
+from synthd.engine.protocol import EngineStats
 from synthd.services.chat import RequestRecord
 
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
@@ -90,14 +90,12 @@ class ServingMetrics:
             registry=r,
         )
 
-    def refresh(self, pool: ModelPool) -> None:
-        """Set the engine gauges from every replica (called at scrape time)."""
+    def refresh(self, replica_stats: list[tuple[str, EngineStats]]) -> None:
+        """Set the engine gauges from every loaded replica's (model id, stats) (called at scrape
+        time with ``ModelPool.engine_stats()``)."""
         totals: dict[str, list[float]] = {}
-        for replica in pool.replicas():
-            if replica.engine is None:
-                continue
-            stats = replica.engine.stats()
-            row = totals.setdefault(replica.model_id, [0, 0, 0.0, 0, 0])
+        for model_id, stats in replica_stats:
+            row = totals.setdefault(model_id, [0, 0, 0.0, 0, 0])
             row[0] += stats.running
             row[1] += stats.waiting
             row[2] = max(row[2], stats.kv_cache_usage)

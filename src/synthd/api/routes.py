@@ -234,7 +234,7 @@ async def health() -> dict[str, str]:
 @ops.get("/ready", responses={503: {"description": "Still loading the served models."}, **error_responses(401, 500)})
 async def ready(request: Request, pool: Pool) -> JSONResponse:
     """Readiness: 200 once the served models are loaded, else 503."""
-    models = sorted({r.model_id for r in pool.replicas() if r.engine is not None})
+    models = pool.loaded_models()
     is_ready = bool(getattr(request.app.state, "ready", False))
     return JSONResponse(
         {"status": "ready" if is_ready else "loading", "models": models}, status_code=200 if is_ready else 503
@@ -250,5 +250,5 @@ async def ready(request: Request, pool: Pool) -> JSONResponse:
 )
 async def metrics(metrics: Metrics, pool: Pool) -> Response:
     """Prometheus metrics."""
-    metrics.refresh(pool)
+    metrics.refresh(pool.engine_stats())
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

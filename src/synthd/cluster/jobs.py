@@ -37,7 +37,6 @@ from synthd.cluster.inventory import ClusterNode
 from synthd.cluster.remote_engine import ACCELERATOR_SLIVER
 from synthd.cluster.runtime import RayCluster
 from synthd.environ import scrubbed_environ
-from synthd.gpus.catalog import CPU_NAME
 from synthd.gpus.inventory import Device
 from synthd.gpus.planner import Reservations
 from synthd.gpus.spec import GPUOption, parse_gpu_preference
@@ -78,7 +77,8 @@ class TrainingWorker:
         gpu_ids = ",".join(str(int(i)) for i in ray.get_gpu_ids())
         full_env = {**scrubbed_environ(), **env, "CUDA_VISIBLE_DEVICES": gpu_ids, PARENT_ENV: str(os.getpid())}
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_file:
+        log_file = await asyncio.to_thread(open, log_path, "ab")
+        with log_file:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -139,7 +139,7 @@ class RayWorkerHandle:
             self._finish(1, f"no node of the Ray cluster{where} has {self._option}")
             return
         self.node, self._started, self._died_at, self._attempt = node, False, None, self._attempt + 1
-        count = 0 if self._option.gpu_name == CPU_NAME else self._option.count
+        count = self._option.gpu_count
         resources = (
             {f"accelerator_type:{node.ray_accelerator}": ACCELERATOR_SLIVER} if count and node.ray_accelerator else {}
         )
@@ -272,11 +272,17 @@ class RayLauncher:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         return RayWorkerHandle(self, job_id, forwarded, log_path, option, node)
 
+    def prepare(self, env: dict[str, str]) -> None:
+        """See ``WorkerLauncher.prepare``: nothing (each job gets a fresh actor on its node)."""
+
+    def close(self) -> None:
+        """See ``WorkerLauncher.close``: nothing to stop (job actors are the scheduler's handles)."""
+
     def pick_node(self, option: GPUOption, preferred: str | None, exclude: set[str]) -> ClusterNode | None:
         """An alive node for ``option`` (``preferred`` first, then those with the most free GPUs),
         not in ``exclude``; None when the cluster has none."""
         self.cluster.refresh()
-        if option.gpu_name == CPU_NAME:
+        if option.is_cpu:
             fitting = [n for n in self.cluster.nodes.values() if not n.gpus]
         else:
             fitting = [

@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ from synthd.cluster.wire import AdapterFiles, RemoteFailure
 from synthd.engine.config import EngineConfig
 from synthd.engine.protocol import EngineStats, GenerationError, Guide, LoRARef, RequestOutput, SamplingParams
 from synthd.errors import Overloaded
-from synthd.gpus.catalog import CPU_NAME
 from synthd.gpus.inventory import GIB, Device
 from synthd.gpus.selection import GPUBusy, Placement
 
@@ -325,7 +324,7 @@ class RayEngineFactory:
 
     cluster: RayCluster
     kind: str = "native"
-    config: EngineConfig = EngineConfig()
+    config: EngineConfig = field(default_factory=EngineConfig)
     shared_dir: Path | None = None
     on_lost: LostCallback | None = None
     group_timeout_s: float = 60.0
@@ -338,7 +337,7 @@ class RayEngineFactory:
             RuntimeError: the node left the cluster, or the replica failed to load (the reason given).
         """
         node = self.cluster.node(placement.node)
-        gpus = [d for d in placement.devices if d.gpu.name != CPU_NAME]
+        gpus = placement.gpus
         group = self._reserve(node.node_id, node.ray_accelerator, len(gpus), placement) if gpus else None
         try:
             gpu_ids = sorted(self._gpu_ids(group, len(gpus))) if group is not None else []

@@ -103,7 +103,7 @@ class EngineReplica:
     async def _call(function, *args: Any) -> Any:
         try:
             return await asyncio.to_thread(function, *args)
-        except Exception as exc:  # sent back as data, raised again in the API process
+        except Exception as exc:  # noqa: BLE001  sent back as data, raised again in the API process
             return RemoteFailure.of(exc)
 
     async def generate(
@@ -122,7 +122,7 @@ class EngineReplica:
                     if output.scheduled_s is not None:
                         output = replace(output, scheduled_s=output.scheduled_s + offset)
                     yield output
-        except Exception as exc:  # this request's failure, sent as data
+        except Exception as exc:  # noqa: BLE001  this request's failure, sent as data
             yield RemoteFailure.of(exc)
 
     async def abort(self, request_id: str) -> None:
@@ -137,7 +137,7 @@ class EngineReplica:
         """``Engine.add_lora``; the resident adapters after it, or the failure."""
         try:
             await self.engine.add_lora(lora)
-        except Exception as exc:  # sent back as data
+        except Exception as exc:  # noqa: BLE001  sent back as data
             return RemoteFailure.of(exc)
         return self.engine.list_loras()
 

@@ -10,6 +10,7 @@ Memory is the vendor's on-board memory per GPU (NVIDIA data sheets), in GiB as m
 from dataclasses import dataclass
 
 VALID_COUNTS = (1, 2, 4, 8)
+CPU_NAME = "cpu"
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class GPUType:
     @property
     def is_cpu(self) -> bool:
         """True for the host CPU pseudo-type."""
-        return self.name == "cpu"
+        return self.name == CPU_NAME
 
 
 CATALOG: tuple[GPUType, ...] = (
@@ -47,7 +48,6 @@ CATALOG: tuple[GPUType, ...] = (
     GPUType("H200", 141, 4.54, match=("H200",)),
     GPUType("B200", 180, 6.25, match=("B200",)),
 )
-CPU_NAME = "cpu"
 
 
 def _index() -> dict[str, GPUType]:

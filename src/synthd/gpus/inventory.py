@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthd.gpus.catalog import CPU_NAME, GPUType, cpu_type, from_device_name, lookup
+from synthd.gpus.catalog import GPUType, cpu_type, from_device_name, lookup
 
 GIB = 1024**3
 LOCAL_NODE = "local"
@@ -116,8 +116,3 @@ def build_inventory(pool_file: Path | None = None) -> list[Device]:
     """Local GPUs, else the CPU; plus the declared pool's devices when ``pool_file`` is given."""
     local = detect_local_gpus() or [Device(cpu_type(host_memory_gib()), 0)]
     return local + (load_pool(pool_file) if pool_file else [])
-
-
-def is_cpu(device: Device) -> bool:
-    """True for the host CPU."""
-    return device.gpu.name == CPU_NAME

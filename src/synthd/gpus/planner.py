@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synthd.gpus.catalog import CPU_NAME
 from synthd.gpus.inventory import Device
 from synthd.gpus.memory import DTYPE_BYTES, MemoryEstimate, ModelShape, estimate_memory
 from synthd.gpus.selection import Placement, select_placement
@@ -77,7 +76,7 @@ class PlacementPlanner:
             OSError, ValueError: the config cannot be read.
         """
         shape = ModelShape.from_config(json.loads((model_path / "config.json").read_text()))
-        dtype = self.dtype_for("cpu" if option.gpu_name == CPU_NAME else "cuda")
+        dtype = self.dtype_for("cpu" if option.is_cpu else "cuda")
         context = min(shape.max_position_embeddings, self.max_model_len or shape.max_position_embeddings)
         return estimate_memory(
             shape, purpose, dtype_bytes=DTYPE_BYTES.get(dtype, 2), context=context if purpose == "inference" else None

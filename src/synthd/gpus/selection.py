@@ -37,6 +37,12 @@ class Placement:
         return str(self.option)
 
     @property
+    def gpus(self) -> tuple[Device, ...]:
+        """Its GPUs: the devices other than the host CPU (none for a ``cpu`` placement). The one
+        rule for what a placement reserves, sets ``CUDA_VISIBLE_DEVICES`` to and asks Ray for."""
+        return tuple(d for d in self.devices if not d.gpu.is_cpu)
+
+    @property
     def offered_gib(self) -> float:
         """Memory of all its devices together."""
         return sum(d.gpu.memory_gib for d in self.devices)
@@ -53,7 +59,7 @@ class Placement:
         (``H100:2@gpu-a/0,1``, ``cpu@head``)."""
         if self.node == LOCAL_NODE:
             return self.label
-        if self.option.gpu_name == CPU_NAME:
+        if self.option.is_cpu:
             return f"{self.label}@{self.node}"
         return f"{self.label}@{self.node}/{','.join(str(d.index) for d in self.devices)}"
 
@@ -153,7 +159,7 @@ def select_placement(
         largest[option.gpu_name] = max((len(devices) for devices in nodes), default=0)
         if largest[option.gpu_name] < option.count:
             continue
-        if option.gpu_name == CPU_NAME:
+        if option.is_cpu:
             return Placement(option, (nodes[0][0],))
         for devices in nodes:
             free = [d for d in devices if d.key not in busy]

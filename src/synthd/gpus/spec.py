@@ -24,6 +24,16 @@ class GPUOption:
     gpu_name: str
     count: int = 1
 
+    @property
+    def is_cpu(self) -> bool:
+        """True for the host CPU (shared, never held whole)."""
+        return self.gpu_name == CPU_NAME
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs it takes: ``count``, none for the CPU (what a placement reserves, what Ray is asked for)."""
+        return 0 if self.is_cpu else self.count
+
     def __str__(self) -> str:
         return self.gpu_name if self.count == 1 else f"{self.gpu_name}:{self.count}"
 

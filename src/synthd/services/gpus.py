@@ -2,7 +2,7 @@
 
 import asyncio
 
-from synthd.gpus.catalog import CATALOG, CPU_NAME
+from synthd.gpus.catalog import CATALOG
 from synthd.gpus.inventory import Device
 from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.selection import GPUNotSupported, SelectionError
@@ -64,7 +64,7 @@ def _nodes(inventory: list[Device], holders: dict[str, list[str]]) -> list[NodeE
         by_node.setdefault((device.node, device.gpu.name), []).append(device)
     entries = []
     for (node, gpu), devices in by_node.items():
-        held = [d for d in devices if holders.get(d.key)] if gpu != CPU_NAME else []
+        held = [d for d in devices if holders.get(d.key) and not d.gpu.is_cpu]
         users = sorted({owner for d in devices for owner in holders.get(d.key, [])})
         entries.append(
             NodeEntry(node=node, type=gpu, devices=len(devices), free=len(devices) - len(held), in_use_by=users)
@@ -140,7 +140,7 @@ async def start_warmup(
     """
     preference = parse_gpu_preference(body_preference if body_preference is not None else header_preference)
     outcome, status = await pool.warmup(model, preference)
-    return WarmupResponse(status=outcome, model=status.model, gpu=status.gpu, node=status.node)
+    return WarmupResponse(status=outcome.value, model=status.model, gpu=status.gpu, node=status.node)
 
 
 async def warmup_status(pool: ModelPool, model: str, header_preference: str | None = None) -> WarmupStatus:

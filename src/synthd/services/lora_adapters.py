@@ -102,7 +102,7 @@ class LoRAAdapterService:
         async with self._lock:
             if self.pool.registry.remove_runtime_adapter(name) is None:
                 raise NotFound(f"The lora adapter '{name}' cannot be found.", param="lora_name", code="model_not_found")
-            await self.pool.retire_fine_tune(name)
+            await self.pool.retire_adapter(name)
         log.info("unloaded LoRA adapter '%s'", name)
         return f"Success: LoRA adapter '{name}' removed successfully."
 

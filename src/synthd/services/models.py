@@ -6,8 +6,9 @@ import shutil
 from synthd.errors import InvalidRequest
 from synthd.models.adapters import AdapterRef
 from synthd.models.ids import is_fine_tune
-from synthd.models.pool import ModelPool, ModelStatus
+from synthd.models.pool import ModelPool
 from synthd.models.resolve import ModelNotFound, ModelSource
+from synthd.models.warmup import ModelStatus
 from synthd.protocol.openai import ModelCard, ModelList
 from synthd.services.projects import OPERATOR, ModelAccess, Principal
 from synthd.services.usage import UsageTally
@@ -114,5 +115,5 @@ class ModelsService:
         record = await asyncio.to_thread(self.repo.delete_model, model_id)
         if record is None:
             raise ModelNotFound.hidden(model_id)
-        await self.pool.retire_fine_tune(model_id, lambda: shutil.rmtree(adapter.path, ignore_errors=True))
+        await self.pool.retire_adapter(model_id, lambda: shutil.rmtree(adapter.path, ignore_errors=True))
         return {"id": model_id, "object": "model", "deleted": True}
