@@ -14,7 +14,6 @@ An unknown marker fails the build, as does a result file without its context (ma
 
 import io
 import json
-import os
 import re
 import tempfile
 from collections import Counter
@@ -38,15 +37,11 @@ def build_openapi_app() -> Any:
     engine: no served models, a throw-away ``SYNTHD_HOME`` (its SQLite database holds nothing), and
     the lifespan (warmups, scheduler) never started. The one place that knows how the app is composed.
     """
-    home = _HOME.name
-    for name in ("SYNTHD_DATABASE_URL", "SYNTHD_RAY_ADDRESS", "SYNTHD_GPU_POOL_FILE", "SYNTHD_MODELS_DIR"):
-        os.environ.pop(name, None)
-    os.environ["SYNTHD_HOME"] = home
-    from synthd.api.app import build_app
-    from synthd.config import get_settings
+    from synthd.bootstrap import build_app
+    from synthd.config import Settings
 
-    get_settings.cache_clear()
-    return build_app([])
+    settings = Settings(home=Path(_HOME.name), database_url=None, ray_address=None, gpu_pool_file=None, models_dir=None)
+    return build_app(settings, [], "native")
 
 
 # ---- HTTP API ---------------------------------------------------------------------------------

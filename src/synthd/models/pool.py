@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from synthd.config import setting_default
 from synthd.engine.config import EngineConfig
 from synthd.engine.protocol import Engine, EngineStats, LoRARef
 from synthd.gpus.planner import PlacementPlanner
@@ -80,8 +81,8 @@ class ModelPool:
         *,
         engine_kind: str = "native",
         engine_config: EngineConfig | None = None,
-        max_loaded_models: int = 4,
-        idle_timeout_s: float | None = None,
+        max_loaded_models: int = setting_default("max_loaded_models"),
+        idle_timeout_s: float | None = setting_default("model_idle_timeout_s"),
         engine_factory: EngineFactory | None = None,
         autoscaling: AutoscalingConfig = DEFAULT_AUTOSCALING,
     ) -> None:
