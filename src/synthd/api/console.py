@@ -100,7 +100,7 @@ async def validate_file(
     storing it, so the console can show problems before it uploads the file and creates the job.
 
     Raises:
-        APIError: 413 over ``SYNTHD_MAX_FILE_BYTES``; 401 without the server's key.
+        PayloadTooLarge: over ``SYNTHD_MAX_FILE_BYTES`` (413); Unauthenticated: without the server's key (401).
     """
     content = await read_upload(request, file)
     try:
