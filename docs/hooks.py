@@ -35,7 +35,7 @@ _HOME = tempfile.TemporaryDirectory(prefix="synthd-docs-")
 def build_openapi_app() -> Any:
     """The FastAPI app whose schema the HTTP reference shows, built without loading a model or an
     engine: no served models, a throw-away ``SYNTHD_HOME`` (its SQLite database holds nothing), and
-    the lifespan (warmups, scheduler) never started. The one place that knows how the app is composed.
+    the lifespan (warmups, scheduler) never started. The app is composed by ``synthd.bootstrap``; this is the one call into it.
     """
     from synthd.bootstrap import build_app
     from synthd.config import Settings

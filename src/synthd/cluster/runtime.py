@@ -83,10 +83,6 @@ class RayCluster:
             raise GPUUnavailable(f"The Ray node '{name}' is no longer in the cluster.")
         return node
 
-    def by_id(self, node_id: str) -> ClusterNode | None:
-        """The alive node with this Ray node id, if any."""
-        return next((n for n in self.nodes.values() if n.node_id == node_id), None)
-
     def free_gpus(self) -> dict[str, int]:
         """Node name → GPUs Ray has not handed out (to synthd or anyone else)."""
         from ray._private.state import available_resources_per_node
