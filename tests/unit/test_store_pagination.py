@@ -64,7 +64,7 @@ def add_jobs(repo: Repository, created: list[int], project: str | None = None) -
         )
         for at in created
     ]
-    return [j.id for j in sorted(jobs, key=lambda j: (j.created_at, j.id), reverse=True)]
+    return [j.id for j in sorted(jobs, key=lambda j: (j.created_at, j.created_ns, j.id), reverse=True)]
 
 
 CREATED = [100, 300, 100, 200, 300, 100, 200]
@@ -90,8 +90,15 @@ def test_jobs_page_newest_first(repo: Repository, limit: int) -> None:
     beta = add_jobs(repo, [150, 250], project="beta")
     assert walk(lambda after, n: repo.list_jobs(after, n, project="alpha"), limit) == newest_first
     assert walk(lambda after, n: repo.list_jobs(after, n), limit) == sorted(
-        newest_first + beta, key=lambda i: (repo.get_job(i).created_at, i), reverse=True
+        newest_first + beta, key=lambda i: (repo.get_job(i).created_at, repo.get_job(i).created_ns, i), reverse=True
     )
+
+
+def test_jobs_created_in_one_second_list_newest_first(repo: Repository) -> None:
+    """Ids are random: within one second the order is the order of creation, as OpenAI lists."""
+    created = add_jobs(repo, [500] * 6)
+    in_creation_order = sorted(created, key=lambda i: repo.get_job(i).created_ns)
+    assert walk(lambda after, n: repo.list_jobs(after, n), 4) == in_creation_order[::-1]
 
 
 def test_jobs_page_reads_at_most_limit_plus_one_rows(repo: Repository) -> None:

@@ -131,14 +131,17 @@ class Repository:
     def list_jobs(
         self, after: str | None, limit: int, status: str | None = None, project: str | None = None
     ) -> tuple[list[JobRecord], bool]:
-        """Jobs newest first, after the cursor ``after`` (only ``project``'s when given); returns (page, has_more)."""
+        """Jobs newest first (by second, then nanosecond of creation, so jobs created in one second keep
+        their order), after the cursor ``after`` (only ``project``'s when given); returns (page, has_more)."""
         query = select(JobRecord)
         if status:
             query = query.where(JobRecord.status == status)
         if project is not None:
             query = query.where(JobRecord.project == project)
         with self.sessions.begin() as session:
-            return newest_first(session, query, (JobRecord.created_at, JobRecord.id), after, limit)
+            return newest_first(
+                session, query, (JobRecord.created_at, JobRecord.created_ns, JobRecord.id), after, limit
+            )
 
     def job_projects(self) -> dict[str, str | None]:
         """Every job's project, by job id."""
