@@ -8,11 +8,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from synthd.server_process import ServerProcess
-from tests.support.adapters import make_adapter, peft_greedy
+from tests.support.adapters import make_adapter, make_mismatched_adapter, peft_greedy
 from tests.support.cli import create_key
 from tests.support.server import MODEL, server_env
 
@@ -143,17 +141,7 @@ def test_bad_adapters_are_400_and_the_server_keeps_serving(
     missing = load(server, "ghost", tmp_path / "nowhere")
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "adapter_mismatch" and missing.json()["error"]["param"] == "lora_path"
-    tiny = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=49152,
-        )
-    )
-    get_peft_model(tiny, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "tiny")
+    make_mismatched_adapter(tmp_path / "tiny")
     mismatched = load(server, "tiny", tmp_path / "tiny")
     assert mismatched.status_code == 400
     assert mismatched.json()["error"]["code"] == "adapter_mismatch" and "shape" in mismatched.json()["error"]["message"]

@@ -9,14 +9,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 from synthd.store.db import open_database
 from synthd.store.repository import Repository
-from tests.support.adapters import PROMPT, make_adapter, peft_greedy
+from tests.support.adapters import PROMPT, make_adapter, make_mismatched_adapter, peft_greedy
 from tests.support.cli import synthd
 from tests.support.server import MODEL, server_env
 
@@ -121,17 +119,7 @@ def test_unknown_fine_tune_is_404(fp32_server: ServerProcess, sdk: openai.OpenAI
 def test_mismatched_adapter_is_400(
     fp32_server: ServerProcess, sdk: openai.OpenAI, home: Path, models_dir: Path, tmp_path: Path
 ) -> None:
-    tiny = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=49152,
-        )
-    )
-    get_peft_model(tiny, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "tiny")
+    make_mismatched_adapter(tmp_path / "tiny")
     refused = synthd(
         "models", "import", str(tmp_path / "tiny"), "--base", MODEL, "--name", "tiny", env=server_env(home, models_dir)
     )

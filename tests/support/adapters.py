@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tests.support.server import MODEL
 
@@ -19,6 +19,23 @@ def make_adapter(base_dir: Path, out: Path, seed: int, **lora) -> Path:
     defaults = {"r": 8, "lora_alpha": 64, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": False}
     config = LoraConfig(**{**defaults, **lora})
     get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def make_mismatched_adapter(out: Path) -> Path:
+    """A LoRA adapter for a tiny random Llama of another shape (hidden 64, two layers), saved to
+    ``out``: its tensors cannot load onto the embedded model."""
+    tiny = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=49152,
+        )
+    )
+    get_peft_model(tiny, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(out)
     return out
 
 
