@@ -2,17 +2,13 @@
 
 import typer
 
-from synthd.cli.bench import bench
-from synthd.cli.chat import chat
+# Modules, not their command functions: a name like ``synthd.cli.demo`` stays the module.
+from synthd.cli import bench, chat, demo, eval, serve, warmup
 from synthd.cli.common import CLIError, err
-from synthd.cli.demo import demo
-from synthd.cli.eval import eval_
 from synthd.cli.ft import files_app, ft_app
 from synthd.cli.gpus import gpus_app
 from synthd.cli.keys import keys_app
 from synthd.cli.models import models_app
-from synthd.cli.serve import serve
-from synthd.cli.warmup import warmup
 
 app = typer.Typer(
     help="synthd: a self-hostable LLM backend speaking the OpenAI API.",
@@ -24,12 +20,12 @@ app.add_typer(files_app, name="files")
 app.add_typer(ft_app, name="ft")
 app.add_typer(gpus_app, name="gpus")
 app.add_typer(keys_app, name="keys")
-app.command()(serve)
-app.command()(chat)
-app.command()(bench)
-app.command()(warmup)
-app.command("eval")(eval_)
-app.command()(demo)
+app.command()(serve.serve)
+app.command()(chat.chat)
+app.command()(bench.bench)
+app.command()(warmup.warmup)
+app.command("eval")(eval.eval_)
+app.command()(demo.demo)
 
 
 def main() -> None:

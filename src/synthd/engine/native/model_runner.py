@@ -51,10 +51,12 @@ def _gemm_rows_invariant(
     dtype: torch.dtype,
     device: torch.device,
     packed: bool,
-    sizes: tuple[int, ...] = (1, 2, 3, 5, 8, 17, 64),
+    sizes: tuple[int, ...] = (*range(1, 33), 48, 64, 100, 128, 256, 512),
 ) -> bool:
     """On this project's CPU bf16 (oneDNN) passes and float32 (MKL) does not: its kernels for 1-3
-    rows sum in another order than for more."""
+    rows sum in another order than for more. Every row count up to 32 is tried (decode batches) and
+    larger ones up to 512 (prompts), since a kernel may change its blocking at any size and CPUs
+    differ in where."""
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn((out_features, in_features), generator=generator).to(dtype=dtype, device=device)
     rows = torch.randn((max(sizes), in_features), generator=generator).to(dtype=dtype, device=device)
