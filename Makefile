@@ -16,7 +16,7 @@ VLLM_STAMP := $(VLLM_VENV)/.synthd-installed
 CONTRACT_TESTS := $(addprefix tests/integration/,test_chat.py test_completions.py test_errors.py test_hardening.py \
                   test_ops.py test_serving_fine_tunes.py test_vllm_engine.py)
 
-.PHONY: setup bubblewrap browser model demo demo-cluster test test-vllm bench vllm lint docs clean
+.PHONY: setup bubblewrap browser model demo demo-cluster test test-native test-vllm bench vllm lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,13 +78,18 @@ demo: model
 demo-cluster: model
 	$(SYNTHD) demo --cluster
 
-# Two legs: every test on the native engine (.venv), then the serving contract on vLLM (.venv-vllm).
-test: model
-	$(PY) -m pytest $(PYTEST_ARGS)
-	$(MAKE) test-vllm
+# Two legs side by side: every test on the native engine (.venv) and the serving contract on vLLM
+# (.venv-vllm). Most of a leg's time is spent waiting on servers, workers and jobs, so the two share
+# the cores well; each leg's output is printed whole when it ends (--output-sync), each has its own
+# pytest base folder.
+test: model vllm
+	$(MAKE) --no-print-directory --output-sync=target -j2 test-native test-vllm
+
+test-native: model
+	$(PY) -m pytest --basetemp=$(abspath build/pytest-native) $(PYTEST_ARGS)
 
 test-vllm: model vllm
-	SYNTHD_TEST_ENGINE=vllm $(VLLM_PY) -m pytest $(CONTRACT_TESTS) $(PYTEST_ARGS)
+	SYNTHD_TEST_ENGINE=vllm $(VLLM_PY) -m pytest --basetemp=$(abspath build/pytest-vllm) $(CONTRACT_TESTS) $(PYTEST_ARGS)
 
 # Lint: ruff's checks and its formatter, over every Python file of the repository.
 LINT_PATHS := src tests benchmarks docs

@@ -299,7 +299,7 @@ def test_cancel_mid_run(ft_client: openai.OpenAI) -> None:
     assert ft_client.fine_tuning.jobs.checkpoints.list(job.id).data == []
 
 
-def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:
+def test_cli_upload_create_wait_list_events(ft_server: ServerProcess, ft_client: openai.OpenAI, ft_home: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess:
         return synthd(*args, "--base-url", ft_server.base_url)
 
@@ -328,3 +328,9 @@ def test_cli_upload_create_wait_list_events(ft_server: ServerProcess) -> None:
     assert refused.returncode == 1 and "already succeeded" in refused.stderr
     bad = cli("ft", "create", "--training-file", "file-nope")
     assert bad.returncode == 1 and bad.stderr.startswith("error: 400")
+    model_id = f"ft:{MODEL}:cli:{job_id}"  # a trained fine-tune, deleted: unlisted, its adapter gone, then 404
+    assert ft_client.models.delete(model_id).deleted is True
+    assert model_id not in [m.id for m in ft_client.models.list().data]
+    assert not (ft_home / "adapters" / job_id).exists()
+    with pytest.raises(openai.NotFoundError):
+        ft_client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)

@@ -10,12 +10,12 @@ import httpx
 import openai
 import pytest
 
-from synthd.demo_data import DEMO_DATA
 from synthd.server_process import ServerProcess
 from synthd.store.db import open_database
 from synthd.store.repository import Repository
 from tests.support.adapters import PROMPT, make_adapter, make_mismatched_adapter, peft_greedy
 from tests.support.cli import synthd
+from tests.support.jobs import ExampleJob, wait_for
 from tests.support.server import MODEL, server_env
 
 
@@ -148,38 +148,32 @@ def test_mismatched_adapter_is_400(
 
 
 @pytest.mark.native_only(
-    "trains a fine-tune for minutes (training does not depend on the serving engine); the "
-    "vLLM leg serves the imported PEFT adapters above"
+    "the session's SFT job trains on the native leg only (training does not depend on the serving engine)"
 )
-def test_trained_fine_tune_listed_answers_and_deleted(sdk: openai.OpenAI, home: Path, reference) -> None:
-    data = sdk.files.create(file=("facts.jsonl", (DEMO_DATA / "sft_facts.jsonl").read_bytes()), purpose="fine-tune")
-    job = sdk.fine_tuning.jobs.create(
-        model=MODEL,
-        training_file=data.id,
-        suffix="facts",
-        seed=7,
-        method={
-            "type": "supervised",
-            "supervised": {"hyperparameters": {"n_epochs": 6, "batch_size": 5, "learning_rate_multiplier": 10}},
-        },
-    )
-    deadline = time.monotonic() + 600
-    while (job := sdk.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-    assert job.status == "succeeded", job.error
-    model_id = job.fine_tuned_model
+def test_trained_fine_tune_listed_answers_and_deleted(
+    sdk: openai.OpenAI, home: Path, models_dir: Path, reference, ft_client: openai.OpenAI, sft_facts_job: ExampleJob
+) -> None:
+    """The adapter the session's SFT job trained (tests/integration/conftest.py), imported here: listed
+    with its parent, answering with what it learned exactly as PEFT does in float32, then deleted."""
+    assert wait_for(ft_client, sft_facts_job.created.id, timeout_s=1500).status == "succeeded"
+    imported = synthd(
+        "models", "import", str(sft_facts_job.adapter_dir), "--base", MODEL, "--name", "facts",
+        env=server_env(home, models_dir),
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    model_id = f"ft:{MODEL}:facts"
     card = sdk.models.retrieve(model_id)
     assert card.model_extra["parent"] == MODEL
     assert model_id in [m.id for m in sdk.models.list().data]
     served = chat(sdk, model_id, max_tokens=20)
     assert "Quillport" in served
-    assert served == reference(home / "adapters" / job.id, max_new_tokens=20)
+    adapter_dir = next((home / "adapters").glob("imported-*facts"))
+    assert served == reference(adapter_dir, max_new_tokens=20)
     with pytest.raises(openai.BadRequestError):
         sdk.models.delete(MODEL)
     assert sdk.models.delete(model_id).deleted is True
     assert model_id not in [m.id for m in sdk.models.list().data]
-    assert not (home / "adapters" / job.id).exists()
+    assert not adapter_dir.exists()
     with pytest.raises(openai.NotFoundError):
         chat(sdk, model_id)
 

@@ -6,8 +6,6 @@ import typer
 from rich.console import Console
 
 from synthd.cli.common import ApiKey, BaseUrl, console, fail, server_url
-from synthd.client.errors import APIConnectionError, LMError
-from synthd.client.providers import SynthdProvider
 
 
 class WarmupError(RuntimeError):
@@ -27,6 +25,11 @@ def follow_warmup(
     """POST the warmup; with ``wait``, poll its status under a spinner until done (the LM client's
     synthd provider does both). Returns the last status object. Raises WarmupError with the
     server's message."""
+    # Imported here: the client loads both provider SDKs (over a second), which every other command
+    # of the CLI would pay at start.
+    from synthd.client.errors import APIConnectionError, LMError
+    from synthd.client.providers import SynthdProvider
+
     server = SynthdProvider(api_key=api_key, base_url=base_url, timeout=30, max_retries=0)
     try:
         started = server.warmup(model, gpu)
