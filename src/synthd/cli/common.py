@@ -11,12 +11,14 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from synthd.config import DEFAULT_SYNTH_API_URL, synthd_api_url
+
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 BaseUrl = Annotated[
     str | None,
-    typer.Option(envvar="SYNTH_API_URL", show_envvar=True, help="Server URL (default http://127.0.0.1:8000/v1)."),
+    typer.Option(envvar="SYNTH_API_URL", show_envvar=True, help=f"Server URL (default {DEFAULT_SYNTH_API_URL}/v1)."),
 ]
 ApiKey = Annotated[str | None, typer.Option(envvar="SYNTH_API_KEY", show_envvar=True, help="Bearer token.")]
 
@@ -36,6 +38,4 @@ def fail(message: str) -> NoReturn:
 
 def server_url(base_url: str | None) -> str:
     """The OpenAI base URL (``…/v1``) of the synthd server a command talks to."""
-    from synthd.config import synthd_api_url
-
     return synthd_api_url(base_url)

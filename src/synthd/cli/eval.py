@@ -16,6 +16,7 @@ from rich.progress import (
 )
 
 from synthd.cli.common import CLIError, console
+from synthd.config import DEFAULT_SYNTH_API_URL
 from synthd.models.embedded import EMBEDDED_MODEL_ID
 
 
@@ -140,7 +141,7 @@ def eval_(
     ),
     base_url: Annotated[
         str | None,
-        typer.Option(help="synthd server for synthd models (default: $SYNTH_API_URL, else http://127.0.0.1:8000)."),
+        typer.Option(help=f"synthd server for synthd models (default: $SYNTH_API_URL, else {DEFAULT_SYNTH_API_URL})."),
     ] = None,
     unsafe_sandbox: Annotated[
         bool,

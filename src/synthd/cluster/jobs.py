@@ -41,11 +41,11 @@ from synthd.gpus.inventory import Device
 from synthd.gpus.planner import Reservations
 from synthd.gpus.spec import GPUOption, parse_gpu_preference
 from synthd.training.layout import latest_checkpoint
+from synthd.training.worker import PARENT_ENV
 
 log = logging.getLogger(__name__)
 FORWARDED_ENV_PREFIXES = ("SYNTHD_", "SYNTH_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "WANDB_")
 """Variables of the server's environment a worker on another node gets (the rest is the node's own)."""
-PARENT_ENV = "SYNTHD_PARENT_PID"
 KILLED = -signal.SIGKILL
 POLL_S = 0.2
 NODE_DEATH_GRACE_S = 30.0

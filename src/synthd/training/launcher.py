@@ -12,14 +12,11 @@ instead of paying for a fresh start; jobs on GPUs get a fresh worker with their 
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Protocol
-
-from synthd.training.worker import PARENT_ENV
 
 STANDBY_RETRY_S = 30.0
 STOP_WAIT_S = 15.0
@@ -126,7 +123,7 @@ class LocalLauncher:
         with open(self.standby_log, "ab") as log_file:
             self._standby = subprocess.Popen(
                 [sys.executable, "-m", "synthd.training.worker", "--standby"],
-                env={**env, "CUDA_VISIBLE_DEVICES": "", PARENT_ENV: str(os.getpid())},
+                env={**env, "CUDA_VISIBLE_DEVICES": ""},
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
