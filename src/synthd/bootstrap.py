@@ -101,7 +101,8 @@ def build_components(
         max_concurrent=settings.max_concurrent_jobs,
         launcher=cluster.launcher if cluster else None,
     )
-    metrics, usage, limiter, access = ServingMetrics(), UsageTally(), RateLimiter(), ModelAccess(repo)
+    metrics = ServingMetrics(served=[s.model_id for s in served])
+    usage, limiter, access = UsageTally(), RateLimiter(), ModelAccess(repo)
 
     def on_request(record: RequestRecord) -> None:
         metrics.observe_request(record)

@@ -110,6 +110,22 @@ def test_logprobs_on_chat_and_completions(client: openai.OpenAI) -> None:
     assert legacy.text_offset[0] == 0 and "".join(legacy.tokens) == text.choices[0].text
 
 
+def test_logprobs_bytes_rebuild_characters_split_across_tokens(client: openai.OpenAI) -> None:
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Repeat exactly: 日本"}],
+        max_tokens=7,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content, text = chat.choices[0].logprobs.content, chat.choices[0].message.content
+    assert "日本" in text and any(t.token == "\ufffd" for t in content)  # 日 is split over tokens
+    assert bytes(b for t in content for b in t.bytes).decode() == text
+    tokens = [*content, *(top for t in content for top in t.top_logprobs)]
+    assert all(t.bytes == list(t.token.encode()) for t in tokens if t.token.isascii())
+
+
 def test_metrics_count_requests_not_sequences(server: ServerProcess, client: openai.OpenAI) -> None:
     before = {
         n: metric(server, f"synthd:{n}", model_name=MODEL)

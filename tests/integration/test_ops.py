@@ -1,8 +1,10 @@
 """Health, readiness, Prometheus metrics and client disconnects."""
 
 import time
+import uuid
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from synthd.server_process import ServerProcess
 from tests.support.server import MODEL, metric
@@ -37,6 +39,29 @@ def test_metrics_count_requests_tokens_and_latencies(server: ServerProcess) -> N
         "synthd:num_requests_waiting",
     ):
         assert name in text
+
+
+def request_series(server: ServerProcess) -> set[tuple[tuple[str, str], ...]]:
+    """The label sets of ``synthd:requests_total`` on the server's ``/metrics``."""
+    families = text_string_to_metric_families(httpx.get(server.root_url + "/metrics", timeout=30).text)
+    return {
+        tuple(sorted(sample.labels.items()))
+        for family in families
+        for sample in family.samples
+        if sample.name == "synthd:requests_total"
+    }
+
+
+def test_unknown_model_names_share_one_metrics_label(server: ServerProcess) -> None:
+    before = request_series(server)
+    names = [f"made-up-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for name in names:
+        body = {"model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+        assert httpx.post(server.base_url + "/chat/completions", json=body).status_code == 404
+        assert httpx.post(server.base_url + "/completions", json={"model": name, "prompt": "Hi"}).status_code == 404
+    after = request_series(server)
+    assert after - before <= {(("model_name", "unknown"), ("status", "404"))}
+    assert not any(name in str(series) for name in names for series in after)
 
 
 def test_client_disconnect_stops_its_generation(server: ServerProcess) -> None:

@@ -44,7 +44,9 @@ IDLE_CHECK_INTERVAL_S = 1.0
 
 
 class RequestMetricsMiddleware:
-    """Counts ``/v1`` requests by model and HTTP status (pure ASGI: streaming is untouched)."""
+    """Counts ``/v1`` requests by model and HTTP status (pure ASGI: streaming is untouched). The
+    model is the one the route resolved (``state.model_name``) or a trusted requested name
+    (``ServingMetrics.model_label``)."""
 
     def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
         self.app = app
@@ -57,7 +59,8 @@ class RequestMetricsMiddleware:
 
         async def send_and_count(message: Message) -> None:
             if message["type"] == "http.response.start":
-                model = scope.get("state", {}).get("model_name", "unknown")
+                state = scope.get("state", {})
+                model = self.metrics.model_label(state.get("model_name"), state.get("requested_model"))
                 self.metrics.requests.labels(model, str(message["status"])).inc()
             await send(message)
 

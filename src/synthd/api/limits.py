@@ -1,8 +1,9 @@
 """Request limits checked before any route runs, as pure ASGI middlewares (no body is read):
 
 - ``HostCheckMiddleware``: the ``Host`` header must name this server (Starlette's
-  ``TrustedHostMiddleware`` rules), so a web page cannot reach a loopback server through DNS
-  rebinding; 400 ``invalid_host`` otherwise.
+  ``TrustedHostMiddleware`` patterns, matched by ``host_allowed``), so a web page cannot reach a
+  loopback server through DNS rebinding; 400 ``invalid_host`` otherwise. Unlike Starlette, an IPv6
+  literal matches without its brackets: ``Host: [::1]:8000`` is the allowed ``::1``.
 - ``BodyLimitMiddleware``: the body is counted while it is read; a declared ``Content-Length`` over
   the cap is refused at once, a streamed body as soon as it passes the cap (413), without reading
   the rest. ``POST /v1/files`` has its own, larger cap.
@@ -16,12 +17,12 @@ plain-text 413; the cap here answers a declared oversize body at once, in the en
 the per-route cap (the upload's) from settings at run time.
 """
 
+import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthd.api.errors import error_response
@@ -41,6 +42,41 @@ def default_allowed_hosts(bind_host: str) -> list[str]:
     else:
         names.append(bind_host.strip("[]"))
     return list(dict.fromkeys(name.lower() for name in names if name))
+
+
+def host_name(host_header: str) -> str | None:
+    """The host of a ``Host`` header, lower-case, without its port and an IPv6 literal's brackets
+    (``[::1]:8000`` → ``::1``; a bare ``::1`` too); None when malformed."""
+    header = host_header.strip().lower()
+    if header.startswith("["):
+        literal, bracket, rest = header[1:].partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        name = literal
+    elif header.count(":") > 1:  # a bare IPv6 address, no port possible
+        name = header
+    else:
+        name, colon, port = header.partition(":")
+        if colon and not port.isdigit():
+            return None
+    if ":" in name:
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            return None
+    return name or None
+
+
+def host_allowed(host_header: str, allowed_hosts: Iterable[str]) -> bool:
+    """Whether ``host_header`` names one of ``allowed_hosts`` (``TrustedHostMiddleware``'s patterns:
+    exact names, ``*.example.com``, ``*`` for any; IPv6 literals with or without brackets)."""
+    patterns = [pattern.strip().lower().strip("[]") for pattern in allowed_hosts]
+    if "*" in patterns:
+        return True
+    name = host_name(host_header)
+    if name is None:
+        return False
+    return any(name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:])) for pattern in patterns)
 
 
 @dataclass(frozen=True)
@@ -120,38 +156,31 @@ async def answer_early(
 
 
 class HostCheckMiddleware:
-    """``TrustedHostMiddleware``'s host matching, answered with OpenAI's envelope (400 ``invalid_host``)."""
+    """Refuses a request whose ``Host`` header is not allowed (``host_allowed``), in OpenAI's
+    envelope (400 ``invalid_host``)."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str]) -> None:
         self.app = app
-        self.trusted = TrustedHostMiddleware(self._trusted, allowed_hosts=list(allowed_hosts), www_redirect=False)
-
-    async def _trusted(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["synthd.trusted_host"] = True
-        await self.app(scope, receive, send)
+        self.allowed_hosts = tuple(allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-
-        async def send_or_refuse(message: Message) -> None:
-            if scope.get("synthd.trusted_host"):
-                await send(message)
-            elif message["type"] == "http.response.start":  # TrustedHostMiddleware's plain-text refusal
-                host = Headers(scope=scope).get("host", "")
-                await answer_early(
-                    scope,
-                    receive,
-                    send,
-                    InvalidRequest(
-                        f"Invalid Host header '{host[:100]}': this server answers to its own names only "
-                        "(synthd serve --allowed-hosts).",
-                        code="invalid_host",
-                    ),
-                )
-
-        await self.trusted(scope, receive, send_or_refuse)
+        host = Headers(scope=scope).get("host", "")
+        if host_allowed(host, self.allowed_hosts):
+            await self.app(scope, receive, send)
+            return
+        await answer_early(
+            scope,
+            receive,
+            send,
+            InvalidRequest(
+                f"Invalid Host header '{host[:100]}': this server answers to its own names only "
+                "(synthd serve --allowed-hosts).",
+                code="invalid_host",
+            ),
+        )
 
 
 class BodyLimitMiddleware:

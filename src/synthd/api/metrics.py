@@ -4,6 +4,9 @@ Counters and histograms count REQUESTS, as vLLM's do: a chat with ``n: 2`` is on
 prompt tokens counted once, its completion tokens those of both choices. Gauges come from each
 replica's engine at scrape time. Each app owns its registry so several servers (tests) can live in
 one process.
+
+Labels take trusted values only: a ``model_name`` is a model id this server resolved (or serves),
+never a name a client made up, which becomes ``unknown`` (else each made-up name would add series).
 """
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -12,6 +15,8 @@ from synthd.engine.protocol import EngineStats
 from synthd.services.chat import RequestRecord
 
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+UNKNOWN_MODEL = "unknown"
+"""The ``model_name`` of requests for a name that resolved to no model here."""
 TOKEN_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
 
 
@@ -23,8 +28,10 @@ class ServingMetrics:
     queue time (arrival → first scheduled).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, served: list[str] | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.model_names: set[str] = set(served or [])
+        """Ids that resolved to a model here (the operator's from the start): the only model labels."""
         labels = ["model_name"]
         r = self.registry
         self.requests = Counter(
@@ -89,6 +96,14 @@ class ServingMetrics:
             labels,
             registry=r,
         )
+
+    def model_label(self, resolved: str | None, requested: str | None) -> str:
+        """The ``model_name`` of a request: the id it ``resolved`` to (then trusted from now on),
+        else the ``requested`` name when that once resolved, else ``UNKNOWN_MODEL``."""
+        if resolved is not None:
+            self.model_names.add(resolved)
+            return resolved
+        return requested if requested in self.model_names else UNKNOWN_MODEL
 
     def refresh(self, replica_stats: list[tuple[str, EngineStats]]) -> None:
         """Set the engine gauges from every loaded replica's (model id, stats) (called at scrape

@@ -164,8 +164,9 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, serving: Serving, principal: CallerPrincipal, gpu: GPUHeader = None
 ) -> Response:
     """Create a chat completion (streamed as SSE when ``stream`` is true)."""
-    request.state.model_name = body.model
+    request.state.requested_model = body.model
     prepared = await until_disconnected(request, serving.prepare_chat(body, gpu, principal))
+    request.state.model_name = prepared.model_id
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return LeasedStreamingResponse(serving.chat_stream(prepared, include_usage), prepared)
@@ -177,8 +178,9 @@ async def create_completion(
     body: CompletionRequest, request: Request, serving: Serving, principal: CallerPrincipal, gpu: GPUHeader = None
 ) -> Response:
     """Create a text completion (streamed as SSE when ``stream`` is true)."""
-    request.state.model_name = body.model
+    request.state.requested_model = body.model
     prepared = await until_disconnected(request, serving.prepare_completion(body, gpu, principal))
+    request.state.model_name = prepared.model_id
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return LeasedStreamingResponse(serving.completion_stream(prepared, include_usage), prepared)

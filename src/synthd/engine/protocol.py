@@ -72,8 +72,8 @@ class Guide:
 @dataclass(frozen=True)
 class TokenLogprob:
     """One output token's log-probability (natural log) and, when asked, its top alternatives as
-    ``(token text, logprob)`` pairs, most likely first. ``token`` is the token's own text and
-    ``bytes`` its UTF-8 bytes (OpenAI's ``logprobs.content`` item)."""
+    ``(token text, logprob, bytes)``, most likely first. ``token`` is the token's own text and
+    ``bytes`` its raw bytes (``synthd.engine.token_bytes``; OpenAI's ``logprobs.content`` item)."""
 
     token: str
     logprob: float

@@ -39,14 +39,19 @@ class RunOutcome:
 
 
 class JobCallback(TrainerCallback):
-    """Reports ``job_id``'s progress: metrics events, kept checkpoint adapters, cancel and pause."""
+    """Reports ``job_id``'s progress: metrics events, kept checkpoint adapters, cancel and pause.
+
+    A checkpoint's metrics are those measured at its own step only (``measured``): a step without
+    validation has no ``valid_loss``, rather than the last validation's (OpenAI leaves it empty).
+    """
 
     def __init__(self, repo: Repository, layout: JobLayout) -> None:
         self.repo = repo
         self.layout = layout
         self.job_id = layout.job_id
         self.stopped: str | None = None
-        self.last: dict[str, float] = {}
+        self.measured: dict[str, float] = {}
+        self.measured_step: int | None = None
         self.pending: list[tuple[str, dict | None]] = []
         self.flushed = time.monotonic()
         self.started = time.monotonic()
@@ -75,7 +80,7 @@ class JobCallback(TrainerCallback):
             self._validation(state, logs)
         if "loss" not in logs:
             return
-        self.last["train_loss"] = float(logs["loss"])
+        self._measure(state.global_step, train_loss=float(logs["loss"]))
         data = {
             "step": state.global_step,
             "total_steps": state.max_steps,
@@ -84,9 +89,8 @@ class JobCallback(TrainerCallback):
             "epoch": float(logs.get("epoch", 0.0)),
         }
         if "mean_token_accuracy" in logs:
-            self.last["train_mean_token_accuracy"] = data["train_mean_token_accuracy"] = float(
-                logs["mean_token_accuracy"]
-            )
+            data["train_mean_token_accuracy"] = float(logs["mean_token_accuracy"])
+            self._measure(state.global_step, train_mean_token_accuracy=data["train_mean_token_accuracy"])
         for key in ("rewards/margins", "rewards/accuracies"):
             if key in logs:
                 data[key.replace("/", "_")] = float(logs[key])
@@ -97,13 +101,21 @@ class JobCallback(TrainerCallback):
         if time.monotonic() - self.flushed >= EVENT_FLUSH_S:
             self.flush()
 
+    def _measure(self, step: int, **values: float) -> None:
+        """Keep ``values`` as measured at ``step``; those of an earlier step are dropped."""
+        if step != self.measured_step:
+            self.measured, self.measured_step = {}, step
+        self.measured.update(values)
+
+    def checkpoint_metrics(self, step: int) -> dict:
+        """The metrics of a checkpoint at ``step``: ``step`` and the values measured at it."""
+        return {"step": step, **(self.measured if step == self.measured_step else {})}
+
     def _validation(self, state, logs: dict) -> None:
-        self.last["valid_loss"] = float(logs["eval_loss"])
-        data = {"step": state.global_step, "total_steps": state.max_steps, "valid_loss": self.last["valid_loss"]}
+        data = {"step": state.global_step, "total_steps": state.max_steps, "valid_loss": float(logs["eval_loss"])}
         if "eval_mean_token_accuracy" in logs:
-            self.last["valid_mean_token_accuracy"] = data["valid_mean_token_accuracy"] = float(
-                logs["eval_mean_token_accuracy"]
-            )
+            data["valid_mean_token_accuracy"] = float(logs["eval_mean_token_accuracy"])
+        self._measure(state.global_step, **{k: v for k, v in data.items() if k.startswith("valid_")})
         if "eval_rewards/accuracies" in logs:
             data["valid_rewards_accuracies"] = float(logs["eval_rewards/accuracies"])
         self.pending.append(
@@ -114,7 +126,7 @@ class JobCallback(TrainerCallback):
         source = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         target = self.layout.checkpoint_adapter(state.global_step)
         copy_tree_atomic(source, target, ADAPTER_FILES, failpoint="checkpoint_write")
-        metrics = {"step": state.global_step, **self.last}
+        metrics = self.checkpoint_metrics(state.global_step)
         self.flush()
         self.repo.add_checkpoint(self.job_id, state.global_step, metrics, str(source), str(target))
 

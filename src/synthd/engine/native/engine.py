@@ -47,6 +47,7 @@ from synthd.engine.protocol import (
     SamplingParams,
     TokenLogprob,
 )
+from synthd.engine.token_bytes import TokenPieces
 from synthd.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class NativeEngine:
     ) -> None:
         self.model_id = model_id
         self.tokenizer = tokenizer
+        self._token_pieces = TokenPieces(tokenizer)
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.max_loras = max_loras
@@ -434,10 +436,7 @@ class NativeEngine:
                 loop.call_soon_threadsafe(_put_all, items)
 
     def _logprobs(self, samples: tuple[Sample, ...]) -> tuple[TokenLogprob, ...]:
-        def entry(token_id: int) -> tuple[str, tuple[int, ...]]:
-            text = self.tokenizer.decode([token_id])
-            return text, tuple(text.encode("utf-8"))
-
+        entry = self._token_pieces
         result = []
         for sample in samples:
             if sample.token is None or sample.logprob is None:

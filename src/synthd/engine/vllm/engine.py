@@ -67,6 +67,7 @@ from synthd.engine.protocol import (
     SamplingParams,
     TokenLogprob,
 )
+from synthd.engine.token_bytes import TokenPieces
 from synthd.engine.vllm.stats import StatsSink, stat_logger_class
 from synthd.errors import InvalidRequest
 from synthd.gpus.memory import DTYPE_BYTES, ModelShape
@@ -113,6 +114,7 @@ class VLLMEngine:
     ) -> None:
         self.model_id = model_id
         self.tokenizer = tokenizer
+        self._token_pieces = TokenPieces(tokenizer)
         self.dtype = dtype
         self._build = build
         self._sink = StatsSink()
@@ -237,10 +239,7 @@ class VLLMEngine:
         """The protocol's logprobs of this chunk's tokens: vLLM gives per token a dict of the top
         ``top`` ids (ranks 1…top) plus the sampled id (its own rank, possibly beyond ``top``)."""
 
-        def text(token_id: int) -> tuple[str, tuple[int, ...]]:
-            piece = self.tokenizer.decode([token_id])
-            return piece, tuple(piece.encode("utf-8"))
-
+        text = self._token_pieces
         result = []
         for token_id, entries in zip(completion.token_ids, completion.logprobs or ()):
             piece, raw = text(token_id)
