@@ -159,6 +159,63 @@ def test_adapter_loaded_on_demand_and_retired(engine: NativeEngine, models_dir: 
     assert engine.list_loras() == []
 
 
+def test_a_new_adapter_under_a_reused_name_never_hits_the_old_ones_prefix_cache(
+    engine: NativeEngine, models_dir: Path, tmp_path: Path
+) -> None:
+    old, new = make_lora(models_dir, tmp_path / "old", seed=5), make_lora(models_dir, tmp_path / "new", seed=6)
+    reused = LoRARef("reused", new.path)
+
+    async def scenario():
+        before = await generate(engine, PROMPTS[3], 8, "old", lora=LoRARef("reused", old.path))
+        await engine.remove_lora("reused")  # unloaded, then another adapter loaded under its name
+        after = await generate(engine, PROMPTS[3], 8, "reused", lora=reused)
+        await engine.remove_lora("reused")
+        alone = await generate(engine, PROMPTS[3], 8, "new", lora=new)
+        await engine.remove_lora(new.name)
+        return before, after, alone
+
+    before, after, alone = run(scenario())
+    assert after["text"] == alone["text"] != before["text"]
+
+
+def test_adapters_in_rotation_beyond_max_loras_keep_every_request_served(models_dir: Path, tmp_path: Path) -> None:
+    """Three adapters on two resident slots, preloaded as the runtime route does and requested in
+    turn: evicting PEFT's active adapter from a command once broke every later request. A PEFT
+    failure while unloading fails only the requests on adapters, and the engine repairs itself."""
+    loras = [make_lora(models_dir, tmp_path / f"r{seed}", seed=seed) for seed in (21, 22, 23)]
+    small = load_native_engine(
+        EMBEDDED_MODEL_ID, models_dir / EMBEDDED_MODEL_ID, EngineConfig(dtype="float32", max_num_seqs=4, max_loras=2)
+    )
+
+    async def rotation():
+        for lora in loras:
+            await small.add_lora(lora)
+        texts = []
+        for turn in range(6):
+            if turn == 3:
+                await small.add_lora(loras[0])
+            texts.append((await generate(small, PROMPTS[0], 4, f"turn-{turn}", lora=loras[turn % 3]))["text"])
+        return texts, (await generate(small, PROMPTS[0], 4, "base"))["text"]
+
+    async def failing_unload():
+        def fail(name):
+            raise RuntimeError("half deleted")
+
+        small._runner.model.delete_adapter = fail
+        await generate(small, PROMPTS[0], 4, "evicts", lora=loras[0])  # not resident: evicts one
+
+    try:
+        texts, base = run(rotation())
+        assert texts[:3] == texts[3:] and len({*texts, base}) == 4 and len(small.list_loras()) <= 2
+        with pytest.raises(GenerationError, match="failed to unload"):
+            run(failing_unload())
+        assert small.list_loras() == []
+        again = [run(generate(small, PROMPTS[0], 4, f"again-{i}", lora=lora))["text"] for i, lora in enumerate(loras)]
+        assert again == texts[:3] and run(generate(small, PROMPTS[0], 4, "base-again"))["text"] == base
+    finally:
+        run(small.shutdown())
+
+
 def test_guided_json_and_logprobs(engine: NativeEngine) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     out = run(generate(engine, "Capital of France as JSON.", 40, "json", guide=Guide(schema)))
