@@ -16,7 +16,15 @@ from synthd.engine.native.loader import load_native_engine
 from synthd.engine.native.output_processor import OutputProcessor
 from synthd.engine.native.sampler import SamplerState
 from synthd.engine.native.scheduler import Scheduler, Sequence, StepPlan
-from synthd.engine.protocol import BATCH_PRIORITY, GenerationError, Guide, LoRARef, QueueFull, SamplingParams
+from synthd.engine.protocol import (
+    BATCH_PRIORITY,
+    GenerationError,
+    Guide,
+    LoRARef,
+    QueueFull,
+    SamplingParams,
+    TokenLogprob,
+)
 from synthd.models.embedded import EMBEDDED_MODEL_ID
 
 PROMPTS = [
@@ -350,6 +358,13 @@ def run_step(scheduler: Scheduler, token: int = 7) -> StepPlan:
 
 def shape(plan: StepPlan) -> list[tuple[str, int, int, bool]]:
     return [(c.sequence.request_id, c.start, c.num_tokens, c.sample) for c in plan.chunks]
+
+
+def test_logprobs_are_always_finite() -> None:
+    """JSON has no NaN or infinity: a stream once sent bare ``NaN`` (vLLM floors at -9999.0)."""
+    entry = TokenLogprob("a", float("nan"), (97,), (("a", float("-inf"), (97,)), ("b", -0.5, (98,))))
+    assert entry.logprob == -9999.0 and [lp for _, lp, _ in entry.top] == [-9999.0, -0.5]
+    assert TokenLogprob("a", float("-inf"), (97,)).logprob == -9999.0 and TokenLogprob("a", -1e6, ()).logprob == -9999.0
 
 
 def test_scheduler_admits_in_order_under_seq_and_kv_limits() -> None:
