@@ -16,7 +16,15 @@ from synthd.engine.native.loader import load_native_engine
 from synthd.engine.native.output_processor import OutputProcessor
 from synthd.engine.native.sampler import SamplerState
 from synthd.engine.native.scheduler import Scheduler, Sequence, StepPlan
-from synthd.engine.protocol import BATCH_PRIORITY, GenerationError, Guide, LoRARef, QueueFull, SamplingParams
+from synthd.engine.protocol import (
+    BATCH_PRIORITY,
+    GenerationError,
+    Guide,
+    LoRARef,
+    QueueFull,
+    SamplingParams,
+    TokenLogprob,
+)
 from synthd.models.embedded import EMBEDDED_MODEL_ID
 
 PROMPTS = [
@@ -159,6 +167,63 @@ def test_adapter_loaded_on_demand_and_retired(engine: NativeEngine, models_dir: 
     assert engine.list_loras() == []
 
 
+def test_a_new_adapter_under_a_reused_name_never_hits_the_old_ones_prefix_cache(
+    engine: NativeEngine, models_dir: Path, tmp_path: Path
+) -> None:
+    old, new = make_lora(models_dir, tmp_path / "old", seed=5), make_lora(models_dir, tmp_path / "new", seed=6)
+    reused = LoRARef("reused", new.path)
+
+    async def scenario():
+        before = await generate(engine, PROMPTS[3], 8, "old", lora=LoRARef("reused", old.path))
+        await engine.remove_lora("reused")  # unloaded, then another adapter loaded under its name
+        after = await generate(engine, PROMPTS[3], 8, "reused", lora=reused)
+        await engine.remove_lora("reused")
+        alone = await generate(engine, PROMPTS[3], 8, "new", lora=new)
+        await engine.remove_lora(new.name)
+        return before, after, alone
+
+    before, after, alone = run(scenario())
+    assert after["text"] == alone["text"] != before["text"]
+
+
+def test_adapters_in_rotation_beyond_max_loras_keep_every_request_served(models_dir: Path, tmp_path: Path) -> None:
+    """Three adapters on two resident slots, preloaded as the runtime route does and requested in
+    turn: evicting PEFT's active adapter from a command once broke every later request. A PEFT
+    failure while unloading fails only the requests on adapters, and the engine repairs itself."""
+    loras = [make_lora(models_dir, tmp_path / f"r{seed}", seed=seed) for seed in (21, 22, 23)]
+    small = load_native_engine(
+        EMBEDDED_MODEL_ID, models_dir / EMBEDDED_MODEL_ID, EngineConfig(dtype="float32", max_num_seqs=4, max_loras=2)
+    )
+
+    async def rotation():
+        for lora in loras:
+            await small.add_lora(lora)
+        texts = []
+        for turn in range(6):
+            if turn == 3:
+                await small.add_lora(loras[0])
+            texts.append((await generate(small, PROMPTS[0], 4, f"turn-{turn}", lora=loras[turn % 3]))["text"])
+        return texts, (await generate(small, PROMPTS[0], 4, "base"))["text"]
+
+    async def failing_unload():
+        def fail(name):
+            raise RuntimeError("half deleted")
+
+        small._runner.model.delete_adapter = fail
+        await generate(small, PROMPTS[0], 4, "evicts", lora=loras[0])  # not resident: evicts one
+
+    try:
+        texts, base = run(rotation())
+        assert texts[:3] == texts[3:] and len({*texts, base}) == 4 and len(small.list_loras()) <= 2
+        with pytest.raises(GenerationError, match="failed to unload"):
+            run(failing_unload())
+        assert small.list_loras() == []
+        again = [run(generate(small, PROMPTS[0], 4, f"again-{i}", lora=lora))["text"] for i, lora in enumerate(loras)]
+        assert again == texts[:3] and run(generate(small, PROMPTS[0], 4, "base-again"))["text"] == base
+    finally:
+        run(small.shutdown())
+
+
 def test_guided_json_and_logprobs(engine: NativeEngine) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     out = run(generate(engine, "Capital of France as JSON.", 40, "json", guide=Guide(schema)))
@@ -293,6 +358,13 @@ def run_step(scheduler: Scheduler, token: int = 7) -> StepPlan:
 
 def shape(plan: StepPlan) -> list[tuple[str, int, int, bool]]:
     return [(c.sequence.request_id, c.start, c.num_tokens, c.sample) for c in plan.chunks]
+
+
+def test_logprobs_are_always_finite() -> None:
+    """JSON has no NaN or infinity: a stream once sent bare ``NaN`` (vLLM floors at -9999.0)."""
+    entry = TokenLogprob("a", float("nan"), (97,), (("a", float("-inf"), (97,)), ("b", -0.5, (98,))))
+    assert entry.logprob == -9999.0 and [lp for _, lp, _ in entry.top] == [-9999.0, -0.5]
+    assert TokenLogprob("a", float("-inf"), (97,)).logprob == -9999.0 and TokenLogprob("a", -1e6, ()).logprob == -9999.0
 
 
 def test_scheduler_admits_in_order_under_seq_and_kv_limits() -> None:

@@ -188,23 +188,78 @@ def odd_models(models_dir: Path, tmp_path: Path) -> Path:
     return directory
 
 
-def test_broken_model_fails_its_warmup_with_the_reason(odd_models: Path, tmp_path: Path) -> None:
-    with ServerProcess(log_path=tmp_path / "server.log", env=server_env(tmp_path, odd_models)) as server:
-        root = server.root_url
-        warm = httpx.post(f"{root}/warmup/broken")
-        assert warm.status_code == 400 and warm.json()["error"]["code"] == "model_load_failed"
-        status = httpx.get(f"{root}/warmup/status/broken").json()
-        assert status["status"] == "failed" and "config.json" in status["error"]
-        chat = httpx.post(f"{server.base_url}/chat/completions", json={"model": "broken", "messages": HI})
-        assert chat.status_code == 400 and "config.json" in chat.json()["error"]["message"]
-        assert (
-            httpx.post(
-                f"{server.base_url}/chat/completions",
-                timeout=60,
-                json={"model": MODEL, "messages": HI, "max_tokens": 2},
-            ).status_code
-            == 200
-        )
+def _linked_copy(source: Path, target: Path, skip: tuple[str, ...] = ()) -> Path:
+    target.mkdir()
+    for item in source.iterdir():
+        if item.name not in skip:
+            (target / item.name).symlink_to(item)
+    return target
+
+
+def _with_config(source: Path, target: Path, **changes) -> None:
+    _linked_copy(source, target, skip=("config.json",))
+    config = json.loads((source / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+BROKEN_FOLDERS = {  # name → (how it is broken, a word its reason names); each answered 500 once, or loaded
+    "broken": (lambda src, dst: None, "config.json"),  # the odd_models fixture's truncated config.json
+    "wrong-types": (lambda src, dst: _with_config(src, dst, hidden_size="576", num_hidden_layers=[30]), "config"),
+    "no-weights": (lambda src, dst: _linked_copy(src, dst, skip=("model.safetensors",)), "model.safetensors"),
+    "torn-weights": (
+        lambda src, dst: (
+            _linked_copy(src, dst, skip=("model.safetensors",)),
+            (dst / "model.safetensors").write_bytes(bytes(range(100))),
+        ),
+        "",
+    ),
+    "no-tokenizer": (
+        lambda src, dst: _linked_copy(src, dst, skip=("tokenizer.json", "tokenizer_config.json")),
+        "",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def broken_server(models_dir: Path, tmp_path_factory) -> ServerProcess:
+    """One server over a models folder with the embedded model and every kind of ``BROKEN_FOLDERS``."""
+    home = tmp_path_factory.mktemp("broken-home")
+    directory = home / "models"
+    directory.mkdir()
+    (directory / MODEL).symlink_to(models_dir / MODEL)
+    (directory / "broken").mkdir()
+    (directory / "broken" / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "hidden_si')
+    for name, (damage, _) in BROKEN_FOLDERS.items():
+        if name != "broken":
+            damage(models_dir / MODEL, directory / name)
+    with ServerProcess(log_path=home / "server.log", env=server_env(home, directory)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("name", list(BROKEN_FOLDERS))
+def test_broken_model_fails_its_warmup_with_the_reason(broken_server: ServerProcess, name: str) -> None:
+    """A folder that cannot load, for any reason, is a failed warmup with the reason and a 400
+    ``model_load_failed`` on every route; the server keeps serving its other models."""
+    server, hint = broken_server, BROKEN_FOLDERS[name][1]
+    warm = httpx.post(f"{server.root_url}/warmup/{name}", timeout=120)
+    if warm.status_code == 200:  # it failed while loading, in the background
+        assert warm.json()["status"] == "warming", warm.text
+    else:  # it failed before (its config.json)
+        assert warm.status_code == 400 and warm.json()["error"]["code"] == "model_load_failed", warm.text
+    for _ in range(600):
+        status = httpx.get(f"{server.root_url}/warmup/status/{name}").json()
+        if status["status"] != "warming":
+            break
+        time.sleep(0.05)
+    assert status["status"] == "failed" and hint in status["error"] and status["error"], status
+    for route, body in (("chat/completions", {"messages": HI}), ("completions", {"prompt": "Hi"})):
+        answer = httpx.post(f"{server.base_url}/{route}", json={"model": name, **body}, timeout=120)
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "model_load_failed", answer.text
+        assert hint in answer.json()["error"]["message"]
+    healthy = httpx.post(
+        f"{server.base_url}/chat/completions", timeout=60, json={"model": MODEL, "messages": HI, "max_tokens": 2}
+    )
+    assert healthy.status_code == 200
 
 
 def test_concurrent_warmups_respect_max_loaded_models(odd_models: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from synthd.server_process import ServerProcess
-from tests.support.adapters import make_adapter, make_mismatched_adapter, peft_greedy
+from tests.support.adapters import make_adapter, make_mismatched_adapter, make_non_finite_adapter, peft_greedy
 from tests.support.cli import create_key
 from tests.support.server import MODEL, server_env
 
@@ -136,7 +136,7 @@ def test_base_is_the_served_model_named_in_the_adapter_config(
 
 
 def test_bad_adapters_are_400_and_the_server_keeps_serving(
-    server: ServerProcess, sdk: openai.OpenAI, adapters_dir: Path, tmp_path: Path
+    server: ServerProcess, sdk: openai.OpenAI, adapters_dir: Path, models_dir: Path, tmp_path: Path
 ) -> None:
     missing = load(server, "ghost", tmp_path / "nowhere")
     assert missing.status_code == 400
@@ -164,9 +164,13 @@ def test_bad_adapters_are_400_and_the_server_keeps_serving(
         answer = load(server, name, tmp_path / name)
         assert answer.status_code == 400, (name, answer.text)
         assert answer.json()["error"]["code"] == "adapter_mismatch" and len(answer.json()["error"]["message"]) < 400
+    for name, value in (("nan", float("nan")), ("inf", float("inf"))):  # before: 200, then 500s and bare NaN
+        answer = load(server, name, make_non_finite_adapter(models_dir / MODEL, tmp_path / name, value))
+        assert answer.status_code == 400, (name, answer.text)
+        assert answer.json()["error"]["code"] == "non_finite_adapter" and "NaN or infinite" in answer.text
     too_long = load(server, "long", "/" + "a" * 300)
     assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "adapter_mismatch", too_long.text
-    for name in ("ghost", "tiny", *broken):
+    for name in ("ghost", "tiny", *broken, "nan", "inf"):
         assert name not in [m.id for m in sdk.models.list().data]
         with pytest.raises(openai.NotFoundError):
             chat(sdk, name)

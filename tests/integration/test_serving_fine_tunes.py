@@ -13,7 +13,7 @@ import pytest
 from synthd.server_process import ServerProcess
 from synthd.store.db import open_database
 from synthd.store.repository import Repository
-from tests.support.adapters import PROMPT, make_adapter, make_mismatched_adapter, peft_greedy
+from tests.support.adapters import PROMPT, make_adapter, make_mismatched_adapter, make_non_finite_adapter, peft_greedy
 from tests.support.cli import synthd
 from tests.support.jobs import ExampleJob, wait_for
 from tests.support.server import MODEL, server_env
@@ -145,6 +145,14 @@ def test_mismatched_adapter_is_400(
         chat(sdk, f"ft:{MODEL}:broken")
     assert info.value.code == "adapter_mismatch" and "c_attn" in info.value.message
     assert chat(sdk, MODEL)  # the server keeps serving
+
+
+def test_non_finite_adapter_is_refused_at_import(home: Path, models_dir: Path, tmp_path: Path) -> None:
+    folder = make_non_finite_adapter(models_dir / MODEL, tmp_path / "diverged")
+    refused = synthd(
+        "models", "import", str(folder), "--base", MODEL, "--name", "nan", env=server_env(home, models_dir)
+    )
+    assert refused.returncode == 1 and "NaN or infinite" in refused.stderr
 
 
 @pytest.mark.native_only(

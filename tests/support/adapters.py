@@ -22,6 +22,18 @@ def make_adapter(base_dir: Path, out: Path, seed: int, **lora) -> Path:
     return out
 
 
+def make_non_finite_adapter(base_dir: Path, out: Path, value: float = float("nan")) -> Path:
+    """``make_adapter`` with one ``lora_B`` weight set to ``value`` (NaN: a diverged run)."""
+    from safetensors.torch import load_file, save_file
+
+    make_adapter(base_dir, out, seed=0)
+    tensors = load_file(out / "adapter_model.safetensors")
+    key = next(k for k in sorted(tensors) if ".lora_B." in k)
+    tensors[key][0, 0] = value
+    save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    return out
+
+
 def make_mismatched_adapter(out: Path) -> Path:
     """A LoRA adapter for a tiny random Llama of another shape (hidden 64, two layers), saved to
     ``out``: its tensors cannot load onto the embedded model."""

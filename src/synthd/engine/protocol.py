@@ -8,6 +8,7 @@ own continuous-batching engine, the embedded default) and ``engine.vllm`` (vLLM'
 The serving layer never touches a model, a lock or an engine thread.
 """
 
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,16 +70,33 @@ class Guide:
     json_schema: dict[str, Any] = field(hash=False)
 
 
+LOGPROB_FLOOR = -9999.0
+"""What a logprob of -inf or NaN is answered as (vLLM's floor): JSON has no non-finite numbers."""
+
+
+def finite_logprob(value: float) -> float:
+    """``value`` floored at ``LOGPROB_FLOOR``; NaN and -inf become the floor, +inf 0.0."""
+    if math.isnan(value):
+        return LOGPROB_FLOOR
+    return min(max(value, LOGPROB_FLOOR), 0.0) if math.isinf(value) else max(value, LOGPROB_FLOOR)
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
     """One output token's log-probability (natural log) and, when asked, its top alternatives as
     ``(token text, logprob, bytes)``, most likely first. ``token`` is the token's own text and
-    ``bytes`` its raw bytes (``synthd.engine.token_bytes``; OpenAI's ``logprobs.content`` item)."""
+    ``bytes`` its raw bytes (``synthd.engine.token_bytes``; OpenAI's ``logprobs.content`` item).
+    Every logprob is finite (``finite_logprob``), whichever engine made it, so no response
+    serialises NaN or infinity."""
 
     token: str
     logprob: float
     bytes: tuple[int, ...]
     top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "logprob", finite_logprob(self.logprob))
+        object.__setattr__(self, "top", tuple((t, finite_logprob(lp), b) for t, lp, b in self.top))
 
 
 @dataclass(frozen=True)

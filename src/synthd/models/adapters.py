@@ -3,7 +3,9 @@
 An adapter folder is PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``. Before
 any weights are loaded, ``check_adapter`` reads the config and the tensor shapes and compares them
 with the base model built on the ``meta`` device (no memory): the adapter must be LoRA, every target
-module must exist in the base, and every ``lora_A``/``lora_B`` shape must fit the module it adapts.
+module must exist in the base, and every ``lora_A``/``lora_B`` shape must fit the module it adapts. Its weights must be finite: a NaN or infinite weight (a diverged training run)
+would load and then answer every request with NaN logits, so it is refused here, at import and at
+runtime load alike (``NonFiniteAdapter``).
 """
 
 import json
@@ -31,6 +33,13 @@ class AdapterMismatch(InvalidRequest):
         super().__init__(
             f"The adapter does not match its base model: {message}", param="model", code="adapter_mismatch"
         )
+
+
+class NonFiniteAdapter(InvalidRequest):
+    """The adapter's weights hold NaN or infinite values (often a diverged training run)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model", code="non_finite_adapter")
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
     """Validate an adapter against its base without loading weights (see module docstring).
 
     Raises:
-        AdapterMismatch, UnsupportedAdapter: with the first problem found.
+        AdapterMismatch, UnsupportedAdapter, NonFiniteAdapter: with the first problem found.
     """
     info = read_adapter_config(path)
     linear = linear_modules(base_path)
@@ -141,7 +150,24 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
             raise AdapterMismatch(
                 f"adapter weight {key} has shape {shape}; the base model and r={info.r} need {expected}"
             )
+    _check_finite(path / "adapter_model.safetensors")
     return info
+
+
+def _check_finite(weights: Path) -> None:
+    """Raises NonFiniteAdapter naming the first tensor with a NaN or infinite value (reads each
+    tensor once; adapters are small beside their base)."""
+    try:
+        with safe_open(weights, framework="pt") as tensors:
+            for key in tensors.keys():  # noqa: SIM118 -- safe_open has keys() but is not iterable
+                tensor = tensors.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise NonFiniteAdapter(
+                        f"The adapter's weight {key} holds NaN or infinite values (a diverged training "
+                        "run?); it cannot be served."
+                    )
+    except (SafetensorError, OSError) as exc:
+        raise AdapterMismatch(f"adapter_model.safetensors cannot be read ({str(exc)[:200]})") from None
 
 
 def linear_modules(base_path: Path) -> dict[str, torch.nn.Linear]:

@@ -252,7 +252,7 @@ class ReplicaSet:
         earlier's replica, unless ``another`` asks for one more replica of a group).
 
         Raises:
-            ModelLoadFailed: its config.json is unreadable. SelectionError, GPUSpecError: the
+            ModelLoadFailed: its config.json is unreadable or of the wrong shape. SelectionError, GPUSpecError: the
             preference cannot be met (GPUUnavailable: only by a declared remote device).
             PoolFull: no room for another replica.
         """
@@ -261,8 +261,10 @@ class ReplicaSet:
                 placement, _ = await asyncio.to_thread(
                     self.planner.plan, source.path, preference, "inference", self.busy_devices()
                 )
-            except (OSError, ValueError) as exc:
-                self._failed[source.model_id] = f"cannot read its config.json: {exc}"
+            except SynthdError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- a config.json of any shape is the model's failure, not the server's
+                self._failed[source.model_id] = f"cannot read its config.json: {type(exc).__name__}: {exc}"
                 raise ModelLoadFailed(source.model_id, self._failed[source.model_id]) from None
             if placement.remote:
                 raise GPUUnavailable(

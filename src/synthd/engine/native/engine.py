@@ -10,6 +10,12 @@ request that fails alone (its adapter cannot load, its guide breaks) ends with a
 
 LoRA residency is the engine's: adapters load on demand when a sequence that needs one joins, up to
 ``max_loras`` resident; beyond it the least recently used adapter that no sequence uses is unloaded.
+The prefix cache keys an adapter's blocks by its load (name and a generation that is new whenever
+the engine meets a name it has forgotten or a new folder under a known name), never by the name
+alone: an adapter unloaded and another loaded under its name must not reuse the old one's keys and
+values. When PEFT fails midway through changing its adapters (or a forward pass fails), every
+adapter is dropped and the sequences running on one fail; the others go on, and adapters load again
+on demand.
 
 Batch-invariant mode (``batch_invariant``, as vLLM's ``VLLM_BATCH_INVARIANT`` and SGLang's
 deterministic inference): a sequence's greedy output does not depend on what runs beside it. Linear
@@ -128,6 +134,8 @@ class NativeEngine:
         self._guided = GuidedDecoding(tokenizer)
         self._requests: dict[str, _Request] = {}
         self._loras: dict[str, LoRARef] = {}
+        self._lora_keys: dict[str, tuple[LoRARef, str]] = {}
+        self._load_generations = itertools.count(1)
         self._resident: OrderedDict[str, None] = OrderedDict()
         self._retiring: set[str] = set()
         self._commands: deque[Callable[[], None]] = deque()
@@ -175,6 +183,7 @@ class NativeEngine:
             if request_id in self._requests:
                 raise InvalidRequest(f"request id '{request_id}' is already running")
             if lora is not None:
+                sequence.lora_key = self._lora_key(lora)
                 self._commands.append(lambda: self._remember_lora(lora))
             self._scheduler.add(sequence)
             self._requests[request_id] = _Request(sequence, asyncio.get_running_loop(), queue)
@@ -263,6 +272,20 @@ class NativeEngine:
             self._loras[lora.name] = lora
         return lora
 
+    def _lora_key(self, lora: LoRARef) -> str:
+        """The prefix-cache key of ``lora``'s blocks (under the lock): kept while the engine knows
+        this adapter, new for a name it forgot (retired) or a known name with another folder."""
+        known = self._lora_keys.get(lora.name)
+        if known is None or known[0] != lora:
+            known = (lora, f"{lora.name}\0{next(self._load_generations)}")
+            self._lora_keys[lora.name] = known
+        return known[1]
+
+    def _forget_lora(self, name: str) -> None:
+        """Forget a retired adapter and its prefix-cache key (under the lock)."""
+        self._loras.pop(name, None)
+        self._lora_keys.pop(name, None)
+
     def _ensure_lora(self, name: str, lora: LoRARef | None = None) -> None:
         """Make an adapter resident (engine thread; the slow PEFT load runs outside the lock).
         Raises what PEFT raises."""
@@ -282,6 +305,8 @@ class NativeEngine:
             evict = idle[: max(0, len(self._resident) - self.max_loras)]
         for old in evict:
             self._unload_lora(old)
+        if name not in self._resident:
+            raise RuntimeError("PEFT failed while unloading another adapter; every adapter was dropped")
 
     def _retire_lora(self, name: str) -> bool:
         with self._cond:
@@ -290,7 +315,7 @@ class NativeEngine:
             if name in self._loras_in_use():
                 self._retiring.add(name)
                 return True
-            self._loras.pop(name, None)
+            self._forget_lora(name)
         self._unload_lora(name)
         return True
 
@@ -300,7 +325,23 @@ class NativeEngine:
             resident = name in self._resident
             self._resident.pop(name, None)
         if resident:
-            self._runner.delete_adapter(name)
+            try:
+                self._runner.delete_adapter(name)
+            except Exception as exc:  # PEFT's state is suspect: repaired, never left half done
+                log.exception("unloading adapter %s failed", name)
+                self._drop_adapters(f"adapter '{name}' failed to unload: {type(exc).__name__}: {exc}")
+
+    def _drop_adapters(self, reason: str) -> None:
+        """Back to the bare base (PEFT's adapter state is suspect): the running sequences on an
+        adapter fail with ``reason`` (their rows would run without it); the others go on and
+        adapters load again on demand."""
+        self._runner.drop_adapters()
+        with self._cond:
+            self._resident.clear()
+            victims = [s for s in self._scheduler.running if s.lora]
+        for sequence in victims:
+            self._leave(sequence)
+        self._deliver({s.request_id: _Step(error=reason, scheduled_s=s.scheduled_s) for s in victims})
 
     def _loras_in_use(self) -> set[str]:
         with self._cond:
@@ -354,10 +395,11 @@ class NativeEngine:
                 with self._cond:
                     self._scheduler.reset_cache()
                 self._runner.reset()
+                self._drop_adapters("the engine step failed")
             with self._cond:
                 idle = [n for n in self._retiring if n not in self._loras_in_use()]
                 for name in idle:
-                    self._loras.pop(name, None)
+                    self._forget_lora(name)
             for name in idle:
                 self._unload_lora(name)
             self._deliver(outputs)
@@ -387,7 +429,9 @@ class NativeEngine:
                 )
                 failed.add(sequence)
                 self._leave(sequence)
-        chunks = [c for c in chunks if c.sequence not in failed]
+        with self._cond:
+            running = set(self._scheduler.running)
+        chunks = [c for c in chunks if c.sequence not in failed and c.sequence in running]
         if not chunks:
             return
         passes = [[c] for c in chunks] if self._one_sequence_per_pass else [chunks]

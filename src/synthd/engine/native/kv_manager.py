@@ -8,7 +8,8 @@ caching does; its design doc "Automatic Prefix Caching" describes the block hash
 
 Tokens are indexed in blocks of ``block_size``: block ``i`` of a token sequence is keyed by
 ``sha256(key of block i-1, the block's token ids)``, the first block's parent being the LoRA
-adapter's name (an adapter changes every key and value). Equal keys therefore mean equal whole
+adapter's key (an adapter changes every key and value; the engine keys each load of an adapter
+apart, so a new adapter under a reused name never hits the old one's blocks). Equal keys therefore mean equal whole
 prefixes. A lookup walks the new prompt's blocks and stops at the first one no slot holds; the hit
 is always shorter than the prompt (its last token must run to give the next token's logits).
 A free slot that holds the hit is taken over as it is; a running one is copied from.

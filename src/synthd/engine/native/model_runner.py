@@ -198,12 +198,13 @@ class ModelRunner:
         from peft import PeftModel
 
         name = peft_adapter_name(lora_name)
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(str(path), adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
-        if self.batch_invariant:  # PEFT upcasts bf16 adapters to float32, whose small-batch GEMMs differ
-            self._cast_adapter(name, self.cache.dtype)
+        with torch.inference_mode():  # always inference tensors, whether a step or a command loads it
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+            if self.batch_invariant:  # PEFT upcasts bf16 adapters to float32, whose small-batch GEMMs differ
+                self._cast_adapter(name, self.cache.dtype)
         self.adapters.add(lora_name)
 
     def _cast_adapter(self, name: str, dtype: torch.dtype) -> None:
@@ -214,11 +215,29 @@ class ModelRunner:
                     layers[name].to(dtype)
 
     def delete_adapter(self, lora_name: str) -> None:
-        """Unload an adapter (no running row may use it)."""
+        """Unload an adapter (no running row may use it).
+
+        Deleting PEFT's active adapter activates another, which sets ``requires_grad`` on its
+        weights: outside inference mode that raises for inference tensors midway through the
+        layers, leaving PEFT's state half changed (every later forward failed, base rows included).
+        So it runs in inference mode, as loads do.
+
+        Raises:
+            Exception: whatever PEFT raises (then ``drop_adapters``: its state is suspect).
+        """
         self.adapters.discard(lora_name)
-        if self.adapters:
-            self.model.delete_adapter(peft_adapter_name(lora_name))
-        else:  # PEFT keeps at least one adapter: drop the wrapper and go back to the bare base
+        with torch.inference_mode():
+            if self.adapters:
+                self.model.delete_adapter(peft_adapter_name(lora_name))
+            else:  # PEFT keeps at least one adapter: drop the wrapper and go back to the bare base
+                self.model = self.model.unload()
+
+    def drop_adapters(self) -> None:
+        """Remove every adapter and go back to the bare base (after PEFT failed midway)."""
+        from peft import PeftModel
+
+        self.adapters.clear()
+        if isinstance(self.model, PeftModel):
             self.model = self.model.unload()
 
     def _adapter_kwargs(self, chunks: list[ScheduledChunk]) -> dict:
