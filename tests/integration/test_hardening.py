@@ -14,7 +14,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from synthd.server_process import ServerProcess
-from tests.support.server import MODEL, metric, server_env
+from tests.support.server import ENGINE, MODEL, metric, server_env
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -157,8 +157,9 @@ def test_model_cards_name_models_not_server_paths(client: openai.OpenAI, models_
 
 @pytest.fixture
 def odd_models(models_dir: Path, tmp_path: Path) -> Path:
-    """A models folder with the embedded model, a copy served as ``smol-copy`` (symlinks), and
-    ``broken`` whose config.json is truncated JSON."""
+    """A models folder with the embedded model, a copy served as ``smol-copy`` (symlinks),
+    ``broken`` whose config.json is truncated JSON, and ``stablelm``, an architecture the native
+    engine refuses (its config alone: refused before any weight is read)."""
     directory = tmp_path / "models"
     directory.mkdir()
     (directory / MODEL).symlink_to(models_dir / MODEL)
@@ -169,6 +170,11 @@ def odd_models(models_dir: Path, tmp_path: Path) -> Path:
     broken = directory / "broken"
     broken.mkdir()
     (broken / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "hidden_si')
+    refused = directory / "stablelm"
+    refused.mkdir()
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = {"architectures": ["StableLmForCausalLM"], "model_type": "stablelm", "vocab_size": 1000, **shape}
+    (refused / "config.json").write_text(json.dumps(config))
     return directory
 
 
@@ -181,6 +187,11 @@ def test_broken_model_fails_its_warmup_with_the_reason(odd_models: Path, tmp_pat
         assert status["status"] == "failed" and "config.json" in status["error"]
         chat = httpx.post(f"{server.base_url}/chat/completions", json={"model": "broken", "messages": HI})
         assert chat.status_code == 400 and "config.json" in chat.json()["error"]["message"]
+        if ENGINE == "native":  # refused at load, naming the architecture and the way out
+            answer = httpx.post(f"{server.base_url}/completions", json={"model": "stablelm", "prompt": "Hi"})
+            error = answer.json()["error"]
+            assert answer.status_code == 400 and error["code"] == "model_load_failed", answer.text
+            assert "StableLmForCausalLM" in error["message"] and "--engine vllm" in error["message"]
         assert (
             httpx.post(
                 f"{server.base_url}/chat/completions",
