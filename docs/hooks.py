@@ -6,6 +6,8 @@ A page asks for generated text with a marker comment, replaced in ``on_page_mark
 - ``<!-- synthd:cli -->``: every command of the Typer app, by Typer's own doc generator;
 - ``<!-- synthd:configuration -->``: every field of ``synthd.config.Settings`` (the build fails on a
   field without a description, so the rule "every setting says what it means" is enforced here);
+- ``<!-- synthd:native-architectures -->``: the architectures the native engine runs
+  (``synthd.engine.native.support.NATIVE_ARCHITECTURES``), one bullet each;
 - ``<!-- synthd:benchmark ID -->``: the result ``benchmarks/results/ID.json`` as context, table,
   ratios, findings, caveats and a plot (SVG, drawn with matplotlib in ``on_files``).
 
@@ -377,6 +379,13 @@ def on_files(files: Files, config: Any) -> Files:
 # ---- Markers ----------------------------------------------------------------------------------
 
 
+def native_architectures() -> str:
+    """The native engine's architectures as a bullet list, from the constant the loader checks."""
+    from synthd.engine.native.support import NATIVE_ARCHITECTURES
+
+    return "\n".join(f"- `{name}`" for name in NATIVE_ARCHITECTURES)
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
     """Replace each ``<!-- synthd:... -->`` marker by the text it asks for.
 
@@ -392,6 +401,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
             return cli()
         if kind == "configuration":
             return configuration()
+        if kind == "native-architectures":
+            return native_architectures()
         if kind == "benchmark" and arg:
             return benchmark(arg)
         raise ValueError(f"{page.file.src_path}: unknown marker {match.group(0)}")

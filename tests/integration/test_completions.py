@@ -11,7 +11,7 @@ def test_completion_text_usage_and_stream_equality(client: openai.OpenAI, tokeni
     assert whole.object == "text_completion"
     assert "Paris" in whole.choices[0].text
     assert whole.choices[0].finish_reason == "length"
-    assert whole.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert whole.usage.prompt_tokens == len(tokenizer(prompt)["input_ids"])
     assert whole.usage.completion_tokens == 6
     chunks = list(
         client.completions.create(
@@ -30,3 +30,17 @@ def test_completion_list_of_prompts_and_stop(client: openai.OpenAI) -> None:
     assert [c.index for c in reply.choices] == [0, 1]
     assert "Paris" in reply.choices[0].text
     assert all("\n" not in c.text for c in reply.choices)
+
+
+def test_add_special_tokens_as_vllm(client: openai.OpenAI, tokenizer) -> None:
+    """vLLM's ``add_special_tokens``: on by default for completions, off for chat; either turned over
+    per request (the embedded tokenizer adds none; test_conformance covers one that adds a BOS)."""
+    prompt = "The capital of France is"
+    bare = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1, extra_body={"add_special_tokens": False})
+    assert bare.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    messages = [{"role": "user", "content": "Hi"}]
+    chat = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=1, extra_body={"add_special_tokens": True}
+    )
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert chat.usage.prompt_tokens == len(tokenizer(text)["input_ids"])

@@ -232,6 +232,11 @@ def broken_server(models_dir: Path, tmp_path_factory) -> ServerProcess:
     for name, (damage, _) in BROKEN_FOLDERS.items():
         if name != "broken":
             damage(models_dir / MODEL, directory / name)
+    refused = directory / "stablelm"  # an architecture the native engine refuses: its config alone
+    refused.mkdir()
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = {"architectures": ["StableLmForCausalLM"], "model_type": "stablelm", "vocab_size": 1000, **shape}
+    (refused / "config.json").write_text(json.dumps(config))
     with ServerProcess(log_path=home / "server.log", env=server_env(home, directory)) as server:
         yield server
 
@@ -260,6 +265,15 @@ def test_broken_model_fails_its_warmup_with_the_reason(broken_server: ServerProc
         f"{server.base_url}/chat/completions", timeout=60, json={"model": MODEL, "messages": HI, "max_tokens": 2}
     )
     assert healthy.status_code == 200
+
+
+@pytest.mark.native_only("the native engine's list of architectures it runs exactly")
+def test_an_architecture_the_native_engine_cannot_run_exactly_is_refused(broken_server: ServerProcess) -> None:
+    """Refused when it loads, naming the architecture and the way out; never a wrong answer or a 500."""
+    answer = httpx.post(f"{broken_server.base_url}/completions", json={"model": "stablelm", "prompt": "Hi"}, timeout=60)
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error["code"] == "model_load_failed", answer.text
+    assert "StableLmForCausalLM" in error["message"] and "--engine vllm" in error["message"]
 
 
 def test_concurrent_warmups_respect_max_loaded_models(odd_models: Path, tmp_path: Path) -> None:

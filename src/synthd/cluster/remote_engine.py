@@ -112,13 +112,18 @@ class RemoteEngine:
         return self.info.node_id
 
     # --- prompts (blocking: the serving code calls these in a worker thread) ---------------------
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_special_tokens: bool = False,
+    ) -> list[int]:
         """See ``Engine.render_chat`` (rendered by the replica's engine)."""
-        return self._call(self._actor.render_chat.remote(messages, tools))
+        return self._call(self._actor.render_chat.remote(messages, tools, add_special_tokens))
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """See ``Engine.encode`` (tokenized by the replica's engine)."""
-        return self._call(self._actor.encode.remote(text))
+        return self._call(self._actor.encode.remote(text, add_special_tokens))
 
     def check_guide(self, guide: Guide) -> None:
         """See ``Engine.check_guide`` (compiled and cached by the replica's engine)."""

@@ -86,14 +86,14 @@ class EngineReplica:
         return self.info
 
     async def render_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_special_tokens: bool = False
     ) -> list[int] | RemoteFailure:
         """``Engine.render_chat``, or the failure."""
-        return await self._call(self.engine.render_chat, messages, tools)
+        return await self._call(self.engine.render_chat, messages, tools, add_special_tokens)
 
-    async def encode(self, text: str) -> list[int] | RemoteFailure:
+    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int] | RemoteFailure:
         """``Engine.encode``, or the failure."""
-        return await self._call(self.engine.encode, text)
+        return await self._call(self.engine.encode, text, add_special_tokens)
 
     async def check_guide(self, guide: Guide) -> RemoteFailure | None:
         """``Engine.check_guide``: None when it compiles, else the failure."""

@@ -1,6 +1,12 @@
 """Prompt and stop token ids from a Hugging Face tokenizer, the same for every engine: chat messages
 in the model's chat template with the assistant cue, raw completion prompts, and the ids that end a
-sequence."""
+sequence.
+
+One rule for special tokens (``encode``), vLLM's and transformers': a completion prompt gets the
+tokenizer's own special tokens (``tokenizer(prompt)``: a BOS where the tokenizer adds one), a chat is
+its rendered template as written (the template writes its BOS itself, so adding one would double
+it). Either default can be turned over per request with vLLM's ``add_special_tokens`` extra field.
+"""
 
 from typing import Any
 
@@ -8,14 +14,22 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from synthd.errors import InvalidRequest
 
+COMPLETION_ADD_SPECIAL_TOKENS = True
+"""vLLM's default for ``/v1/completions``: ``tokenizer(prompt)`` as transformers encodes it."""
+CHAT_ADD_SPECIAL_TOKENS = False
+"""vLLM's default for ``/v1/chat/completions``: the template's own special tokens only."""
+
 
 def render_chat(
     tokenizer: PreTrainedTokenizerBase,
     model_id: str,
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None = None,
+    add_special_tokens: bool = CHAT_ADD_SPECIAL_TOKENS,
 ) -> list[int]:
-    """Token ids of ``messages`` in ``tokenizer``'s chat template plus the assistant cue.
+    """Token ids of ``messages`` in ``tokenizer``'s chat template plus the assistant cue, encoded by
+    ``encode`` (``add_special_tokens``: the tokenizer's special tokens on top of the template's, as
+    vLLM does when a chat request asks for them).
 
     Raises:
         InvalidRequest: no chat template, or the messages cannot be rendered or tokenized.
@@ -23,28 +37,32 @@ def render_chat(
     if not tokenizer.chat_template:
         raise InvalidRequest(f"model '{model_id}' has no chat template; use /v1/completions", param="messages")
     try:
-        ids = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
+        text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     except TypeError:
         raise InvalidRequest("The messages could not be tokenized (invalid Unicode?).", param="messages") from None
     except ValueError as exc:
         raise InvalidRequest(
             f"The messages could not be rendered with the chat template: {exc}", param="messages"
         ) from None
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-        ids = ids["input_ids"]
-    return list(ids)
+    return encode(tokenizer, text, add_special_tokens, param="messages")
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Token ids of a raw prompt (no special tokens added).
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    add_special_tokens: bool = COMPLETION_ADD_SPECIAL_TOKENS,
+    param: str = "prompt",
+) -> list[int]:
+    """Token ids of ``text``: ``tokenizer(text, add_special_tokens=...)``, the one place prompts are
+    tokenized (see the module docstring for the defaults).
 
     Raises:
-        InvalidRequest: the text cannot be tokenized.
+        InvalidRequest: the text cannot be tokenized (``param`` names the field).
     """
     try:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
     except (TypeError, ValueError):
-        raise InvalidRequest("The prompt could not be tokenized (invalid Unicode?).", param="prompt") from None
+        raise InvalidRequest(f"The {param} could not be tokenized (invalid Unicode?).", param=param) from None
 
 
 def eos_token_ids(generation: GenerationConfig, tokenizer: PreTrainedTokenizerBase) -> set[int]:

@@ -160,16 +160,24 @@ class Engine(Protocol):
     dtype: str
     """The weights' dtype as torch names it (``bfloat16``, ``float32``)."""
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
-        """Token ids of ``messages`` in the model's chat template plus the assistant cue.
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_special_tokens: bool = False,
+    ) -> list[int]:
+        """Token ids of ``messages`` in the model's chat template plus the assistant cue
+        (``add_special_tokens``: the tokenizer's special tokens on top of the template's; see
+        ``engine.prompts``).
 
         Raises:
             InvalidRequest: no chat template, or the messages cannot be rendered or tokenized.
         """
         ...
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a raw prompt (no special tokens added).
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a raw prompt, with the tokenizer's special tokens (a BOS where it adds one)
+        unless ``add_special_tokens`` is False (see ``engine.prompts``).
 
         Raises:
             InvalidRequest: the text cannot be tokenized.

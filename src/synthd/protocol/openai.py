@@ -219,6 +219,11 @@ class ChatCompletionRequest(SamplingFields):
     tools: Annotated[list[ChatTool], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
+    # --- vLLM extensions ---
+    add_special_tokens: StrictBool = Field(
+        default=False,
+        description="vLLM extension: add the tokenizer's special tokens (e.g. BOS) on top of the chat template's.",
+    )
 
     @model_validator(mode="after")
     def _tools_consistent(self) -> "ChatCompletionRequest":
@@ -268,6 +273,10 @@ class CompletionRequest(SamplingFields):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_SEQUENCES_PER_REQUEST)]
     max_tokens: Annotated[int, Field(ge=1)] | None = 16
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    # --- vLLM extensions ---
+    add_special_tokens: StrictBool = Field(
+        default=True, description="vLLM extension: add the tokenizer's special tokens (e.g. BOS) to the prompt."
+    )
 
     @model_validator(mode="after")
     def _bounded_sequences(self) -> "CompletionRequest":

@@ -161,7 +161,7 @@ class OpenAIServing:
         try:
             engine = lease.engine
             messages = template_messages(request.messages, engine.tokenizer.chat_template)
-            prompt = await asyncio.to_thread(engine.render_chat, messages)
+            prompt = await asyncio.to_thread(engine.render_chat, messages, None, request.add_special_tokens)
             guide = None
             tools_schema = tool_schema(request)
             if (schema := request.output_schema() or tools_schema) is not None:
@@ -313,7 +313,9 @@ class OpenAIServing:
         """
         lease = await self._lease(request.model, request.gpu_preference, header_preference, principal)
         try:
-            prompts = await asyncio.to_thread(lambda: [lease.engine.encode(text) for text in request.prompts()])
+            prompts = await asyncio.to_thread(
+                lambda: [lease.engine.encode(text, request.add_special_tokens) for text in request.prompts()]
+            )
             if any(not ids for ids in prompts):
                 raise InvalidRequest("The prompt must not be empty.", param="prompt")
             prepared = self._prepare(

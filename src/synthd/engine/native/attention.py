@@ -20,9 +20,14 @@ position, then
 
 ``StepAttention.per_sequence`` (batch-invariant mode) runs each decoding row over exactly its own
 length instead: masked-out padding changes the kernel's blocking, and so the last bits of results.
+
+What the model's attention asks for per layer is honoured as transformers' own implementations do
+it: a ``sliding_window`` masks keys older than the window (every key is still cached, so prefix
+caching and chunking are unchanged), a ``softcap`` runs the eager form with capped scores. The
+architectures this is checked on are ``support.NATIVE_ARCHITECTURES``; the loader refuses others.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +92,18 @@ class PrefillSpan:
     slot: int
     end: int
     mask: torch.Tensor | None
+    windowed: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def mask_for(self, sliding_window: int | None, device: torch.device) -> torch.Tensor | None:
+        """``mask`` for a full-attention layer; for a sliding one, causal and within the window
+        (built once per step and window, shared by the layers)."""
+        if not sliding_window or self.end <= sliding_window:
+            return self.mask
+        if sliding_window not in self.windowed:
+            keys = torch.arange(self.end, device=device)[None, :]
+            queries = torch.arange(self.end - self.n, self.end, device=device)[:, None]
+            self.windowed[sliding_window] = (keys <= queries) & (keys > queries - sliding_window)
+        return self.windowed[sliding_window]
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,19 @@ class StepAttention:
     decode_dense: bool
     prefills: tuple[PrefillSpan, ...]
     per_sequence: bool = False
+    windowed: dict[int, torch.Tensor | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def decode_mask_for(self, sliding_window: int | None) -> torch.Tensor | None:
+        """``decode_mask`` for a full-attention layer; for a sliding one, each row's last
+        ``sliding_window`` positions only (built once per step and window)."""
+        if not sliding_window or max(self.decode_lengths) <= sliding_window:
+            return self.decode_mask
+        if sliding_window not in self.windowed:
+            device = self.decode_slots.device
+            lengths = torch.tensor(self.decode_lengths, device=device)[:, None]
+            keys = torch.arange(max(self.decode_lengths), device=device)[None, :]
+            self.windowed[sliding_window] = ((keys < lengths) & (keys >= lengths - sliding_window))[:, None, None, :]
+        return self.windowed[sliding_window]
 
 
 def slot_attention(
@@ -120,12 +150,19 @@ def slot_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: ``query`` ``[T, heads, 1, head_dim]``, ``key`` and
     ``value`` ``[T, kv_heads, 1, head_dim]`` (after RoPE); returns ``[T, 1, heads, head_dim]``.
     Needs the step's ``StepAttention`` as the ``synthd_step`` keyword (passed through the model's
-    forward); ``attention_mask`` is unused (none is built for this implementation)."""
+    forward); ``attention_mask`` is unused (none is built for this implementation).
+
+    ``sliding_window`` (the layer's, None for full attention) lets a query at position ``q`` see the
+    keys at ``(q - sliding_window, q]``, transformers' ``sliding_window_overlay``; ``softcap`` caps
+    the scores as ``softcap * tanh(score / softcap)`` before the mask and softmax (Gemma 2's eager
+    attention), which ``scaled_dot_product_attention`` cannot, so those layers run the eager form."""
     step: StepAttention = kwargs["synthd_step"]
     total, heads, head_dim = query.shape[0], query.shape[1], query.shape[-1]
     kv_heads = key.shape[1]
@@ -139,11 +176,14 @@ def slot_attention(
         grouped = q[:decode].view(decode, kv_heads, heads // kv_heads, head_dim)
         if step.per_sequence:
             for row, (slot, length) in enumerate(zip(step.decode_slots.tolist(), step.decode_lengths)):
-                out[row] = F.scaled_dot_product_attention(
+                first = max(0, length - sliding_window) if sliding_window else 0
+                out[row] = _attend(
                     grouped[row : row + 1],
-                    keys[slot : slot + 1, :, :length],
-                    values[slot : slot + 1, :, :length],
-                    scale=scaling,
+                    keys[slot : slot + 1, :, first:length],
+                    values[slot : slot + 1, :, first:length],
+                    None,
+                    scaling,
+                    softcap,
                 ).view(heads, head_dim)
         else:
             length = max(step.decode_lengths)
@@ -152,23 +192,57 @@ def slot_attention(
             else:
                 rows_keys = keys[:, :, :length].index_select(0, step.decode_slots)
                 rows_values = values[:, :, :length].index_select(0, step.decode_slots)
-            result = F.scaled_dot_product_attention(
-                grouped, rows_keys, rows_values, attn_mask=step.decode_mask, scale=scaling
-            )
+            result = _attend(grouped, rows_keys, rows_values, step.decode_mask_for(sliding_window), scaling, softcap)
             out[:decode] = result.reshape(decode, heads, head_dim)
     for span in step.prefills:
         chunk = q[span.first : span.first + span.n].transpose(0, 1).unsqueeze(0)
-        result = F.scaled_dot_product_attention(
+        result = _attend(
             chunk,
             keys[span.slot : span.slot + 1, :, : span.end],
             values[span.slot : span.slot + 1, :, : span.end],
-            attn_mask=span.mask,
-            is_causal=span.mask is None,
-            scale=scaling,
-            enable_gqa=True,
+            span.mask_for(sliding_window, keys.device),
+            scaling,
+            softcap,
+            causal=True,
         )
         out[span.first : span.first + span.n] = result[0].transpose(0, 1)
     return out.view(total, 1, heads, head_dim), None
+
+
+def _attend(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float | None,
+    softcap: float | None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """``scaled_dot_product_attention`` (``mask`` boolean, True = attend; None and ``causal``: plain
+    causal), or its eager form with soft-capped scores; query heads may be a multiple of key heads."""
+    if softcap is None:
+        return F.scaled_dot_product_attention(
+            query,
+            keys,
+            values,
+            attn_mask=mask,
+            is_causal=causal and mask is None,
+            scale=scaling,
+            enable_gqa=query.shape[-3] != keys.shape[-3],
+        )
+    if query.shape[-3] != keys.shape[-3]:
+        repeat = query.shape[-3] // keys.shape[-3]
+        keys, values = keys.repeat_interleave(repeat, dim=-3), values.repeat_interleave(repeat, dim=-3)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, keys.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is None and causal:
+        n, length = scores.shape[-2:]
+        mask = torch.ones((n, length), dtype=torch.bool, device=scores.device).tril(length - n)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, values)
 
 
 AttentionInterface.register(ATTENTION_NAME, slot_attention)

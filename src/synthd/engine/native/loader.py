@@ -4,10 +4,11 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from synthd.engine.config import EngineConfig, default_cpu_threads, pick_dtype
 from synthd.engine.native.engine import NativeEngine
+from synthd.engine.native.support import check_native_support
 from synthd.engine.prompts import eos_token_ids
 from synthd.gpus.memory import DTYPE_BYTES, ModelShape
 
@@ -31,8 +32,10 @@ def load_native_engine(
     ``max_memory``). ``memory_bytes`` is the placement's memory, used to size the KV budget.
 
     Raises:
-        OSError, ValueError: the folder is not a loadable causal LM.
+        OSError, ValueError: the folder is not a loadable causal LM. UnsupportedModel (a ValueError):
+            the native engine does not run it exactly (``support.NATIVE_ARCHITECTURES``).
     """
+    check_native_support(AutoConfig.from_pretrained(path))
     indices = gpu_indices or []
     device = torch.device(f"cuda:{indices[0]}") if indices else torch.device("cpu")
     dtype = pick_dtype(config.dtype, device.type)

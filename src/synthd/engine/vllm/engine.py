@@ -134,13 +134,18 @@ class VLLMEngine:
         self._closed = False
 
     # --- prompts -------------------------------------------------------------------------------
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_special_tokens: bool = prompts.CHAT_ADD_SPECIAL_TOKENS,
+    ) -> list[int]:
         """See ``Engine.render_chat``."""
-        return prompts.render_chat(self.tokenizer, self.model_id, messages, tools)
+        return prompts.render_chat(self.tokenizer, self.model_id, messages, tools, add_special_tokens)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = prompts.COMPLETION_ADD_SPECIAL_TOKENS) -> list[int]:
         """See ``Engine.encode``."""
-        return prompts.encode(self.tokenizer, text)
+        return prompts.encode(self.tokenizer, text, add_special_tokens)
 
     def check_guide(self, guide: Guide) -> None:
         """See ``Engine.check_guide``: llguidance with the options vLLM's guidance backend uses."""
