@@ -86,9 +86,11 @@ test: model vllm
 	$(MAKE) --no-print-directory --output-sync=target -j2 test-native test-vllm
 
 test-native: model
+	@mkdir -p build
 	$(PY) -m pytest --basetemp=$(abspath build/pytest-native) $(PYTEST_ARGS)
 
 test-vllm: model vllm
+	@mkdir -p build
 	SYNTHD_TEST_ENGINE=vllm $(VLLM_PY) -m pytest --basetemp=$(abspath build/pytest-vllm) $(CONTRACT_TESTS) $(PYTEST_ARGS)
 
 # Lint: ruff's checks and its formatter, over every Python file of the repository.
