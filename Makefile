@@ -102,7 +102,7 @@ lint: $(STAMP)
 # The docs site (mkdocs.yml): the reference pages are generated from the code by docs/hooks.py, so
 # the build imports synthd; --strict fails on any warning (a broken link, a setting without help).
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: model vllm
 	VLLM_VENV=$(VLLM_VENV) bash benchmarks/compare_vllm.sh
