@@ -247,6 +247,21 @@ def test_unknown_route_and_model_are_404_envelopes(server: ServerProcess) -> Non
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
 
 
+def test_a_model_name_no_folder_can_have_is_404_everywhere(server: ServerProcess) -> None:
+    """256 characters pass the id check but no file system holds such a folder name (it answered 500)."""
+    name = "b" * 256
+    chat = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    answers = [
+        httpx.post(f"{server.base_url}/chat/completions", json=chat),
+        httpx.post(f"{server.base_url}/completions", json={"model": name, "prompt": "hi", "max_tokens": 2}),
+        httpx.get(f"{server.base_url}/models/{name}"),
+        httpx.post(f"{server.root_url}/warmup/{name}"),
+        httpx.get(f"{server.root_url}/warmup/status/{name}"),
+    ]
+    for answer in answers:
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found", answer.text
+
+
 def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])

@@ -217,6 +217,12 @@ BROKEN_FOLDERS = {  # name → (how it is broken, a word its reason names); each
         lambda src, dst: _linked_copy(src, dst, skip=("tokenizer.json", "tokenizer_config.json")),
         "",
     ),
+    "missing-layers": (  # more layers than the checkpoint holds: transformers would start them random
+        lambda src, dst: _with_config(
+            src, dst, num_hidden_layers=json.loads((src / "config.json").read_text())["num_hidden_layers"] + 1
+        ),
+        "missing",
+    ),
 }
 
 
@@ -232,6 +238,10 @@ def broken_server(models_dir: Path, tmp_path_factory) -> ServerProcess:
     for name, (damage, _) in BROKEN_FOLDERS.items():
         if name != "broken":
             damage(models_dir / MODEL, directory / name)
+    (
+        _linked_copy(models_dir / MODEL, directory / "bad-template", skip=("chat_template.jinja",))
+        / "chat_template.jinja"
+    ).write_text("{% for m in messages %}{{ m.content | nosuchfilter }}{% endfor")
     refused = directory / "stablelm"  # an architecture the native engine refuses: its config alone
     refused.mkdir()
     shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -267,6 +277,21 @@ def test_broken_model_fails_its_warmup_with_the_reason(broken_server: ServerProc
         f"{server.base_url}/chat/completions", timeout=60, json={"model": MODEL, "messages": HI, "max_tokens": 2}
     )
     assert healthy.status_code == 200
+
+
+@pytest.mark.native_only("synthd renders chat templates itself for both engines (engine/prompts.py): one load shows it")
+def test_a_chat_template_that_fails_is_a_400_and_completions_still_answer(broken_server: ServerProcess) -> None:
+    """A broken template (or one whose raise_exception rejects the messages) answered 500."""
+    chat = httpx.post(
+        f"{broken_server.base_url}/chat/completions",
+        json={"model": "bad-template", "messages": HI, "max_tokens": 2},
+        timeout=120,
+    )
+    assert chat.status_code == 400 and "chat template" in chat.json()["error"]["message"], chat.text
+    completion = httpx.post(
+        f"{broken_server.base_url}/completions", json={"model": "bad-template", "prompt": "Hi", "max_tokens": 2}
+    )
+    assert completion.status_code == 200, completion.text
 
 
 @pytest.mark.native_only("the native engine's list of architectures it runs exactly")

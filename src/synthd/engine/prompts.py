@@ -10,6 +10,7 @@ it). Either default can be turned over per request with vLLM's ``add_special_tok
 
 from typing import Any
 
+from jinja2 import TemplateError
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from synthd.errors import InvalidRequest
@@ -40,7 +41,7 @@ def render_chat(
         text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     except TypeError:
         raise InvalidRequest("The messages could not be tokenized (invalid Unicode?).", param="messages") from None
-    except ValueError as exc:
+    except (ValueError, TemplateError) as exc:  # TemplateError: the template's raise_exception, or a broken template
         raise InvalidRequest(
             f"The messages could not be rendered with the chat template: {exc}", param="messages"
         ) from None

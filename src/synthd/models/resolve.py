@@ -74,7 +74,7 @@ def resolve_model(model: str, models_dir: Path) -> ModelSource:
         if not is_pulled(models_dir):
             raise ModelNotFound(f"model '{model}' is not pulled yet: run 'synthd models pull'")
         return ModelSource(model_id, embedded_model_dir(models_dir))
-    if NAME_PATTERN.fullmatch(model) and ".." not in model and (models_dir / model / "config.json").is_file():
+    if NAME_PATTERN.fullmatch(model) and ".." not in model and has_config(models_dir / model):
         return ModelSource(model, (models_dir / model).resolve())
     parts = model.split("/")
     if len(parts) == 2 and all(NAME_PATTERN.fullmatch(p) and ".." not in p for p in parts):
@@ -95,11 +95,8 @@ def resolve_operator_model(model: str, models_dir: Path) -> ModelSource:
         ModelNotFound: neither exists.
     """
     folder = Path(model).expanduser()
-    try:
-        if (folder / "config.json").is_file():
-            return ModelSource(canonical_id(folder.resolve().name), folder.resolve())
-    except (OSError, ValueError):  # name too long, NUL byte
-        pass
+    if has_config(folder):
+        return ModelSource(canonical_id(folder.resolve().name), folder.resolve())
     try:
         return resolve_model(model, models_dir)
     except InvalidRequest as exc:
@@ -114,4 +111,13 @@ def _hub_cache_snapshot(model: str) -> Path | None:
         path = Path(snapshot_download(model, local_files_only=True))
     except (LocalEntryNotFoundError, ValueError, OSError, RuntimeError):
         return None
-    return path if (path / "config.json").is_file() else None
+    return path if has_config(path) else None
+
+
+def has_config(folder: Path) -> bool:
+    """True when ``folder/config.json`` is a file; False also for a name the file system cannot
+    hold (over 255 bytes, a NUL byte), which ``Path.is_file`` raises for."""
+    try:
+        return (folder / "config.json").is_file()
+    except (OSError, ValueError):
+        return False

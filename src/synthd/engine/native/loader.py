@@ -2,6 +2,7 @@
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -16,6 +17,21 @@ log = logging.getLogger(__name__)
 KV_BUDGET_SHARE = 0.25
 """Share of the device's free memory the native engine's KV reservations may take when
 ``kv_cache_tokens`` is not set."""
+
+
+def load_weights(path: Path, **kwargs: Any) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_pretrained(path, **kwargs)``, refusing a checkpoint that lacks
+    weights the architecture needs: transformers would start those randomly initialised (it only
+    logs them), and the model would answer, wrongly.
+
+    Raises:
+        ValueError: weights missing from the folder (the first few named).
+    """
+    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+    if missing := sorted(info["missing_keys"]):
+        shown = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
+        raise ValueError(f"{len(missing)} weights are missing from the checkpoint in {path.name} ({shown})")
+    return model
 
 
 def load_native_engine(
@@ -44,11 +60,9 @@ def load_native_engine(
     tokenizer = AutoTokenizer.from_pretrained(path)
     if len(indices) > 1:
         max_memory = {i: torch.cuda.get_device_properties(i).total_memory for i in indices}
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype), device_map="auto", max_memory=max_memory
-        ).eval()
+        model = load_weights(path, dtype=getattr(torch, dtype), device_map="auto", max_memory=max_memory).eval()
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+        model = load_weights(path, dtype=getattr(torch, dtype)).to(device).eval()
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     max_model_len = min(context, config.max_model_len or context)
     kv_tokens = config.kv_cache_tokens or _kv_budget_tokens(
