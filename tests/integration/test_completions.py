@@ -44,3 +44,20 @@ def test_add_special_tokens_as_vllm(client: openai.OpenAI, tokenizer) -> None:
     )
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert chat.usage.prompt_tokens == len(tokenizer(text)["input_ids"])
+
+
+def test_logprobs_of_characters_split_across_tokens_streamed_and_not(client: openai.OpenAI) -> None:
+    """Every generated token has its logprob, streamed or not, also the tokens whose text waits for
+    the rest of a character (streams dropped those); ``text_offset`` stays inside the text."""
+    body = {"model": MODEL, "prompt": "😀🎉 你好", "max_tokens": 12, "temperature": 0, "logprobs": 2}
+    whole = client.completions.create(**body)
+    logprobs = whole.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == whole.usage.completion_tokens == 12
+    assert logprobs.text_offset == sorted(logprobs.text_offset)
+    assert all(0 <= offset <= len(whole.choices[0].text) for offset in logprobs.text_offset)
+    chunks = list(client.completions.create(**body, stream=True, stream_options={"include_usage": True}))
+    streamed = [
+        lp for c in chunks if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.token_logprobs
+    ]
+    assert streamed == logprobs.token_logprobs
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text

@@ -8,6 +8,7 @@ the event loop. Each choice is one ``engine.generate`` call; a request with ``n`
 """
 
 import asyncio
+import codecs
 import json
 import time
 import uuid
@@ -109,6 +110,12 @@ class PreparedRequest:
 def sse(payload: dict) -> str:
     """One server-sent event carrying ``payload`` as JSON."""
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def utf8_decoder() -> codecs.IncrementalDecoder:
+    """Decodes tokens' raw bytes into characters as they complete (a character split across tokens
+    counts once, at its last byte)."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
 
 
 class OpenAIServing:
@@ -366,9 +373,11 @@ class OpenAIServing:
             return sse(body.model_dump(exclude=None if include_usage else {"usage"}))
 
         offsets = [0] * len(prepared.params)
+        decoders = [utf8_decoder() for _ in prepared.params]
         async for index, output, results in self._stream_outputs(prepared):
-            if output.text or output.finish_reason is not None:
-                logprobs = self._completion_logprobs(prepared, list(output.logprobs), offsets[index])
+            # A token whose text is held back (part of a character) still sends its logprob.
+            if output.text or output.logprobs or output.finish_reason is not None:
+                logprobs = self._completion_logprobs(prepared, list(output.logprobs), offsets[index], decoders[index])
                 offsets[index] += len(output.text)
                 yield event(
                     [
@@ -382,14 +391,20 @@ class OpenAIServing:
 
     @staticmethod
     def _completion_logprobs(
-        prepared: PreparedRequest, logprobs: list[TokenLogprob], offset: int
+        prepared: PreparedRequest,
+        logprobs: list[TokenLogprob],
+        offset: int,
+        decoder: codecs.IncrementalDecoder | None = None,
     ) -> CompletionLogprobs | None:
+        """The legacy ``logprobs`` object; ``text_offset`` counts the characters the tokens before
+        complete (``decoder`` carries a character split across chunks of a stream)."""
         if prepared.params[0].logprobs is None:
             return None
+        decoder = decoder or utf8_decoder()
         offsets = []
         for lp in logprobs:
             offsets.append(offset)
-            offset += len(lp.token)
+            offset += len(decoder.decode(bytes(lp.bytes)))
         return CompletionLogprobs(
             tokens=[lp.token for lp in logprobs],
             token_logprobs=[lp.logprob for lp in logprobs],
