@@ -24,13 +24,13 @@ def choose_engine(kind: str, cuda_available: bool) -> tuple[str, str]:
         InvalidRequest: ``vllm`` asked for but not installed, or an unknown kind.
     """
     if kind == "native":
-        return "native", "asked for (--engine native)"
+        return "native", "--engine native, the default"
     if kind == "vllm":
         if not vllm_available():
             raise InvalidRequest(
                 "--engine vllm needs the vllm package: pip install 'synthd[vllm]' (docs/guides/serving.md)"
             )
-        return "vllm", "asked for (--engine vllm)"
+        return "vllm", "--engine vllm"
     if kind != "auto":
         raise InvalidRequest(f"--engine must be native, vllm or auto, not '{kind}'")
     if not vllm_available():
