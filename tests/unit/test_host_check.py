@@ -24,8 +24,8 @@ CASES = [
 ]
 
 
-def status_for(host: str) -> int:
-    """The status ``HostCheckMiddleware`` (loopback names allowed) answers for ``Host: host``."""
+def status_for(*hosts: str) -> int:
+    """The status ``HostCheckMiddleware`` (loopback names allowed) answers for these ``Host`` headers."""
     sent: list[dict] = []
 
     async def app(scope: dict, receive: object, send: object) -> None:
@@ -38,7 +38,8 @@ def status_for(host: str) -> int:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": "/health", "headers": [(b"host", host.encode())]}
+    headers = [(b"host", host.encode()) for host in hosts]
+    scope = {"type": "http", "method": "GET", "path": "/health", "headers": headers}
     asyncio.run(HostCheckMiddleware(app, LOOPBACK_ONLY)(scope, receive, send))
     return sent[0]["status"]
 
@@ -54,3 +55,9 @@ def test_host_patterns_match_like_trusted_host_middleware() -> None:
     assert not host_allowed("example.com", ["*.example.com"])
     assert host_allowed("anything", ["*"])
     assert host_allowed("[fd00::2]:8000", ["[fd00::2]"]) and host_allowed("[fd00::2]:8000", ["fd00::2"])
+
+
+def test_two_host_headers_are_refused_even_when_the_first_is_allowed() -> None:
+    assert status_for("localhost", "evil.com") == 400
+    assert status_for("localhost", "localhost") == 400
+    assert status_for("localhost") == 200

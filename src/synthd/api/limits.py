@@ -167,20 +167,18 @@ class HostCheckMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        host = Headers(scope=scope).get("host", "")
-        if host_allowed(host, self.allowed_hosts):
+        hosts = Headers(scope=scope).getlist("host")
+        host = hosts[0] if hosts else ""
+        if len(hosts) == 1 and host_allowed(host, self.allowed_hosts):
             await self.app(scope, receive, send)
             return
-        await answer_early(
-            scope,
-            receive,
-            send,
-            InvalidRequest(
-                f"Invalid Host header '{host[:100]}': this server answers to its own names only "
-                "(synthd serve --allowed-hosts).",
-                code="invalid_host",
-            ),
+        message = (
+            f"Invalid Host header '{host[:100]}': this server answers to its own names only "
+            "(synthd serve --allowed-hosts)."
+            if len(hosts) <= 1
+            else f"A request carries one Host header (RFC 9112 section 3.2), not {len(hosts)}."
         )
+        await answer_early(scope, receive, send, InvalidRequest(message, code="invalid_host"))
 
 
 class BodyLimitMiddleware:
