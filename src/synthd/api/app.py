@@ -57,14 +57,26 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
+        def count(status: int) -> None:
+            state = scope.get("state", {})
+            model = self.metrics.model_label(state.get("model_name"), state.get("requested_model"))
+            self.metrics.requests.labels(model, str(status)).inc()
+
         async def send_and_count(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
-                state = scope.get("state", {})
-                model = self.metrics.model_label(state.get("model_name"), state.get("requested_model"))
-                self.metrics.requests.labels(model, str(message["status"])).inc()
+                started = True
+                count(message["status"])
             await send(message)
 
-        await self.app(scope, receive, send_and_count)
+        try:
+            await self.app(scope, receive, send_and_count)
+        except Exception:
+            if not started:  # answered with a 500 by UnexpectedErrorMiddleware, outside this one
+                count(500)
+            raise
 
 
 @dataclass
