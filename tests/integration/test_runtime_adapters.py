@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from safetensors.torch import save_file
 
 from synthd.server_process import ServerProcess
 from tests.support.adapters import make_adapter, make_mismatched_adapter, make_non_finite_adapter, peft_greedy
@@ -157,6 +158,7 @@ def test_bad_adapters_are_400_and_the_server_keeps_serving(
         "torn": lambda folder: (folder / "adapter_model.safetensors").write_bytes(bytes(range(100))),
         "wrong-rank": with_rank(64),
         "rank-text": with_rank("eight"),
+        "empty": lambda folder: save_file({}, folder / "adapter_model.safetensors"),  # loaded, served the base
     }
     for name, damage in broken.items():
         shutil.copytree(adapters_dir / "alpha", tmp_path / name)

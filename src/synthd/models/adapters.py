@@ -137,6 +137,10 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
             shapes = {key: tuple(tensors.get_slice(key).get_shape()) for key in names}
     except (SafetensorError, OSError) as exc:
         raise AdapterMismatch(f"adapter_model.safetensors cannot be read ({str(exc)[:200]})") from None
+    if not any(".lora_A." in key or ".lora_B." in key for key in shapes):
+        raise AdapterMismatch(
+            "adapter_model.safetensors holds no LoRA weights (lora_A / lora_B): it would serve the base"
+        )
     for key, shape in shapes.items():
         if ".lora_A." not in key and ".lora_B." not in key:
             continue
