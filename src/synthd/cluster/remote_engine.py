@@ -41,6 +41,7 @@ from synthd.cluster.replica import EngineReplica, ReplicaInfo
 from synthd.cluster.runtime import RayCluster
 from synthd.cluster.wire import AdapterFiles, RemoteFailure
 from synthd.engine.config import EngineConfig
+from synthd.engine.prompts import CHAT_ADD_SPECIAL_TOKENS, COMPLETION_ADD_SPECIAL_TOKENS
 from synthd.engine.protocol import EngineStats, GenerationError, Guide, LoRARef, RequestOutput, SamplingParams
 from synthd.errors import Overloaded
 from synthd.gpus.inventory import GIB, Device
@@ -116,12 +117,12 @@ class RemoteEngine:
         self,
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
-        add_special_tokens: bool = False,
+        add_special_tokens: bool = CHAT_ADD_SPECIAL_TOKENS,
     ) -> list[int]:
         """See ``Engine.render_chat`` (rendered by the replica's engine)."""
         return self._call(self._actor.render_chat.remote(messages, tools, add_special_tokens))
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = COMPLETION_ADD_SPECIAL_TOKENS) -> list[int]:
         """See ``Engine.encode`` (tokenized by the replica's engine)."""
         return self._call(self._actor.encode.remote(text, add_special_tokens))
 

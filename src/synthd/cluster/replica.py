@@ -26,6 +26,7 @@ from typing import Any
 from synthd.cluster.wire import AdapterFiles, RemoteFailure
 from synthd.engine.config import EngineConfig
 from synthd.engine.factory import create_engine
+from synthd.engine.prompts import CHAT_ADD_SPECIAL_TOKENS, COMPLETION_ADD_SPECIAL_TOKENS
 from synthd.engine.protocol import EngineStats, Guide, LoRARef, RequestOutput, SamplingParams
 
 ADAPTER_CACHE = Path(tempfile.gettempdir()) / "synthd-adapters"
@@ -86,12 +87,17 @@ class EngineReplica:
         return self.info
 
     async def render_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_special_tokens: bool = False
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        add_special_tokens: bool = CHAT_ADD_SPECIAL_TOKENS,
     ) -> list[int] | RemoteFailure:
         """``Engine.render_chat``, or the failure."""
         return await self._call(self.engine.render_chat, messages, tools, add_special_tokens)
 
-    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int] | RemoteFailure:
+    async def encode(
+        self, text: str, add_special_tokens: bool = COMPLETION_ADD_SPECIAL_TOKENS
+    ) -> list[int] | RemoteFailure:
         """``Engine.encode``, or the failure."""
         return await self._call(self.engine.encode, text, add_special_tokens)
 

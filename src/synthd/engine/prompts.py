@@ -66,6 +66,27 @@ def encode(
         raise InvalidRequest(f"The {param} could not be tokenized (invalid Unicode?).", param=param) from None
 
 
+class TokenizerPrompts:
+    """``Engine.render_chat`` and ``Engine.encode`` for an engine holding its ``tokenizer`` in this
+    process (the native and vLLM engines): the functions above over ``self.tokenizer``."""
+
+    model_id: str
+    tokenizer: PreTrainedTokenizerBase
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_special_tokens: bool = CHAT_ADD_SPECIAL_TOKENS,
+    ) -> list[int]:
+        """See ``Engine.render_chat``."""
+        return render_chat(self.tokenizer, self.model_id, messages, tools, add_special_tokens)
+
+    def encode(self, text: str, add_special_tokens: bool = COMPLETION_ADD_SPECIAL_TOKENS) -> list[int]:
+        """See ``Engine.encode``."""
+        return encode(self.tokenizer, text, add_special_tokens)
+
+
 def eos_token_ids(generation: GenerationConfig, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """Every id that ends a sequence: the generation config's, the tokenizer's, and ``<|endoftext|>``."""
     configured = generation.eos_token_id

@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
+from synthd.engine.prompts import CHAT_ADD_SPECIAL_TOKENS, COMPLETION_ADD_SPECIAL_TOKENS
 from synthd.errors import InvalidRequest, ServerFault, TooManyRequests
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -164,7 +165,7 @@ class Engine(Protocol):
         self,
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
-        add_special_tokens: bool = False,
+        add_special_tokens: bool = CHAT_ADD_SPECIAL_TOKENS,
     ) -> list[int]:
         """Token ids of ``messages`` in the model's chat template plus the assistant cue
         (``add_special_tokens``: the tokenizer's special tokens on top of the template's; see
@@ -175,7 +176,7 @@ class Engine(Protocol):
         """
         ...
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = COMPLETION_ADD_SPECIAL_TOKENS) -> list[int]:
         """Token ids of a raw prompt, with the tokenizer's special tokens (a BOS where it adds one)
         unless ``add_special_tokens`` is False (see ``engine.prompts``).
 

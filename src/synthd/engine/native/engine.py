@@ -77,7 +77,7 @@ class _Request:
     queue: "asyncio.Queue[_Step]"
 
 
-class NativeEngine:
+class NativeEngine(prompts.TokenizerPrompts):
     """Continuous batching on a Hugging Face causal LM (see the module docstring).
 
     Args:
@@ -144,20 +144,7 @@ class NativeEngine:
         self._thread = threading.Thread(target=self._loop, name=f"synthd-engine-{model_id}", daemon=True)
         self._thread.start()
 
-    # --- prompts -------------------------------------------------------------------------------
-    def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None = None,
-        add_special_tokens: bool = prompts.CHAT_ADD_SPECIAL_TOKENS,
-    ) -> list[int]:
-        """See ``Engine.render_chat``."""
-        return prompts.render_chat(self.tokenizer, self.model_id, messages, tools, add_special_tokens)
-
-    def encode(self, text: str, add_special_tokens: bool = prompts.COMPLETION_ADD_SPECIAL_TOKENS) -> list[int]:
-        """See ``Engine.encode``."""
-        return prompts.encode(self.tokenizer, text, add_special_tokens)
-
+    # --- prompts (render_chat, encode: prompts.TokenizerPrompts) ---------------------------------
     def check_guide(self, guide: Guide) -> None:
         """See ``Engine.check_guide``."""
         self._guided.compile(guide.json_schema)

@@ -86,7 +86,7 @@ SHUTDOWN_DRAIN_S = 10.0
 _ENVIRON_LOCK = threading.Lock()
 
 
-class VLLMEngine:
+class VLLMEngine(prompts.TokenizerPrompts):
     """One model served by a vLLM ``AsyncLLM`` (see the module docstring).
 
     Args:
@@ -133,20 +133,7 @@ class VLLMEngine:
         self._restarting: asyncio.Task | None = None
         self._closed = False
 
-    # --- prompts -------------------------------------------------------------------------------
-    def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None = None,
-        add_special_tokens: bool = prompts.CHAT_ADD_SPECIAL_TOKENS,
-    ) -> list[int]:
-        """See ``Engine.render_chat``."""
-        return prompts.render_chat(self.tokenizer, self.model_id, messages, tools, add_special_tokens)
-
-    def encode(self, text: str, add_special_tokens: bool = prompts.COMPLETION_ADD_SPECIAL_TOKENS) -> list[int]:
-        """See ``Engine.encode``."""
-        return prompts.encode(self.tokenizer, text, add_special_tokens)
-
+    # --- prompts (render_chat, encode: prompts.TokenizerPrompts) ---------------------------------
     def check_guide(self, guide: Guide) -> None:
         """See ``Engine.check_guide``: llguidance with the options vLLM's guidance backend uses."""
         self._guided.compile(guide.json_schema)
