@@ -41,8 +41,8 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
 class Sequence:
     """One choice being generated: owned by the engine once added.
 
-    ``lora`` names the adapter to apply (None: the base model); ``lora_key`` keys its prefix-cache
-    blocks: the adapter's identity, not its name, which a new adapter may reuse (the name when unset). ``kv_tokens`` is what it reserves
+    ``lora`` names the adapter to apply (None: the base model); ``lora_key`` is the adapter's
+    identity, not its name, which a new adapter may reuse (see ``prefix_key``). ``kv_tokens`` is what it reserves
     of the KV budget: prompt plus ``max_tokens``. ``num_computed_tokens`` of its tokens (prompt, then
     generated) have keys and values in its cache ``slot``; ``num_cached_tokens`` of the prompt came
     from the prefix cache. Times are ``time.perf_counter()`` seconds.
@@ -69,6 +69,12 @@ class Sequence:
     def kv_tokens(self) -> int:
         """KV-cache tokens reserved for this sequence (its worst case)."""
         return len(self.prompt_ids) + self.sampler.params.max_tokens
+
+    @property
+    def prefix_key(self) -> str | None:
+        """What its prefix-cache blocks are keyed by: the adapter's ``lora_key``, else its name
+        (sequences built without the engine), None for the base model."""
+        return self.lora_key or self.lora
 
     @property
     def token_ids(self) -> list[int]:
@@ -214,7 +220,7 @@ class Scheduler:
             if self.batch_invariant and prefilled and len(head.prompt_ids) > budget:
                 break
             self.waiting.popleft()
-            allocation = self.kv.allocate(head.prompt_ids, head.lora_key or head.lora)
+            allocation = self.kv.allocate(head.prompt_ids, head.prefix_key)
             head.slot, head.num_computed_tokens = allocation.slot, allocation.cached_tokens
             head.num_cached_tokens = allocation.cached_tokens
             if allocation.copy_from is not None:
@@ -251,9 +257,7 @@ class Scheduler:
         if sequence.slot is None or sequence not in self.running:
             return
         if sequence.num_computed_tokens // self.kv.block_size > self.kv.held_blocks(sequence.slot):
-            self.kv.commit(
-                sequence.slot, sequence.token_ids[: sequence.num_computed_tokens], sequence.lora_key or sequence.lora
-            )
+            self.kv.commit(sequence.slot, sequence.token_ids[: sequence.num_computed_tokens], sequence.prefix_key)
 
     def finish(self, sequence: Sequence) -> None:
         """Take a sequence out of the batch and return its reservation and slot (no-op if not running)."""
