@@ -6,7 +6,7 @@ sequence decodes to U+FFFD, whose bytes (239, 191, 189) are those of '�', not 
 bytes come from the vocabulary instead:
 
 - a byte-level BPE vocabulary (GPT-2's, SmolLM2's, Llama 3's: a ``ByteLevel`` decoder) spells each
-  byte as one printable character; GPT-2's ``bytes_to_unicode`` table maps them back;
+  byte as one printable character; transformers' ``bytes_to_unicode`` (GPT-2's table) maps them back;
 - a sentencepiece byte-fallback token ``<0xE6>`` is that one byte;
 - any other token (added and special tokens, other vocabularies) is the UTF-8 of its decoded text.
 """
@@ -16,23 +16,15 @@ import re
 from functools import cache
 
 from transformers import PreTrainedTokenizerBase
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 @cache
 def byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, character → byte (the inverse of its ``bytes_to_unicode``:
-    printable Latin-1 bytes are themselves, the rest shifted to U+0100 and up)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    shifted = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + shifted)
-            shifted += 1
-    return {chr(char): byte for byte, char in zip(printable, chars)}
+    """GPT-2's byte-level alphabet, character → byte: the inverse of ``bytes_to_unicode``."""
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
