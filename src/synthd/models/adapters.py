@@ -1,11 +1,12 @@
 """LoRA adapters served on a shared base model: reference, validation before loading.
 
 An adapter folder is PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``. Before
-any weights are loaded, ``check_adapter`` reads the config and the tensor shapes and compares them
+an engine loads it, ``check_adapter`` reads the config and the (small) weights and compares them
 with the base model built on the ``meta`` device (no memory): the adapter must be LoRA, every target
-module must exist in the base, and every ``lora_A``/``lora_B`` shape must fit the module it adapts. Its weights must be finite: a NaN or infinite weight (a diverged training run)
-would load and then answer every request with NaN logits, so it is refused here, at import and at
-runtime load alike (``NonFiniteAdapter``).
+module must exist in the base, and every ``lora_A``/``lora_B`` shape must fit the module it adapts.
+Its weights must be finite: a NaN or infinite weight (a diverged training run) would load and then
+answer every request with NaN logits, so it is refused here, at import and at runtime load alike
+(``NonFiniteAdapter``).
 """
 
 import json
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from synthd.errors import InvalidRequest
@@ -121,7 +123,7 @@ def read_adapter_config(path: Path) -> AdapterInfo:
 
 
 def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
-    """Validate an adapter against its base without loading weights (see module docstring).
+    """Validate an adapter against its base without loading the base's weights (see module docstring).
 
     Raises:
         AdapterMismatch, UnsupportedAdapter, NonFiniteAdapter: with the first problem found.
@@ -132,11 +134,10 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
     if missing:
         raise AdapterMismatch(f"adapter targets modules {missing} that the base model does not have")
     try:
-        with safe_open(path / "adapter_model.safetensors", framework="pt") as tensors:
-            names = tensors.keys()  # safe_open has keys() but is not iterable
-            shapes = {key: tuple(tensors.get_slice(key).get_shape()) for key in names}
+        weights = load_file(path / "adapter_model.safetensors")  # adapters are small beside their base
     except (SafetensorError, OSError) as exc:
         raise AdapterMismatch(f"adapter_model.safetensors cannot be read ({str(exc)[:200]})") from None
+    shapes = {key: tuple(tensor.shape) for key, tensor in weights.items()}
     if not any(".lora_A." in key or ".lora_B." in key for key in shapes):
         raise AdapterMismatch(
             "adapter_model.safetensors holds no LoRA weights (lora_A / lora_B): it would serve the base"
@@ -154,24 +155,12 @@ def check_adapter(path: Path, base_path: Path) -> AdapterInfo:
             raise AdapterMismatch(
                 f"adapter weight {key} has shape {shape}; the base model and r={info.r} need {expected}"
             )
-    _check_finite(path / "adapter_model.safetensors")
+    for key, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteAdapter(
+                f"The adapter's weight {key} holds NaN or infinite values (a diverged training run?); it cannot be served."
+            )
     return info
-
-
-def _check_finite(weights: Path) -> None:
-    """Raises NonFiniteAdapter naming the first tensor with a NaN or infinite value (reads each
-    tensor once; adapters are small beside their base)."""
-    try:
-        with safe_open(weights, framework="pt") as tensors:
-            for key in tensors.keys():  # noqa: SIM118 -- safe_open has keys() but is not iterable
-                tensor = tensors.get_tensor(key)
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    raise NonFiniteAdapter(
-                        f"The adapter's weight {key} holds NaN or infinite values (a diverged training "
-                        "run?); it cannot be served."
-                    )
-    except (SafetensorError, OSError) as exc:
-        raise AdapterMismatch(f"adapter_model.safetensors cannot be read ({str(exc)[:200]})") from None
 
 
 def linear_modules(base_path: Path) -> dict[str, torch.nn.Linear]:
