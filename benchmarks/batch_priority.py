@@ -28,7 +28,7 @@ from rich.console import Console
 
 from synthd.bench.runner import PROMPTS
 from synthd.config import get_settings
-from synthd.models.embedded import EMBEDDED_MODEL_ID
+from synthd.models.shipped import EMBEDDED_MODEL_ID
 from synthd.server_process import ServerProcess
 
 console = Console(width=160)

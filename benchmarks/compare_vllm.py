@@ -35,7 +35,7 @@ from rich.console import Console
 from synthd.bench.report import load_label, results_table
 from synthd.bench.runner import BenchConfig, Goodput, LevelResult, run_bench
 from synthd.config import get_settings
-from synthd.models.embedded import EMBEDDED_MODEL_ID, embedded_model_dir
+from synthd.models.shipped import EMBEDDED_MODEL_ID, embedded_model_dir
 from synthd.server_process import ServerProcess, free_port
 
 console = Console(width=220)

@@ -30,7 +30,7 @@ import httpx
 import openai
 
 from synthd.config import get_settings
-from synthd.models.embedded import EMBEDDED_MODEL_ID
+from synthd.models.shipped import EMBEDDED_MODEL_ID
 from synthd.server_process import ServerProcess
 
 

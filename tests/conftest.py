@@ -1,4 +1,4 @@
-"""Session-wide fixtures and markers: the pulled embedded model, its tokenizer, the fake providers."""
+"""Session-wide fixtures and markers: the pulled shipped models, the embedded tokenizer, the fake providers."""
 
 import os
 from collections.abc import Iterator
@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from synthd.config import get_settings
-from synthd.models.embedded import embedded_model_dir, is_pulled
+from synthd.models.shipped import EMBEDDED, GEMMA3_270M, embedded_model_dir
 from tests.fakes import anthropic_server, openai_server
 from tests.fakes.script import FakeProvider, Script, serve
 from tests.support.server import ENGINE
@@ -18,9 +18,17 @@ from tests.support.server import ENGINE
 def models_dir() -> Path:
     """The pulled embedded model's parent folder (``make test`` pulls it first)."""
     directory = get_settings().models_dir
-    if not is_pulled(directory):
+    if not EMBEDDED.is_pulled(directory):
         pytest.fail("the embedded model is not pulled: run 'make test' (or 'synthd models pull') first")
     return directory
+
+
+@pytest.fixture(scope="session")
+def gemma_dir(models_dir: Path) -> Path:
+    """The pulled Gemma 3 270M, the second shipped model (``make test`` pulls it first)."""
+    if not GEMMA3_270M.is_pulled(models_dir):
+        pytest.fail("gemma-3-270m is not pulled: run 'make test' (or 'synthd models pull gemma-3-270m') first")
+    return GEMMA3_270M.folder(models_dir)
 
 
 @pytest.fixture(scope="session")

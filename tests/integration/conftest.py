@@ -9,10 +9,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from synthd.demo_data import DEMO_DATA
+from synthd.models.shipped import GEMMA3_270M
 from synthd.server_process import ServerProcess
-from tests.support.jobs import ExampleJob
-from tests.support.server import MODEL, server_env
+from tests.support.jobs import ExampleJob, example_job
+from tests.support.server import server_env
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +55,6 @@ def ft_client(ft_server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=ft_server.base_url, api_key="unused", max_retries=0, timeout=60)
 
 
-def example_job(
-    client: openai.OpenAI, home: Path, data_file: str, method: str, hyperparameters: dict, **create
-) -> ExampleJob:
-    """Upload ``synthd/demo_data/<data_file>`` and create a ``method`` job on it (not waited for)."""
-    path = DEMO_DATA / data_file
-    uploaded = client.files.create(file=(path.name, path.read_bytes()), purpose="fine-tune")
-    created = client.fine_tuning.jobs.create(
-        model=MODEL,
-        training_file=uploaded.id,
-        method={"type": method, method: {"hyperparameters": hyperparameters}},
-        **create,
-    )
-    return ExampleJob(data_file, hyperparameters, created, home / "adapters" / created.id)
-
-
 @pytest.fixture(scope="session")
 def sft_facts_job(ft_client: openai.OpenAI, ft_home: Path) -> ExampleJob:
     """SFT on the demo's ``sft_facts.jsonl`` with ``synthd demo``'s settings (seed 7; 15 rows, 5 a
@@ -84,6 +69,16 @@ def sft_facts_job(ft_client: openai.OpenAI, ft_home: Path) -> ExampleJob:
         suffix="facts",
         seed=7,
         metadata={"purpose": "test"},
+    )
+
+
+@pytest.fixture(scope="session")
+def gemma_sft_job(ft_client: openai.OpenAI, ft_home: Path, gemma_dir: Path) -> ExampleJob:
+    """SFT of the second shipped model, Gemma 3 270M (a base model: no chat template), on the demo's
+    ``sft_facts.jsonl`` (seed 5; 15 rows, 5 a step, 2 epochs: 6 steps), created once per session."""
+    hyperparameters = {"n_epochs": 2, "batch_size": 5, "learning_rate_multiplier": 10}
+    return example_job(
+        ft_client, ft_home, "sft_facts.jsonl", "supervised", hyperparameters, model=GEMMA3_270M.model_id, seed=5
     )
 
 

@@ -41,11 +41,22 @@ def test_chat_errors_are_one_line(server: ServerProcess) -> None:
     assert "404" in unknown.stderr and "no-such-model" in unknown.stderr
 
 
-def test_models_list_shows_embedded_cached() -> None:
+def test_models_list_shows_the_shipped_models_cached() -> None:
     result = synthd("models", "list", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert rows[0]["model_id"] == MODEL and rows[0]["cached"] is True
+    assert [(r["model_id"], r["source"], r["cached"]) for r in rows[:2]] == [
+        (MODEL, "embedded", True),
+        ("gemma-3-270m", "shipped", True),
+    ]
+
+
+def test_models_pull_of_a_cached_model_is_a_no_op_and_of_an_unknown_one_an_error() -> None:
+    cached = synthd("models", "pull", "google/gemma-3-270m")
+    assert cached.returncode == 0 and "gemma-3-270m is already cached" in cached.stdout
+    unknown = synthd("models", "pull", "llama-9000")
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert "'llama-9000' is not a shipped model: synthd pulls SmolLM2-135M-Instruct, gemma-3-270m" in unknown.stderr
 
 
 def test_serve_unknown_model_fails_fast() -> None:

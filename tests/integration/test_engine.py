@@ -25,7 +25,7 @@ from synthd.engine.protocol import (
     SamplingParams,
     TokenLogprob,
 )
-from synthd.models.embedded import EMBEDDED_MODEL_ID
+from synthd.models.shipped import EMBEDDED_MODEL_ID
 
 PROMPTS = [
     "What is the capital of France?",

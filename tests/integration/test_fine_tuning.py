@@ -12,9 +12,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from synthd.demo_data import DEMO_DATA
+from synthd.engine.prompts import CHAT_TEMPLATE_FILE, DEFAULT_CHAT_TEMPLATE
+from synthd.models.shipped import GEMMA3_270M
 from synthd.server_process import ServerProcess
 from tests.support.cli import synthd
-from tests.support.jobs import ExampleJob, wait_for
+from tests.support.jobs import ExampleJob, example_job, wait_for
 from tests.support.server import MODEL
 
 
@@ -145,6 +147,20 @@ def test_dpo_raises_preference_margin(ft_client: openai.OpenAI, dpo_style_job: E
     finally:
         tuned.unload()
     assert after > before + 1.0, (before, after)
+
+
+@pytest.mark.timeout(1800)
+def test_dpo_on_a_base_model_without_chat_template(ft_client: openai.OpenAI, ft_home: Path) -> None:
+    """DPO of Gemma 3 270M (no chat template): trained with synthd's default template, stored with the
+    adapter, on LoRA targets found from the architecture (Gemma's seven projections)."""
+    job = example_job(
+        ft_client, ft_home, "dpo_style.jsonl", "dpo", {"n_epochs": 1, "batch_size": 4}, model=GEMMA3_270M.model_id
+    )
+    done = wait_for(ft_client, job.created.id, timeout_s=1500)
+    assert done.status == "succeeded", done.error
+    assert (job.adapter_dir / CHAT_TEMPLATE_FILE).read_text() == DEFAULT_CHAT_TEMPLATE
+    targets = json.loads((job.adapter_dir / "adapter_config.json").read_text())["target_modules"]
+    assert sorted(targets) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 BAD_FILES = [

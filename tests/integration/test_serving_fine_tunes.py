@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+from synthd.engine.prompts import CHAT_TEMPLATE_FILE, DEFAULT_CHAT_TEMPLATE
+from synthd.models.shipped import GEMMA3_270M
 from synthd.server_process import ServerProcess
 from synthd.store.db import open_database
 from synthd.store.repository import Repository
@@ -184,6 +186,40 @@ def test_trained_fine_tune_listed_answers_and_deleted(
     assert not adapter_dir.exists()
     with pytest.raises(openai.NotFoundError):
         chat(sdk, model_id)
+
+
+def test_fine_tune_of_a_base_model_chats_in_the_template_it_was_trained_with(
+    sdk: openai.OpenAI,
+    home: Path,
+    models_dir: Path,
+    reference,
+    ft_client: openai.OpenAI,
+    gemma_sft_job: ExampleJob,
+) -> None:
+    """Gemma 3 270M has no chat template: chat is refused on it, its SFT job trains with synthd's
+    default template (saying so in its events) and stores it with the adapter, and the fine-tune,
+    found in its own folder and served beside the embedded model, chats in that template exactly as
+    PEFT does in float32."""
+    gemma = GEMMA3_270M.model_id
+    with pytest.raises(openai.BadRequestError, match="has no chat template"):
+        chat(sdk, gemma)
+    job = wait_for(ft_client, gemma_sft_job.created.id, timeout_s=1500)
+    assert job.status == "succeeded", job.error
+    assert job.hyperparameters.n_epochs == 2
+    messages = [e.message for e in ft_client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any("has no chat template: training with synthd's default" in m for m in messages)
+    assert (gemma_sft_job.adapter_dir / CHAT_TEMPLATE_FILE).read_text() == DEFAULT_CHAT_TEMPLATE
+    imported = synthd(
+        "models", "import", str(gemma_sft_job.adapter_dir), "--base", gemma, "--name", "gemma-facts",
+        env=server_env(home, models_dir),
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    model_id = f"ft:{gemma}:gemma-facts"
+    served = chat(sdk, model_id, max_tokens=12)
+    adapter_dir = next((home / "adapters").glob("imported-*gemma-facts"))
+    assert served == peft_greedy(models_dir, gemma)(adapter_dir, max_new_tokens=12)
+    assert chat(sdk, MODEL) == reference(None)  # the embedded model answers beside it
+    assert sdk.models.delete(model_id).deleted is True
 
 
 def import_adapter(

@@ -6,6 +6,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from synthd.engine.prompts import CHAT_TEMPLATE_FILE
 from tests.support.server import MODEL
 
 PROMPT = [{"role": "user", "content": "What is the capital of Zorbania?"}]
@@ -51,18 +52,20 @@ def make_mismatched_adapter(out: Path) -> Path:
     return out
 
 
-def peft_greedy(models_dir: Path):
+def peft_greedy(models_dir: Path, model_id: str = MODEL):
     """``generate(adapter_dir | None, messages=PROMPT, max_new_tokens=16) -> str``: the base model's
     greedy reply in float32 with the PEFT adapter applied, as PEFT computes it (the reference the
-    served replies must equal)."""
-    tokenizer = AutoTokenizer.from_pretrained(models_dir / MODEL)
-    base = AutoModelForCausalLM.from_pretrained(models_dir / MODEL, dtype=torch.float32).eval()
+    served replies must equal), in the chat template stored with the adapter, else the base's."""
+    tokenizer = AutoTokenizer.from_pretrained(models_dir / model_id)
+    base = AutoModelForCausalLM.from_pretrained(models_dir / model_id, dtype=torch.float32).eval()
 
     def generate(adapter_dir: Path | None, messages=PROMPT, max_new_tokens: int = 16) -> str:
         model = PeftModel.from_pretrained(base, adapter_dir).eval() if adapter_dir else base
         try:
+            stored = adapter_dir / CHAT_TEMPLATE_FILE if adapter_dir else None
+            template = stored.read_text() if stored and stored.is_file() else None
             ids = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True, chat_template=template
             )
             with torch.no_grad():
                 out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)

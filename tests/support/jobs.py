@@ -7,6 +7,9 @@ from pathlib import Path
 import openai
 from openai.types.fine_tuning import FineTuningJob
 
+from synthd.demo_data import DEMO_DATA
+from tests.support.server import MODEL
+
 ENDED = ("succeeded", "failed", "cancelled")
 
 
@@ -34,3 +37,24 @@ class ExampleJob:
     hyperparameters: dict
     created: FineTuningJob
     adapter_dir: Path
+
+
+def example_job(
+    client: openai.OpenAI,
+    home: Path,
+    data_file: str,
+    method: str,
+    hyperparameters: dict,
+    model: str = MODEL,
+    **create,
+) -> ExampleJob:
+    """Upload ``synthd/demo_data/<data_file>`` and create a ``method`` job on it (not waited for)."""
+    path = DEMO_DATA / data_file
+    uploaded = client.files.create(file=(path.name, path.read_bytes()), purpose="fine-tune")
+    created = client.fine_tuning.jobs.create(
+        model=model,
+        training_file=uploaded.id,
+        method={"type": method, method: {"hyperparameters": hyperparameters}},
+        **create,
+    )
+    return ExampleJob(data_file, hyperparameters, created, home / "adapters" / created.id)

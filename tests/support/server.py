@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from synthd.models.embedded import EMBEDDED_MODEL_ID
+from synthd.models.shipped import EMBEDDED_MODEL_ID
 from synthd.server_process import ServerProcess
 
 MODEL = EMBEDDED_MODEL_ID

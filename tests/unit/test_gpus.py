@@ -173,6 +173,19 @@ def test_selection_on_cpu_only_machine() -> None:
     assert "it has: cpu" in info.value.message
 
 
+def test_models_on_the_shared_cpu_count_against_its_memory() -> None:
+    inventory = [Device(cpu_type(4.0), 0)]
+    auto = parse_gpu_preference(None)
+    assert select_placement(auto, 1.5, inventory, cpu_held_gib=2.5).label == "cpu"
+    with pytest.raises(GPUBusy) as full:
+        select_placement(auto, 1.5, inventory, cpu_held_gib=3.0)
+    assert "the cpu has 4.0 GiB, the models loaded on it hold 3.0 GiB and this model needs 1.5 GiB" in (
+        full.value.message
+    )
+    with pytest.raises(GPUNotSupported):
+        select_placement(auto, 5.0, inventory)
+
+
 def test_bad_pool_file_is_clear(tmp_path: Path) -> None:
     bad = tmp_path / "pool.json"
     bad.write_text('{"devices": [{"type": "TPU", "count": 2}]}')

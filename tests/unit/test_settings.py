@@ -43,3 +43,13 @@ def test_admin_key_from_either_variable(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("SYNTHD_API_KEY", "server-key")
     assert Settings().api_key == "server-key"
     assert "server-key" not in repr(Settings())
+
+
+def test_serving_context_caps_at_the_models_own() -> None:
+    from synthd.engine.config import serving_context
+
+    assert serving_context(None, 8192) == 8192
+    assert serving_context(4096, 8192) == 4096
+    assert serving_context(16384, 8192) == 8192  # one --max-model-len for models of several contexts
+    assert serving_context(2048, None) == 2048
+    assert serving_context(None, None) is None

@@ -20,7 +20,8 @@ from rich.table import Table
 from synthd.cli.common import console, fail
 from synthd.config import get_settings
 from synthd.demo_data import DEMO_DATA
-from synthd.models.embedded import EMBEDDED_MODEL_ID, PullError, pull_embedded_model
+from synthd.models import shipped
+from synthd.models.shipped import EMBEDDED_MODEL_ID, PullError
 from synthd.server_process import ServerProcess, ServerStartError
 
 MODEL = EMBEDDED_MODEL_ID
@@ -219,7 +220,7 @@ def pull_model(console: Console, models_dir: Path) -> None:
     """
     console.rule("embedded model")
     try:
-        folder = pull_embedded_model(models_dir, lambda msg: console.print(f"  {msg}"))
+        folder = shipped.pull_model(models_dir, step=lambda msg: console.print(f"  {msg}"))
     except PullError as exc:
         raise DemoError(str(exc)) from None
     console.print(f"  {MODEL} in {folder}")

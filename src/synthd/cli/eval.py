@@ -17,7 +17,7 @@ from rich.progress import (
 
 from synthd.cli.common import CLIError, console
 from synthd.config import DEFAULT_SYNTH_API_URL
-from synthd.models.embedded import EMBEDDED_MODEL_ID
+from synthd.models.shipped import EMBEDDED_MODEL_ID
 
 
 def default_models() -> list[str]:

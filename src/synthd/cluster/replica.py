@@ -91,9 +91,10 @@ class EngineReplica:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         add_special_tokens: bool = CHAT_ADD_SPECIAL_TOKENS,
+        chat_template: str | None = None,
     ) -> list[int] | RemoteFailure:
         """``Engine.render_chat``, or the failure."""
-        return await self._call(self.engine.render_chat, messages, tools, add_special_tokens)
+        return await self._call(self.engine.render_chat, messages, tools, add_special_tokens, chat_template)
 
     async def encode(
         self, text: str, add_special_tokens: bool = COMPLETION_ADD_SPECIAL_TOKENS

@@ -85,6 +85,16 @@ def default_cpu_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
+def serving_context(max_model_len: int | None, model_context: int | None) -> int | None:
+    """The context in tokens a replica serves: the operator's ``max_model_len`` cap where the model's
+    own context (``max_position_embeddings``) allows that much, else the model's (None: neither known).
+    One rule for both engines: a cap above a model's context (one ``--max-model-len`` for several
+    served models) serves that model at its own, where vLLM alone would refuse to start."""
+    if max_model_len and model_context:
+        return min(max_model_len, model_context)
+    return max_model_len or model_context
+
+
 def pick_dtype(requested: str, device_type: str) -> str:
     """The dtype to load weights in on ``device_type`` (``cpu`` or ``cuda``): ``requested`` unless
     ``auto``; else bfloat16 where the hardware runs it natively (CUDA, or a CPU with AVX512-BF16 or

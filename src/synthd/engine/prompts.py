@@ -19,6 +19,19 @@ COMPLETION_ADD_SPECIAL_TOKENS = True
 """vLLM's default for ``/v1/completions``: ``tokenizer(prompt)`` as transformers encodes it."""
 CHAT_ADD_SPECIAL_TOKENS = False
 """vLLM's default for ``/v1/chat/completions``: the template's own special tokens only."""
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+"""Where a chat template is stored beside a tokenizer or an adapter (transformers' file name)."""
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{{ eos_token if message['role'] == 'assistant' else '<|im_end|>' }}"
+    "{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""ChatML-style turns (``<|im_start|>role``, a newline, the content), each assistant turn ended by the
+tokenizer's EOS token so that a fine-tune learns to stop: the template an SFT or DPO job on a base
+model without one is trained with, then stored with its adapter (``CHAT_TEMPLATE_FILE``)."""
 
 
 def render_chat(
@@ -27,18 +40,22 @@ def render_chat(
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None = None,
     add_special_tokens: bool = CHAT_ADD_SPECIAL_TOKENS,
+    chat_template: str | None = None,
 ) -> list[int]:
-    """Token ids of ``messages`` in ``tokenizer``'s chat template plus the assistant cue, encoded by
-    ``encode`` (``add_special_tokens``: the tokenizer's special tokens on top of the template's, as
-    vLLM does when a chat request asks for them).
+    """Token ids of ``messages`` in ``chat_template`` (a fine-tune's own) or else ``tokenizer``'s,
+    plus the assistant cue, encoded by ``encode`` (``add_special_tokens``: the tokenizer's special
+    tokens on top of the template's, as vLLM does when a chat request asks for them).
 
     Raises:
         InvalidRequest: no chat template, or the messages cannot be rendered or tokenized.
     """
-    if not tokenizer.chat_template:
+    chat_template = chat_template or tokenizer.chat_template
+    if not chat_template:
         raise InvalidRequest(f"model '{model_id}' has no chat template; use /v1/completions", param="messages")
     try:
-        text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=True, tokenize=False, chat_template=chat_template
+        )
     except TypeError:
         raise InvalidRequest("The messages could not be tokenized (invalid Unicode?).", param="messages") from None
     except (ValueError, TemplateError) as exc:  # TemplateError: the template's raise_exception, or a broken template
@@ -78,9 +95,10 @@ class TokenizerPrompts:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         add_special_tokens: bool = CHAT_ADD_SPECIAL_TOKENS,
+        chat_template: str | None = None,
     ) -> list[int]:
         """See ``Engine.render_chat``."""
-        return render_chat(self.tokenizer, self.model_id, messages, tools, add_special_tokens)
+        return render_chat(self.tokenizer, self.model_id, messages, tools, add_special_tokens, chat_template)
 
     def encode(self, text: str, add_special_tokens: bool = COMPLETION_ADD_SPECIAL_TOKENS) -> list[int]:
         """See ``Engine.encode``."""

@@ -166,10 +166,11 @@ class Engine(Protocol):
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         add_special_tokens: bool = CHAT_ADD_SPECIAL_TOKENS,
+        chat_template: str | None = None,
     ) -> list[int]:
-        """Token ids of ``messages`` in the model's chat template plus the assistant cue
-        (``add_special_tokens``: the tokenizer's special tokens on top of the template's; see
-        ``engine.prompts``).
+        """Token ids of ``messages`` in ``chat_template`` (a fine-tune's own) or else the model's,
+        plus the assistant cue (``add_special_tokens``: the tokenizer's special tokens on top of the
+        template's; see ``engine.prompts``).
 
         Raises:
             InvalidRequest: no chat template, or the messages cannot be rendered or tokenized.

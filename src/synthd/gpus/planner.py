@@ -88,9 +88,11 @@ class PlacementPlanner:
         preference: GPUPreference,
         purpose: str = "inference",
         serving_busy: set[str] | frozenset[str] = frozenset(),
+        cpu_held_gib: float = 0.0,
     ) -> tuple[Placement, MemoryEstimate]:
         """Where the model at ``model_path`` would run for ``preference``; devices in ``serving_busy``
-        and those reserved for training are not free.
+        and those reserved for training are not free, nor the ``cpu_held_gib`` that models loaded on the
+        (shared) CPU hold.
 
         Raises:
             SelectionError: the preference cannot be met (see ``synthd.gpus.selection``).
@@ -98,6 +100,6 @@ class PlacementPlanner:
         """
         busy = set(serving_busy) | self.reservations.busy()
         placement = select_placement(
-            preference, lambda o: self.estimate(model_path, purpose, o).total_gib, self.inventory, busy
+            preference, lambda o: self.estimate(model_path, purpose, o).total_gib, self.inventory, busy, cpu_held_gib
         )
         return placement, self.estimate(model_path, purpose, placement.option)

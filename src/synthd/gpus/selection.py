@@ -4,7 +4,8 @@ Outcomes (each a ``SelectionError`` subclass; ``synthd.api.errors`` gives their 
 - no option in the preference has enough memory → ``GPUNotSupported`` ("GPU type not supported for
   this model"), giving needed and offered GiB;
 - fits but the deployment has no such devices → ``GPUUnavailable``, naming what it has;
-- the devices exist but others hold them → ``GPUBusy`` with ``retry_after_s``.
+- the devices exist but others hold them → ``GPUBusy`` with ``retry_after_s`` (the CPU is shared: it
+  is busy when the models already loaded on it leave less memory free than this one needs).
 A preference that does not parse is a ``GPUSpecError`` (``synthd.gpus.spec``).
 ``TYPE:N`` takes N devices of one node (a cluster's node, or this host): tensor parallelism does not
 span machines. Nodes on this host (not ``remote``) are tried first.
@@ -124,10 +125,11 @@ def select_placement(
     required_gib: float | Callable[[GPUOption], float],
     inventory: list[Device],
     busy: set[str] | frozenset[str] = frozenset(),
+    cpu_held_gib: float = 0.0,
 ) -> Placement:
     """Pick devices for a model needing ``required_gib`` (a number, or a function of the option when
     the need depends on the device, e.g. through the dtype it would load in); ``busy`` holds keys of
-    devices in use.
+    devices in use; ``cpu_held_gib`` is the memory models already loaded on the CPU hold.
 
     Raises:
         SelectionError: see the module docstring.
@@ -153,6 +155,7 @@ def select_placement(
     if preference.is_auto:
         fitting.sort(key=lambda o: (_price(o, inventory), o.count))
     saw_busy = False
+    cpu_short = ""
     largest: dict[str, int] = {}
     for option in fitting:
         nodes = _nodes_of(option.gpu_name, inventory)
@@ -160,7 +163,15 @@ def select_placement(
         if largest[option.gpu_name] < option.count:
             continue
         if option.is_cpu:
-            return Placement(option, (nodes[0][0],))
+            offered = option_memory_gib(option, inventory)
+            if offered - cpu_held_gib >= need(option):
+                return Placement(option, (nodes[0][0],))
+            saw_busy = True
+            cpu_short = (
+                f" (the cpu has {offered:.1f} GiB, the models loaded on it hold {cpu_held_gib:.1f} GiB and this "
+                f"model needs {need(option):.1f} GiB: unload one)"
+            )
+            continue
         for devices in nodes:
             free = [d for d in devices if d.key not in busy]
             if len(free) >= option.count:
@@ -168,7 +179,7 @@ def select_placement(
         saw_busy = True
     if saw_busy:
         raise GPUBusy(
-            f"{', '.join(map(str, fitting))} exists in this deployment but is in use; retry later.",
+            f"{', '.join(map(str, fitting))} exists in this deployment but is in use{cpu_short}; retry later.",
             required_gib=required_gib,
         )
     split = [

@@ -18,7 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from synthd.engine.prompts import CHAT_TEMPLATE_FILE
 from synthd.errors import InvalidRequest
+from synthd.training.config import DEFAULT_TARGET_MODULES
 
 
 class UnsupportedAdapter(InvalidRequest):
@@ -169,6 +171,30 @@ def linear_modules(base_path: Path) -> dict[str, torch.nn.Linear]:
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_path))
     return {name: module for name, module in base.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def default_lora_targets(linear: dict[str, torch.nn.Linear]) -> tuple[str, ...]:
+    """The LoRA ``target_modules`` a job gets when it names none: every linear module's leaf name
+    but the output head (PEFT's ``all-linear``), Llama's projection names first in their usual order
+    (``DEFAULT_TARGET_MODULES``), then the architecture's others sorted (``qkv_proj``, ...).
+
+    Raises:
+        ValueError: the model has no linear module to adapt.
+    """
+    leaves = {name.rsplit(".", 1)[-1] for name in linear if name.rsplit(".", 1)[-1] != "lm_head"}
+    if not leaves:
+        raise ValueError("the model has no linear module LoRA could adapt")
+    return tuple(n for n in DEFAULT_TARGET_MODULES if n in leaves) + tuple(sorted(leaves - set(DEFAULT_TARGET_MODULES)))
+
+
+def stored_chat_template(adapter_path: Path) -> str | None:
+    """The chat template a fine-tune was trained with (``CHAT_TEMPLATE_FILE`` in its folder), or None
+    for an adapter without one (imported, or trained before synthd stored templates): that one
+    chats in its base model's template."""
+    try:
+        return (adapter_path / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def missing_targets(target_modules: tuple[str, ...] | list[str], linear: dict[str, torch.nn.Linear]) -> list[str]:

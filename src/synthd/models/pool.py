@@ -103,8 +103,12 @@ class ModelPool:
         return self._replicas.all(model)
 
     def busy_devices(self) -> set[str]:
-        """Keys of GPUs held by replicas (the CPU is shared, never busy)."""
+        """Keys of GPUs held by replicas (the CPU is shared: see ``cpu_held_gib``)."""
         return self._replicas.busy_devices()
+
+    def cpu_held_gib(self) -> float:
+        """Memory (GiB) the replicas on the CPU hold, by the planner's estimates."""
+        return self._replicas.cpu_held_gib()
 
     def loaded_models(self) -> list[str]:
         """Ids of the base models with at least one loaded replica, sorted (``/ready``)."""

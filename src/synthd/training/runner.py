@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from synthd.engine.prompts import CHAT_TEMPLATE_FILE, DEFAULT_CHAT_TEMPLATE
 from synthd.store.files import copy_tree_atomic
 from synthd.store.repository import Repository
 from synthd.training.config import DEFAULT_N_EVALS, Hyperparameters, LoRASettings, save_steps
@@ -26,7 +27,12 @@ from synthd.training.tracking import report_to
 log = logging.getLogger(__name__)
 MAX_LENGTH = 1024
 EVENT_FLUSH_S = 2.0
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", CHAT_TEMPLATE_FILE)
+"""What a fine-tune keeps: the PEFT adapter and the chat template it was trained with."""
+DEFAULT_TEMPLATE_EVENT = (
+    "The base model has no chat template: training with synthd's default (ChatML-style turns, the "
+    "assistant's ended by the EOS token), stored with the fine-tune, which chats in it."
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class JobCallback(TrainerCallback):
 
     A checkpoint's metrics are those measured at its own step only (``measured``): a step without
     validation has no ``valid_loss``, rather than the last validation's (OpenAI leaves it empty).
+    Each checkpoint keeps ``chat_template``, the template the job trains with (set before training).
     """
 
     def __init__(self, repo: Repository, layout: JobLayout) -> None:
@@ -57,6 +64,7 @@ class JobCallback(TrainerCallback):
         self.started = time.monotonic()
         self.first_step: int | None = None
         self.estimated_finish: int | None = None
+        self.chat_template: str | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.first_step = state.global_step
@@ -124,6 +132,8 @@ class JobCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         source = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.chat_template is not None:
+            (source / CHAT_TEMPLATE_FILE).write_text(self.chat_template, encoding="utf-8")
         target = self.layout.checkpoint_adapter(state.global_step)
         copy_tree_atomic(source, target, ADAPTER_FILES, failpoint="checkpoint_write")
         metrics = self.checkpoint_metrics(state.global_step)
@@ -168,6 +178,9 @@ def build_trainer(repo: Repository, job_id: str, model_path: Path, layout: JobLa
     hyper = Hyperparameters.from_dict(job.method[method]["hyperparameters"])
     lora = LoRASettings(**{**job.lora, "target_modules": tuple(job.lora["target_modules"])})
     tokenizer, model = load_base(model_path)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+        repo.add_events(job_id, [(DEFAULT_TEMPLATE_EVENT, None)])
     total_steps = hyper.total_steps(len(train.rows))
     n_evals = min(job.n_evals or DEFAULT_N_EVALS, total_steps)
     common = {
@@ -242,6 +255,7 @@ def run_job(repo: Repository, job_id: str, model_path: Path, layout: JobLayout) 
     """
     callback = JobCallback(repo, layout)
     trainer = build_trainer(repo, job_id, model_path, layout, [callback])
+    callback.chat_template = trainer.processing_class.chat_template
     resume = latest_checkpoint(layout.trainer_dir)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     step = trainer.state.global_step

