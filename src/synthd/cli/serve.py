@@ -54,6 +54,14 @@ def serve(
             help="Model to serve (a name, or a folder served under its folder's name); repeat for several.",
         ),
     ] = None,
+    chat_template: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--chat-template",
+            help="A served model's chat template, as vLLM's flag: a file, or the template inline; "
+            "MODEL=TEMPLATE beside several --model (repeat for several).",
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
     api_key: Annotated[
@@ -142,6 +150,7 @@ def serve(
     'synthd keys create') unless --insecure-no-auth is given.
 
     Example: synthd serve --port 8000 --model SmolLM2-135M-Instruct --engine auto
+    Example: synthd serve --model SmolLM2-135M-Instruct --model gemma-3-270m --chat-template gemma-3-270m=./turns.jinja
     Example: synthd serve --ray-address auto   (on a Ray cluster's head node; see docs/guides/cluster.md)
     """
     from synthd.api.limits import SecurityConfig
@@ -188,6 +197,7 @@ def serve(
 
     from synthd.bootstrap import build_app
     from synthd.engine.factory import choose_engine
+    from synthd.models.chat_templates import assign_chat_templates
     from synthd.models.resolve import resolve_operator_model
     from synthd.models.shipped import EMBEDDED_MODEL_ID
 
@@ -198,6 +208,7 @@ def serve(
     try:
         kind, reason = choose_engine(settings.engine, torch.cuda.is_available())
         served = [resolve_operator_model(name, settings.models_dir) for name in model or [EMBEDDED_MODEL_ID]]
+        served = assign_chat_templates(served, chat_template or [])
         application = build_app(settings, served, kind, api_key=key, security=security)
     except SynthdError as exc:
         fail(exc.message)

@@ -23,10 +23,12 @@ class ModelNotFound(NotFound):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A resolved model: the id it is served under and the folder holding its weights."""
+    """A resolved model: the id it is served under, the folder holding its weights, and the chat
+    template the operator gave it (``synthd serve --chat-template``; None: the tokenizer's)."""
 
     model_id: str
     path: Path
+    chat_template: str | None = None
 
 
 MAX_MODEL_ID_CHARS = 256

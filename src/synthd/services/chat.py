@@ -169,6 +169,7 @@ class OpenAIServing:
         try:
             engine = lease.engine
             own_template = await asyncio.to_thread(stored_chat_template, lease.lora.path) if lease.lora else None
+            own_template = own_template or lease.replica.source.chat_template
             messages = template_messages(request.messages, own_template or engine.tokenizer.chat_template)
             prompt = await asyncio.to_thread(
                 engine.render_chat, messages, None, request.add_special_tokens, own_template
