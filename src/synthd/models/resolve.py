@@ -103,13 +103,17 @@ def resolve_operator_model(model: str, models_dir: Path) -> ModelSource:
 
 
 def _hub_cache_snapshot(model: str) -> Path | None:
-    from huggingface_hub import snapshot_download
+    """The cached snapshot of hub id ``model``: its main branch's, else (pulled at another revision)
+    the newest snapshot holding a ``config.json``."""
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         path = Path(snapshot_download(model, local_files_only=True))
     except (LocalEntryNotFoundError, ValueError, OSError, RuntimeError):
-        return None
+        snapshots = Path(constants.HF_HUB_CACHE) / f"models--{model.replace('/', '--')}" / "snapshots"
+        found = sorted((p for p in snapshots.glob("*") if has_config(p)), key=lambda p: p.stat().st_mtime, reverse=True)
+        return found[0] if found else None
     return path if has_config(path) else None
 
 

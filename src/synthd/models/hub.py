@@ -1,0 +1,108 @@
+"""Models from the Hugging Face Hub, for users who have one: ``synthd models pull ORG/NAME[@REVISION]``
+and ``synthd serve --model ORG/NAME``.
+
+Downloads go through ``huggingface_hub`` into its cache (``HF_HOME``/``HF_HUB_CACHE``), which
+honours ``HF_TOKEN`` (gated and private models), ``HF_ENDPOINT`` (a mirror, or a local server) and
+resumes interrupted files; ``resolve_model`` then finds the snapshot offline. ``config.json`` comes
+first: a model no engine here can run is refused before its weights are fetched. Only what serving
+and fine-tuning read is downloaded (``ALLOW_PATTERNS``: configs, safetensors weights, tokenizer and
+chat-template files), never ``.bin``/``.gguf``/ONNX copies of the same weights.
+"""
+
+import json
+from pathlib import Path
+
+from synthd.engine.factory import vllm_available
+from synthd.engine.native.support import UnsupportedModel, check_native_support
+from synthd.models.resolve import NAME_PATTERN
+from synthd.models.shipped import PullError
+
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.tiktoken", "*.txt"]
+REACHABLE_TIMEOUT_S = 10.0
+
+
+def parse_hub_id(name: str) -> tuple[str, str | None] | None:
+    """``(repo_id, revision)`` for ``ORG/NAME`` or ``ORG/NAME@REVISION``, else None."""
+    repo_id, _, revision = name.partition("@")
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(NAME_PATTERN.fullmatch(p) and ".." not in p for p in parts):
+        return None
+    return repo_id, revision or None
+
+
+def pull_hub_model(repo_id: str, revision: str | None = None) -> tuple[Path, str | None]:
+    """Download ``repo_id`` at ``revision`` (default the main branch) into the Hugging Face cache;
+    return its snapshot folder and a note for the user (None, or why only ``--engine vllm`` runs it).
+    Progress bars are huggingface_hub's.
+
+    Raises:
+        PullError: the Hub cannot be reached, the repository or revision does not exist (or needs
+            ``HF_TOKEN``), it is not a transformers model, or no engine here runs its architecture.
+    """
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    _check_reachable(repo_id)
+    config_file = _fetch(lambda: hf_hub_download(repo_id, "config.json", revision=revision), repo_id)
+    note = _accepted(repo_id, Path(config_file))
+    folder = _fetch(lambda: snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS), repo_id)
+    return Path(folder), note
+
+
+def _unreachable(repo_id: str) -> PullError:
+    from huggingface_hub import constants
+
+    return PullError(
+        f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} to download {repo_id} "
+        "(offline? set HF_ENDPOINT for a mirror)"
+    )
+
+
+def _check_reachable(repo_id: str) -> None:
+    """Fail at once when the Hub's host does not answer at all (huggingface_hub would retry with
+    backoff for about half a minute first); any HTTP answer will do."""
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=REACHABLE_TIMEOUT_S)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        raise _unreachable(repo_id) from None
+
+
+def _fetch(download, repo_id: str) -> str:
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return download()
+    except GatedRepoError:
+        raise PullError(f"{repo_id} is gated on the Hub: accept its terms there and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise PullError(f"{repo_id}: no such model on the Hub (a private one needs HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise PullError(f"{repo_id}: no such revision on the Hub") from None
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: the Hub did not answer
+        raise _unreachable(repo_id) from None
+    except EntryNotFoundError:
+        raise PullError(f"{repo_id} has no config.json: not a transformers model") from None
+
+
+def _accepted(repo_id: str, config_file: Path) -> str | None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(config_file.parent)
+    except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+        raise PullError(f"{repo_id}: its config.json is not one transformers can read ({exc})") from None
+    try:
+        check_native_support(config)
+    except UnsupportedModel as exc:
+        if not vllm_available():
+            raise PullError(f"{repo_id}: {exc} (vLLM is not installed here: pip install 'synthd[vllm]')") from None
+        return str(exc)
+    return None
