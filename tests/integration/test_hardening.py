@@ -202,6 +202,20 @@ def _with_config(source: Path, target: Path, **changes) -> None:
     (target / "config.json").write_text(json.dumps({**config, **changes}))
 
 
+def _small_vocabulary(source: Path, target: Path) -> None:
+    """A tiny Llama with 100 token embeddings beside the embedded model's 49,152-token tokenizer: it
+    loads, and fails on the first prompt (ids past its vocabulary)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(target)
+    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+
+
 BROKEN_FOLDERS = {  # name → (how it is broken, a word its reason names); each answered 500 once, or loaded
     "broken": (lambda src, dst: None, "config.json"),  # the odd_models fixture's truncated config.json
     "wrong-types": (lambda src, dst: _with_config(src, dst, hidden_size="576", num_hidden_layers=[30]), "config"),
@@ -223,6 +237,7 @@ BROKEN_FOLDERS = {  # name → (how it is broken, a word its reason names); each
         ),
         "missing",
     ),
+    "cannot-generate": (_small_vocabulary, ""),  # loaded, was warmed, then every request failed
 }
 
 

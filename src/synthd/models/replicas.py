@@ -299,23 +299,30 @@ class ReplicaSet:
     async def _load(self, replica: Replica) -> None:
         await self._stop_evicted(replica)
         started = time.perf_counter()
-        engine: Engine | None = None
         try:
             engine, replica.placement = await asyncio.to_thread(
                 self.engine_factory, replica.model_id, replica.source.path, replica.placement
             )
-            await first_generation(engine)
         except Exception as exc:  # noqa: BLE001  any load failure becomes the replica's (and the model's) reason
-            log.warning("loading %s failed: %s", replica.model_id, exc)
-            replica.state, replica.error = WarmupState.FAILED, f"{type(exc).__name__}: {exc}"
-            self._failed[replica.model_id] = replica.error
-            self._replicas.remove(replica)
-            if engine is not None:
-                await engine.shutdown()
+            self._load_failed(replica, exc)
+            return
+        try:
+            await first_generation(engine)
+        except BaseException as exc:  # a failed probe, or the load cancelled (the pool closing): stop the engine
+            await engine.shutdown()
+            if not isinstance(exc, Exception):
+                raise
+            self._load_failed(replica, exc)
             return
         replica.engine = engine
         replica.state, replica.load_seconds = WarmupState.WARMED, time.perf_counter() - started
         replica.last_used = time.monotonic()
+
+    def _load_failed(self, replica: Replica, exc: Exception) -> None:
+        log.warning("loading %s failed: %s", replica.model_id, exc)
+        replica.state, replica.error = WarmupState.FAILED, f"{type(exc).__name__}: {exc}"
+        self._failed[replica.model_id] = replica.error
+        self._replicas.remove(replica)
 
     # --- evict, lose, close ------------------------------------------------------------------------
     async def evict_idle(self) -> list[str]:
