@@ -18,10 +18,17 @@ def _sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def create_app(repos: dict[str, Path], requested: list[str]) -> FastAPI:
-    """An app serving ``repos`` (``org/name`` → folder) at one commit each (the sha1 of the id)."""
+def create_app(repos: dict[str, Path], requested: list[str], refused: frozenset[str] = frozenset()) -> FastAPI:
+    """An app serving ``repos`` (``org/name`` → folder) at one commit each (the sha1 of the id);
+    the repos in ``refused`` answer every call 401 (a bad ``HF_TOKEN``)."""
     app = FastAPI()
     commits = {repo: hashlib.sha1(repo.encode()).hexdigest() for repo in repos}
+
+    @app.middleware("http")
+    async def unauthorized(request: Request, call_next):
+        if any(f"/{repo}/" in request.url.path for repo in refused):
+            return JSONResponse({"error": "Invalid credentials in Authorization header"}, status_code=401)
+        return await call_next(request)
 
     def missing(repo: str) -> JSONResponse:
         return JSONResponse(

@@ -55,6 +55,8 @@ def test_a_base_model_chats_in_the_operators_template(
     [
         (["{{ oops"], "not a valid Jinja template"),
         (["./no-such-template.jinja"], "no such file, and not a Jinja template"),
+        (["."], "is a directory, not a template file"),
+        (["{{ raise_exception('[/x]') }"], "not a valid Jinja template"),  # brackets shown as they are
     ],
 )
 def test_bad_templates_fail_the_start_in_one_line(specs: list[str], expected: str) -> None:
@@ -66,6 +68,8 @@ def test_bad_templates_fail_the_start_in_one_line(specs: list[str], expected: st
 def test_templates_are_assigned_by_served_id(tmp_path: Path) -> None:
     a, b = ModelSource("a", tmp_path), ModelSource("b", tmp_path)
     assert [s.chat_template for s in assign_chat_templates([a, b], ["b={{ x }}"])] == [None, "{{ x }}"]
+    gemma = ModelSource("gemma-3-270m", tmp_path)
+    assert assign_chat_templates([a, gemma], ["google/gemma-3-270m={{ x }}"])[1].chat_template == "{{ x }}"
     assert assign_chat_templates([a], ["{{ x }}"])[0].chat_template == "{{ x }}"
     with pytest.raises(InvalidRequest, match="name the model it is for, as MODEL=PATH, one of a, b"):
         assign_chat_templates([a, b], ["{{ x }}"])

@@ -257,6 +257,10 @@ def broken_server(models_dir: Path, tmp_path_factory) -> ServerProcess:
         _linked_copy(models_dir / MODEL, directory / "bad-template", skip=("chat_template.jinja",))
         / "chat_template.jinja"
     ).write_text("{% for m in messages %}{{ m.content | nosuchfilter }}{% endfor")
+    (  # past the Jinja sandbox's limits: OverflowError, "Range too big"
+        _linked_copy(models_dir / MODEL, directory / "huge-template", skip=("chat_template.jinja",))
+        / "chat_template.jinja"
+    ).write_text("{% for i in range(100000000) %}x{% endfor %}")
     refused = directory / "stablelm"  # an architecture the native engine refuses: its config alone
     refused.mkdir()
     shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -295,16 +299,20 @@ def test_broken_model_fails_its_warmup_with_the_reason(broken_server: ServerProc
 
 
 @pytest.mark.native_only("synthd renders chat templates itself for both engines (engine/prompts.py): one load shows it")
-def test_a_chat_template_that_fails_is_a_400_and_completions_still_answer(broken_server: ServerProcess) -> None:
-    """A broken template (or one whose raise_exception rejects the messages) answered 500."""
+@pytest.mark.parametrize("model", ["bad-template", "huge-template"])
+def test_a_chat_template_that_fails_is_a_400_and_completions_still_answer(
+    broken_server: ServerProcess, model: str
+) -> None:
+    """A broken template (or one whose raise_exception rejects the messages, or one past the
+    sandbox's limits) answered 500."""
     chat = httpx.post(
         f"{broken_server.base_url}/chat/completions",
-        json={"model": "bad-template", "messages": HI, "max_tokens": 2},
+        json={"model": model, "messages": HI, "max_tokens": 2},
         timeout=120,
     )
     assert chat.status_code == 400 and "chat template" in chat.json()["error"]["message"], chat.text
     completion = httpx.post(
-        f"{broken_server.base_url}/completions", json={"model": "bad-template", "prompt": "Hi", "max_tokens": 2}
+        f"{broken_server.base_url}/completions", json={"model": model, "prompt": "Hi", "max_tokens": 2}
     )
     assert completion.status_code == 200, completion.text
 

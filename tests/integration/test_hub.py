@@ -22,6 +22,7 @@ pytestmark = pytest.mark.native_only("where models come from, not how an engine 
 
 TINY = "test-org/tiny-llama"
 REFUSED = "test-org/tiny-gpt2"
+UNAUTHORIZED = "test-org/needs-a-token"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def hub(models_dir: Path, tmp_path_factory) -> Iterator[tuple[str, list[str]]]:
     GPT2Config(n_embd=32, n_layer=1, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(gpt2)
     (gpt2 / "model.safetensors").write_bytes(b"never fetched")
     requested: list[str] = []
-    with serve(hub_server.create_app({TINY: llama, REFUSED: gpt2}, requested)) as url:
+    app = hub_server.create_app({TINY: llama, REFUSED: gpt2}, requested, refused=frozenset({UNAUTHORIZED}))
+    with serve(app) as url:
         yield url, requested
 
 
@@ -81,7 +83,11 @@ def test_an_architecture_no_engine_here_runs_is_refused_before_its_weights(
     ("name", "expected"),
     [
         ("test-org/no-such-model", "test-org/no-such-model: no such model on the Hub (a private one needs HF_TOKEN)"),
+        (UNAUTHORIZED, f"refused {UNAUTHORIZED}: "),
         ("not/a/hub/id", "is neither a shipped model"),
+        ("test-org/tiny-llama@../../x", "is neither a shipped model"),
+        ("test-org/tiny-llama@", "is neither a shipped model"),
+        ("x[/]", "'x[/]' is neither a shipped model"),  # square brackets are shown, never read as markup
     ],
 )
 def test_unknown_models_are_one_line(hub, models_dir: Path, tmp_path: Path, name: str, expected: str) -> None:
@@ -90,11 +96,18 @@ def test_unknown_models_are_one_line(hub, models_dir: Path, tmp_path: Path, name
     assert expected in result.stderr
 
 
-def test_an_unreachable_hub_is_one_line(models_dir: Path, tmp_path: Path) -> None:
-    endpoint = f"http://127.0.0.1:{free_port()}"
-    result = synthd("models", "pull", TINY, env=hub_env(tmp_path, models_dir, endpoint))
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("http://127.0.0.1:{port}", "cannot reach the Hugging Face Hub at http://127.0.0.1:{port} to download"),
+        ("ftp://127.0.0.1:{port}", "HF_ENDPOINT 'ftp://127.0.0.1:{port}' is not an http:// or https:// URL"),
+    ],
+)
+def test_an_unreachable_hub_is_one_line(models_dir: Path, tmp_path: Path, endpoint: str, expected: str) -> None:
+    port = free_port()
+    result = synthd("models", "pull", TINY, env=hub_env(tmp_path, models_dir, endpoint.format(port=port)))
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"cannot reach the Hugging Face Hub at {endpoint} to download {TINY}" in result.stderr
+    assert expected.format(port=port) in result.stderr
 
 
 def test_serve_downloads_a_hub_model_it_does_not_have(hub, models_dir: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from synthd.bench.runner import LevelResult
@@ -84,7 +85,7 @@ def print_report(results: list[LevelResult], console: Console) -> None:
     console.print(results_table(results))
     for r in results:
         for error in r.errors:
-            console.print(f"[yellow]{r.label} {load_label(r)}: {error}[/yellow]")
+            console.print(f"[yellow]{escape(f'{r.label} {load_label(r)}: {error}')}[/yellow]")
 
 
 def write_json(results: list[LevelResult], path: Path) -> None:

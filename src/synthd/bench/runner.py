@@ -30,6 +30,7 @@ from typing import Literal
 import httpx
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 PROMPTS = (
     "Write a short story about a robot learning to paint.",
@@ -376,8 +377,8 @@ async def _run_level(
         load = f"rate {request_rate}/s" if request_rate is not None else f"concurrency {concurrency}"
         if console:
             console.print(
-                f"[dim]{label}: {load}, {len(prompts)} {config.dataset} requests"
-                f"{f', gpu {gpu_preference}' if gpu_preference else ''}…[/dim]"
+                f"[dim]{escape(label)}: {load}, {len(prompts)} {config.dataset} requests"
+                f"{f', gpu {escape(gpu_preference)}' if gpu_preference else ''}…[/dim]"
             )
         start = time.perf_counter()
         if request_rate is None:

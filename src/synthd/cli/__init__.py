@@ -1,6 +1,7 @@
 """The ``synthd`` command line (Typer), one module per noun. User errors print one line and exit 1."""
 
 import typer
+from rich.markup import escape
 
 # Modules, not their command functions: a name like ``synthd.cli.demo`` stays the module.
 from synthd.cli import bench, chat, demo, eval, serve, warmup
@@ -33,5 +34,5 @@ def main() -> None:
     try:
         app()
     except CLIError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None

@@ -15,6 +15,7 @@ import httpx
 import openai
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from synthd.cli.common import console, fail
@@ -74,7 +75,7 @@ class Demo:
         result = StepResult(name, time.perf_counter() - started, ok, detail)
         self.results.append(result)
         self.console.print(
-            f"  [{'green' if ok else 'red'}]{'pass' if ok else 'FAIL'}[/] {detail} ({result.seconds:.1f}s)",
+            f"  [{'green' if ok else 'red'}]{'pass' if ok else 'FAIL'}[/] {escape(detail)} ({result.seconds:.1f}s)",
             highlight=False,
         )
 

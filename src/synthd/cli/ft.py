@@ -7,6 +7,7 @@ from typing import Annotated
 
 import openai
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -47,7 +48,7 @@ def upload(
     record = guarded(
         lambda: client(base_url, api_key).files.create(file=(path.name, path.read_bytes()), purpose=purpose)
     )
-    console.print(f"{record.id}  {record.filename}  {record.bytes} bytes  purpose={record.purpose}")
+    console.print(f"{record.id}  {escape(record.filename)}  {record.bytes} bytes  purpose={record.purpose}")
 
 
 @ft_app.command("create")

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from synthd.cli.common import console, fail
@@ -18,7 +19,7 @@ def models_pull(
         str,
         typer.Argument(
             help="A shipped model (SmolLM2-135M-Instruct, the embedded model, or gemma-3-270m), or a Hugging "
-            "Face Hub id ORG/NAME[@REVISION]."
+            "Face Hub id ORG/NAME, or ORG/NAME@REVISION for a branch, tag or commit."
         ),
     ] = "SmolLM2-135M-Instruct",
     force: Annotated[bool, typer.Option(help="Convert again even if cached (shipped models).")] = False,
@@ -44,14 +45,14 @@ def models_pull(
 
         if (hub_id := parse_hub_id(name)) is None:
             names = ", ".join(s.model_id for s in SHIPPED_MODELS)
-            fail(f"'{name}' is neither a shipped model ({names}) nor a Hub id ORG/NAME[@REVISION]")
+            fail(f"'{name}' is neither a shipped model ({names}) nor a Hub id ORG/NAME or ORG/NAME@REVISION")
         try:
             folder, note = pull_hub_model(*hub_id)
         except PullError as exc:
             fail(str(exc))
         if note:
-            console.print(f"note: {note}")
-        console.print(f"{hub_id[0]} ready in {folder}")
+            console.print(f"note: {escape(note)}")
+        console.print(f"{hub_id[0]} ready in {escape(str(folder))}")
         return
     models_dir = get_settings().models_dir
     if spec.is_pulled(models_dir) and not force:

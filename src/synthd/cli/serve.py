@@ -63,8 +63,13 @@ def operator_model(name: str, models_dir: Path) -> "ModelSource":
     try:
         return resolve_operator_model(name, models_dir)
     except ModelNotFound:
-        if "@" in name or parse_hub_id(name) is None:
+        if parse_hub_id(name) is None:
             raise
+        if "@" in name:
+            raise InvalidRequest(
+                f"--model {name}: serve takes ORG/NAME; pull a revision first ('synthd models pull {name}'), "
+                "then serve ORG/NAME"
+            ) from None
     log.info("%s is not in the Hugging Face cache: downloading it", name)
     try:
         _folder, note = pull_hub_model(name)

@@ -58,7 +58,9 @@ def render_chat(
         )
     except TypeError:
         raise InvalidRequest("The messages could not be tokenized (invalid Unicode?).", param="messages") from None
-    except (ValueError, TemplateError) as exc:  # TemplateError: the template's raise_exception, or a broken template
+    # ValueError, TemplateError: the template's raise_exception, or a broken template; OverflowError,
+    # RecursionError: a template past the sandbox's limits (a range too big, runaway recursion)
+    except (ValueError, TemplateError, OverflowError, RecursionError) as exc:
         raise InvalidRequest(
             f"The messages could not be rendered with the chat template: {exc}", param="messages"
         ) from None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from synthd.evals.battery import CATEGORIES, Category
@@ -243,7 +244,7 @@ def render(console: Console, report: EvalReport, out_dir: Path | None = None) ->
         )
     console.print(models)
     for s in report.skipped:
-        console.print(f"[yellow]skipped[/yellow] {s.model}: {s.reason}", highlight=False)
+        console.print(f"[yellow]skipped[/yellow] {escape(f'{s.model}: {s.reason}')}", highlight=False)
     coverage = Table(title="Coverage by category")
     coverage.add_column("Category")
     for m in report.models:
@@ -257,7 +258,7 @@ def render(console: Console, report: EvalReport, out_dir: Path | None = None) ->
         )
     console.print(coverage)
     for a in report.failures:
-        console.print(f"[red]{a.status}[/red] {a.model} · {a.case_id}: {a.reason}", highlight=False)
+        console.print(f"[red]{a.status}[/red] {escape(f'{a.model} · {a.case_id}: {a.reason}')}", highlight=False)
     t = report.totals
     console.print(
         f"Overall: {t.passed}/{t.total} passed ({percent(t.success_rate)}), {t.failed} failed, {t.errors} errors",

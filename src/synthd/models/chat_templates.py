@@ -14,7 +14,7 @@ import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from synthd.errors import InvalidRequest
-from synthd.models.resolve import ModelSource
+from synthd.models.resolve import ModelSource, canonical_id
 
 
 def read_chat_template(value: str) -> str:
@@ -24,17 +24,27 @@ def read_chat_template(value: str) -> str:
     Raises:
         InvalidRequest: neither a readable file nor a template, or Jinja cannot parse it.
     """
+    if not value.strip():
+        raise InvalidRequest("--chat-template: empty")
     path = Path(value).expanduser()
     try:
-        text = path.read_text(encoding="utf-8") if path.is_file() else None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"--chat-template {value}: cannot be read ({exc})") from None
-    except ValueError:  # a name the file system cannot hold: an inline template, then
-        text = None
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except (OSError, ValueError):  # a name the file system cannot hold (too long, a NUL): inline, then
+        is_file = is_dir = False
+    if is_dir:
+        raise InvalidRequest(f"--chat-template {value}: is a directory, not a template file")
+    text = None
+    if is_file:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"--chat-template {value}: cannot be read ({exc})") from None
     if text is None:
         if "{{" not in value and "{%" not in value:
             raise InvalidRequest(f"--chat-template {value}: no such file, and not a Jinja template")
         text = value
+    if not text.strip():
+        raise InvalidRequest(f"--chat-template {value}: the template is empty")
     try:
         ImmutableSandboxedEnvironment(extensions=[jinja2.ext.loopcontrols]).parse(text)
     except jinja2.TemplateSyntaxError as exc:
@@ -46,7 +56,7 @@ def read_chat_template(value: str) -> str:
 
 def assign_chat_templates(served: list[ModelSource], specs: list[str]) -> list[ModelSource]:
     """``served`` with the templates of ``specs`` set: each spec is ``MODEL=TEMPLATE`` for one served
-    model (by its served id), or a bare ``TEMPLATE`` when exactly one model is served.
+    model (its served id, or a shipped model's hub id), or a bare ``TEMPLATE`` when exactly one model is served.
 
     Raises:
         InvalidRequest: a spec names no served model, is bare beside several models, or gives one
@@ -56,8 +66,8 @@ def assign_chat_templates(served: list[ModelSource], specs: list[str]) -> list[M
     templates: dict[str, str] = {}
     for spec in specs:
         name, sep, value = spec.partition("=")
-        if sep and name in by_id:
-            model_id = name
+        if sep and canonical_id(name) in by_id:
+            model_id = canonical_id(name)
         elif len(served) == 1:
             model_id, value = served[0].model_id, spec
         else:

@@ -10,6 +10,7 @@ chat-template files), never ``.bin``/``.gguf``/ONNX copies of the same weights.
 """
 
 import json
+import re
 from pathlib import Path
 
 from synthd.engine.factory import vllm_available
@@ -19,13 +20,21 @@ from synthd.models.shipped import PullError
 
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.tiktoken", "*.txt"]
 REACHABLE_TIMEOUT_S = 10.0
+MAX_NAME_CHARS = 96
+"""The Hub's longest organisation or repository name."""
+REVISION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")
+"""A branch, tag or commit: git-ref characters, never ``..`` (it names a folder in the cache)."""
 
 
 def parse_hub_id(name: str) -> tuple[str, str | None] | None:
-    """``(repo_id, revision)`` for ``ORG/NAME`` or ``ORG/NAME@REVISION``, else None."""
-    repo_id, _, revision = name.partition("@")
+    """``(repo_id, revision)`` for ``ORG/NAME`` or ``ORG/NAME@REVISION`` (``REVISION_PATTERN``), else None."""
+    repo_id, at, revision = name.partition("@")
     parts = repo_id.split("/")
-    if len(parts) != 2 or not all(NAME_PATTERN.fullmatch(p) and ".." not in p for p in parts):
+    if len(parts) != 2 or not all(
+        NAME_PATTERN.fullmatch(p) and ".." not in p and len(p) <= MAX_NAME_CHARS for p in parts
+    ):
+        return None
+    if at and (not REVISION_PATTERN.fullmatch(revision) or ".." in revision):
         return None
     return repo_id, revision or None
 
@@ -67,12 +76,19 @@ def _check_reachable(repo_id: str) -> None:
         httpx.head(constants.ENDPOINT, timeout=REACHABLE_TIMEOUT_S)
     except (httpx.ConnectError, httpx.ConnectTimeout):
         raise _unreachable(repo_id) from None
+    except httpx.UnsupportedProtocol:
+        raise PullError(f"HF_ENDPOINT '{constants.ENDPOINT}' is not an http:// or https:// URL") from None
+    except httpx.HTTPError as exc:
+        raise PullError(f"the Hugging Face Hub at {constants.ENDPOINT} did not answer: {exc}") from None
 
 
 def _fetch(download, repo_id: str) -> str:
+    import httpx
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
+        HfHubHTTPError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -86,10 +102,20 @@ def _fetch(download, repo_id: str) -> str:
         raise PullError(f"{repo_id}: no such model on the Hub (a private one needs HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise PullError(f"{repo_id}: no such revision on the Hub") from None
-    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: the Hub did not answer
-        raise _unreachable(repo_id) from None
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: no usable answer, nothing cached
+        raise PullError(
+            f"the Hugging Face Hub at {constants.ENDPOINT} gave no usable answer for {repo_id} (it answered with "
+            "an error, or stopped answering) and nothing of it is cached"
+        ) from None
     except EntryNotFoundError:
         raise PullError(f"{repo_id} has no config.json: not a transformers model") from None
+    except HfHubHTTPError as exc:  # 401 with a bad HF_TOKEN, 5xx, ...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PullError(f"the Hugging Face Hub at {constants.ENDPOINT} refused {repo_id}: {first}") from None
+    except httpx.HTTPError as exc:
+        raise PullError(
+            f"downloading {repo_id} from {constants.ENDPOINT} failed: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _accepted(repo_id: str, config_file: Path) -> str | None:
