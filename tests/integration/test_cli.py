@@ -56,13 +56,20 @@ def test_models_pull_of_a_cached_model_is_a_no_op_and_of_an_unknown_one_an_error
     assert cached.returncode == 0 and "gemma-3-270m is already cached" in cached.stdout
     unknown = synthd("models", "pull", "llama-9000")
     assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
-    assert "'llama-9000' is not a shipped model: synthd pulls SmolLM2-135M-Instruct, gemma-3-270m" in unknown.stderr
+    assert "'llama-9000' is neither a shipped model (SmolLM2-135M-Instruct, gemma-3-270m) nor a Hub id" in (
+        unknown.stderr
+    )
 
 
 def test_serve_unknown_model_fails_fast() -> None:
-    result = synthd("serve", "--model", "org/not-cached-anywhere", "--port", str(free_port()))
-    assert result.returncode == 1
-    assert "not found" in result.stderr and "Traceback" not in result.stderr
+    """Offline (``HF_HUB_OFFLINE``), a hub id not in the cache is one line, and nothing is requested."""
+    result = synthd(
+        "serve", "--model", "org/not-cached-anywhere", "--port", str(free_port()), env={"HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "org/not-cached-anywhere is not in the Hugging Face cache, and HF_HUB_OFFLINE is set" in result.stderr
+    unknown = synthd("serve", "--model", "not-a-model-anywhere", "--port", str(free_port()))
+    assert unknown.returncode == 1 and "does not exist" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_bench_reports_throughput_and_latency(server: ServerProcess, tmp_path) -> None:

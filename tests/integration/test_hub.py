@@ -62,6 +62,8 @@ def test_pull_downloads_what_serving_reads_config_first(hub, models_dir: Path, t
     assert fetched[0] == "config.json"
     assert {"model.safetensors", "tokenizer.json", "generation_config.json"} <= set(fetched)
     assert "pytorch_model.bin" not in fetched
+    again = synthd("models", "pull", TINY, env={**env, "HF_HUB_OFFLINE": "1"})  # offline: from the cache
+    assert again.returncode == 0 and f"{TINY} ready in" in again.stdout, again.stderr
     listed = json.loads(synthd("models", "list", "--json", env=env).stdout)
     assert {"model_id": TINY, "source": "hf-cache", "cached": True} in [
         {k: r[k] for k in ("model_id", "source", "cached")} for r in listed

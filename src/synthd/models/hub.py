@@ -45,11 +45,21 @@ def pull_hub_model(repo_id: str, revision: str | None = None) -> tuple[Path, str
     Progress bars are huggingface_hub's.
 
     Raises:
-        PullError: the Hub cannot be reached, the repository or revision does not exist (or needs
+        PullError: ``HF_HUB_OFFLINE`` is set, the Hub cannot be reached, the repository or revision does not exist (or needs
             ``HF_TOKEN``), it is not a transformers model, or no engine here runs its architecture.
     """
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
 
+    if constants.HF_HUB_OFFLINE:
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            cached = snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=ALLOW_PATTERNS)
+            return Path(cached), None
+        except LocalEntryNotFoundError:
+            raise PullError(
+                f"{repo_id} is not in the Hugging Face cache, and HF_HUB_OFFLINE is set: nothing is downloaded"
+            ) from None
     _check_reachable(repo_id)
     config_file = _fetch(lambda: hf_hub_download(repo_id, "config.json", revision=revision), repo_id)
     note = _accepted(repo_id, Path(config_file))
