@@ -430,13 +430,15 @@ def cuda_visible_devices(gpu_indices: list[int]) -> str:
     return ",".join(str(i) for i in gpu_indices)
 
 
-def cpu_kv_cache_bytes(config: EngineConfig, path: Path, dtype: str, memory_bytes: float | None) -> int | None:
+def cpu_kv_cache_bytes(
+    config: EngineConfig, model_config: PretrainedConfig, dtype: str, memory_bytes: float | None
+) -> int | None:
     """The CPU KV cache in bytes: ``kv_cache_tokens`` when set; None when ``VLLM_CPU_KVCACHE_SPACE``
     is (vLLM reads it); else ``CPU_KV_CACHE_SHARE`` of the placement's memory, at most
     ``CPU_KV_CACHE_MAX_BYTES``. Without either vLLM-CPU would reserve ``gpu_memory_utilization`` of
     all RAM and refuse to start when that much is not free."""
     if config.kv_cache_tokens:
-        shape = ModelShape.from_config(AutoConfig.from_pretrained(path))
+        shape = ModelShape.from_config(model_config)
         return config.kv_cache_tokens * shape.kv_bytes_per_token(DTYPE_BYTES[dtype])
     if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
         return None
@@ -447,6 +449,7 @@ def cpu_kv_cache_bytes(config: EngineConfig, path: Path, dtype: str, memory_byte
 def engine_arguments(
     model_id: str,
     path: Path,
+    model_config: PretrainedConfig,
     config: EngineConfig,
     gpu_indices: list[int],
     dtype: str,
@@ -460,9 +463,7 @@ def engine_arguments(
         "tokenizer": str(path),
         "served_model_name": model_id,
         "dtype": dtype,
-        "max_model_len": serving_context(
-            config.max_model_len, getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
-        ),
+        "max_model_len": serving_context(config.max_model_len, getattr(model_config, "max_position_embeddings", None)),
         "max_num_seqs": config.max_num_seqs,
         "tensor_parallel_size": max(1, len(gpu_indices)),
         "enable_lora": True,
@@ -477,7 +478,7 @@ def engine_arguments(
     if gpu_indices:
         arguments["gpu_memory_utilization"] = config.gpu_memory_utilization
     else:
-        arguments["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, path, dtype, memory_bytes)
+        arguments["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(config, model_config, dtype, memory_bytes)
     return arguments
 
 
@@ -510,14 +511,15 @@ def load_vllm_engine(
         OSError, ValueError, RuntimeError: the model cannot be loaded or vLLM cannot start.
     """
     dtype = pick_dtype(config.dtype, "cuda" if gpu_indices else "cpu")
+    model_config = AutoConfig.from_pretrained(path)  # read once: the checks, the context and the KV size
     if not gpu_indices:
-        check_cpu_attention(model_id, AutoConfig.from_pretrained(path))
+        check_cpu_attention(model_id, model_config)
     tokenizer = AutoTokenizer.from_pretrained(path)
     try:
         generation = GenerationConfig.from_pretrained(path)
     except OSError:
         generation = GenerationConfig()
-    arguments = engine_arguments(model_id, path, config, gpu_indices, dtype, memory_bytes)
+    arguments = engine_arguments(model_id, path, model_config, config, gpu_indices, dtype, memory_bytes)
     environment = {"CUDA_VISIBLE_DEVICES": cuda_visible_devices(gpu_indices)} if gpu_indices else {}
 
     def build(sink: StatsSink) -> AsyncLLM:
